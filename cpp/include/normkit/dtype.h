@@ -1,0 +1,165 @@
+// Element types, their accumulation types, conversions and the dtype dispatch. Usable from host code
+// and from CUDA device code: the CPU and CUDA kernels read and write elements through the same
+// load/store functions, so a conversion bug cannot hide on one side.
+#pragma once
+#include <cstdint>
+#include <cstring>
+#include <string>
+
+#if defined(__CUDACC__)
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#define NK_HD __host__ __device__ __forceinline__
+#else
+#define NK_HD inline
+#endif
+
+namespace normkit {
+
+enum class DType : uint8_t { Float16, BFloat16, Float32, Float64 };
+
+inline const char* dtype_name(DType t) {
+  switch (t) {
+    case DType::Float16: return "float16";
+    case DType::BFloat16: return "bfloat16";
+    case DType::Float32: return "float32";
+    case DType::Float64: return "float64";
+  }
+  return "?";
+}
+
+inline int dtype_size(DType t) {
+  return t == DType::Float64 ? 8 : t == DType::Float32 ? 4 : 2;
+}
+
+// Accumulation dtype: half types accumulate in float32, float64 in float64.
+inline DType acc_dtype(DType t) { return t == DType::Float64 ? DType::Float64 : DType::Float32; }
+
+// 16-bit storage types: plain bits, so they are trivially copyable on host and device alike.
+struct half_t {
+  uint16_t bits;
+};
+struct bfloat16_t {
+  uint16_t bits;
+};
+
+template <class T> struct acc_of { using type = float; };
+template <> struct acc_of<double> { using type = double; };
+template <class T> using acc_t = typename acc_of<T>::type;
+
+template <class T> struct dtype_of;
+template <> struct dtype_of<half_t> { static constexpr DType value = DType::Float16; };
+template <> struct dtype_of<bfloat16_t> { static constexpr DType value = DType::BFloat16; };
+template <> struct dtype_of<float> { static constexpr DType value = DType::Float32; };
+template <> struct dtype_of<double> { static constexpr DType value = DType::Float64; };
+
+namespace bits {
+NK_HD float u32_as_float(uint32_t u) {
+#if defined(__CUDA_ARCH__)
+  return __uint_as_float(u);
+#else
+  float f;
+  std::memcpy(&f, &u, 4);
+  return f;
+#endif
+}
+NK_HD uint32_t float_as_u32(float f) {
+#if defined(__CUDA_ARCH__)
+  return __float_as_uint(f);
+#else
+  uint32_t u;
+  std::memcpy(&u, &f, 4);
+  return u;
+#endif
+}
+
+// IEEE binary16 -> binary32, exact, branch-free (so the CPU loops vectorize). Subnormals are
+// renormalised by a float subtraction of the implicit bit.
+NK_HD float half_to_float(uint16_t h) {
+  const uint32_t sign = uint32_t(h & 0x8000u) << 16;
+  const uint32_t em = h & 0x7fffu;
+  uint32_t o = em << 13;                                  // exponent/mantissa in place
+  const uint32_t exp = o & 0x0f800000u;                   // the 5 exponent bits, shifted
+  o += (127u - 15u) << 23;                                // rebias
+  o += (exp == 0x0f800000u) ? ((128u - 16u) << 23) : 0u;  // inf/nan keep an all-ones exponent
+  const float sub = u32_as_float(o + (1u << 23)) - u32_as_float(113u << 23);
+  const uint32_t r = (exp == 0u) ? float_as_u32(sub) : o;  // zero and subnormals
+  return u32_as_float(r | sign);
+}
+
+// binary32 -> binary16, round to nearest even, overflow to inf, NaN stays NaN (quiet).
+NK_HD uint16_t float_to_half(float f) {
+  const uint32_t u = float_as_u32(f);
+  const uint32_t sign = (u >> 16) & 0x8000u;
+  const uint32_t a = u & 0x7fffffffu;
+  // Normal range: add the rounding bias and drop 13 mantissa bits.
+  const uint32_t mant_odd = (a >> 13) & 1u;
+  const uint32_t normal = (a + ((15u - 127u) << 23) + 0xfffu + mant_odd) >> 13;
+  // Subnormal range: let the FPU align the mantissa by adding 0.5 (denormal magic), which rounds RNE.
+  const float denorm_magic = u32_as_float(((127u - 15u) + (23u - 10u) + 1u) << 23);
+  const uint32_t sub = float_as_u32(u32_as_float(a) + denorm_magic) - float_as_u32(denorm_magic);
+  uint32_t r = (a < (113u << 23)) ? sub : normal;
+  r = (a >= (143u << 23)) ? 0x7c00u : r;               // overflow -> inf
+  r = (a > 0x7f800000u) ? (0x7e00u | ((a >> 13) & 0x1ffu)) : r;  // NaN
+  return uint16_t(r | sign);
+}
+
+NK_HD float bf16_to_float(uint16_t b) { return u32_as_float(uint32_t(b) << 16); }
+
+// Round to nearest even; NaN stays a quiet NaN.
+NK_HD uint16_t float_to_bf16(float f) {
+  const uint32_t u = float_as_u32(f);
+  const uint32_t rounded = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
+  const bool nan = (u & 0x7fffffffu) > 0x7f800000u;
+  return uint16_t(nan ? ((u >> 16) | 0x40u) : rounded);
+}
+}  // namespace bits
+
+// load<A>(storage) and store<T>(acc): the only place where element types change.
+template <class A> NK_HD A load(float v) { return A(v); }
+template <class A> NK_HD A load(double v) { return A(v); }
+template <class A> NK_HD A load(half_t v) {
+#if defined(__CUDA_ARCH__)
+  return A(__half2float(__ushort_as_half(v.bits)));
+#else
+  return A(bits::half_to_float(v.bits));
+#endif
+}
+template <class A> NK_HD A load(bfloat16_t v) {
+  return A(bits::bf16_to_float(v.bits));
+}
+
+template <class T> struct store_impl;
+template <> struct store_impl<float> {
+  template <class A> static NK_HD float apply(A v) { return float(v); }
+};
+template <> struct store_impl<double> {
+  template <class A> static NK_HD double apply(A v) { return double(v); }
+};
+template <> struct store_impl<half_t> {
+  template <class A> static NK_HD half_t apply(A v) {
+#if defined(__CUDA_ARCH__)
+    return half_t{__half_as_ushort(__float2half_rn(float(v)))};
+#else
+    return half_t{bits::float_to_half(float(v))};
+#endif
+  }
+};
+template <> struct store_impl<bfloat16_t> {
+  template <class A> static NK_HD bfloat16_t apply(A v) { return bfloat16_t{bits::float_to_bf16(float(v))}; }
+};
+template <class T, class A> NK_HD T store(A v) { return store_impl<T>::apply(v); }
+
+// Calls fn(T{}) with T the storage type of `t`: NK dispatch written once for every op.
+template <class Fn>
+decltype(auto) dispatch_float(DType t, Fn&& fn) {
+  switch (t) {
+    case DType::Float16: return fn(half_t{});
+    case DType::BFloat16: return fn(bfloat16_t{});
+    case DType::Float32: return fn(float{});
+    case DType::Float64: break;
+  }
+  return fn(double{});
+}
+
+}  // namespace normkit

@@ -1,0 +1,37 @@
+// The public operations of the core. Each validates all of its arguments first (TypeError for
+// dtype/device, ValueError for shapes and values) and only then writes its outputs; it picks the CPU
+// or CUDA kernels from the tensors' device. Outputs are caller-allocated: y and dx with x's shape and
+// dtype, statistics of shape [rows] (the product of the leading dimensions) in the accumulation dtype
+// (float32, float64 for float64 inputs), parameter gradients with the weight's shape, any float dtype.
+// `stream` is a cudaStream_t for CUDA tensors (nullptr: the default stream) and is ignored on CPU.
+#pragma once
+#include <cstdint>
+#include <vector>
+
+#include "normkit/tensor.h"
+
+namespace normkit {
+
+using Shape = std::vector<int64_t>;
+
+// LayerNorm over the trailing dimensions `normalized_shape`: y = (x - mean) * rstd * weight + bias.
+void layer_norm_forward(const TensorView& x, const Shape& normalized_shape, const OptTensor& weight,
+                        const OptTensor& bias, double eps, const TensorView& y, const TensorView& mean,
+                        const TensorView& rstd, void* stream = nullptr);
+
+// Gradients of layer_norm_forward given the saved mean and rstd. Any of dx, dweight, dbias may be
+// absent when that gradient is not wanted.
+void layer_norm_backward(const TensorView& dy, const TensorView& x, const Shape& normalized_shape,
+                         const TensorView& mean, const TensorView& rstd, const OptTensor& weight,
+                         const OptTensor& dx, const OptTensor& dweight, const OptTensor& dbias,
+                         void* stream = nullptr);
+
+// RMSNorm: y = x * rstd * weight with rstd = 1 / sqrt(mean(x^2) + eps).
+void rms_norm_forward(const TensorView& x, const Shape& normalized_shape, const OptTensor& weight,
+                      double eps, const TensorView& y, const TensorView& rstd, void* stream = nullptr);
+
+void rms_norm_backward(const TensorView& dy, const TensorView& x, const Shape& normalized_shape,
+                       const TensorView& rstd, const OptTensor& weight, const OptTensor& dx,
+                       const OptTensor& dweight, void* stream = nullptr);
+
+}  // namespace normkit

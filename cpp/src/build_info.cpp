@@ -1,0 +1,48 @@
+#include "normkit/build_info.h"
+
+#include <sstream>
+
+#include "cpu/kernels.h"
+#include "normkit/parallel.h"
+#if defined(NORMKIT_WITH_CUDA)
+#include "cuda_ops.h"
+#endif
+
+#ifndef NORMKIT_VERSION
+#define NORMKIT_VERSION "0.0.0"
+#endif
+#ifndef NORMKIT_CUDA_ARCHS
+#define NORMKIT_CUDA_ARCHS ""
+#endif
+
+namespace normkit {
+
+BuildInfo build_info() {
+  BuildInfo info;
+  info.version = NORMKIT_VERSION;
+#if defined(NORMKIT_WITH_CUDA)
+  info.cuda = true;
+  std::stringstream archs(NORMKIT_CUDA_ARCHS);  // CMake's "75-real;80-real;90"
+  for (std::string a; std::getline(archs, a, ';');)
+    if (!a.empty()) info.cuda_archs.push_back(a.substr(0, a.find('-')));
+#endif
+#if defined(NORMKIT_WITH_MPI)
+  info.mpi = true;
+#endif
+#if defined(NORMKIT_WITH_NCCL)
+  info.nccl = true;
+#endif
+  info.simd = cpu::isa_name(cpu::active_isa());
+  info.num_threads = get_num_threads();
+  return info;
+}
+
+bool cuda_available() {
+#if defined(NORMKIT_WITH_CUDA)
+  return cuda::device_count() > 0;
+#else
+  return false;
+#endif
+}
+
+}  // namespace normkit

@@ -1,0 +1,193 @@
+// LayerNorm and RMSNorm on the CPU. Rows are independent, so threads split rows; the parameter
+// gradients sum over rows in fixed row blocks (partials per block, then a column-wise sum of the
+// partials in block order), which keeps them bitwise independent of the thread count.
+#include <algorithm>
+#include <vector>
+
+#include "cpu/kernels.h"
+#include "cpu/lanes.h"
+#include "normkit/math.h"
+#include "normkit/parallel.h"
+
+namespace normkit::cpu::NK_ISA {
+namespace {
+
+using detail::RowNormBackwardArgs;
+using detail::RowNormForwardArgs;
+
+// Statistics blocks: two passes over a block that stays in L1, merged across blocks with Chan's
+// formula. Fixed size, so the rounding does not depend on anything but the row length.
+constexpr int64_t kStatBlock = 4096;
+// Rows per parallel task: enough elements per task to amortise the hand-off.
+constexpr int64_t kTaskElements = 1 << 15;
+
+// A parameter vector as `cols` accumulation-type values (`fill` when absent): N values converted
+// once per call, so the inner loops see one type.
+template <class A>
+std::vector<A> param_as_acc(const void* p, DType dtype, int64_t cols, A fill) {
+  std::vector<A> out(size_t(cols), fill);
+  if (p) {
+    dispatch_float(dtype, [&](auto tag) {
+      using P = decltype(tag);
+      const P* src = static_cast<const P*>(p);
+      for (int64_t i = 0; i < cols; ++i) out[size_t(i)] = load<A>(src[i]);
+    });
+  }
+  return out;
+}
+
+template <class T, class A = acc_t<T>>
+math::Moments<A> row_moments(const T* x, int64_t n) {
+  math::Moments<A> m;
+  for (int64_t s = 0; s < n; s += kStatBlock) {
+    const int64_t len = std::min(kStatBlock, n - s);
+    const T* xb = x + s;
+    const A mean = lane_sum<A>(len, [&](int64_t i) { return load<A>(xb[i]); }) / A(len);
+    const A m2 = lane_sum<A>(len, [&](int64_t i) {
+      const A d = load<A>(xb[i]) - mean;
+      return d * d;
+    });
+    m = math::chan_merge(m, math::block_moments(len, mean, m2));
+  }
+  return m;
+}
+
+template <class T>
+void forward(const RowNormForwardArgs& a) {
+  using A = acc_t<T>;
+  const int64_t n = a.cols;
+  const std::vector<A> w = param_as_acc<A>(a.weight, a.weight_dtype, n, A(1));
+  const std::vector<A> b = param_as_acc<A>(a.bias, a.bias_dtype, n, A(0));
+  const A eps = A(a.eps);
+  const A* wp = w.data();
+  const A* bp = b.data();
+  parallel_for(a.rows, std::max<int64_t>(1, kTaskElements / std::max<int64_t>(n, 1)),
+               [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      const T* x = static_cast<const T*>(a.x) + r * a.x_row_stride;
+      T* y = static_cast<T*>(a.y) + r * n;
+      A mean = 0, var;
+      if (a.center) {
+        const math::Moments<A> m = row_moments(x, n);
+        mean = m.mean;
+        var = math::biased_var(m);
+      } else {
+        var = lane_sum<A>(n, [&](int64_t i) {
+          const A v = load<A>(x[i]);
+          return v * v;
+        }) / A(n);
+      }
+      const A rstd = math::rstd_from_var(var, eps);
+#pragma omp simd
+      for (int64_t i = 0; i < n; ++i)
+        y[i] = store<T>(math::row_norm_apply(load<A>(x[i]), mean, rstd, wp[i], bp[i]));
+      if (a.mean) static_cast<A*>(a.mean)[r] = mean;
+      static_cast<A*>(a.rstd)[r] = rstd;
+    }
+  });
+}
+
+// Row blocks for the parameter-gradient partials: a function of the row count only.
+int64_t row_blocks(int64_t rows) { return std::clamp<int64_t>(rows / 32, 1, 64); }
+
+template <class T>
+void backward(const RowNormBackwardArgs& a) {
+  using A = acc_t<T>;
+  const int64_t n = a.cols, rows = a.rows;
+  const std::vector<A> w = param_as_acc<A>(a.weight, a.weight_dtype, n, A(1));
+  const A* wp = w.data();
+  const bool want_dx = a.dx != nullptr;
+  const bool want_params = a.dweight || a.dbias;
+  const int64_t blocks = row_blocks(rows);
+  std::vector<A> part_w(want_params ? size_t(blocks * n) : 0, A(0));
+  std::vector<A> part_b(want_params && a.dbias ? size_t(blocks * n) : 0, A(0));
+  const A inv_n = A(1) / A(n);
+
+  parallel_for(blocks, 1, [&](int64_t b0, int64_t b1) {
+    for (int64_t blk = b0; blk < b1; ++blk) {
+      A* pw = want_params ? part_w.data() + blk * n : nullptr;
+      A* pb = part_b.empty() ? nullptr : part_b.data() + blk * n;
+      const int64_t r_begin = rows * blk / blocks, r_end = rows * (blk + 1) / blocks;
+      for (int64_t r = r_begin; r < r_end; ++r) {
+        const T* x = static_cast<const T*>(a.x) + r * a.x_row_stride;
+        const T* dy = static_cast<const T*>(a.dy) + r * a.dy_row_stride;
+        const A mean = a.mean ? static_cast<const A*>(a.mean)[r] : A(0);
+        const A rs = static_cast<const A*>(a.rstd)[r];
+        if (want_dx) {
+          A sum_g = 0, sum_gx = 0;
+          if (a.center) {
+            std::tie(sum_g, sum_gx) = lane_sum2<A>(n, [&](int64_t i, A& g, A& gx) {
+              g = load<A>(dy[i]) * wp[i];
+              gx = g * ((load<A>(x[i]) - mean) * rs);
+            });
+          } else {
+            sum_gx = lane_sum<A>(n, [&](int64_t i) { return load<A>(dy[i]) * wp[i] * (load<A>(x[i]) * rs); });
+          }
+          const A mean_g = sum_g * inv_n, mean_gx = sum_gx * inv_n;
+          T* dx = static_cast<T*>(a.dx) + r * n;
+          if (pw && pb) {
+#pragma omp simd
+            for (int64_t i = 0; i < n; ++i) {
+              const A d = load<A>(dy[i]), xh = (load<A>(x[i]) - mean) * rs;
+              dx[i] = store<T>(math::row_norm_dx(d * wp[i], xh, rs, mean_g, mean_gx));
+              pw[i] += d * xh;
+              pb[i] += d;
+            }
+          } else if (pw) {
+#pragma omp simd
+            for (int64_t i = 0; i < n; ++i) {
+              const A d = load<A>(dy[i]), xh = (load<A>(x[i]) - mean) * rs;
+              dx[i] = store<T>(math::row_norm_dx(d * wp[i], xh, rs, mean_g, mean_gx));
+              pw[i] += d * xh;
+            }
+          } else {
+#pragma omp simd
+            for (int64_t i = 0; i < n; ++i) {
+              const A xh = (load<A>(x[i]) - mean) * rs;
+              dx[i] = store<T>(math::row_norm_dx(load<A>(dy[i]) * wp[i], xh, rs, mean_g, mean_gx));
+            }
+          }
+        } else if (pw) {
+#pragma omp simd
+          for (int64_t i = 0; i < n; ++i) {
+            const A d = load<A>(dy[i]);
+            pw[i] += d * ((load<A>(x[i]) - mean) * rs);
+            if (pb) pb[i] += d;
+          }
+        }
+      }
+    }
+  });
+  if (!want_params) return;
+
+  // Column-wise sum of the block partials in block order.
+  auto reduce_into = [&](const std::vector<A>& part, void* out, DType out_dtype) {
+    dispatch_float(out_dtype, [&](auto tag) {
+      using P = decltype(tag);
+      P* o = static_cast<P*>(out);
+      parallel_for(n, std::max<int64_t>(1024, kTaskElements / blocks), [&](int64_t c0, int64_t c1) {
+        for (int64_t c = c0; c < c1; ++c) {
+          A s = 0;
+          for (int64_t blk = 0; blk < blocks; ++blk) s += part[size_t(blk * n + c)];
+          o[c] = store<P>(s);
+        }
+      });
+    });
+  };
+  if (a.dweight) reduce_into(part_w, a.dweight, a.dweight_dtype);
+  if (a.dbias) reduce_into(part_b, a.dbias, a.dbias_dtype);
+}
+
+}  // namespace
+
+void row_norm_forward(const RowNormForwardArgs& a) {
+  if (a.rows == 0) return;  // cols == 0 still writes the statistics (mean 0, rstd NaN, as torch)
+  dispatch_float(a.dtype, [&](auto tag) { forward<decltype(tag)>(a); });
+}
+
+void row_norm_backward(const RowNormBackwardArgs& a) {
+  if (a.cols == 0) return;  // rows == 0 still writes zero parameter gradients
+  dispatch_float(a.dtype, [&](auto tag) { backward<decltype(tag)>(a); });
+}
+
+}  // namespace normkit::cpu::NK_ISA

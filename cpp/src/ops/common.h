@@ -1,0 +1,65 @@
+// Shared by every op's validate-then-dispatch entry: argument checks with messages that name the
+// argument, the device scope, and the row view of an input.
+#pragma once
+#include <memory>
+
+#include "normkit/error.h"
+#include "normkit/ops.h"
+#include "normkit/tensor.h"
+
+#if defined(NORMKIT_WITH_CUDA)
+#include "cuda_ops.h"
+#endif
+
+namespace normkit::ops {
+
+// TypeError unless `t` lives on a device this build can compute on.
+void check_device_supported(const TensorView& t, const char* arg);
+// TypeError unless t is on the same device as ref (named ref_arg).
+void check_same_device(const TensorView& t, const char* arg, const TensorView& ref, const char* ref_arg);
+void check_dtype(const TensorView& t, const char* arg, DType expected);
+void check_shape(const TensorView& t, const char* arg, const Shape& expected);
+// An output: expected shape and dtype, compact, on ref's device.
+void check_output(const TensorView& t, const char* arg, const Shape& shape, DType dtype,
+                  const TensorView& ref, const char* ref_arg);
+void check_eps(double eps);
+// x's trailing dimensions equal normalized_shape; returns the number of leading rows.
+int64_t check_normalized_shape(const TensorView& x, const char* arg, const Shape& normalized_shape);
+Shape leading_shape(const TensorView& x, int trailing_dims);
+
+// Makes the tensors' CUDA device current for the op (nothing on CPU).
+class DeviceScope {
+ public:
+  explicit DeviceScope(const Device& d);
+
+ private:
+#if defined(NORMKIT_WITH_CUDA)
+  std::unique_ptr<cuda::DeviceGuard> guard_;
+#endif
+};
+
+// An input as evenly spaced contiguous rows of its trailing `row_dims` dimensions. Views that are not
+// (a transposed row, a broadcast, dimensions that do not collapse) are copied once into compact
+// memory owned by `holder`: the kernels then see a plain matrix.
+struct Rows {
+  const void* data = nullptr;
+  int64_t stride = 0;
+  std::shared_ptr<void> holder;
+};
+Rows rows_of(const TensorView& t, int row_dims, void* stream);
+
+// Calls cpu() for CPU tensors and cuda() for CUDA tensors.
+template <class Cpu, class Cuda>
+void on_device(const Device& d, Cpu&& cpu, Cuda&& cuda) {
+  if (d.kind == DeviceKind::CPU) {
+    cpu();
+  } else {
+#if defined(NORMKIT_WITH_CUDA)
+    cuda();
+#else
+    (void)cuda;
+#endif
+  }
+}
+
+}  // namespace normkit::ops

@@ -1,0 +1,139 @@
+// LayerNorm and RMSNorm entries: validate everything, then hand the row kernels one argument struct.
+#include "cpu/kernels.h"
+#include "ops/common.h"
+
+namespace normkit {
+namespace {
+
+using detail::RowNormBackwardArgs;
+using detail::RowNormForwardArgs;
+
+void check_param(const OptTensor& p, const char* arg, const Shape& normalized_shape, const TensorView& x) {
+  if (!p) return;
+  ops::check_same_device(*p, arg, x, "x");
+  ops::check_shape(*p, arg, normalized_shape);
+  check_value(p->is_contiguous(), arg, ": expected a contiguous array, got strides ", shape_str(p->strides));
+}
+
+void check_stats(const TensorView& s, const char* arg, int64_t rows, const TensorView& x) {
+  ops::check_same_device(s, arg, x, "x");
+  ops::check_dtype(s, arg, acc_dtype(x.dtype));
+  check_value(s.numel() == rows && s.is_contiguous(), arg, ": expected ", rows,
+              " contiguous values (one per row of x), got shape ", shape_str(s.shape));
+}
+
+void forward(const TensorView& x, const Shape& normalized_shape, const OptTensor& weight,
+             const OptTensor& bias, double eps, const TensorView& y, const TensorView* mean,
+             const TensorView& rstd, void* stream) {
+  ops::check_device_supported(x, "x");
+  const int64_t rows = ops::check_normalized_shape(x, "x", normalized_shape);
+  check_param(weight, "weight", normalized_shape, x);
+  check_param(bias, "bias", normalized_shape, x);
+  ops::check_eps(eps);
+  ops::check_output(y, "y", x.shape, x.dtype, x, "x");
+  if (mean) check_stats(*mean, "mean", rows, x);
+  check_stats(rstd, "rstd", rows, x);
+
+  ops::DeviceScope scope(x.device);
+  const int row_dims = int(normalized_shape.size());
+  const ops::Rows xr = ops::rows_of(x, row_dims, stream);
+  RowNormForwardArgs a{};
+  a.dtype = x.dtype;
+  a.rows = rows;
+  a.cols = 1;
+  for (auto s : normalized_shape) a.cols *= s;
+  a.center = mean != nullptr;
+  a.x = xr.data;
+  a.x_row_stride = xr.stride;
+  a.weight = weight ? weight->data : nullptr;
+  a.weight_dtype = weight ? weight->dtype : x.dtype;
+  a.bias = bias ? bias->data : nullptr;
+  a.bias_dtype = bias ? bias->dtype : x.dtype;
+  a.eps = eps;
+  a.y = y.data;
+  a.mean = mean ? mean->data : nullptr;
+  a.rstd = rstd.data;
+  ops::on_device(
+      x.device, [&] { NK_CPU_DISPATCH(row_norm_forward, a); },
+      [&] {
+#if defined(NORMKIT_WITH_CUDA)
+        cuda::row_norm_forward(a, stream);
+#endif
+      });
+}
+
+void backward(const TensorView& dy, const TensorView& x, const Shape& normalized_shape,
+              const TensorView* mean, const TensorView& rstd, const OptTensor& weight,
+              const OptTensor& dx, const OptTensor& dweight, const OptTensor& dbias, void* stream) {
+  ops::check_device_supported(x, "x");
+  const int64_t rows = ops::check_normalized_shape(x, "x", normalized_shape);
+  ops::check_same_device(dy, "dy", x, "x");
+  ops::check_dtype(dy, "dy", x.dtype);
+  ops::check_shape(dy, "dy", x.shape);
+  if (mean) check_stats(*mean, "mean", rows, x);
+  check_stats(rstd, "rstd", rows, x);
+  check_param(weight, "weight", normalized_shape, x);
+  if (dx) ops::check_output(*dx, "dx", x.shape, x.dtype, x, "x");
+  if (dweight) ops::check_output(*dweight, "dweight", normalized_shape, dweight->dtype, x, "x");
+  if (dbias) ops::check_output(*dbias, "dbias", normalized_shape, dbias->dtype, x, "x");
+
+  ops::DeviceScope scope(x.device);
+  const int row_dims = int(normalized_shape.size());
+  const ops::Rows xr = ops::rows_of(x, row_dims, stream);
+  const ops::Rows dyr = ops::rows_of(dy, row_dims, stream);
+  int64_t cols = 1;
+  for (auto s : normalized_shape) cols *= s;
+  RowNormBackwardArgs a{};
+  a.dtype = x.dtype;
+  a.rows = rows;
+  a.cols = cols;
+  a.center = mean != nullptr;
+  a.dy = dyr.data;
+  a.dy_row_stride = dyr.stride;
+  a.x = xr.data;
+  a.x_row_stride = xr.stride;
+  a.mean = mean ? mean->data : nullptr;
+  a.rstd = rstd.data;
+  a.weight = weight ? weight->data : nullptr;
+  a.weight_dtype = weight ? weight->dtype : x.dtype;
+  a.dx = dx ? dx->data : nullptr;
+  a.dweight = dweight ? dweight->data : nullptr;
+  a.dweight_dtype = dweight ? dweight->dtype : x.dtype;
+  a.dbias = dbias ? dbias->data : nullptr;
+  a.dbias_dtype = dbias ? dbias->dtype : x.dtype;
+  ops::on_device(
+      x.device, [&] { NK_CPU_DISPATCH(row_norm_backward, a); },
+      [&] {
+#if defined(NORMKIT_WITH_CUDA)
+        cuda::row_norm_backward(a, stream);
+#endif
+      });
+}
+
+}  // namespace
+
+void layer_norm_forward(const TensorView& x, const Shape& normalized_shape, const OptTensor& weight,
+                        const OptTensor& bias, double eps, const TensorView& y, const TensorView& mean,
+                        const TensorView& rstd, void* stream) {
+  forward(x, normalized_shape, weight, bias, eps, y, &mean, rstd, stream);
+}
+
+void layer_norm_backward(const TensorView& dy, const TensorView& x, const Shape& normalized_shape,
+                         const TensorView& mean, const TensorView& rstd, const OptTensor& weight,
+                         const OptTensor& dx, const OptTensor& dweight, const OptTensor& dbias,
+                         void* stream) {
+  backward(dy, x, normalized_shape, &mean, rstd, weight, dx, dweight, dbias, stream);
+}
+
+void rms_norm_forward(const TensorView& x, const Shape& normalized_shape, const OptTensor& weight,
+                      double eps, const TensorView& y, const TensorView& rstd, void* stream) {
+  forward(x, normalized_shape, weight, std::nullopt, eps, y, nullptr, rstd, stream);
+}
+
+void rms_norm_backward(const TensorView& dy, const TensorView& x, const Shape& normalized_shape,
+                       const TensorView& rstd, const OptTensor& weight, const OptTensor& dx,
+                       const OptTensor& dweight, void* stream) {
+  backward(dy, x, normalized_shape, nullptr, rstd, weight, dx, dweight, std::nullopt, stream);
+}
+
+}  // namespace normkit

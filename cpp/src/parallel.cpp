@@ -1,0 +1,175 @@
+#include "normkit/parallel.h"
+
+#include <pthread.h>
+
+#include <algorithm>
+#include <atomic>
+#include <condition_variable>
+#include <cstdlib>
+#include <exception>
+#include <memory>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+#include "normkit/error.h"
+
+namespace normkit {
+namespace {
+
+thread_local bool t_in_pool_task = false;
+
+int default_threads() {
+  for (const char* var : {"NORMKIT_NUM_THREADS", "OMP_NUM_THREADS"}) {
+    if (const char* s = std::getenv(var)) {
+      const int n = std::atoi(s);
+      if (n > 0) return n;
+    }
+  }
+  return std::max(1u, std::thread::hardware_concurrency());
+}
+
+// Workers sleep on a condition variable between jobs. A job is a chunk counter that the caller and
+// the workers drain together; the caller waits until every chunk has finished.
+class ThreadPool {
+ public:
+  explicit ThreadPool(int workers) {
+    for (int i = 0; i < workers; ++i) threads_.emplace_back([this] { worker_loop(); });
+  }
+  ~ThreadPool() {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      stop_ = true;
+    }
+    wake_.notify_all();
+    for (auto& t : threads_) t.join();
+  }
+  int workers() const { return int(threads_.size()); }
+
+  void run(int64_t chunks, const std::function<void(int64_t)>& chunk_fn) {
+    std::lock_guard<std::mutex> serial(run_mu_);  // one job at a time from different callers
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      job_ = &chunk_fn;
+      chunks_ = chunks;
+      next_.store(0);
+      pending_.store(chunks);
+      error_ = nullptr;
+      ++generation_;
+    }
+    wake_.notify_all();
+    t_in_pool_task = true;  // a nested parallel_for from a chunk run here must run inline
+    drain(chunk_fn, chunks);
+    t_in_pool_task = false;
+    std::unique_lock<std::mutex> lock(mu_);
+    // Wait for the chunks and for every worker to leave the job: chunk_fn dies when we return.
+    done_.wait(lock, [this] { return pending_.load() == 0 && active_ == 0; });
+    job_ = nullptr;
+    if (error_) std::rethrow_exception(error_);
+  }
+
+ private:
+  void drain(const std::function<void(int64_t)>& job, int64_t chunks) {
+    for (;;) {
+      const int64_t c = next_.fetch_add(1);
+      if (c >= chunks) return;
+      try {
+        job(c);
+      } catch (...) {
+        std::lock_guard<std::mutex> lock(mu_);
+        if (!error_) error_ = std::current_exception();
+      }
+      if (pending_.fetch_sub(1) == 1) {
+        std::lock_guard<std::mutex> lock(mu_);
+        done_.notify_all();
+      }
+    }
+  }
+
+  void worker_loop() {
+    t_in_pool_task = true;
+    uint64_t seen = 0;
+    for (;;) {
+      const std::function<void(int64_t)>* job;
+      int64_t chunks;
+      {
+        std::unique_lock<std::mutex> lock(mu_);
+        wake_.wait(lock, [&] { return stop_ || (generation_ != seen && job_ != nullptr); });
+        if (stop_) return;
+        seen = generation_;
+        job = job_;
+        chunks = chunks_;
+        ++active_;
+      }
+      drain(*job, chunks);
+      std::lock_guard<std::mutex> lock(mu_);
+      --active_;
+      done_.notify_all();
+    }
+  }
+
+  std::vector<std::thread> threads_;
+  std::mutex run_mu_, mu_;
+  std::condition_variable wake_, done_;
+  const std::function<void(int64_t)>* job_ = nullptr;
+  int64_t chunks_ = 0;
+  std::atomic<int64_t> next_{0}, pending_{0};
+  std::exception_ptr error_;
+  uint64_t generation_ = 0;
+  int active_ = 0;  // workers inside the current job
+  bool stop_ = false;
+};
+
+std::mutex g_pool_mu;
+int g_num_threads = 0;  // 0: not yet read from the environment
+ThreadPool* g_pool = nullptr;
+
+// After fork() the child owns no worker threads: forget the parent's pool (leaked on purpose, its
+// mutexes may be held by threads that do not exist in the child).
+void after_fork_in_child() {
+  g_pool = nullptr;
+  new (&g_pool_mu) std::mutex();
+}
+
+ThreadPool* pool_for(int threads) {
+  std::lock_guard<std::mutex> lock(g_pool_mu);
+  static bool atfork_registered = (pthread_atfork(nullptr, nullptr, after_fork_in_child), true);
+  (void)atfork_registered;
+  if (!g_pool || g_pool->workers() != threads - 1) {
+    delete g_pool;
+    g_pool = new ThreadPool(threads - 1);
+  }
+  return g_pool;
+}
+
+}  // namespace
+
+int get_num_threads() {
+  std::lock_guard<std::mutex> lock(g_pool_mu);
+  if (g_num_threads == 0) g_num_threads = default_threads();
+  return g_num_threads;
+}
+
+void set_num_threads(int n) {
+  check_value(n >= 1, "set_num_threads: expected n >= 1, got ", n);
+  std::lock_guard<std::mutex> lock(g_pool_mu);
+  g_num_threads = n;
+}
+
+void parallel_for(int64_t n, int64_t grain, const std::function<void(int64_t, int64_t)>& fn) {
+  if (n <= 0) return;
+  grain = std::max<int64_t>(grain, 1);
+  const int64_t chunks = (n + grain - 1) / grain;
+  const int threads = get_num_threads();
+  if (chunks == 1 || threads == 1 || t_in_pool_task) {
+    fn(0, n);
+    return;
+  }
+  const std::function<void(int64_t)> chunk_fn = [&](int64_t c) {
+    const int64_t begin = c * grain;
+    fn(begin, std::min(n, begin + grain));
+  };
+  pool_for(threads)->run(chunks, chunk_fn);
+}
+
+}  // namespace normkit

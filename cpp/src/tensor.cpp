@@ -1,0 +1,111 @@
+#include "normkit/tensor.h"
+
+#include "normkit/error.h"
+
+namespace normkit {
+
+std::string device_str(const Device& d) {
+  return concat(d.kind == DeviceKind::CPU ? "cpu" : "cuda", d.kind == DeviceKind::CPU ? "" : ":",
+                d.kind == DeviceKind::CPU ? std::string() : std::to_string(d.index));
+}
+
+namespace {
+const char* code_name(uint8_t code) {
+  switch (code) {
+    case dlpack::kDLInt: return "int";
+    case dlpack::kDLUInt: return "uint";
+    case dlpack::kDLFloat: return "float";
+    case dlpack::kDLBfloat: return "bfloat";
+    case dlpack::kDLComplex: return "complex";
+    case dlpack::kDLBool: return "bool";
+  }
+  return "opaque";
+}
+}  // namespace
+
+TensorView TensorView::from_dlpack(const dlpack::Tensor& t, const char* arg) {
+  TensorView v;
+  const auto& dt = t.dtype;
+  const bool one_lane = dt.lanes == 1;
+  if (one_lane && dt.code == dlpack::kDLFloat && dt.bits == 16) v.dtype = DType::Float16;
+  else if (one_lane && dt.code == dlpack::kDLBfloat && dt.bits == 16) v.dtype = DType::BFloat16;
+  else if (one_lane && dt.code == dlpack::kDLFloat && dt.bits == 32) v.dtype = DType::Float32;
+  else if (one_lane && dt.code == dlpack::kDLFloat && dt.bits == 64) v.dtype = DType::Float64;
+  else
+    throw TypeError(concat(arg, ": expected dtype float16, bfloat16, float32 or float64, got ",
+                           code_name(dt.code), int(dt.bits), dt.lanes == 1 ? "" : concat("x", dt.lanes)));
+
+  switch (t.device.device_type) {
+    case dlpack::kDLCPU:
+    case dlpack::kDLCUDAHost: v.device = {DeviceKind::CPU, 0}; break;
+    case dlpack::kDLCUDA:
+    case dlpack::kDLCUDAManaged: v.device = {DeviceKind::CUDA, t.device.device_id}; break;
+    default:
+      throw TypeError(concat(arg, ": expected a CPU or CUDA array, got DLPack device type ",
+                             t.device.device_type));
+  }
+  v.data = static_cast<char*>(t.data) + t.byte_offset;
+  v.shape.assign(t.shape, t.shape + t.ndim);
+  v.strides.resize(t.ndim);
+  int64_t expected = 1;
+  for (int i = t.ndim - 1; i >= 0; --i) {
+    v.strides[i] = t.strides ? t.strides[i] : expected;
+    expected *= t.shape[i];
+  }
+  return v;
+}
+
+int64_t TensorView::numel() const {
+  int64_t n = 1;
+  for (auto s : shape) n *= s;
+  return n;
+}
+
+bool TensorView::is_contiguous() const {
+  int64_t expected = 1;
+  for (int i = ndim() - 1; i >= 0; --i) {
+    if (shape[i] != 1 && strides[i] != expected) return false;
+    expected *= shape[i];
+  }
+  return true;
+}
+
+RowLayout row_layout(const TensorView& t, int row_dims) {
+  RowLayout r;
+  const int lead = t.ndim() - row_dims;
+  r.cols = 1;
+  for (int i = lead; i < t.ndim(); ++i) r.cols *= t.shape[i];
+  r.rows = 1;
+  for (int i = 0; i < lead; ++i) r.rows *= t.shape[i];
+  if (r.rows == 0 || r.cols == 0) {
+    r.ok = true;
+    r.row_stride = r.cols;
+    return r;
+  }
+  // The row itself must be compact.
+  int64_t expected = 1;
+  for (int i = t.ndim() - 1; i >= lead; --i) {
+    if (t.shape[i] != 1 && t.strides[i] != expected) return r;
+    expected *= t.shape[i];
+  }
+  // Leading dims must collapse into a single stride: walk them innermost first, skipping size-1 dims.
+  int64_t stride = r.cols, span = 1;
+  bool seen = false;
+  for (int i = lead - 1; i >= 0; --i) {
+    if (t.shape[i] == 1) continue;
+    if (!seen) {
+      stride = t.strides[i];
+      seen = true;
+    } else if (t.strides[i] != stride * span) {
+      return r;
+    }
+    span *= t.shape[i];
+  }
+  // Rows must not overlap (stride 0 broadcasts or negative strides take the copy path).
+  if (r.rows > 1 && stride < r.cols) return r;
+  r.row_stride = stride;
+  r.ok = true;
+  return r;
+}
+
+}  // namespace normkit

@@ -1,0 +1,28 @@
+// The _core extension module: one export function per topic, and the exception mapping.
+#include <nanobind/nanobind.h>
+
+#include "normkit/error.h"
+
+namespace nb = nanobind;
+
+namespace normkit::bindings {
+void export_info(nb::module_& m);
+void export_row_norm(nb::module_& m);
+}  // namespace normkit::bindings
+
+NB_MODULE(_core, m) {
+  m.doc() = "normkit's C++ core: normalization kernels over DLPack arrays.";
+  nb::register_exception_translator([](const std::exception_ptr& p, void*) {
+    try {
+      std::rethrow_exception(p);
+    } catch (const normkit::TypeError& e) {
+      PyErr_SetString(PyExc_TypeError, e.what());
+    } catch (const normkit::ValueError& e) {
+      PyErr_SetString(PyExc_ValueError, e.what());
+    } catch (const normkit::RuntimeError& e) {
+      PyErr_SetString(PyExc_RuntimeError, e.what());
+    }
+  });
+  normkit::bindings::export_info(m);
+  normkit::bindings::export_row_norm(m);
+}

@@ -1,0 +1,142 @@
+"""The caller's array kind: how to hand an array to the core and how to allocate results like it.
+
+NumPy arrays and torch tensors are recognised directly; any other object with ``__dlpack__`` is read
+through DLPack, and its results are built with its ``__array_namespace__`` when it has one (JAX, CuPy,
+array-API libraries), otherwise they are NumPy arrays.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+
+_ACC = {"float16": "float32", "bfloat16": "float32", "float32": "float32", "float64": "float64"}
+
+
+def acc_dtype_name(dtype_name: str) -> str:
+    """The accumulation dtype of an element dtype (float32, float64 for float64)."""
+    return _ACC.get(dtype_name, "float32")
+
+
+def _is_torch(x) -> bool:
+    torch = sys.modules.get("torch")
+    return torch is not None and isinstance(x, torch.Tensor)
+
+
+class _NumpyKind:
+    def shape(self, x):
+        return x.shape
+
+    def dtype_name(self, x):
+        return x.dtype.name
+
+    def empty(self, shape, dtype_name, like):
+        return np.empty(shape, dtype=dtype_name)
+
+    def wrap(self, out):
+        return out
+
+    def stream(self, x):
+        return 0
+
+
+class _TorchKind:
+    def __init__(self):
+        import torch
+
+        self.torch = torch
+
+    def shape(self, x):
+        return tuple(x.shape)
+
+    def dtype_name(self, x):
+        return str(x.dtype).removeprefix("torch.")
+
+    def empty(self, shape, dtype_name, like):
+        return self.torch.empty(shape, dtype=getattr(self.torch, dtype_name), device=like.device)
+
+    def wrap(self, out):
+        return out
+
+    def stream(self, x):
+        if x.device.type == "cuda":
+            return self.torch.cuda.current_stream(x.device).cuda_stream
+        return 0
+
+
+class _DLPackKind:
+    """Any other DLPack producer: compute into NumPy (CPU) and convert back with its namespace."""
+
+    def __init__(self, x):
+        self.xp = x.__array_namespace__() if hasattr(x, "__array_namespace__") else None
+
+    def shape(self, x):
+        return tuple(x.shape)
+
+    def dtype_name(self, x):
+        return str(x.dtype).split(".")[-1]
+
+    def empty(self, shape, dtype_name, like):
+        dev = like.__dlpack_device__()[0] if hasattr(like, "__dlpack_device__") else 1
+        if dev != 1 and self.xp is not None:  # device memory: allocate with the caller's library
+            return self.xp.empty(shape, dtype=getattr(self.xp, dtype_name), device=like.device)
+        if dtype_name == "bfloat16":
+            raise TypeError("x: bfloat16 arrays from this library need PyTorch or a CUDA array library")
+        return np.empty(shape, dtype=dtype_name)
+
+    def wrap(self, out):
+        if isinstance(out, np.ndarray) and self.xp is not None:
+            return self.xp.from_dlpack(out)
+        return out
+
+    def stream(self, x):
+        return 0
+
+
+_NUMPY = _NumpyKind()
+_TORCH = None
+
+
+def kind_of(x, arg: str = "x"):
+    """The adapter for x's array library; TypeError for objects that are not arrays."""
+    global _TORCH
+    if isinstance(x, np.ndarray):
+        return _NUMPY
+    if _is_torch(x):
+        if _TORCH is None:
+            _TORCH = _TorchKind()
+        return _TORCH
+    if hasattr(x, "__dlpack__"):
+        return _DLPackKind(x)
+    raise TypeError(
+        f"{arg}: expected a NumPy array, a torch.Tensor or an object with __dlpack__, got {type(x).__name__}"
+    )
+
+
+def to_core(x, arg: str = "x"):
+    """What the extension accepts for x: NumPy arrays as they are, torch tensors as a DLPack capsule
+    (detached: the autograd graph is the torch adapter's business), None as None."""
+    if x is None or isinstance(x, np.ndarray):
+        return x
+    if _is_torch(x):
+        import torch
+
+        return torch._C._to_dlpack(x.detach())
+    if hasattr(x, "__dlpack__"):
+        return x
+    raise TypeError(
+        f"{arg}: expected a NumPy array, a torch.Tensor or an object with __dlpack__, got {type(x).__name__}"
+    )
+
+
+def normalized_shape_tuple(normalized_shape) -> tuple:
+    """torch accepts an int or a sequence of ints for normalized_shape."""
+    if isinstance(normalized_shape, (int, np.integer)):
+        return (int(normalized_shape),)
+    try:
+        return tuple(int(s) for s in normalized_shape)
+    except TypeError:
+        raise TypeError(
+            f"normalized_shape: expected an int or a sequence of ints, got {type(normalized_shape).__name__}"
+        ) from None

@@ -1,0 +1,63 @@
+"""normkit ops with autograd, mirroring torch.nn.functional's signatures."""
+
+from __future__ import annotations
+
+import torch
+from torch.autograd.function import once_differentiable
+
+from normkit import functional as _F
+from normkit._arrays import normalized_shape_tuple
+
+__all__ = ["layer_norm", "rms_norm"]
+
+
+def _dtype_name(t):
+    return None if t is None else str(t.dtype).removeprefix("torch.")
+
+
+class _LayerNorm(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, weight, bias, normalized_shape, eps):
+        y, mean, rstd = _F.layer_norm_forward(x, normalized_shape, weight, bias, eps)
+        ctx.save_for_backward(x, weight, mean, rstd)
+        ctx.normalized_shape = normalized_shape
+        ctx.bias_dtype = _dtype_name(bias)
+        return y
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, dy):
+        x, weight, mean, rstd = ctx.saved_tensors
+        need_x, need_w, need_b = ctx.needs_input_grad[:3]
+        dx, dw, db = _F.layer_norm_backward(
+            dy, x, ctx.normalized_shape, mean, rstd, weight,
+            output_mask=(need_x, need_w, need_b), bias_dtype=ctx.bias_dtype,
+        )
+        return dx, dw, db, None, None
+
+
+class _RMSNorm(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, weight, normalized_shape, eps):
+        y, rstd = _F.rms_norm_forward(x, normalized_shape, weight, eps)
+        ctx.save_for_backward(x, weight, rstd)
+        ctx.normalized_shape = normalized_shape
+        return y
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, dy):
+        x, weight, rstd = ctx.saved_tensors
+        need_x, need_w = ctx.needs_input_grad[:2]
+        dx, dw = _F.rms_norm_backward(dy, x, ctx.normalized_shape, rstd, weight, output_mask=(need_x, need_w))
+        return dx, dw, None, None
+
+
+def layer_norm(input, normalized_shape, weight=None, bias=None, eps=1e-5):
+    """Like ``torch.nn.functional.layer_norm``."""
+    return _LayerNorm.apply(input, weight, bias, normalized_shape_tuple(normalized_shape), eps)
+
+
+def rms_norm(input, normalized_shape, weight=None, eps=None):
+    """Like ``torch.nn.functional.rms_norm`` (``eps=None``: machine epsilon of the accumulation type)."""
+    return _RMSNorm.apply(input, weight, normalized_shape_tuple(normalized_shape), eps)
