@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Everything the tests need, from a fresh machine: a virtual environment in .venv, the pinned CPU
+# build of PyTorch (installed first: an unpinned torch would pull a multi-GB CUDA build), the build and
+# test tools, normkit itself (CUDA kernels compiled where nvcc exists), then every test.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PYTHON=${PYTHON:-python3}
+[ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
+# shellcheck disable=SC1091
+. .venv/bin/activate
+export PIP_DISABLE_PIP_VERSION_CHECK=1
+pip install -q torch==2.13.0
+pip install -q numpy pytest hypothesis tqdm nanobind scikit-build-core ninja
+CMAKE_BUILD_PARALLEL_LEVEL=${CMAKE_BUILD_PARALLEL_LEVEL:-2} pip install -q --no-build-isolation .
+python -c "import normkit, json; print(json.dumps(normkit.build_info()))"
+
+python -m pytest tests -q "$@"
