@@ -28,6 +28,12 @@ class _NumpyKind:
     def shape(self, x):
         return x.shape
 
+    def strides(self, x):
+        return tuple(st // x.itemsize for st in x.strides)
+
+    def permute(self, a, order):
+        return a.transpose(order)
+
     def dtype_name(self, x):
         return x.dtype.name
 
@@ -49,6 +55,12 @@ class _TorchKind:
 
     def shape(self, x):
         return tuple(x.shape)
+
+    def strides(self, x):
+        return tuple(x.stride())
+
+    def permute(self, a, order):
+        return a.permute(order)
 
     def dtype_name(self, x):
         return str(x.dtype).removeprefix("torch.")
@@ -73,6 +85,9 @@ class _DLPackKind:
 
     def shape(self, x):
         return tuple(x.shape)
+
+    def strides(self, x):
+        return None  # not part of the array API: results are channels-first
 
     def dtype_name(self, x):
         return str(x.dtype).split(".")[-1]
@@ -128,6 +143,35 @@ def to_core(x, arg: str = "x"):
     raise TypeError(
         f"{arg}: expected a NumPy array, a torch.Tensor or an object with __dlpack__, got {type(x).__name__}"
     )
+
+
+def _compact_in(shape, strides, order) -> bool:
+    expected = 1
+    for d in reversed(order):
+        if shape[d] != 1 and strides[d] != expected:
+            return False
+        expected *= shape[d]
+    return True
+
+
+def is_channels_last(kind, x) -> bool:
+    """x is [N, C, *spatial] stored channels-last (NHWC, NDHWC) and not also channels-first."""
+    shape, strides = kind.shape(x), kind.strides(x)
+    if strides is None or len(shape) <= 2:
+        return False
+    nd = len(shape)
+    last = [0, *range(2, nd), 1]
+    return _compact_in(shape, strides, last) and not _compact_in(shape, strides, list(range(nd)))
+
+
+def empty_like_layout(kind, x, dtype_name=None):
+    """An uninitialised array like x, channels-last when x is, channels-first otherwise."""
+    shape, dt = kind.shape(x), dtype_name or kind.dtype_name(x)
+    if not is_channels_last(kind, x):
+        return kind.empty(shape, dt, x)
+    nd = len(shape)
+    stored = kind.empty((shape[0], *shape[2:], shape[1]), dt, x)
+    return kind.permute(stored, (0, nd - 1, *range(1, nd - 1)))
 
 
 def normalized_shape_tuple(normalized_shape) -> tuple:

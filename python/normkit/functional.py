@@ -13,9 +13,18 @@ Each layer has three functions:
 from __future__ import annotations
 
 from normkit import _core
-from normkit._arrays import acc_dtype_name, kind_of, normalized_shape_tuple, to_core
+from normkit._arrays import acc_dtype_name, empty_like_layout, kind_of, normalized_shape_tuple, to_core
 
 __all__ = [
+    "batch_norm",
+    "batch_norm_backward",
+    "batch_norm_forward",
+    "group_norm",
+    "group_norm_backward",
+    "group_norm_forward",
+    "instance_norm",
+    "instance_norm_backward",
+    "instance_norm_forward",
     "layer_norm",
     "layer_norm_backward",
     "layer_norm_forward",
@@ -123,3 +132,127 @@ def rms_norm_backward(dy, x, normalized_shape, rstd, weight=None, output_mask=(T
         to_core(dx), to_core(dw), kind.stream(x),
     )
     return tuple(None if a is None else kind.wrap(a) for a in (dx, dw))
+
+
+# ---- BatchNorm, InstanceNorm, GroupNorm: x is [N, C, *spatial]; outputs keep x's memory format ----
+
+
+def _channel_outputs(kind, x, saved_shape):
+    acc = acc_dtype_name(kind.dtype_name(x))
+    return empty_like_layout(kind, x), kind.empty(saved_shape, acc, x), kind.empty(saved_shape, acc, x)
+
+
+def _channel_grads(kind, x, weight, output_mask, bias_dtype):
+    dt = kind.dtype_name(x)
+    pdt = _dtype_name(weight) if weight is not None else dt
+    c = (kind.shape(x)[1],) if len(kind.shape(x)) > 1 else (0,)
+    dx = empty_like_layout(kind, x) if output_mask[0] else None
+    dw = kind.empty(c, pdt, x) if output_mask[1] and weight is not None else None
+    db = kind.empty(c, bias_dtype or pdt, x) if output_mask[2] else None
+    return dx, dw, db
+
+
+def _channels(kind, x):
+    shape = kind.shape(x)
+    return shape[1] if len(shape) > 1 else 0
+
+
+def batch_norm_forward(x, running_mean, running_var, weight=None, bias=None, training=False, momentum=0.1,
+                       eps=1e-5):
+    """BatchNorm over x = [N, C, *]; returns ``(y, save_mean, save_rstd)`` (per channel).
+
+    training: batch statistics; running_mean/running_var (if given) are updated in place with
+    ``momentum`` (the weight of the batch) and the unbiased batch variance. Otherwise the running
+    statistics normalize, and save_mean/save_rstd hold them as mean and 1/sqrt(var + eps).
+    """
+    kind = kind_of(x)
+    y, sm, sr = _channel_outputs(kind, x, (_channels(kind, x),))
+    _core.batch_norm_forward(
+        to_core(x), to_core(running_mean, "running_mean"), to_core(running_var, "running_var"),
+        to_core(weight, "weight"), to_core(bias, "bias"), bool(training), float(momentum), float(eps),
+        to_core(y), to_core(sm), to_core(sr), kind.stream(x),
+    )
+    return kind.wrap(y), kind.wrap(sm), kind.wrap(sr)
+
+
+def batch_norm(x, running_mean, running_var, weight=None, bias=None, training=False, momentum=0.1, eps=1e-5):
+    """Like ``torch.nn.functional.batch_norm`` (see :func:`batch_norm_forward`)."""
+    return batch_norm_forward(x, running_mean, running_var, weight, bias, training, momentum, eps)[0]
+
+
+def batch_norm_backward(dy, x, save_mean, save_rstd, weight=None, training=True, output_mask=(True, True, True),
+                        bias_dtype=None):
+    """Gradients of BatchNorm: ``(dx, dweight, dbias)``. training=True differentiates through the batch
+    statistics; training=False holds the (running) statistics fixed."""
+    kind = kind_of(x)
+    dx, dw, db = _channel_grads(kind, x, weight, output_mask, bias_dtype)
+    _core.batch_norm_backward(
+        to_core(dy, "dy"), to_core(x), to_core(save_mean, "save_mean"), to_core(save_rstd, "save_rstd"),
+        to_core(weight, "weight"), bool(training), to_core(dx), to_core(dw), to_core(db), kind.stream(x),
+    )
+    return tuple(None if a is None else kind.wrap(a) for a in (dx, dw, db))
+
+
+def instance_norm_forward(x, running_mean=None, running_var=None, weight=None, bias=None, use_input_stats=True,
+                          momentum=0.1, eps=1e-5):
+    """InstanceNorm over x = [N, C, *]; returns ``(y, save_mean, save_rstd)``, shaped [N, C] with
+    use_input_stats (running statistics, if given, move toward the batch average of the instance
+    statistics, as torch does) and [C] without (the running statistics normalize)."""
+    kind = kind_of(x)
+    shape = kind.shape(x)
+    saved = tuple(shape[:2]) if use_input_stats else (_channels(kind, x),)
+    y, sm, sr = _channel_outputs(kind, x, saved)
+    _core.instance_norm_forward(
+        to_core(x), to_core(running_mean, "running_mean"), to_core(running_var, "running_var"),
+        to_core(weight, "weight"), to_core(bias, "bias"), bool(use_input_stats), float(momentum), float(eps),
+        to_core(y), to_core(sm), to_core(sr), kind.stream(x),
+    )
+    return kind.wrap(y), kind.wrap(sm), kind.wrap(sr)
+
+
+def instance_norm(x, running_mean=None, running_var=None, weight=None, bias=None, use_input_stats=True,
+                  momentum=0.1, eps=1e-5):
+    """Like ``torch.nn.functional.instance_norm``."""
+    return instance_norm_forward(x, running_mean, running_var, weight, bias, use_input_stats, momentum, eps)[0]
+
+
+def instance_norm_backward(dy, x, save_mean, save_rstd, weight=None, use_input_stats=True,
+                           output_mask=(True, True, True), bias_dtype=None):
+    """Gradients of InstanceNorm: ``(dx, dweight, dbias)``."""
+    kind = kind_of(x)
+    dx, dw, db = _channel_grads(kind, x, weight, output_mask, bias_dtype)
+    _core.instance_norm_backward(
+        to_core(dy, "dy"), to_core(x), to_core(save_mean, "save_mean"), to_core(save_rstd, "save_rstd"),
+        to_core(weight, "weight"), bool(use_input_stats), to_core(dx), to_core(dw), to_core(db),
+        kind.stream(x),
+    )
+    return tuple(None if a is None else kind.wrap(a) for a in (dx, dw, db))
+
+
+def group_norm_forward(x, num_groups, weight=None, bias=None, eps=1e-5):
+    """GroupNorm over x = [N, C, *]; returns ``(y, mean, rstd)`` shaped [N, num_groups]."""
+    kind = kind_of(x)
+    shape = kind.shape(x)
+    y, sm, sr = _channel_outputs(kind, x, (shape[0] if shape else 0, int(num_groups)))
+    _core.group_norm_forward(
+        to_core(x), int(num_groups), to_core(weight, "weight"), to_core(bias, "bias"), float(eps),
+        to_core(y), to_core(sm), to_core(sr), kind.stream(x),
+    )
+    return kind.wrap(y), kind.wrap(sm), kind.wrap(sr)
+
+
+def group_norm(x, num_groups, weight=None, bias=None, eps=1e-5):
+    """Like ``torch.nn.functional.group_norm``."""
+    return group_norm_forward(x, num_groups, weight, bias, eps)[0]
+
+
+def group_norm_backward(dy, x, num_groups, mean, rstd, weight=None, output_mask=(True, True, True),
+                        bias_dtype=None):
+    """Gradients of GroupNorm: ``(dx, dweight, dbias)``."""
+    kind = kind_of(x)
+    dx, dw, db = _channel_grads(kind, x, weight, output_mask, bias_dtype)
+    _core.group_norm_backward(
+        to_core(dy, "dy"), to_core(x), int(num_groups), to_core(mean, "mean"), to_core(rstd, "rstd"),
+        to_core(weight, "weight"), to_core(dx), to_core(dw), to_core(db), kind.stream(x),
+    )
+    return tuple(None if a is None else kind.wrap(a) for a in (dx, dw, db))

@@ -9,7 +9,18 @@ import numpy as np
 from normkit import functional as F
 from normkit._arrays import normalized_shape_tuple
 
-__all__ = ["LayerNorm", "Module", "RMSNorm"]
+__all__ = [
+    "BatchNorm1d",
+    "BatchNorm2d",
+    "BatchNorm3d",
+    "GroupNorm",
+    "InstanceNorm1d",
+    "InstanceNorm2d",
+    "InstanceNorm3d",
+    "LayerNorm",
+    "Module",
+    "RMSNorm",
+]
 
 
 class Module:
@@ -127,3 +138,162 @@ class RMSNorm(Module):
 
     def __repr__(self):
         return f"RMSNorm({self.normalized_shape}, eps={self.eps}, elementwise_affine={self.elementwise_affine})"
+
+
+# ---- BatchNorm, InstanceNorm, GroupNorm --------------------------------------------------------------
+
+
+class _BatchNorm(Module):
+    """BatchNorm over [N, C, *] (torch.nn.BatchNormNd semantics, running statistics included)."""
+
+    _param_names = ("weight", "bias")
+    _buffer_names = ("running_mean", "running_var", "num_batches_tracked")
+    _expected_dims: tuple = ()
+
+    def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=True, track_running_stats=True,
+                 dtype=np.float32):
+        super().__init__()
+        self.num_features, self.eps, self.momentum = num_features, eps, momentum
+        self.affine, self.track_running_stats = affine, track_running_stats
+        self.weight = np.ones(num_features, dtype) if affine else None
+        self.bias = np.zeros(num_features, dtype) if affine else None
+        if track_running_stats:
+            self.running_mean = np.zeros(num_features, dtype)
+            self.running_var = np.ones(num_features, dtype)
+            self.num_batches_tracked = np.array(0, dtype=np.int64)
+        else:
+            self.running_mean = self.running_var = self.num_batches_tracked = None
+        self._saved = None
+
+    def reset_running_stats(self):
+        if self.track_running_stats:
+            self.running_mean[...] = 0
+            self.running_var[...] = 1
+            self.num_batches_tracked[...] = 0
+
+    def _check_input_dim(self, x):
+        if np.ndim(x) not in self._expected_dims:
+            dims = " or ".join(f"{d}D" for d in self._expected_dims)
+            raise ValueError(f"x: expected {dims} input, got {np.ndim(x)}D input")
+
+    def forward(self, x):
+        self._check_input_dim(x)
+        factor = 0.0 if self.momentum is None else self.momentum
+        updating = self.training and self.track_running_stats
+        if updating and self.momentum is None:
+            factor = 1.0 / float(self.num_batches_tracked + 1)  # cumulative moving average
+        batch_stats = self.training or self.running_mean is None
+        use_running = not self.training or self.track_running_stats
+        y, mean, rstd = F.batch_norm_forward(
+            x, self.running_mean if use_running else None, self.running_var if use_running else None,
+            self.weight, self.bias, batch_stats, factor, self.eps,
+        )
+        if updating:
+            self.num_batches_tracked += 1
+        self._saved = (x, mean, rstd, batch_stats)
+        return y
+
+    def backward(self, dy):
+        if self._saved is None:
+            raise RuntimeError("backward: call forward first")
+        x, mean, rstd, batch_stats = self._saved
+        dx, dw, db = F.batch_norm_backward(dy, x, mean, rstd, self.weight, batch_stats,
+                                           output_mask=(True, self.affine, self.affine))
+        self.grads = {"weight": dw, "bias": db} if self.affine else {}
+        return dx
+
+    def __repr__(self):
+        return (f"{type(self).__name__}({self.num_features}, eps={self.eps}, momentum={self.momentum}, "
+                f"affine={self.affine}, track_running_stats={self.track_running_stats})")
+
+
+class BatchNorm1d(_BatchNorm):
+    _expected_dims = (2, 3)
+
+
+class BatchNorm2d(_BatchNorm):
+    _expected_dims = (4,)
+
+
+class BatchNorm3d(_BatchNorm):
+    _expected_dims = (5,)
+
+
+class _InstanceNorm(_BatchNorm):
+    """InstanceNorm over [N, C, *] or unbatched [C, *] (torch.nn.InstanceNormNd semantics)."""
+
+    _no_batch_dim = 0
+
+    def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=False, track_running_stats=False,
+                 dtype=np.float32):
+        super().__init__(num_features, eps, momentum, affine, track_running_stats, dtype)
+
+    def _check_input_dim(self, x):
+        if np.ndim(x) not in (self._no_batch_dim, self._no_batch_dim + 1):
+            raise ValueError(f"x: expected {self._no_batch_dim}D (unbatched) or {self._no_batch_dim + 1}D "
+                             f"(batched) input, got {np.ndim(x)}D input")
+
+    def forward(self, x):
+        self._check_input_dim(x)
+        unbatched = np.ndim(x) == self._no_batch_dim
+        xb = x[None] if unbatched else x
+        use_input_stats = self.training or not self.track_running_stats
+        factor = 0.0 if self.momentum is None else self.momentum
+        y, mean, rstd = F.instance_norm_forward(xb, self.running_mean, self.running_var, self.weight,
+                                                self.bias, use_input_stats, factor, self.eps)
+        self._saved = (xb, mean, rstd, use_input_stats, unbatched)
+        return y[0] if unbatched else y
+
+    def backward(self, dy):
+        if self._saved is None:
+            raise RuntimeError("backward: call forward first")
+        xb, mean, rstd, use_input_stats, unbatched = self._saved
+        dyb = dy[None] if unbatched else dy
+        dx, dw, db = F.instance_norm_backward(dyb, xb, mean, rstd, self.weight, use_input_stats,
+                                              output_mask=(True, self.affine, self.affine))
+        self.grads = {"weight": dw, "bias": db} if self.affine else {}
+        return dx[0] if unbatched else dx
+
+
+class InstanceNorm1d(_InstanceNorm):
+    _no_batch_dim = 2
+
+
+class InstanceNorm2d(_InstanceNorm):
+    _no_batch_dim = 3
+
+
+class InstanceNorm3d(_InstanceNorm):
+    _no_batch_dim = 4
+
+
+class GroupNorm(Module):
+    """GroupNorm over [N, C, *] (torch.nn.GroupNorm semantics)."""
+
+    _param_names = ("weight", "bias")
+
+    def __init__(self, num_groups, num_channels, eps=1e-5, affine=True, dtype=np.float32):
+        super().__init__()
+        if num_groups < 1 or num_channels % num_groups:
+            raise ValueError(f"num_groups: expected a divisor of num_channels={num_channels}, got {num_groups}")
+        self.num_groups, self.num_channels, self.eps, self.affine = num_groups, num_channels, eps, affine
+        self.weight = np.ones(num_channels, dtype) if affine else None
+        self.bias = np.zeros(num_channels, dtype) if affine else None
+        self._saved = None
+
+    def forward(self, x):
+        y, mean, rstd = F.group_norm_forward(x, self.num_groups, self.weight, self.bias, self.eps)
+        self._saved = (x, mean, rstd)
+        return y
+
+    def backward(self, dy):
+        if self._saved is None:
+            raise RuntimeError("backward: call forward first")
+        x, mean, rstd = self._saved
+        dx, dw, db = F.group_norm_backward(dy, x, self.num_groups, mean, rstd, self.weight,
+                                           output_mask=(True, self.affine, self.affine))
+        self.grads = {"weight": dw, "bias": db} if self.affine else {}
+        return dx
+
+    def __repr__(self):
+        return f"GroupNorm({self.num_groups}, {self.num_channels}, eps={self.eps}, affine={self.affine})"

@@ -162,4 +162,12 @@ decltype(auto) dispatch_float(DType t, Fn&& fn) {
   return fn(double{});
 }
 
+// Parameters (weight, bias, running statistics) are stored in the input's dtype or, for mixed
+// precision, in its accumulation dtype; the dispatch layer rejects anything else. Calls fn(P{}).
+template <class T, class Fn>
+decltype(auto) dispatch_param(DType p, Fn&& fn) {
+  if (p == dtype_of<T>::value) return fn(T{});
+  return fn(acc_t<T>{});
+}
+
 }  // namespace normkit

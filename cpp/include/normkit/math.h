@@ -58,11 +58,24 @@ NK_HD A biased_var(const Moments<A>& m) {
   return m.count > 0 ? m.m2 / A(m.count) : A(NAN);
 }
 
+// Sample (unbiased) variance, as running statistics store it; NaN below two values.
+template <class A>
+NK_HD A unbiased_var(const Moments<A>& m) {
+  return m.count > 1 ? m.m2 / A(m.count - 1) : A(NAN);
+}
+
+// running <- momentum * batch + (1 - momentum) * running, in torch's order of operations.
+template <class A>
+NK_HD A running_update(A running, A batch, A momentum) {
+  return momentum * batch + (A(1) - momentum) * running;
+}
+
 // rstd = 1 / sqrt(var + eps). Correctly rounded sqrt and division on both sides (no rsqrt
-// approximation), so the CPU and CUDA statistics agree.
+// approximation), so the CPU and CUDA statistics agree. A variance that rounding made slightly
+// negative counts as 0; a NaN variance (no values) stays NaN, as in torch.
 template <class A>
 NK_HD A rstd_from_var(A var, A eps) {
-  return A(1) / std::sqrt((var > A(0) ? var : A(0)) + eps);
+  return A(1) / std::sqrt((var < A(0) ? A(0) : var) + eps);
 }
 
 // ---- Row normalization: LayerNorm (kCenter) and RMSNorm (!kCenter) -----------------------------

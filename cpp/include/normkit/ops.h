@@ -34,4 +34,41 @@ void rms_norm_backward(const TensorView& dy, const TensorView& x, const Shape& n
                        const TensorView& rstd, const OptTensor& weight, const OptTensor& dx,
                        const OptTensor& dweight, void* stream = nullptr);
 
+// ---- Channel normalizations: x is [N, C, *spatial], compact channels-first (NCHW...) or channels-last
+// (NHWC, NDHWC); y (dx) must be compact in one of the two layouts and the kernels work in y's (dx's)
+// layout, reading x and dy in place when they share it. save_mean/save_rstd hold one value per
+// statistic in the accumulation dtype: [C] for BatchNorm, [N, C] for InstanceNorm, [N, num_groups]
+// for GroupNorm. Running statistics (per channel, any float dtype) are updated in place.
+
+// training: batch statistics, running statistics updated when given; otherwise normalize with the
+// running statistics (then save_mean/save_rstd receive them as mean and 1/sqrt(var + eps)).
+void batch_norm_forward(const TensorView& x, const OptTensor& running_mean, const OptTensor& running_var,
+                        const OptTensor& weight, const OptTensor& bias, bool training, double momentum,
+                        double eps, const TensorView& y, const TensorView& save_mean,
+                        const TensorView& save_rstd, void* stream = nullptr);
+// training: the gradient through the batch statistics; otherwise with the statistics held fixed.
+void batch_norm_backward(const TensorView& dy, const TensorView& x, const TensorView& save_mean,
+                         const TensorView& save_rstd, const OptTensor& weight, bool training,
+                         const OptTensor& dx, const OptTensor& dweight, const OptTensor& dbias,
+                         void* stream = nullptr);
+
+// use_input_stats: per-(n, c) statistics (running statistics, when given, get the batch average);
+// otherwise the running statistics per channel.
+void instance_norm_forward(const TensorView& x, const OptTensor& running_mean, const OptTensor& running_var,
+                           const OptTensor& weight, const OptTensor& bias, bool use_input_stats,
+                           double momentum, double eps, const TensorView& y, const TensorView& save_mean,
+                           const TensorView& save_rstd, void* stream = nullptr);
+void instance_norm_backward(const TensorView& dy, const TensorView& x, const TensorView& save_mean,
+                            const TensorView& save_rstd, const OptTensor& weight, bool use_input_stats,
+                            const OptTensor& dx, const OptTensor& dweight, const OptTensor& dbias,
+                            void* stream = nullptr);
+
+void group_norm_forward(const TensorView& x, int64_t num_groups, const OptTensor& weight,
+                        const OptTensor& bias, double eps, const TensorView& y, const TensorView& save_mean,
+                        const TensorView& save_rstd, void* stream = nullptr);
+void group_norm_backward(const TensorView& dy, const TensorView& x, int64_t num_groups,
+                         const TensorView& save_mean, const TensorView& save_rstd, const OptTensor& weight,
+                         const OptTensor& dx, const OptTensor& dweight, const OptTensor& dbias,
+                         void* stream = nullptr);
+
 }  // namespace normkit

@@ -1,9 +1,14 @@
 #include "ops/common.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstdlib>
 
 #include "cpu/strided_copy.h"
+
+#if defined(__linux__)
+#include <sys/mman.h>
+#endif
 
 namespace normkit::ops {
 
@@ -43,6 +48,22 @@ void check_eps(double eps) {
   check_value(eps >= 0 && std::isfinite(eps), "eps: expected a finite number >= 0, got ", eps);
 }
 
+DType check_param_dtypes(const OptTensor& a, const char* a_arg, const OptTensor& b, const char* b_arg,
+                         const TensorView& x) {
+  const DType acc = acc_dtype(x.dtype);
+  for (const auto& [p, arg] : {std::pair<const OptTensor&, const char*>{a, a_arg}, {b, b_arg}}) {
+    if (!p) continue;
+    check_type(p->dtype == x.dtype || p->dtype == acc, arg, ": expected dtype ", dtype_name(x.dtype),
+               x.dtype == acc ? "" : concat(" or ", dtype_name(acc)), " (for x of dtype ", dtype_name(x.dtype),
+               "), got ", dtype_name(p->dtype));
+  }
+  if (a && b) {
+    check_type(a->dtype == b->dtype, b_arg, ": expected dtype ", dtype_name(a->dtype), " (that of ", a_arg,
+               "), got ", dtype_name(b->dtype));
+  }
+  return a ? a->dtype : b ? b->dtype : x.dtype;
+}
+
 int64_t check_normalized_shape(const TensorView& x, const char* arg, const Shape& normalized_shape) {
   check_value(!normalized_shape.empty(), "normalized_shape: expected at least one dimension, got []");
   const int k = int(normalized_shape.size());
@@ -67,23 +88,56 @@ DeviceScope::DeviceScope(const Device& d) {
 #endif
 }
 
-Rows rows_of(const TensorView& t, int row_dims, void* stream) {
-  const RowLayout layout = row_layout(t, row_dims);
-  if (layout.ok) return {t.data, layout.row_stride, nullptr};
-  const size_t bytes = size_t(t.numel()) * size_t(dtype_size(t.dtype));
-  Rows r;
-  r.stride = layout.cols;
+void advise_huge_pages(const TensorView& out) {
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+  constexpr uintptr_t kHuge = uintptr_t(2) << 20;
+  const size_t bytes = size_t(out.numel()) * size_t(dtype_size(out.dtype));
+  if (out.device.kind != DeviceKind::CPU || bytes < 4 * kHuge) return;
+  // Only whole huge pages inside the buffer: never touch memory around it.
+  const uintptr_t begin = (reinterpret_cast<uintptr_t>(out.data) + kHuge - 1) & ~(kHuge - 1);
+  const uintptr_t end = (reinterpret_cast<uintptr_t>(out.data) + bytes) & ~(kHuge - 1);
+  if (end > begin) madvise(reinterpret_cast<void*>(begin), end - begin, MADV_HUGEPAGE);
+#else
+  (void)out;
+#endif
+}
+
+std::shared_ptr<void> compact_copy(const TensorView& t, void* stream) {
+  const size_t bytes = std::max<size_t>(1, size_t(t.numel()) * size_t(dtype_size(t.dtype)));
+  std::shared_ptr<void> holder;
   if (t.device.kind == DeviceKind::CPU) {
-    r.holder = std::shared_ptr<void>(std::malloc(bytes), std::free);
-    if (!r.holder) throw RuntimeError(concat("out of host memory copying a ", bytes, "-byte view"));
-    cpu::contiguous_copy(t, r.holder.get());
+    holder = std::shared_ptr<void>(std::malloc(bytes), std::free);
+    if (!holder) throw RuntimeError(concat("out of host memory copying a ", bytes, "-byte view"));
+    cpu::contiguous_copy(t, holder.get());
   } else {
 #if defined(NORMKIT_WITH_CUDA)
-    r.holder = cuda::allocate(bytes, stream);
-    cuda::contiguous_copy(t, r.holder.get(), stream);
+    holder = cuda::allocate(bytes, stream);
+    cuda::contiguous_copy(t, holder.get(), stream);
 #endif
   }
   (void)stream;
+  return holder;
+}
+
+OptTensor compact_param(const OptTensor& p, std::shared_ptr<void>& holder, void* stream) {
+  if (!p || p->is_contiguous()) return p;
+  holder = compact_copy(*p, stream);
+  TensorView v = *p;
+  v.data = holder.get();
+  int64_t stride = 1;
+  for (int i = v.ndim() - 1; i >= 0; --i) {
+    v.strides[size_t(i)] = stride;
+    stride *= v.shape[size_t(i)];
+  }
+  return v;
+}
+
+Rows rows_of(const TensorView& t, int row_dims, void* stream) {
+  const RowLayout layout = row_layout(t, row_dims);
+  if (layout.ok) return {t.data, layout.row_stride, nullptr};
+  Rows r;
+  r.stride = layout.cols;
+  r.holder = compact_copy(t, stream);
   r.data = r.holder.get();
   return r;
 }

@@ -23,6 +23,10 @@ void check_shape(const TensorView& t, const char* arg, const Shape& expected);
 void check_output(const TensorView& t, const char* arg, const Shape& shape, DType dtype,
                   const TensorView& ref, const char* ref_arg);
 void check_eps(double eps);
+// Parameters share one dtype, x's or its accumulation dtype (float32 parameters for half inputs);
+// returns it (x's dtype when there are none).
+DType check_param_dtypes(const OptTensor& a, const char* a_arg, const OptTensor& b, const char* b_arg,
+                         const TensorView& x);
 // x's trailing dimensions equal normalized_shape; returns the number of leading rows.
 int64_t check_normalized_shape(const TensorView& x, const char* arg, const Shape& normalized_shape);
 Shape leading_shape(const TensorView& x, int trailing_dims);
@@ -47,6 +51,18 @@ struct Rows {
   std::shared_ptr<void> holder;
 };
 Rows rows_of(const TensorView& t, int row_dims, void* stream);
+
+// Asks the kernel to back the untouched pages of a large CPU output with transparent huge pages.
+// A fresh output (torch.empty, np.empty of many MB) is mapped on first write, and with 4 KB pages
+// those page faults cost more than the normalization itself; with 2 MB pages they almost vanish.
+// Advisory only: pages already present are unaffected, and nothing happens off Linux.
+void advise_huge_pages(const TensorView& out);
+
+// A parameter (weight, bias: small) as a compact view: itself, or a compact copy kept in `holder`.
+OptTensor compact_param(const OptTensor& p, std::shared_ptr<void>& holder, void* stream);
+
+// A compact row-major copy of any view, on the view's device (host or device memory).
+std::shared_ptr<void> compact_copy(const TensorView& t, void* stream);
 
 // Calls cpu() for CPU tensors and cuda() for CUDA tensors.
 template <class Cpu, class Cuda>

@@ -12,7 +12,6 @@ void check_param(const OptTensor& p, const char* arg, const Shape& normalized_sh
   if (!p) return;
   ops::check_same_device(*p, arg, x, "x");
   ops::check_shape(*p, arg, normalized_shape);
-  check_value(p->is_contiguous(), arg, ": expected a contiguous array, got strides ", shape_str(p->strides));
 }
 
 void check_stats(const TensorView& s, const char* arg, int64_t rows, const TensorView& x) {
@@ -22,19 +21,24 @@ void check_stats(const TensorView& s, const char* arg, int64_t rows, const Tenso
               " contiguous values (one per row of x), got shape ", shape_str(s.shape));
 }
 
-void forward(const TensorView& x, const Shape& normalized_shape, const OptTensor& weight,
-             const OptTensor& bias, double eps, const TensorView& y, const TensorView* mean,
+void forward(const TensorView& x, const Shape& normalized_shape, const OptTensor& weight_in,
+             const OptTensor& bias_in, double eps, const TensorView& y, const TensorView* mean,
              const TensorView& rstd, void* stream) {
   ops::check_device_supported(x, "x");
   const int64_t rows = ops::check_normalized_shape(x, "x", normalized_shape);
-  check_param(weight, "weight", normalized_shape, x);
-  check_param(bias, "bias", normalized_shape, x);
+  check_param(weight_in, "weight", normalized_shape, x);
+  check_param(bias_in, "bias", normalized_shape, x);
+  const DType param_dtype = ops::check_param_dtypes(weight_in, "weight", bias_in, "bias", x);
   ops::check_eps(eps);
   ops::check_output(y, "y", x.shape, x.dtype, x, "x");
   if (mean) check_stats(*mean, "mean", rows, x);
   check_stats(rstd, "rstd", rows, x);
 
   ops::DeviceScope scope(x.device);
+  std::shared_ptr<void> weight_copy, bias_copy;
+  const OptTensor weight = ops::compact_param(weight_in, weight_copy, stream);
+  const OptTensor bias = ops::compact_param(bias_in, bias_copy, stream);
+  ops::advise_huge_pages(y);
   const int row_dims = int(normalized_shape.size());
   const ops::Rows xr = ops::rows_of(x, row_dims, stream);
   RowNormForwardArgs a{};
@@ -46,9 +50,9 @@ void forward(const TensorView& x, const Shape& normalized_shape, const OptTensor
   a.x = xr.data;
   a.x_row_stride = xr.stride;
   a.weight = weight ? weight->data : nullptr;
-  a.weight_dtype = weight ? weight->dtype : x.dtype;
+  a.weight_dtype = param_dtype;
   a.bias = bias ? bias->data : nullptr;
-  a.bias_dtype = bias ? bias->dtype : x.dtype;
+  a.bias_dtype = param_dtype;
   a.eps = eps;
   a.y = y.data;
   a.mean = mean ? mean->data : nullptr;
@@ -63,7 +67,7 @@ void forward(const TensorView& x, const Shape& normalized_shape, const OptTensor
 }
 
 void backward(const TensorView& dy, const TensorView& x, const Shape& normalized_shape,
-              const TensorView* mean, const TensorView& rstd, const OptTensor& weight,
+              const TensorView* mean, const TensorView& rstd, const OptTensor& weight_in,
               const OptTensor& dx, const OptTensor& dweight, const OptTensor& dbias, void* stream) {
   ops::check_device_supported(x, "x");
   const int64_t rows = ops::check_normalized_shape(x, "x", normalized_shape);
@@ -72,12 +76,16 @@ void backward(const TensorView& dy, const TensorView& x, const Shape& normalized
   ops::check_shape(dy, "dy", x.shape);
   if (mean) check_stats(*mean, "mean", rows, x);
   check_stats(rstd, "rstd", rows, x);
-  check_param(weight, "weight", normalized_shape, x);
+  check_param(weight_in, "weight", normalized_shape, x);
+  ops::check_param_dtypes(weight_in, "weight", std::nullopt, "", x);
   if (dx) ops::check_output(*dx, "dx", x.shape, x.dtype, x, "x");
   if (dweight) ops::check_output(*dweight, "dweight", normalized_shape, dweight->dtype, x, "x");
   if (dbias) ops::check_output(*dbias, "dbias", normalized_shape, dbias->dtype, x, "x");
 
   ops::DeviceScope scope(x.device);
+  std::shared_ptr<void> weight_copy;
+  const OptTensor weight = ops::compact_param(weight_in, weight_copy, stream);
+  if (dx) ops::advise_huge_pages(*dx);
   const int row_dims = int(normalized_shape.size());
   const ops::Rows xr = ops::rows_of(x, row_dims, stream);
   const ops::Rows dyr = ops::rows_of(dy, row_dims, stream);

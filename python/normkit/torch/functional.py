@@ -8,7 +8,7 @@ from torch.autograd.function import once_differentiable
 from normkit import functional as _F
 from normkit._arrays import normalized_shape_tuple
 
-__all__ = ["layer_norm", "rms_norm"]
+__all__ = ["batch_norm", "group_norm", "instance_norm", "layer_norm", "rms_norm"]
 
 
 def _dtype_name(t):
@@ -61,3 +61,80 @@ def layer_norm(input, normalized_shape, weight=None, bias=None, eps=1e-5):
 def rms_norm(input, normalized_shape, weight=None, eps=None):
     """Like ``torch.nn.functional.rms_norm`` (``eps=None``: machine epsilon of the accumulation type)."""
     return _RMSNorm.apply(input, weight, normalized_shape_tuple(normalized_shape), eps)
+
+
+class _BatchNorm(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, weight, bias, running_mean, running_var, training, momentum, eps):
+        y, mean, rstd = _F.batch_norm_forward(x, running_mean, running_var, weight, bias, training, momentum, eps)
+        ctx.save_for_backward(x, weight, mean, rstd)
+        ctx.training = training
+        ctx.bias_dtype = _dtype_name(bias)
+        return y
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, dy):
+        x, weight, mean, rstd = ctx.saved_tensors
+        need_x, need_w, need_b = ctx.needs_input_grad[:3]
+        dx, dw, db = _F.batch_norm_backward(dy, x, mean, rstd, weight, ctx.training,
+                                            output_mask=(need_x, need_w, need_b), bias_dtype=ctx.bias_dtype)
+        return dx, dw, db, None, None, None, None, None
+
+
+class _InstanceNorm(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, weight, bias, running_mean, running_var, use_input_stats, momentum, eps):
+        y, mean, rstd = _F.instance_norm_forward(x, running_mean, running_var, weight, bias, use_input_stats,
+                                                 momentum, eps)
+        ctx.save_for_backward(x, weight, mean, rstd)
+        ctx.use_input_stats = use_input_stats
+        ctx.bias_dtype = _dtype_name(bias)
+        return y
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, dy):
+        x, weight, mean, rstd = ctx.saved_tensors
+        need_x, need_w, need_b = ctx.needs_input_grad[:3]
+        dx, dw, db = _F.instance_norm_backward(dy, x, mean, rstd, weight, ctx.use_input_stats,
+                                               output_mask=(need_x, need_w, need_b), bias_dtype=ctx.bias_dtype)
+        return dx, dw, db, None, None, None, None, None
+
+
+class _GroupNorm(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, weight, bias, num_groups, eps):
+        y, mean, rstd = _F.group_norm_forward(x, num_groups, weight, bias, eps)
+        ctx.save_for_backward(x, weight, mean, rstd)
+        ctx.num_groups = num_groups
+        ctx.bias_dtype = _dtype_name(bias)
+        return y
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, dy):
+        x, weight, mean, rstd = ctx.saved_tensors
+        need_x, need_w, need_b = ctx.needs_input_grad[:3]
+        dx, dw, db = _F.group_norm_backward(dy, x, ctx.num_groups, mean, rstd, weight,
+                                            output_mask=(need_x, need_w, need_b), bias_dtype=ctx.bias_dtype)
+        return dx, dw, db, None, None
+
+
+def batch_norm(input, running_mean, running_var, weight=None, bias=None, training=False, momentum=0.1,
+               eps=1e-5):
+    """Like ``torch.nn.functional.batch_norm`` (running statistics updated in place when training)."""
+    return _BatchNorm.apply(input, weight, bias, running_mean, running_var, bool(training), float(momentum),
+                            float(eps))
+
+
+def instance_norm(input, running_mean=None, running_var=None, weight=None, bias=None, use_input_stats=True,
+                  momentum=0.1, eps=1e-5):
+    """Like ``torch.nn.functional.instance_norm``."""
+    return _InstanceNorm.apply(input, weight, bias, running_mean, running_var, bool(use_input_stats),
+                               float(momentum), float(eps))
+
+
+def group_norm(input, num_groups, weight=None, bias=None, eps=1e-5):
+    """Like ``torch.nn.functional.group_norm``."""
+    return _GroupNorm.apply(input, weight, bias, int(num_groups), float(eps))

@@ -1,4 +1,5 @@
-"""torch.nn twins: the torch.nn class with a normkit forward."""
+"""torch.nn twins: the torch.nn class with a normkit forward. Constructor arguments, parameters,
+buffers, state_dict keys and extra_repr are inherited unchanged."""
 
 from __future__ import annotations
 
@@ -6,7 +7,17 @@ import torch
 
 from normkit.torch import functional as F
 
-__all__ = ["LayerNorm", "RMSNorm"]
+__all__ = [
+    "BatchNorm1d",
+    "BatchNorm2d",
+    "BatchNorm3d",
+    "GroupNorm",
+    "InstanceNorm1d",
+    "InstanceNorm2d",
+    "InstanceNorm3d",
+    "LayerNorm",
+    "RMSNorm",
+]
 
 
 class LayerNorm(torch.nn.LayerNorm):
@@ -21,3 +32,68 @@ class RMSNorm(torch.nn.RMSNorm):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.rms_norm(x, self.normalized_shape, self.weight, self.eps)
+
+
+class _BatchNormForward:
+    """torch's _BatchNorm.forward with a normkit batch_norm. num_batches_tracked advances only after
+    the op succeeded, so a rejected input leaves every buffer as it was."""
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        self._check_input_dim(input)
+        factor = 0.0 if self.momentum is None else self.momentum
+        updating = self.training and self.track_running_stats and self.num_batches_tracked is not None
+        if updating and self.momentum is None:
+            factor = 1.0 / float(self.num_batches_tracked + 1)  # cumulative moving average
+        batch_stats = self.training or (self.running_mean is None and self.running_var is None)
+        use_running = not self.training or self.track_running_stats
+        y = F.batch_norm(
+            input,
+            self.running_mean if use_running else None,
+            self.running_var if use_running else None,
+            self.weight, self.bias, batch_stats, factor, self.eps,
+        )
+        if updating:
+            self.num_batches_tracked.add_(1)
+        return y
+
+
+class BatchNorm1d(_BatchNormForward, torch.nn.BatchNorm1d):
+    """``torch.nn.BatchNorm1d`` computed by normkit."""
+
+
+class BatchNorm2d(_BatchNormForward, torch.nn.BatchNorm2d):
+    """``torch.nn.BatchNorm2d`` computed by normkit."""
+
+
+class BatchNorm3d(_BatchNormForward, torch.nn.BatchNorm3d):
+    """``torch.nn.BatchNorm3d`` computed by normkit."""
+
+
+class _InstanceNormApply:
+    """torch's _InstanceNorm keeps its forward (input checks, unbatched input); only the op changes."""
+
+    def _apply_instance_norm(self, input: torch.Tensor) -> torch.Tensor:
+        return F.instance_norm(
+            input, self.running_mean, self.running_var, self.weight, self.bias,
+            self.training or not self.track_running_stats,
+            self.momentum if self.momentum is not None else 0.0, self.eps,
+        )
+
+
+class InstanceNorm1d(_InstanceNormApply, torch.nn.InstanceNorm1d):
+    """``torch.nn.InstanceNorm1d`` computed by normkit."""
+
+
+class InstanceNorm2d(_InstanceNormApply, torch.nn.InstanceNorm2d):
+    """``torch.nn.InstanceNorm2d`` computed by normkit."""
+
+
+class InstanceNorm3d(_InstanceNormApply, torch.nn.InstanceNorm3d):
+    """``torch.nn.InstanceNorm3d`` computed by normkit."""
+
+
+class GroupNorm(torch.nn.GroupNorm):
+    """``torch.nn.GroupNorm`` computed by normkit."""
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        return F.group_norm(input, self.num_groups, self.weight, self.bias, self.eps)

@@ -17,7 +17,7 @@ struct RowNormForwardArgs {
   const void* weight;  // nullable, `cols` elements of weight_dtype
   DType weight_dtype;
   const void* bias;  // nullable
-  DType bias_dtype;
+  DType bias_dtype;  // == weight_dtype, which is dtype or its accumulation dtype (checked)
   double eps;
   void* y;
   void* mean;  // nullable (RMSNorm), acc dtype

@@ -1,0 +1,740 @@
+// BatchNorm, InstanceNorm and GroupNorm on the CPU: normalization of an [N, C, S] tensor by the
+// statistics of groups of channels (see detail/channel_norm_args.h).
+//
+// Determinism: every reduction is cut into pieces that depend on the problem size and layout only
+// (never on the thread count), each piece is reduced by one thread, and the pieces are merged in a
+// fixed order. Threads only decide who computes which piece.
+//
+// Statistics. Each piece is a block of at most kStatBlock contiguous values (channels first) or of
+// ~kRowBlock values in whole rows (channels last), small enough to stay in L1/L2 for a second pass:
+//   pass 1: mean estimate m^ from the values shifted by the block's first value (small sums),
+//   pass 2: sd = sum(x - m^), sq = sum((x - m^)^2)   (the corrected two-pass algorithm),
+// giving mean = m^ + sd / n and M2 = sq - sd^2 / n. Blocks are merged with Chan's formula
+// (math::chan_merge), in block order, into chunks, then segments, then statistics.
+//
+// Channels first (NCS): the values of statistic (n, g) of a per-sample norm (InstanceNorm,
+// GroupNorm) are one contiguous segment of cpg * S values; a BatchNorm statistic c is N segments of
+// S values. Segments are cut into chunks of kChunk values (the unit of parallel work). When a
+// per-sample segment fits in L2, one task computes its statistics and normalizes it right away, so x
+// comes from DRAM once (the arithmetic is the same as in the unfused path).
+// Channels last (NSC): rows of C channels. The rows of a statistic's row group (a sample for
+// per-sample norms, all N * S rows for BatchNorm) are cut into fixed blocks of rows; per block,
+// per-channel vector sums give each group's block moments. Per-sample norms fuse per sample when a
+// sample fits in L2.
+//
+// Backward: per (k, c) sums of dy and dy * xhat (k = n, or k = 0 for channels-last BatchNorm) give
+// dbias, dweight (sums over k in order) and, per statistic, mean(g) and mean(g * xhat) (sums over
+// k then c in order); then dx = math::row_norm_dx per element.
+#include <algorithm>
+#include <cmath>
+#include <vector>
+
+#include "cpu/kernels.h"
+#include "cpu/lanes.h"
+#include "normkit/math.h"
+#include "normkit/parallel.h"
+
+namespace normkit::cpu::NK_ISA {
+namespace {
+
+using detail::ChannelNormBackwardArgs;
+using detail::ChannelNormForwardArgs;
+using detail::Layout;
+
+constexpr int64_t kStatBlock = 4096;        // contiguous values per two-pass block (L1)
+constexpr int64_t kChunk = 8 * kStatBlock;  // channels first: values per unit of parallel work
+constexpr int64_t kRowBlock = 16384;        // channels last: values per block of rows (L1/L2)
+constexpr int64_t kTaskElements = 1 << 15;  // elements per parallel task, to amortise the hand-off
+constexpr int64_t kFuseMinBytes = 512 << 10;  // fuse statistics and normalization per task up to
+constexpr int64_t kFuseMaxBytes = 4 << 20;    // 16 MB / threads within these bounds (L2 / L3)
+
+template <class A>
+using Moments = math::Moments<A>;
+
+int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+// parallel_for over [0, n) in pieces of `grain`, handing out the last pieces first (each piece runs
+// forwards, for the prefetchers).
+template <class Fn>
+void parallel_for_from_end(int64_t n, int64_t grain, Fn&& fn) {
+  parallel_for(ceil_div(n, grain), 1, [&](int64_t t0, int64_t t1) {
+    for (int64_t t = t0; t < t1; ++t) {
+      const int64_t e = n - t * grain;
+      fn(std::max<int64_t>(0, e - grain), e);
+    }
+  });
+}
+
+// Whether to compute a statistic and normalize its values in one task (`bytes` per task, `tasks`
+// tasks): the values are then read from DRAM once and again from cache. Both paths do the same
+// arithmetic, so the choice (which may depend on the thread count) never changes a result.
+bool fuse_stats(int64_t bytes, int64_t tasks) {
+  const int threads = get_num_threads();
+  const int64_t budget = std::clamp<int64_t>((int64_t(16) << 20) / threads, kFuseMinBytes, kFuseMaxBytes);
+  return bytes <= budget && tasks >= 2 * threads;
+}
+
+// A parameter vector as `n` accumulation-type values (`fill` when absent).
+template <class A>
+std::vector<A> param_as_acc(const void* p, DType dtype, int64_t n, A fill) {
+  std::vector<A> out(size_t(n), fill);
+  if (p) {
+    dispatch_float(dtype, [&](auto tag) {
+      using P = decltype(tag);
+      const P* src = static_cast<const P*>(p);
+      for (int64_t i = 0; i < n; ++i) out[size_t(i)] = load<A>(src[i]);
+    });
+  }
+  return out;
+}
+
+template <class A>
+void store_params(const std::vector<A>& v, void* out, DType dtype) {
+  dispatch_float(dtype, [&](auto tag) {
+    using P = decltype(tag);
+    P* o = static_cast<P*>(out);
+    for (size_t i = 0; i < v.size(); ++i) o[i] = store<P>(v[i]);
+  });
+}
+
+// Block moments from the corrected two-pass sums around the estimate `mhat`.
+template <class A>
+Moments<A> corrected_moments(int64_t n, A mhat, A sd, A sq) {
+  const A inv_n = A(1) / A(n);
+  const A m2 = sq - sd * sd * inv_n;
+  return math::block_moments(n, mhat + sd * inv_n, m2 > A(0) ? m2 : A(0));
+}
+
+// Moments of the `len` contiguous values x - shift: two-pass blocks of kStatBlock merged in order.
+template <class T, class A = acc_t<T>>
+Moments<A> contiguous_moments(const T* x, int64_t len, A shift) {
+  Moments<A> m;
+  for (int64_t s = 0; s < len; s += kStatBlock) {
+    const int64_t n = std::min(kStatBlock, len - s);
+    const T* xb = x + s;
+    const A mhat = lane_sum<A>(n, [&](int64_t i) { return load<A>(xb[i]) - shift; }) / A(n);
+    const auto sums = lane_sum2<A>(n, [&](int64_t i, A& d, A& d2) {
+      d = (load<A>(xb[i]) - shift) - mhat;
+      d2 = d * d;
+    });
+    m = math::chan_merge(m, corrected_moments(n, mhat, sums.first, sums.second));
+  }
+  return m;
+}
+
+// The problem after normalising the layout: with S == 1 both layouts are [N, C] rows (NSC), with
+// C == 1 both are [N, S] planes (NCS).
+struct Problem {
+  int64_t N, C, S, G, cpg;
+  bool per_sample;
+  Layout layout;
+  int64_t num_stats, count;
+
+  explicit Problem(const detail::ChannelNormShape& s)
+      : N(s.N), C(s.C), S(s.S), G(s.groups), cpg(s.groups > 0 ? s.C / s.groups : 0),
+        per_sample(s.per_sample), layout(s.layout), num_stats(s.num_stats()),
+        count((s.per_sample ? 1 : s.N) * cpg * s.S) {
+    if (S == 1 && C > 1) layout = Layout::NSC;
+    if (C == 1) layout = Layout::NCS;
+  }
+  bool empty() const { return N * S == 0 || C == 0; }
+  int64_t stat(int64_t n, int64_t c) const { return (per_sample ? n * G : 0) + c / cpg; }
+  // Channels last: row groups (samples, or one group of all rows) and their blocks of rows.
+  int64_t row_groups() const { return per_sample ? N : 1; }
+  int64_t group_rows() const { return per_sample ? S : N * S; }
+  int64_t block_rows() const { return std::max<int64_t>(1, kRowBlock / C); }
+  int64_t row_blocks() const { return ceil_div(group_rows(), block_rows()); }
+  // Channels first: a segment (n, g) is cpg * S contiguous values, cut into chunks.
+  int64_t seg_len() const { return cpg * S; }
+  int64_t seg_chunks() const { return ceil_div(seg_len(), kChunk); }
+  // Index of the first value of statistic s: the shift of all its block moments.
+  int64_t first_index(int64_t s) const {
+    const int64_t k = per_sample ? s / G : 0, c = (s % G) * cpg;
+    return layout == Layout::NCS ? (k * C + c) * S : k * group_rows() * C + c;
+  }
+};
+
+// The statistics are accumulated as moments of x - shift, shift = the statistic's first value (so
+// the block means are small numbers whose rounding does not spoil the merges), and shifted back.
+template <class T, class A = acc_t<T>>
+A stat_shift(const Problem& p, const T* x, int64_t s) {
+  return load<A>(x[p.first_index(s)]);
+}
+
+// ---- channels-last helpers -------------------------------------------------------------------------
+
+// Per-channel scratch of one task.
+template <class A>
+struct RowScratch {
+  std::vector<A> a, b, c, shift;
+  explicit RowScratch(int64_t C) : a(size_t(C)), b(size_t(C)), c(size_t(C)), shift(size_t(C)) {}
+};
+
+// Moments of x - shift of each of the G groups over `rows` rows of C channels starting at x, with
+// sc.shift holding each channel's group shift.
+template <class T, class A>
+void row_block_moments(const Problem& p, const T* x, int64_t rows, RowScratch<A>& sc, Moments<A>* out) {
+  const int64_t C = p.C, G = p.G, cpg = p.cpg;
+  A* acc = sc.a.data();
+  A* mref = sc.b.data();
+  A* sq = sc.c.data();
+  const A* sh = sc.shift.data();
+  // Pass 1: per-channel sums, then each group's mean estimate.
+#pragma omp simd
+  for (int64_t c = 0; c < C; ++c) acc[c] = 0;
+  for (int64_t r = 0; r < rows; ++r) {
+    const T* xr = x + r * C;
+#pragma omp simd
+    for (int64_t c = 0; c < C; ++c) acc[c] += load<A>(xr[c]) - sh[c];
+  }
+  const A inv_rows = A(1) / A(rows);
+  for (int64_t g = 0; g < G; ++g) {
+    A s = 0;
+    for (int64_t c = g * cpg; c < (g + 1) * cpg; ++c) s += acc[c];
+    const A mg = s * inv_rows / A(cpg);
+    for (int64_t c = g * cpg; c < (g + 1) * cpg; ++c) mref[c] = mg;
+  }
+  // Pass 2: per-channel sums of d and d^2 around the group's estimate.
+#pragma omp simd
+  for (int64_t c = 0; c < C; ++c) acc[c] = sq[c] = 0;
+  for (int64_t r = 0; r < rows; ++r) {
+    const T* xr = x + r * C;
+#pragma omp simd
+    for (int64_t c = 0; c < C; ++c) {
+      const A d = (load<A>(xr[c]) - sh[c]) - mref[c];
+      acc[c] += d;
+      sq[c] += d * d;
+    }
+  }
+  for (int64_t g = 0; g < G; ++g) {
+    A sd = 0, s2 = 0;
+    for (int64_t c = g * cpg; c < (g + 1) * cpg; ++c) {
+      sd += acc[c];
+      s2 += sq[c];
+    }
+    out[g] = corrected_moments(rows * cpg, mref[g * cpg], sd, s2);
+  }
+}
+
+// ---- forward ---------------------------------------------------------------------------------------
+
+template <class A>
+struct Stats {
+  std::vector<Moments<A>> m;  // per statistic (batch statistics only)
+  std::vector<A> mean, rstd;  // per statistic
+};
+
+// Statistic s from the moments of its x - shift.
+template <class A>
+void finish_stat(Stats<A>& st, int64_t s, Moments<A> m, A shift, A eps) {
+  m.mean += shift;
+  st.m[size_t(s)] = m;
+  st.mean[size_t(s)] = m.mean;
+  st.rstd[size_t(s)] = math::rstd_from_var(math::biased_var(m), eps);
+}
+
+// y = row_norm_apply(x) over n contiguous values that share one channel.
+template <class T, class A>
+void apply_run(const T* x, T* y, int64_t n, A mean, A rstd, A w, A b) {
+#pragma omp simd
+  for (int64_t i = 0; i < n; ++i) y[i] = store<T>(math::row_norm_apply(load<A>(x[i]), mean, rstd, w, b));
+}
+
+// Channels first: statistic s covers the segments (n, g) for n in [n0, n1).
+struct Members {
+  int64_t n0, n1, g;
+};
+Members members(const Problem& p, int64_t s) {
+  if (p.per_sample) return {s / p.G, s / p.G + 1, s % p.G};
+  return {0, p.N, s};
+}
+
+// Channels first: the moments of statistic s, chained over its segments and their chunks in order.
+// `chunk(n, ch)` gives the moments of chunk ch of segment (n, g).
+template <class A, class ChunkFn>
+Moments<A> chain_chunks(const Problem& p, int64_t s, ChunkFn&& chunk) {
+  const Members mb = members(p, s);
+  const int64_t nch = p.seg_chunks();
+  Moments<A> m;
+  for (int64_t n = mb.n0; n < mb.n1; ++n)
+    for (int64_t ch = 0; ch < nch; ++ch) m = math::chan_merge(m, chunk(n, ch));
+  return m;
+}
+
+template <class T, class A>
+void forward_ncs(const Problem& p, const T* x, T* y, const A* w, const A* b, A eps, bool batch, Stats<A>& st) {
+  const int64_t N = p.N, C = p.C, S = p.S, G = p.G, cpg = p.cpg;
+  const int64_t L = p.seg_len(), nch = p.seg_chunks();
+  auto chunk_moments = [&](int64_t n, int64_t g, int64_t ch, A shift) {
+    return contiguous_moments(x + (n * C + g * cpg) * S + ch * kChunk, std::min(kChunk, L - ch * kChunk), shift);
+  };
+  if (batch) {
+    if (fuse_stats(p.count * int64_t(sizeof(T)), p.num_stats)) {
+      // One task per statistic: its moments, then its planes normalized while still in cache.
+      parallel_for(p.num_stats, std::max<int64_t>(1, kTaskElements / p.count), [&](int64_t s0, int64_t s1) {
+        for (int64_t s = s0; s < s1; ++s) {
+          const A shift = stat_shift(p, x, s);
+          const Members mb = members(p, s);
+          finish_stat(st, s, chain_chunks<A>(p, s, [&](int64_t n, int64_t ch) { return chunk_moments(n, mb.g, ch, shift); }),
+                      shift, eps);
+          for (int64_t n = mb.n0; n < mb.n1; ++n)
+            for (int64_t c = mb.g * cpg; c < (mb.g + 1) * cpg; ++c) {
+              const int64_t off = (n * C + c) * S;
+              apply_run(x + off, y + off, S, st.mean[size_t(s)], st.rstd[size_t(s)], w[c], b[c]);
+            }
+        }
+      });
+      return;
+    }
+    // Chunk moments in parallel, then each statistic's chain in the same order.
+    const int64_t units = N * G * nch;
+    std::vector<Moments<A>> um(static_cast<size_t>(units));
+    parallel_for(units, std::max<int64_t>(1, kTaskElements / std::min(L, kChunk)), [&](int64_t u0, int64_t u1) {
+      for (int64_t u = u0; u < u1; ++u) {
+        const int64_t seg = u / nch, ch = u % nch, n = seg / G, g = seg % G;
+        um[size_t(u)] = chunk_moments(n, g, ch, stat_shift(p, x, p.per_sample ? seg : g));
+      }
+    });
+    parallel_for(p.num_stats, std::max<int64_t>(1, 4096 / (N * nch)), [&](int64_t s0, int64_t s1) {
+      for (int64_t s = s0; s < s1; ++s) {
+        const int64_t g = members(p, s).g;
+        finish_stat(st, s, chain_chunks<A>(p, s, [&](int64_t n, int64_t ch) { return um[size_t((n * G + g) * nch + ch)]; }),
+                    stat_shift(p, x, s), eps);
+      }
+    });
+  }
+  // Normalize (plane, chunk of the plane) units, the last ones first: what the statistics pass read
+  // last may still be in the last-level cache.
+  const int64_t pch = ceil_div(S, kChunk), units = N * C * pch;
+  parallel_for_from_end(units, std::max<int64_t>(1, kTaskElements / std::min(S, kChunk)), [&](int64_t u0, int64_t u1) {
+    for (int64_t u = u0; u < u1; ++u) {
+      const int64_t plane = u / pch, ch = u % pch;
+      const int64_t n = plane / C, c = plane % C, s = p.stat(n, c);
+      const int64_t off = plane * S + ch * kChunk;
+      apply_run(x + off, y + off, std::min(kChunk, S - ch * kChunk), st.mean[size_t(s)], st.rstd[size_t(s)], w[c],
+                b[c]);
+    }
+  });
+}
+
+// Channels last: normalize rows [r0, r1) of row group k with per-channel vectors.
+template <class T, class A>
+void apply_rows(const Problem& p, const T* x, T* y, int64_t r0, int64_t r1, const A* me, const A* re, const A* w,
+                const A* b) {
+  const int64_t C = p.C;
+  for (int64_t r = r0; r < r1; ++r) {
+    const T* xr = x + r * C;
+    T* yr = y + r * C;
+#pragma omp simd
+    for (int64_t c = 0; c < C; ++c) yr[c] = store<T>(math::row_norm_apply(load<A>(xr[c]), me[c], re[c], w[c], b[c]));
+  }
+}
+
+template <class T, class A>
+void forward_nsc(const Problem& p, const T* x, T* y, const A* w, const A* b, A eps, bool batch, Stats<A>& st) {
+  const int64_t C = p.C, G = p.G, K = p.row_groups(), R = p.group_rows();
+  const int64_t Rb = p.block_rows(), nb = p.row_blocks();
+  // Per row group, the per-channel mean and rstd.
+  std::vector<A> me(size_t(K * C)), re(size_t(K * C));
+  auto expand = [&](int64_t k) {
+    for (int64_t c = 0; c < C; ++c) {
+      const int64_t s = k * (p.per_sample ? G : 0) + c / p.cpg;
+      me[size_t(k * C + c)] = st.mean[size_t(s)];
+      re[size_t(k * C + c)] = st.rstd[size_t(s)];
+    }
+  };
+  auto set_shifts = [&](int64_t k, RowScratch<A>& sc) {
+    for (int64_t c = 0; c < C; ++c) sc.shift[size_t(c)] = stat_shift(p, x, k * (p.per_sample ? G : 0) + c / p.cpg);
+  };
+  if (batch) {
+    const bool fuse = p.per_sample && R * C * int64_t(sizeof(T)) <= kFuseBytes && K >= 2 * get_num_threads();
+    if (fuse) {
+      parallel_for(K, std::max<int64_t>(1, kTaskElements / (R * C)), [&](int64_t k0, int64_t k1) {
+        RowScratch<A> sc(C);
+        std::vector<Moments<A>> bm(static_cast<size_t>(G)), m(static_cast<size_t>(G));
+        for (int64_t k = k0; k < k1; ++k) {
+          const T* xk = x + k * R * C;
+          std::fill(m.begin(), m.end(), Moments<A>());
+          set_shifts(k, sc);
+          for (int64_t blk = 0; blk < nb; ++blk) {
+            const int64_t r0 = blk * Rb, rows = std::min(Rb, R - r0);
+            row_block_moments(p, xk + r0 * C, rows, sc, bm.data());
+            for (int64_t g = 0; g < G; ++g) m[size_t(g)] = math::chan_merge(m[size_t(g)], bm[size_t(g)]);
+          }
+          for (int64_t g = 0; g < G; ++g) finish_stat(st, k * G + g, m[size_t(g)], stat_shift(p, x, k * G + g), eps);
+          expand(k);
+          apply_rows(p, xk, y + k * R * C, 0, R, &me[size_t(k * C)], &re[size_t(k * C)], w, b);
+        }
+      });
+      return;
+    }
+    const int64_t units = K * nb;
+    std::vector<Moments<A>> um(size_t(units * G));
+    parallel_for(units, std::max<int64_t>(1, kTaskElements / (Rb * C)), [&](int64_t u0, int64_t u1) {
+      RowScratch<A> sc(C);
+      for (int64_t u = u0; u < u1; ++u) {
+        const int64_t k = u / nb, blk = u % nb;
+        const int64_t r0 = blk * Rb, rows = std::min(Rb, R - r0);
+        set_shifts(k, sc);
+        row_block_moments(p, x + (k * R + r0) * C, rows, sc, &um[size_t(u * G)]);
+      }
+    });
+    parallel_for(p.num_stats, std::max<int64_t>(1, 4096 / nb), [&](int64_t s0, int64_t s1) {
+      for (int64_t s = s0; s < s1; ++s) {
+        const int64_t k = s / G, g = s % G;
+        Moments<A> m;
+        for (int64_t blk = 0; blk < nb; ++blk) m = math::chan_merge(m, um[size_t((k * nb + blk) * G + g)]);
+        finish_stat(st, s, m, stat_shift(p, x, s), eps);
+      }
+    });
+  }
+  for (int64_t k = 0; k < K; ++k) expand(k);
+  // Normalize rows, last-to-first (see forward_ncs).
+  const int64_t rows = K * R;
+  const int64_t grain = std::max<int64_t>(1, kTaskElements / C);
+  const int64_t tasks = ceil_div(rows, grain);
+  parallel_for(tasks, 1, [&](int64_t t0, int64_t t1) {
+    for (int64_t t = t0; t < t1; ++t) {
+      const int64_t r_end = rows - t * grain, r_begin = std::max<int64_t>(0, r_end - grain);
+      // Split at row-group boundaries so each piece uses one group's vectors.
+      for (int64_t r = r_begin; r < r_end;) {
+        const int64_t k = r / R, e = std::min(r_end, (k + 1) * R);
+        apply_rows(p, x, y, r, e, &me[size_t(k * C)], &re[size_t(k * C)], w, b);
+        r = e;
+      }
+    }
+  });
+}
+
+template <class T>
+void forward(const ChannelNormForwardArgs& a) {
+  using A = acc_t<T>;
+  const Problem p(a.shape);
+  const int64_t C = p.C, ns = p.num_stats;
+  const A eps = A(a.eps);
+  const bool eval = !a.training && a.running_mean && a.running_var;
+  Stats<A> st;
+  st.m.resize(size_t(ns));
+  st.mean.assign(size_t(ns), A(0));
+  st.rstd.assign(size_t(ns), A(NAN));
+  if (eval && C > 0) {
+    // Running statistics per channel (groups == C, shared by all n).
+    const std::vector<A> rm = param_as_acc<A>(a.running_mean, a.running_dtype, C, A(0));
+    const std::vector<A> rv = param_as_acc<A>(a.running_var, a.running_dtype, C, A(0));
+    for (int64_t s = 0; s < ns; ++s) {
+      const int64_t c = (s % p.G) * p.cpg;
+      st.mean[size_t(s)] = rm[size_t(c)];
+      st.rstd[size_t(s)] = math::rstd_from_var(rv[size_t(c)], eps);
+    }
+  }
+  if (!p.empty()) {
+    const std::vector<A> w = param_as_acc<A>(a.weight, a.weight_dtype, C, A(1));
+    const std::vector<A> b = param_as_acc<A>(a.bias, a.bias_dtype, C, A(0));
+    const T* x = static_cast<const T*>(a.x);
+    T* y = static_cast<T*>(a.y);
+    if (p.layout == Layout::NCS)
+      forward_ncs<T, A>(p, x, y, w.data(), b.data(), eps, !eval, st);
+    else
+      forward_nsc<T, A>(p, x, y, w.data(), b.data(), eps, !eval, st);
+
+    // Running statistics: per channel, the average over that channel's statistics of the batch mean
+    // and of the unbiased variance. Skipped for an empty batch.
+    if (a.training && a.running_mean && a.running_var && p.G == C && p.count > 0) {
+      const int64_t K = p.per_sample ? p.N : 1;
+      const A momentum = A(a.momentum);
+      dispatch_float(a.running_dtype, [&](auto tag) {
+        using P = decltype(tag);
+        P* rm = static_cast<P*>(a.running_mean);
+        P* rv = static_cast<P*>(a.running_var);
+        for (int64_t c = 0; c < C; ++c) {
+          A bm = 0, bv = 0;
+          for (int64_t k = 0; k < K; ++k) {
+            const Moments<A>& m = st.m[size_t(k * (p.per_sample ? p.G : 0) + c)];
+            bm += m.mean;
+            bv += math::unbiased_var(m);
+          }
+          if (K > 1) {
+            bm /= A(K);
+            bv /= A(K);
+          }
+          rm[c] = store<P>(math::running_update(load<A>(rm[c]), bm, momentum));
+          rv[c] = store<P>(math::running_update(load<A>(rv[c]), bv, momentum));
+        }
+      });
+    }
+  }
+  if (a.save_mean) std::copy(st.mean.begin(), st.mean.end(), static_cast<A*>(a.save_mean));
+  if (a.save_rstd) std::copy(st.rstd.begin(), st.rstd.end(), static_cast<A*>(a.save_rstd));
+}
+
+// ---- backward --------------------------------------------------------------------------------------
+
+// Per statistic: mean(g) and mean(g * xhat), from the (k, c) sums.
+template <class A>
+void stat_coefficients(const Problem& p, int64_t s, const A* sum_dy, const A* sum_dyx, const A* w, A* mg, A* mgx) {
+  const int64_t C = p.C, g = s % p.G;
+  const int64_t k0 = p.per_sample ? s / p.G : 0;
+  const int64_t k1 = p.per_sample ? k0 + 1 : (p.layout == Layout::NCS ? p.N : 1);
+  A a = 0, bx = 0;
+  for (int64_t k = k0; k < k1; ++k)
+    for (int64_t c = g * p.cpg; c < (g + 1) * p.cpg; ++c) {
+      a += w[c] * sum_dy[k * C + c];
+      bx += w[c] * sum_dyx[k * C + c];
+    }
+  const A inv = A(1) / A(p.count);
+  mg[s] = a * inv;
+  mgx[s] = bx * inv;
+}
+
+// dx over n contiguous values of one channel.
+template <class T, class A>
+void dx_run(const T* dy, const T* x, T* dx, int64_t n, A mean, A rstd, A w, A mg, A mgx, bool batch_stats) {
+  if (batch_stats) {
+#pragma omp simd
+    for (int64_t i = 0; i < n; ++i)
+      dx[i] = store<T>(math::row_norm_dx(load<A>(dy[i]) * w, (load<A>(x[i]) - mean) * rstd, rstd, mg, mgx));
+  } else {
+#pragma omp simd
+    for (int64_t i = 0; i < n; ++i) dx[i] = store<T>(math::row_norm_dx(load<A>(dy[i]) * w, A(0), rstd, A(0), A(0)));
+  }
+}
+
+// Sums of dy and dy * xhat over n contiguous values.
+template <class T, class A>
+std::pair<A, A> run_sums(const T* dy, const T* x, int64_t n, A mean, A rstd) {
+  return lane_sum2<A>(n, [&](int64_t i, A& d, A& dx) {
+    d = load<A>(dy[i]);
+    dx = d * ((load<A>(x[i]) - mean) * rstd);
+  });
+}
+
+struct BackwardPlan {
+  bool want_dx, batch_stats, need_sums;
+};
+
+template <class T, class A>
+void backward_ncs(const Problem& p, const ChannelNormBackwardArgs& a, const BackwardPlan& bp, const A* mean,
+                  const A* rstd, const A* w, A* sum_dy, A* sum_dyx, A* mg, A* mgx) {
+  const int64_t N = p.N, C = p.C, S = p.S, G = p.G;
+  const T* dy = static_cast<const T*>(a.dy);
+  const T* x = static_cast<const T*>(a.x);
+  T* dx = static_cast<T*>(a.dx);
+  const int64_t pch = ceil_div(S, kChunk);
+  // Sums of plane (n, c): chunk sums added in order.
+  auto plane_sums = [&](int64_t n, int64_t c) {
+    const int64_t s = p.stat(n, c), off = (n * C + c) * S;
+    A sd = 0, sdx = 0;
+    for (int64_t o = 0; o < S; o += kChunk) {
+      const auto r = run_sums(dy + off + o, x + off + o, std::min(kChunk, S - o), mean[s], rstd[s]);
+      sd += r.first;
+      sdx += r.second;
+    }
+    sum_dy[n * C + c] = sd;
+    sum_dyx[n * C + c] = sdx;
+  };
+  auto plane_dx = [&](int64_t n, int64_t c, int64_t o, int64_t len) {
+    const int64_t s = p.stat(n, c), off = (n * C + c) * S + o;
+    dx_run(dy + off, x + off, dx + off, len, mean[s], rstd[s], w[c], mg[s], mgx[s], bp.batch_stats);
+  };
+  const int64_t L = p.seg_len();
+  const bool fuse = bp.want_dx && bp.need_sums && p.per_sample &&
+                    2 * L * int64_t(sizeof(T)) <= kFuseBytes && p.num_stats >= 2 * get_num_threads();
+  if (fuse) {
+    parallel_for(p.num_stats, std::max<int64_t>(1, kTaskElements / std::max<int64_t>(L, 1)), [&](int64_t s0, int64_t s1) {
+      for (int64_t s = s0; s < s1; ++s) {
+        const int64_t n = s / G, g = s % G;
+        for (int64_t c = g * p.cpg; c < (g + 1) * p.cpg; ++c) plane_sums(n, c);
+        stat_coefficients(p, s, sum_dy, sum_dyx, w, mg, mgx);
+        for (int64_t c = g * p.cpg; c < (g + 1) * p.cpg; ++c) plane_dx(n, c, 0, S);
+      }
+    });
+    return;
+  }
+  if (bp.need_sums) {
+    parallel_for(N * C, std::max<int64_t>(1, kTaskElements / S), [&](int64_t q0, int64_t q1) {
+      for (int64_t q = q0; q < q1; ++q) plane_sums(q / C, q % C);
+    });
+    if (bp.want_dx && bp.batch_stats)
+      for (int64_t s = 0; s < p.num_stats; ++s) stat_coefficients(p, s, sum_dy, sum_dyx, w, mg, mgx);
+  }
+  if (!bp.want_dx) return;
+  const int64_t units = N * C * pch;
+  parallel_for(units, std::max<int64_t>(1, kTaskElements / std::min(S, kChunk)), [&](int64_t u0, int64_t u1) {
+    for (int64_t v = u0; v < u1; ++v) {
+      const int64_t u = units - 1 - v;
+      const int64_t plane = u / pch, ch = u % pch;
+      plane_dx(plane / C, plane % C, ch * kChunk, std::min(kChunk, S - ch * kChunk));
+    }
+  });
+}
+
+template <class T, class A>
+void backward_nsc(const Problem& p, const ChannelNormBackwardArgs& a, const BackwardPlan& bp, const A* mean,
+                  const A* rstd, const A* w, A* sum_dy, A* sum_dyx, A* mg, A* mgx) {
+  const int64_t C = p.C, G = p.G, K = p.row_groups(), R = p.group_rows();
+  const int64_t Rb = p.block_rows(), nb = p.row_blocks();
+  const T* dy = static_cast<const T*>(a.dy);
+  const T* x = static_cast<const T*>(a.x);
+  T* dx = static_cast<T*>(a.dx);
+  // Per row group, per-channel mean, rstd, weight-free coefficient vectors.
+  std::vector<A> me(size_t(K * C)), re(size_t(K * C)), ge(size_t(K * C)), gxe(size_t(K * C));
+  auto expand_stats = [&](int64_t k) {
+    for (int64_t c = 0; c < C; ++c) {
+      const int64_t s = k * (p.per_sample ? G : 0) + c / p.cpg;
+      me[size_t(k * C + c)] = mean[s];
+      re[size_t(k * C + c)] = rstd[s];
+    }
+  };
+  auto expand_coef = [&](int64_t k) {
+    for (int64_t c = 0; c < C; ++c) {
+      const int64_t s = k * (p.per_sample ? G : 0) + c / p.cpg;
+      ge[size_t(k * C + c)] = bp.batch_stats ? mg[s] : A(0);
+      gxe[size_t(k * C + c)] = bp.batch_stats ? mgx[s] : A(0);
+    }
+  };
+  for (int64_t k = 0; k < K; ++k) expand_stats(k);
+  // Per-channel sums of a block of rows.
+  auto block_sums = [&](int64_t k, int64_t r0, int64_t rows, A* sd, A* sdx) {
+    const A* mk = &me[size_t(k * C)];
+    const A* rk = &re[size_t(k * C)];
+#pragma omp simd
+    for (int64_t c = 0; c < C; ++c) sd[c] = sdx[c] = 0;
+    for (int64_t r = r0; r < r0 + rows; ++r) {
+      const T* dyr = dy + (k * R + r) * C;
+      const T* xr = x + (k * R + r) * C;
+#pragma omp simd
+      for (int64_t c = 0; c < C; ++c) {
+        const A d = load<A>(dyr[c]);
+        sd[c] += d;
+        sdx[c] += d * ((load<A>(xr[c]) - mk[c]) * rk[c]);
+      }
+    }
+  };
+  auto rows_dx = [&](int64_t k, int64_t r0, int64_t r1) {
+    const A* mk = &me[size_t(k * C)];
+    const A* rk = &re[size_t(k * C)];
+    const A* gk = &ge[size_t(k * C)];
+    const A* gxk = &gxe[size_t(k * C)];
+    for (int64_t r = r0; r < r1; ++r) {
+      const int64_t off = (k * R + r) * C;
+      const T* dyr = dy + off;
+      const T* xr = x + off;
+      T* dxr = dx + off;
+      if (bp.batch_stats) {
+#pragma omp simd
+        for (int64_t c = 0; c < C; ++c)
+          dxr[c] = store<T>(math::row_norm_dx(load<A>(dyr[c]) * w[c], (load<A>(xr[c]) - mk[c]) * rk[c], rk[c], gk[c],
+                                              gxk[c]));
+      } else {
+#pragma omp simd
+        for (int64_t c = 0; c < C; ++c)
+          dxr[c] = store<T>(math::row_norm_dx(load<A>(dyr[c]) * w[c], A(0), rk[c], A(0), A(0)));
+      }
+    }
+  };
+  // Row group k's (k, c) sums from its block partials, in block order.
+  auto group_sums = [&](int64_t k, const A* part_dy, const A* part_dyx) {
+    for (int64_t c = 0; c < C; ++c) {
+      A sd = 0, sdx = 0;
+      for (int64_t blk = 0; blk < nb; ++blk) {
+        sd += part_dy[blk * C + c];
+        sdx += part_dyx[blk * C + c];
+      }
+      sum_dy[k * C + c] = sd;
+      sum_dyx[k * C + c] = sdx;
+    }
+  };
+  const bool fuse = bp.want_dx && bp.need_sums && p.per_sample &&
+                    2 * R * C * int64_t(sizeof(T)) <= kFuseBytes && K >= 2 * get_num_threads();
+  if (fuse) {
+    parallel_for(K, std::max<int64_t>(1, kTaskElements / (R * C)), [&](int64_t k0, int64_t k1) {
+      std::vector<A> pd(size_t(nb * C)), pdx(size_t(nb * C));
+      for (int64_t k = k0; k < k1; ++k) {
+        for (int64_t blk = 0; blk < nb; ++blk)
+          block_sums(k, blk * Rb, std::min(Rb, R - blk * Rb), &pd[size_t(blk * C)], &pdx[size_t(blk * C)]);
+        group_sums(k, pd.data(), pdx.data());
+        for (int64_t g = 0; g < G; ++g) stat_coefficients(p, k * G + g, sum_dy, sum_dyx, w, mg, mgx);
+        expand_coef(k);
+        rows_dx(k, 0, R);
+      }
+    });
+    return;
+  }
+  if (bp.need_sums) {
+    const int64_t units = K * nb;
+    std::vector<A> pd(size_t(units * C)), pdx(size_t(units * C));
+    parallel_for(units, std::max<int64_t>(1, kTaskElements / (Rb * C)), [&](int64_t u0, int64_t u1) {
+      for (int64_t u = u0; u < u1; ++u) {
+        const int64_t k = u / nb, blk = u % nb;
+        block_sums(k, blk * Rb, std::min(Rb, R - blk * Rb), &pd[size_t(u * C)], &pdx[size_t(u * C)]);
+      }
+    });
+    parallel_for(K, std::max<int64_t>(1, 4096 / (nb * C)), [&](int64_t k0, int64_t k1) {
+      for (int64_t k = k0; k < k1; ++k) group_sums(k, &pd[size_t(k * nb * C)], &pdx[size_t(k * nb * C)]);
+    });
+    if (bp.want_dx && bp.batch_stats)
+      for (int64_t s = 0; s < p.num_stats; ++s) stat_coefficients(p, s, sum_dy, sum_dyx, w, mg, mgx);
+  }
+  if (!bp.want_dx) return;
+  for (int64_t k = 0; k < K; ++k) expand_coef(k);
+  const int64_t rows = K * R;
+  const int64_t grain = std::max<int64_t>(1, kTaskElements / C);
+  const int64_t tasks = ceil_div(rows, grain);
+  parallel_for(tasks, 1, [&](int64_t t0, int64_t t1) {
+    for (int64_t t = t0; t < t1; ++t) {
+      const int64_t r_end = rows - t * grain, r_begin = std::max<int64_t>(0, r_end - grain);
+      for (int64_t r = r_begin; r < r_end;) {
+        const int64_t k = r / R, e = std::min(r_end, (k + 1) * R);
+        rows_dx(k, r - k * R, e - k * R);
+        r = e;
+      }
+    }
+  });
+}
+
+template <class T>
+void backward(const ChannelNormBackwardArgs& a) {
+  using A = acc_t<T>;
+  const Problem p(a.shape);
+  const int64_t C = p.C;
+  BackwardPlan bp;
+  bp.want_dx = a.dx != nullptr;
+  bp.batch_stats = a.batch_stats;
+  bp.need_sums = (bp.want_dx && bp.batch_stats) || a.dweight || a.dbias;
+  // (k, c) sums: k = n for channels first and per-sample channels last, else one k.
+  const int64_t K = (p.layout == Layout::NCS || p.per_sample) ? p.N : 1;
+  std::vector<A> sum_dy(size_t(K * C), A(0)), sum_dyx(size_t(K * C), A(0));
+  if (!p.empty() && (bp.want_dx || bp.need_sums)) {
+    const std::vector<A> w = param_as_acc<A>(a.weight, a.weight_dtype, C, A(1));
+    std::vector<A> mg(size_t(p.num_stats), A(0)), mgx(size_t(p.num_stats), A(0));
+    const A* mean = static_cast<const A*>(a.save_mean);
+    const A* rstd = static_cast<const A*>(a.save_rstd);
+    if (p.layout == Layout::NCS)
+      backward_ncs<T, A>(p, a, bp, mean, rstd, w.data(), sum_dy.data(), sum_dyx.data(), mg.data(), mgx.data());
+    else
+      backward_nsc<T, A>(p, a, bp, mean, rstd, w.data(), sum_dy.data(), sum_dyx.data(), mg.data(), mgx.data());
+  }
+  auto reduce_k = [&](const std::vector<A>& part, void* out, DType dt) {
+    std::vector<A> v(size_t(C), A(0));
+    for (int64_t c = 0; c < C; ++c) {
+      A s = 0;
+      for (int64_t k = 0; k < K; ++k) s += part[size_t(k * C + c)];
+      v[size_t(c)] = s;
+    }
+    store_params(v, out, dt);
+  };
+  if (a.dweight) reduce_k(sum_dyx, a.dweight, a.dweight_dtype);
+  if (a.dbias) reduce_k(sum_dy, a.dbias, a.dbias_dtype);
+}
+
+}  // namespace
+
+void channel_norm_forward(const ChannelNormForwardArgs& a) {
+  dispatch_float(a.dtype, [&](auto tag) { forward<decltype(tag)>(a); });
+}
+
+void channel_norm_backward(const ChannelNormBackwardArgs& a) {
+  dispatch_float(a.dtype, [&](auto tag) { backward<decltype(tag)>(a); });
+}
+
+}  // namespace normkit::cpu::NK_ISA

@@ -1,0 +1,41 @@
+// Host-side entry points of the CUDA kernels, callable from code compiled without nvcc. The dispatch
+// layer calls these only for validated CUDA tensors, and only when normkit is built with CUDA
+// (NORMKIT_WITH_CUDA); the device of the tensors is already current (see DeviceGuard).
+#pragma once
+#include <cstdint>
+#include <memory>
+
+#include "normkit/detail/channel_norm_args.h"
+#include "normkit/detail/row_norm_args.h"
+#include "normkit/tensor.h"
+
+namespace normkit::cuda {
+
+// Number of usable CUDA devices now; 0 when there is no driver or no device (never throws).
+int device_count();
+
+// Makes `device` current for the guard's lifetime and restores the previous device afterwards.
+class DeviceGuard {
+ public:
+  explicit DeviceGuard(int device);
+  ~DeviceGuard();
+  DeviceGuard(const DeviceGuard&) = delete;
+  DeviceGuard& operator=(const DeviceGuard&) = delete;
+
+ private:
+  int previous_ = -1;
+};
+
+// Device memory that lives until the holder is released (stream-ordered free on `stream`).
+std::shared_ptr<void> allocate(size_t bytes, void* stream);
+
+// Copies any strided view into compact row-major memory `dst` (same dtype, same device).
+void contiguous_copy(const TensorView& src, void* dst, void* stream);
+
+void row_norm_forward(const detail::RowNormForwardArgs& args, void* stream);
+void row_norm_backward(const detail::RowNormBackwardArgs& args, void* stream);
+
+void channel_norm_forward(const detail::ChannelNormForwardArgs& args, void* stream);
+void channel_norm_backward(const detail::ChannelNormBackwardArgs& args, void* stream);
+
+}  // namespace normkit::cuda

@@ -1,0 +1,412 @@
+// LayerNorm (center) and RMSNorm (!center) forward/backward on CUDA. All per-element math goes
+// through normkit/math.h, the same functions the CPU kernels use.
+//
+// Row kernels: one warp per row when cols <= kWarpMaxCols (8 rows per 256-thread block), otherwise one
+// block per row; rows are walked grid-stride so any row count fits the grid.
+// Parameter gradients: deterministic two-stage reduction (no float atomics), see launch_param_grads.
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cstdint>
+
+#include "block_reduce.cuh"
+#include "cuda_check.cuh"
+#include "cuda_ops.h"
+#include "normkit/dtype.h"
+#include "normkit/math.h"
+
+namespace normkit::cuda {
+namespace {
+
+using detail::RowNormBackwardArgs;
+using detail::RowNormForwardArgs;
+
+constexpr int kRowThreads = 256;        // threads per block of the row kernels
+constexpr int kRowsPerWarpBlock = kRowThreads / kWarpSize;
+constexpr int64_t kWarpMaxCols = 1024;  // above this a row gets a whole block
+constexpr int64_t kMaxGrid = int64_t(1) << 20;  // grid-stride loops cover the rest
+
+// The row-group abstraction: a warp per row or a block per row.
+template <bool kWarpPerRow>
+struct RowGroup;
+
+template <>
+struct RowGroup<true> {
+  static __device__ __forceinline__ int rank() { return threadIdx.x & (kWarpSize - 1); }
+  static __device__ __forceinline__ int size() { return kWarpSize; }
+  static __device__ __forceinline__ int64_t first_row() {
+    return int64_t(blockIdx.x) * kRowsPerWarpBlock + threadIdx.x / kWarpSize;
+  }
+  static __device__ __forceinline__ int64_t row_step() { return int64_t(gridDim.x) * kRowsPerWarpBlock; }
+  template <class A>
+  static __device__ __forceinline__ A sum(A v) { return warp_sum(v); }
+  template <class A>
+  static __device__ __forceinline__ void sum2(A& a, A& b) { warp_sum2(a, b); }
+  template <class A>
+  static __device__ __forceinline__ math::Moments<A> moments(const math::Moments<A>& m) {
+    return warp_moments(m);
+  }
+};
+
+template <>
+struct RowGroup<false> {
+  static __device__ __forceinline__ int rank() { return threadIdx.x; }
+  static __device__ __forceinline__ int size() { return blockDim.x; }
+  static __device__ __forceinline__ int64_t first_row() { return blockIdx.x; }
+  static __device__ __forceinline__ int64_t row_step() { return gridDim.x; }
+  template <class A>
+  static __device__ __forceinline__ A sum(A v) { return block_sum(v); }
+  template <class A>
+  static __device__ __forceinline__ void sum2(A& a, A& b) { block_sum2(a, b); }
+  template <class A>
+  static __device__ __forceinline__ math::Moments<A> moments(const math::Moments<A>& m) {
+    return block_moments(m);
+  }
+};
+
+// Optional per-column parameter: `dflt` when absent (weight 1, bias 0).
+template <class A, class P>
+__device__ __forceinline__ A param(const P* __restrict__ p, int64_t j, A dflt) {
+  return p ? load<A>(p[j]) : dflt;
+}
+
+// ---- forward ------------------------------------------------------------------------------------
+
+template <class T, class W, class B>
+struct ForwardParams {
+  using A = acc_t<T>;
+  const T* x;
+  int64_t x_row_stride;
+  const W* weight;  // nullable
+  const B* bias;    // nullable
+  T* y;
+  A* mean;  // nullable
+  A* rstd;
+  int64_t rows, cols;
+  A eps;
+  bool center;
+};
+
+template <class T, class W, class B, bool kWarpPerRow>
+__global__ void __launch_bounds__(kRowThreads) row_norm_forward_kernel(ForwardParams<T, W, B> p) {
+  using A = acc_t<T>;
+  using G = RowGroup<kWarpPerRow>;
+  const int rank = G::rank();
+  const int nthreads = G::size();
+  for (int64_t r = G::first_row(); r < p.rows; r += G::row_step()) {  // uniform across the group
+    const T* __restrict__ xr = p.x + r * p.x_row_stride;
+    A mean = A(0), rstd;
+    if (p.center) {
+      // Welford per thread + Chan merges: stable when |mean| >> std, unlike sum/sum-of-squares.
+      math::Moments<A> m;
+      for (int64_t j = rank; j < p.cols; j += nthreads) math::welford_push(m, load<A>(xr[j]));
+      m = G::moments(m);
+      mean = m.mean;
+      rstd = math::rstd_from_var(math::biased_var(m), p.eps);
+    } else {
+      A ss = A(0);
+      for (int64_t j = rank; j < p.cols; j += nthreads) {
+        const A v = load<A>(xr[j]);
+        ss += v * v;
+      }
+      ss = G::sum(ss);
+      rstd = math::rstd_from_var(ss / A(p.cols), p.eps);
+    }
+    if (rank == 0) {
+      if (p.mean) p.mean[r] = mean;
+      p.rstd[r] = rstd;
+    }
+    T* __restrict__ yr = p.y + r * p.cols;
+    for (int64_t j = rank; j < p.cols; j += nthreads) {
+      const A w = param(p.weight, j, A(1));
+      const A b = param(p.bias, j, A(0));
+      yr[j] = store<T>(math::row_norm_apply(load<A>(xr[j]), mean, rstd, w, b));
+    }
+  }
+}
+
+template <class T, class W, class B>
+void launch_forward(const RowNormForwardArgs& a, cudaStream_t s) {
+  using A = acc_t<T>;
+  ForwardParams<T, W, B> p;
+  p.x = static_cast<const T*>(a.x);
+  p.x_row_stride = a.x_row_stride;
+  p.weight = static_cast<const W*>(a.weight);
+  p.bias = static_cast<const B*>(a.bias);
+  p.y = static_cast<T*>(a.y);
+  p.mean = static_cast<A*>(a.mean);
+  p.rstd = static_cast<A*>(a.rstd);
+  p.rows = a.rows;
+  p.cols = a.cols;
+  p.eps = A(a.eps);
+  p.center = a.center;
+  if (a.cols <= kWarpMaxCols) {
+    const int64_t blocks = std::min((a.rows + kRowsPerWarpBlock - 1) / kRowsPerWarpBlock, kMaxGrid);
+    row_norm_forward_kernel<T, W, B, true><<<dim3(unsigned(blocks)), kRowThreads, 0, s>>>(p);
+  } else {
+    const int64_t blocks = std::min(a.rows, kMaxGrid);
+    row_norm_forward_kernel<T, W, B, false><<<dim3(unsigned(blocks)), kRowThreads, 0, s>>>(p);
+  }
+  check_launch("row_norm_forward_kernel");
+}
+
+// ---- backward: dx -------------------------------------------------------------------------------
+
+template <class T, class W>
+struct BackwardParams {
+  using A = acc_t<T>;
+  const T* dy;
+  int64_t dy_row_stride;
+  const T* x;
+  int64_t x_row_stride;
+  const A* mean;  // nullable; ignored unless center
+  const A* rstd;
+  const W* weight;  // nullable
+  T* dx;
+  int64_t rows, cols;
+  bool center;
+};
+
+template <class A>
+__device__ __forceinline__ A row_mean(const A* __restrict__ mean, bool center, int64_t r) {
+  return (center && mean) ? mean[r] : A(0);
+}
+
+template <class T, class W, bool kWarpPerRow>
+__global__ void __launch_bounds__(kRowThreads) row_norm_dx_kernel(BackwardParams<T, W> p) {
+  using A = acc_t<T>;
+  using G = RowGroup<kWarpPerRow>;
+  const int rank = G::rank();
+  const int nthreads = G::size();
+  const A inv_cols = A(1) / A(p.cols);
+  for (int64_t r = G::first_row(); r < p.rows; r += G::row_step()) {
+    const T* __restrict__ dyr = p.dy + r * p.dy_row_stride;
+    const T* __restrict__ xr = p.x + r * p.x_row_stride;
+    const A mean = row_mean(p.mean, p.center, r);
+    const A rstd = p.rstd[r];
+    A sum_g = A(0), sum_gx = A(0);
+    for (int64_t j = rank; j < p.cols; j += nthreads) {
+      const A g = load<A>(dyr[j]) * param(p.weight, j, A(1));
+      const A xhat = (load<A>(xr[j]) - mean) * rstd;
+      sum_g += g;
+      sum_gx += g * xhat;
+    }
+    G::sum2(sum_g, sum_gx);
+    // Multiply by 1/cols like the CPU kernel, so both round the means identically.
+    const A mean_g = p.center ? sum_g * inv_cols : A(0);
+    const A mean_gx = sum_gx * inv_cols;
+    T* __restrict__ dxr = p.dx + r * p.cols;
+    for (int64_t j = rank; j < p.cols; j += nthreads) {
+      const A g = load<A>(dyr[j]) * param(p.weight, j, A(1));
+      const A xhat = (load<A>(xr[j]) - mean) * rstd;
+      dxr[j] = store<T>(math::row_norm_dx(g, xhat, rstd, mean_g, mean_gx));
+    }
+  }
+}
+
+template <class T, class W>
+void launch_dx(const RowNormBackwardArgs& a, cudaStream_t s) {
+  using A = acc_t<T>;
+  BackwardParams<T, W> p;
+  p.dy = static_cast<const T*>(a.dy);
+  p.dy_row_stride = a.dy_row_stride;
+  p.x = static_cast<const T*>(a.x);
+  p.x_row_stride = a.x_row_stride;
+  p.mean = static_cast<const A*>(a.mean);
+  p.rstd = static_cast<const A*>(a.rstd);
+  p.weight = static_cast<const W*>(a.weight);
+  p.dx = static_cast<T*>(a.dx);
+  p.rows = a.rows;
+  p.cols = a.cols;
+  p.center = a.center;
+  if (a.cols <= kWarpMaxCols) {
+    const int64_t blocks = std::min((a.rows + kRowsPerWarpBlock - 1) / kRowsPerWarpBlock, kMaxGrid);
+    row_norm_dx_kernel<T, W, true><<<dim3(unsigned(blocks)), kRowThreads, 0, s>>>(p);
+  } else {
+    const int64_t blocks = std::min(a.rows, kMaxGrid);
+    row_norm_dx_kernel<T, W, false><<<dim3(unsigned(blocks)), kRowThreads, 0, s>>>(p);
+  }
+  check_launch("row_norm_dx_kernel");
+}
+
+// ---- backward: dweight / dbias --------------------------------------------------------------------
+// Stage 1: block (tile, chunk) owns kTileCols columns x one fixed chunk of rows; thread (tx, ty) sums
+// rows chunk_start + ty, + kTileRows, ... of column tx, then ty = 0 adds the kTileRows partials in
+// order and writes partial[chunk][col]. Stage 2 sums partial[0..chunks)[col] in order. Every
+// addition order depends only on (rows, cols), so results are bitwise reproducible run to run.
+
+constexpr int kTileCols = 32;  // one warp across columns: coalesced row segments
+constexpr int kTileRows = 8;
+constexpr int64_t kMinRowsPerChunk = 32;
+constexpr int64_t kTargetBlocks = 2048;  // enough (tile, chunk) blocks to fill a large GPU
+constexpr int64_t kMaxChunks = 1024;
+constexpr int kFinalizeThreads = 256;
+
+int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+struct ChunkPlan {
+  int64_t col_tiles, chunks, rows_per_chunk;
+};
+
+// A function of (rows, cols) only -- never of the device -- so the summation order is reproducible.
+ChunkPlan plan_chunks(int64_t rows, int64_t cols) {
+  ChunkPlan c;
+  c.col_tiles = ceil_div(cols, kTileCols);
+  int64_t chunks = ceil_div(kTargetBlocks, c.col_tiles);
+  chunks = std::min(chunks, ceil_div(rows, kMinRowsPerChunk));
+  chunks = std::max<int64_t>(1, std::min(chunks, kMaxChunks));
+  c.rows_per_chunk = ceil_div(rows, chunks);
+  c.chunks = ceil_div(rows, c.rows_per_chunk);  // no empty trailing chunk
+  return c;
+}
+
+template <class T>
+struct ParamGradParams {
+  using A = acc_t<T>;
+  const T* dy;
+  int64_t dy_row_stride;
+  const T* x;
+  int64_t x_row_stride;
+  const A* mean;  // nullable; ignored unless center
+  const A* rstd;
+  int64_t rows, cols, rows_per_chunk, col_tiles;
+  bool center;
+  A* partial_w;  // nullable, [chunks, cols]
+  A* partial_b;  // nullable, [chunks, cols]
+};
+
+template <class T>
+__global__ void __launch_bounds__(kTileCols* kTileRows) param_grad_partial_kernel(ParamGradParams<T> p) {
+  using A = acc_t<T>;
+  __shared__ A sw[kTileRows][kTileCols];
+  __shared__ A sb[kTileRows][kTileCols];
+  const int tx = threadIdx.x, ty = threadIdx.y;
+  const int64_t chunk = blockIdx.y;
+  const int64_t r0 = chunk * p.rows_per_chunk;
+  const int64_t r1 = r0 + p.rows_per_chunk < p.rows ? r0 + p.rows_per_chunk : p.rows;
+  const bool want_w = p.partial_w != nullptr;
+  for (int64_t tile = blockIdx.x; tile < p.col_tiles; tile += gridDim.x) {  // uniform per block
+    const int64_t j = tile * kTileCols + tx;
+    A aw = A(0), ab = A(0);
+    if (j < p.cols) {
+      for (int64_t r = r0 + ty; r < r1; r += kTileRows) {
+        const A d = load<A>(p.dy[r * p.dy_row_stride + j]);
+        if (want_w) {
+          const A xhat = (load<A>(p.x[r * p.x_row_stride + j]) - row_mean(p.mean, p.center, r)) * p.rstd[r];
+          aw += d * xhat;
+        }
+        ab += d;
+      }
+    }
+    sw[ty][tx] = aw;
+    sb[ty][tx] = ab;
+    __syncthreads();
+    if (ty == 0 && j < p.cols) {
+      A tw = sw[0][tx], tb = sb[0][tx];
+#pragma unroll
+      for (int k = 1; k < kTileRows; ++k) {
+        tw += sw[k][tx];
+        tb += sb[k][tx];
+      }
+      const int64_t o = chunk * p.cols + j;
+      if (p.partial_w) p.partial_w[o] = tw;
+      if (p.partial_b) p.partial_b[o] = tb;
+    }
+    __syncthreads();  // sw/sb are rewritten by the next tile
+  }
+}
+
+template <class A, class O>
+__global__ void __launch_bounds__(kFinalizeThreads)
+    param_grad_finalize_kernel(const A* __restrict__ partial, int64_t chunks, int64_t cols, O* __restrict__ out) {
+  for (int64_t j = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; j < cols;
+       j += int64_t(gridDim.x) * blockDim.x) {
+    A s = A(0);
+    for (int64_t c = 0; c < chunks; ++c) s += partial[c * cols + j];  // fixed order
+    out[j] = store<O>(s);
+  }
+}
+
+template <class A>
+void launch_finalize(const A* partial, int64_t chunks, int64_t cols, void* out, DType out_dtype,
+                     cudaStream_t s) {
+  const int64_t blocks = std::min(ceil_div(cols, kFinalizeThreads), kMaxGrid);
+  dispatch_float(out_dtype, [&](auto tag) {
+    using O = decltype(tag);
+    param_grad_finalize_kernel<A, O>
+        <<<dim3(unsigned(blocks)), kFinalizeThreads, 0, s>>>(partial, chunks, cols, static_cast<O*>(out));
+  });
+  check_launch("param_grad_finalize_kernel");
+}
+
+template <class T>
+void launch_param_grads(const RowNormBackwardArgs& a, cudaStream_t s) {
+  using A = acc_t<T>;
+  const ChunkPlan plan = plan_chunks(a.rows, a.cols);
+  const size_t bytes = size_t(plan.chunks) * size_t(a.cols) * sizeof(A);
+  // Holders free stream-ordered at scope exit, i.e. after the kernels queued below.
+  const auto scratch_w = a.dweight ? allocate(bytes, s) : nullptr;
+  const auto scratch_b = a.dbias ? allocate(bytes, s) : nullptr;
+  ParamGradParams<T> p;
+  p.dy = static_cast<const T*>(a.dy);
+  p.dy_row_stride = a.dy_row_stride;
+  p.x = static_cast<const T*>(a.x);
+  p.x_row_stride = a.x_row_stride;
+  p.mean = static_cast<const A*>(a.mean);
+  p.rstd = static_cast<const A*>(a.rstd);
+  p.rows = a.rows;
+  p.cols = a.cols;
+  p.rows_per_chunk = plan.rows_per_chunk;
+  p.col_tiles = plan.col_tiles;
+  p.center = a.center;
+  p.partial_w = static_cast<A*>(scratch_w.get());
+  p.partial_b = static_cast<A*>(scratch_b.get());
+  const dim3 grid(unsigned(std::min(plan.col_tiles, kMaxGrid)), unsigned(plan.chunks));
+  param_grad_partial_kernel<T><<<grid, dim3(kTileCols, kTileRows), 0, s>>>(p);
+  check_launch("param_grad_partial_kernel");
+  if (a.dweight) launch_finalize<A>(p.partial_w, plan.chunks, a.cols, a.dweight, a.dweight_dtype, s);
+  if (a.dbias) launch_finalize<A>(p.partial_b, plan.chunks, a.cols, a.dbias, a.dbias_dtype, s);
+}
+
+}  // namespace
+
+void row_norm_forward(const RowNormForwardArgs& args, void* stream) {
+  // cols == 0 still writes the statistics of the empty rows, as the CPU kernel does (same math).
+  if (args.rows == 0) return;
+  cudaStream_t s = static_cast<cudaStream_t>(stream);
+  dispatch_float(args.dtype, [&](auto t_tag) {
+    using T = decltype(t_tag);
+    // weight and bias share one dtype (the dispatch layer checks): T or its accumulation type.
+    dispatch_param<T>(args.weight_dtype, [&](auto w_tag) {
+      using W = decltype(w_tag);
+      launch_forward<T, W, W>(args, s);
+    });
+  });
+}
+
+void row_norm_backward(const RowNormBackwardArgs& args, void* stream) {
+  if (args.cols == 0) return;
+  cudaStream_t s = static_cast<cudaStream_t>(stream);
+  if (args.rows == 0) {
+    // A sum over no rows is zero; all-zero bits are +0 in every float dtype.
+    if (args.dweight)
+      check_cuda(cudaMemsetAsync(args.dweight, 0, size_t(args.cols) * dtype_size(args.dweight_dtype), s),
+                 "row_norm_backward: cudaMemsetAsync(dweight)");
+    if (args.dbias)
+      check_cuda(cudaMemsetAsync(args.dbias, 0, size_t(args.cols) * dtype_size(args.dbias_dtype), s),
+                 "row_norm_backward: cudaMemsetAsync(dbias)");
+    return;
+  }
+  dispatch_float(args.dtype, [&](auto t_tag) {
+    using T = decltype(t_tag);
+    if (args.dx) {
+      dispatch_param<T>(args.weight_dtype, [&](auto w_tag) {
+        using W = decltype(w_tag);
+        launch_dx<T, W>(args, s);
+      });
+    }
+    if (args.dweight || args.dbias) launch_param_grads<T>(args, s);
+  });
+}
+
+}  // namespace normkit::cuda

@@ -1,0 +1,57 @@
+"""convert_model: swap torch.nn normalization layers for their normkit twins in place of a model."""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+
+from normkit.torch import modules as M
+
+__all__ = ["TWINS", "convert_model"]
+
+_log = logging.getLogger("normkit")
+
+# Exact torch.nn class -> normkit twin (subclasses of torch.nn layers are left alone: they may
+# override forward).
+TWINS = {
+    torch.nn.LayerNorm: M.LayerNorm,
+    torch.nn.RMSNorm: M.RMSNorm,
+    torch.nn.BatchNorm1d: M.BatchNorm1d,
+    torch.nn.BatchNorm2d: M.BatchNorm2d,
+    torch.nn.BatchNorm3d: M.BatchNorm3d,
+    torch.nn.InstanceNorm1d: M.InstanceNorm1d,
+    torch.nn.InstanceNorm2d: M.InstanceNorm2d,
+    torch.nn.InstanceNorm3d: M.InstanceNorm3d,
+    torch.nn.GroupNorm: M.GroupNorm,
+}
+
+
+def _twin_of(layer: torch.nn.Module, twin_cls):
+    # The twin shares the layer's state: the same Parameter and buffer objects (device, dtype,
+    # optimizer references and hooks stay valid).
+    twin = twin_cls.__new__(twin_cls)
+    twin.__dict__.update(layer.__dict__)
+    return twin
+
+
+def convert_model(module: torch.nn.Module, report: list | None = None) -> torch.nn.Module:
+    """Returns ``module`` with every torch.nn normalization layer normkit has a twin for replaced by
+    that twin, parameters and buffers kept. If ``report`` is a list, ``(name, old_class, new_class)``
+    is appended for each replacement; replacements are also logged on the ``normkit`` logger."""
+    twin_cls = TWINS.get(type(module))
+    if twin_cls is not None:
+        if report is not None:
+            report.append(("", type(module).__name__, twin_cls.__name__))
+        return _twin_of(module, twin_cls)
+    for qualified, parent in list(module.named_modules()):
+        for name, child in list(parent.named_children()):
+            twin_cls = TWINS.get(type(child))
+            if twin_cls is None:
+                continue
+            setattr(parent, name, _twin_of(child, twin_cls))
+            full = f"{qualified}.{name}" if qualified else name
+            _log.info("convert_model: %s: %s -> normkit %s", full, type(child).__name__, twin_cls.__name__)
+            if report is not None:
+                report.append((full, type(child).__name__, twin_cls.__name__))
+    return module
