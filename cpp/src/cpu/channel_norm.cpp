@@ -27,6 +27,7 @@
 // k then c in order); then dx = math::row_norm_dx per element.
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>  // DEBUG
 #include <vector>
 
 #include "cpu/kernels.h"
@@ -43,7 +44,10 @@ using detail::Layout;
 
 constexpr int64_t kStatBlock = 4096;        // contiguous values per two-pass block (L1)
 constexpr int64_t kChunk = 8 * kStatBlock;  // channels first: values per unit of parallel work
-constexpr int64_t kRowBlock = 16384;        // channels last: values per block of rows (L1/L2)
+#ifndef KRB  // DEBUG
+#define KRB 16384
+#endif
+constexpr int64_t kRowBlock = KRB;        // channels last: values per block of rows (L1/L2)
 constexpr int64_t kTaskElements = 1 << 15;  // elements per parallel task, to amortise the hand-off
 constexpr int64_t kFuseMinBytes = 512 << 10;  // fuse statistics and normalization per task up to
 constexpr int64_t kFuseMaxBytes = 4 << 20;    // 16 MB / threads within these bounds (L2 / L3)
@@ -68,7 +72,9 @@ void parallel_for_from_end(int64_t n, int64_t grain, Fn&& fn) {
 // Whether to compute a statistic and normalize its values in one task (`bytes` per task, `tasks`
 // tasks): the values are then read from DRAM once and again from cache. Both paths do the same
 // arithmetic, so the choice (which may depend on the thread count) never changes a result.
-bool fuse_stats(int64_t bytes, int64_t tasks) {
+bool fuse_stats(int64_t bytes, int64_t tasks, bool strided = false) {
+  if (strided) return false;
+  if (std::getenv("NK_CN_NOFUSE")) return false;  // DEBUG
   const int threads = get_num_threads();
   const int64_t budget = std::clamp<int64_t>((int64_t(16) << 20) / threads, kFuseMinBytes, kFuseMaxBytes);
   return bytes <= budget && tasks >= 2 * threads;
@@ -166,19 +172,18 @@ A stat_shift(const Problem& p, const T* x, int64_t s) {
 // Per-channel scratch of one task.
 template <class A>
 struct RowScratch {
-  std::vector<A> a, b, c, shift;
-  explicit RowScratch(int64_t C) : a(size_t(C)), b(size_t(C)), c(size_t(C)), shift(size_t(C)) {}
+  std::vector<A> a, b, c;
+  explicit RowScratch(int64_t C) : a(size_t(C)), b(size_t(C)), c(size_t(C)) {}
 };
 
 // Moments of x - shift of each of the G groups over `rows` rows of C channels starting at x, with
-// sc.shift holding each channel's group shift.
+// sh[c] the shift of channel c's group.
 template <class T, class A>
-void row_block_moments(const Problem& p, const T* x, int64_t rows, RowScratch<A>& sc, Moments<A>* out) {
+void row_block_moments(const Problem& p, const T* x, int64_t rows, const A* sh, RowScratch<A>& sc, Moments<A>* out) {
   const int64_t C = p.C, G = p.G, cpg = p.cpg;
   A* acc = sc.a.data();
   A* mref = sc.b.data();
   A* sq = sc.c.data();
-  const A* sh = sc.shift.data();
   // Pass 1: per-channel sums, then each group's mean estimate.
 #pragma omp simd
   for (int64_t c = 0; c < C; ++c) acc[c] = 0;
@@ -269,7 +274,7 @@ void forward_ncs(const Problem& p, const T* x, T* y, const A* w, const A* b, A e
     return contiguous_moments(x + (n * C + g * cpg) * S + ch * kChunk, std::min(kChunk, L - ch * kChunk), shift);
   };
   if (batch) {
-    if (fuse_stats(p.count * int64_t(sizeof(T)), p.num_stats)) {
+    if (fuse_stats(p.count * int64_t(sizeof(T)), p.num_stats, !p.per_sample)) {
       // One task per statistic: its moments, then its planes normalized while still in cache.
       parallel_for(p.num_stats, std::max<int64_t>(1, kTaskElements / p.count), [&](int64_t s0, int64_t s1) {
         for (int64_t s = s0; s < s1; ++s) {
@@ -343,22 +348,22 @@ void forward_nsc(const Problem& p, const T* x, T* y, const A* w, const A* b, A e
       re[size_t(k * C + c)] = st.rstd[size_t(s)];
     }
   };
-  auto set_shifts = [&](int64_t k, RowScratch<A>& sc) {
-    for (int64_t c = 0; c < C; ++c) sc.shift[size_t(c)] = stat_shift(p, x, k * (p.per_sample ? G : 0) + c / p.cpg);
-  };
   if (batch) {
-    const bool fuse = p.per_sample && R * C * int64_t(sizeof(T)) <= kFuseBytes && K >= 2 * get_num_threads();
-    if (fuse) {
+    // Per row group, each channel's shift (that of its statistic).
+    std::vector<A> shifts(size_t(K * C));
+    for (int64_t k = 0; k < K; ++k)
+      for (int64_t c = 0; c < C; ++c)
+        shifts[size_t(k * C + c)] = stat_shift(p, x, k * (p.per_sample ? G : 0) + c / p.cpg);
+    if (p.per_sample && fuse_stats(R * C * int64_t(sizeof(T)), K)) {
       parallel_for(K, std::max<int64_t>(1, kTaskElements / (R * C)), [&](int64_t k0, int64_t k1) {
         RowScratch<A> sc(C);
         std::vector<Moments<A>> bm(static_cast<size_t>(G)), m(static_cast<size_t>(G));
         for (int64_t k = k0; k < k1; ++k) {
           const T* xk = x + k * R * C;
           std::fill(m.begin(), m.end(), Moments<A>());
-          set_shifts(k, sc);
           for (int64_t blk = 0; blk < nb; ++blk) {
             const int64_t r0 = blk * Rb, rows = std::min(Rb, R - r0);
-            row_block_moments(p, xk + r0 * C, rows, sc, bm.data());
+            row_block_moments(p, xk + r0 * C, rows, &shifts[size_t(k * C)], sc, bm.data());
             for (int64_t g = 0; g < G; ++g) m[size_t(g)] = math::chan_merge(m[size_t(g)], bm[size_t(g)]);
           }
           for (int64_t g = 0; g < G; ++g) finish_stat(st, k * G + g, m[size_t(g)], stat_shift(p, x, k * G + g), eps);
@@ -375,8 +380,7 @@ void forward_nsc(const Problem& p, const T* x, T* y, const A* w, const A* b, A e
       for (int64_t u = u0; u < u1; ++u) {
         const int64_t k = u / nb, blk = u % nb;
         const int64_t r0 = blk * Rb, rows = std::min(Rb, R - r0);
-        set_shifts(k, sc);
-        row_block_moments(p, x + (k * R + r0) * C, rows, sc, &um[size_t(u * G)]);
+        row_block_moments(p, x + (k * R + r0) * C, rows, &shifts[size_t(k * C)], sc, &um[size_t(u * G)]);
       }
     });
     parallel_for(p.num_stats, std::max<int64_t>(1, 4096 / nb), [&](int64_t s0, int64_t s1) {
@@ -389,19 +393,13 @@ void forward_nsc(const Problem& p, const T* x, T* y, const A* w, const A* b, A e
     });
   }
   for (int64_t k = 0; k < K; ++k) expand(k);
-  // Normalize rows, last-to-first (see forward_ncs).
-  const int64_t rows = K * R;
-  const int64_t grain = std::max<int64_t>(1, kTaskElements / C);
-  const int64_t tasks = ceil_div(rows, grain);
-  parallel_for(tasks, 1, [&](int64_t t0, int64_t t1) {
-    for (int64_t t = t0; t < t1; ++t) {
-      const int64_t r_end = rows - t * grain, r_begin = std::max<int64_t>(0, r_end - grain);
-      // Split at row-group boundaries so each piece uses one group's vectors.
-      for (int64_t r = r_begin; r < r_end;) {
-        const int64_t k = r / R, e = std::min(r_end, (k + 1) * R);
-        apply_rows(p, x, y, r, e, &me[size_t(k * C)], &re[size_t(k * C)], w, b);
-        r = e;
-      }
+  // Normalize rows, the last ones first (see forward_ncs), split at row-group boundaries so that
+  // each piece uses one group's vectors.
+  parallel_for_from_end(K * R, std::max<int64_t>(1, kTaskElements / C), [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1;) {
+      const int64_t k = r / R, e = std::min(r1, (k + 1) * R);
+      apply_rows(p, x, y, r, e, &me[size_t(k * C)], &re[size_t(k * C)], w, b);
+      r = e;
     }
   });
 }
@@ -515,17 +513,21 @@ struct BackwardPlan {
 template <class T, class A>
 void backward_ncs(const Problem& p, const ChannelNormBackwardArgs& a, const BackwardPlan& bp, const A* mean,
                   const A* rstd, const A* w, A* sum_dy, A* sum_dyx, A* mg, A* mgx) {
-  const int64_t N = p.N, C = p.C, S = p.S, G = p.G;
+  const int64_t N = p.N, C = p.C, S = p.S;
   const T* dy = static_cast<const T*>(a.dy);
   const T* x = static_cast<const T*>(a.x);
   T* dx = static_cast<T*>(a.dx);
   const int64_t pch = ceil_div(S, kChunk);
-  // Sums of plane (n, c): chunk sums added in order.
-  auto plane_sums = [&](int64_t n, int64_t c) {
-    const int64_t s = p.stat(n, c), off = (n * C + c) * S;
+  // Sums of chunk ch of plane (n, c).
+  auto chunk_sums = [&](int64_t n, int64_t c, int64_t ch) {
+    const int64_t s = p.stat(n, c), off = (n * C + c) * S + ch * kChunk;
+    return run_sums(dy + off, x + off, std::min(kChunk, S - ch * kChunk), mean[s], rstd[s]);
+  };
+  // Sums of plane (n, c): its chunk sums added in order.
+  auto plane_sums = [&](int64_t n, int64_t c, auto&& chunk) {
     A sd = 0, sdx = 0;
-    for (int64_t o = 0; o < S; o += kChunk) {
-      const auto r = run_sums(dy + off + o, x + off + o, std::min(kChunk, S - o), mean[s], rstd[s]);
+    for (int64_t ch = 0; ch < pch; ++ch) {
+      const std::pair<A, A> r = chunk(ch);
       sd += r.first;
       sdx += r.second;
     }
@@ -536,32 +538,37 @@ void backward_ncs(const Problem& p, const ChannelNormBackwardArgs& a, const Back
     const int64_t s = p.stat(n, c), off = (n * C + c) * S + o;
     dx_run(dy + off, x + off, dx + off, len, mean[s], rstd[s], w[c], mg[s], mgx[s], bp.batch_stats);
   };
-  const int64_t L = p.seg_len();
-  const bool fuse = bp.want_dx && bp.need_sums && p.per_sample &&
-                    2 * L * int64_t(sizeof(T)) <= kFuseBytes && p.num_stats >= 2 * get_num_threads();
-  if (fuse) {
-    parallel_for(p.num_stats, std::max<int64_t>(1, kTaskElements / std::max<int64_t>(L, 1)), [&](int64_t s0, int64_t s1) {
+  if (bp.want_dx && bp.need_sums && fuse_stats(2 * p.count * int64_t(sizeof(T)), p.num_stats, !p.per_sample)) {
+    // One task per statistic: the sums of its planes, then their dx while they are in cache.
+    parallel_for(p.num_stats, std::max<int64_t>(1, kTaskElements / p.count), [&](int64_t s0, int64_t s1) {
       for (int64_t s = s0; s < s1; ++s) {
-        const int64_t n = s / G, g = s % G;
-        for (int64_t c = g * p.cpg; c < (g + 1) * p.cpg; ++c) plane_sums(n, c);
+        const Members mb = members(p, s);
+        for (int64_t n = mb.n0; n < mb.n1; ++n)
+          for (int64_t c = mb.g * p.cpg; c < (mb.g + 1) * p.cpg; ++c)
+            plane_sums(n, c, [&](int64_t ch) { return chunk_sums(n, c, ch); });
         stat_coefficients(p, s, sum_dy, sum_dyx, w, mg, mgx);
-        for (int64_t c = g * p.cpg; c < (g + 1) * p.cpg; ++c) plane_dx(n, c, 0, S);
+        for (int64_t n = mb.n0; n < mb.n1; ++n)
+          for (int64_t c = mb.g * p.cpg; c < (mb.g + 1) * p.cpg; ++c) plane_dx(n, c, 0, S);
       }
     });
     return;
   }
+  const int64_t units = N * C * pch;
+  const int64_t grain = std::max<int64_t>(1, kTaskElements / std::min(S, kChunk));
   if (bp.need_sums) {
-    parallel_for(N * C, std::max<int64_t>(1, kTaskElements / S), [&](int64_t q0, int64_t q1) {
-      for (int64_t q = q0; q < q1; ++q) plane_sums(q / C, q % C);
+    std::vector<std::pair<A, A>> us(static_cast<size_t>(units));
+    parallel_for(units, grain, [&](int64_t u0, int64_t u1) {
+      for (int64_t u = u0; u < u1; ++u) us[size_t(u)] = chunk_sums(u / pch / C, u / pch % C, u % pch);
+    });
+    parallel_for(N * C, std::max<int64_t>(1, 4096 / pch), [&](int64_t q0, int64_t q1) {
+      for (int64_t q = q0; q < q1; ++q) plane_sums(q / C, q % C, [&](int64_t ch) { return us[size_t(q * pch + ch)]; });
     });
     if (bp.want_dx && bp.batch_stats)
       for (int64_t s = 0; s < p.num_stats; ++s) stat_coefficients(p, s, sum_dy, sum_dyx, w, mg, mgx);
   }
   if (!bp.want_dx) return;
-  const int64_t units = N * C * pch;
-  parallel_for(units, std::max<int64_t>(1, kTaskElements / std::min(S, kChunk)), [&](int64_t u0, int64_t u1) {
-    for (int64_t v = u0; v < u1; ++v) {
-      const int64_t u = units - 1 - v;
+  parallel_for_from_end(units, grain, [&](int64_t u0, int64_t u1) {
+    for (int64_t u = u0; u < u1; ++u) {
       const int64_t plane = u / pch, ch = u % pch;
       plane_dx(plane / C, plane % C, ch * kChunk, std::min(kChunk, S - ch * kChunk));
     }
@@ -644,9 +651,7 @@ void backward_nsc(const Problem& p, const ChannelNormBackwardArgs& a, const Back
       sum_dyx[k * C + c] = sdx;
     }
   };
-  const bool fuse = bp.want_dx && bp.need_sums && p.per_sample &&
-                    2 * R * C * int64_t(sizeof(T)) <= kFuseBytes && K >= 2 * get_num_threads();
-  if (fuse) {
+  if (bp.want_dx && bp.need_sums && p.per_sample && fuse_stats(2 * R * C * int64_t(sizeof(T)), K)) {
     parallel_for(K, std::max<int64_t>(1, kTaskElements / (R * C)), [&](int64_t k0, int64_t k1) {
       std::vector<A> pd(size_t(nb * C)), pdx(size_t(nb * C));
       for (int64_t k = k0; k < k1; ++k) {
@@ -677,17 +682,11 @@ void backward_nsc(const Problem& p, const ChannelNormBackwardArgs& a, const Back
   }
   if (!bp.want_dx) return;
   for (int64_t k = 0; k < K; ++k) expand_coef(k);
-  const int64_t rows = K * R;
-  const int64_t grain = std::max<int64_t>(1, kTaskElements / C);
-  const int64_t tasks = ceil_div(rows, grain);
-  parallel_for(tasks, 1, [&](int64_t t0, int64_t t1) {
-    for (int64_t t = t0; t < t1; ++t) {
-      const int64_t r_end = rows - t * grain, r_begin = std::max<int64_t>(0, r_end - grain);
-      for (int64_t r = r_begin; r < r_end;) {
-        const int64_t k = r / R, e = std::min(r_end, (k + 1) * R);
-        rows_dx(k, r - k * R, e - k * R);
-        r = e;
-      }
+  parallel_for_from_end(K * R, std::max<int64_t>(1, kTaskElements / C), [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1;) {
+      const int64_t k = r / R, e = std::min(r1, (k + 1) * R);
+      rows_dx(k, r - k * R, e - k * R);
+      r = e;
     }
   });
 }

@@ -6,6 +6,7 @@
 
 #include "cpu/kernels.h"
 #include "cpu/lanes.h"
+#include "cpu/stream_store.h"
 #include "normkit/math.h"
 #include "normkit/parallel.h"
 
@@ -61,11 +62,14 @@ void forward(const RowNormForwardArgs& a) {
   const A eps = A(a.eps);
   const A* wp = w.data();
   const A* bp = b.data();
+  const bool streaming = size_t(a.rows * n) * sizeof(T) >= kStreamingOutputBytes;
   parallel_for(a.rows, std::max<int64_t>(1, kTaskElements / std::max<int64_t>(n, 1)),
                [&](int64_t r0, int64_t r1) {
+    std::vector<T> staging(streaming ? size_t(n) : 0);
     for (int64_t r = r0; r < r1; ++r) {
       const T* x = static_cast<const T*>(a.x) + r * a.x_row_stride;
-      T* y = static_cast<T*>(a.y) + r * n;
+      T* y_out = static_cast<T*>(a.y) + r * n;
+      T* y = streaming ? staging.data() : y_out;
       A mean = 0, var;
       if (a.center) {
         const math::Moments<A> m = row_moments(x, n);
@@ -81,9 +85,11 @@ void forward(const RowNormForwardArgs& a) {
 #pragma omp simd
       for (int64_t i = 0; i < n; ++i)
         y[i] = store<T>(math::row_norm_apply(load<A>(x[i]), mean, rstd, wp[i], bp[i]));
+      if (streaming) stream_copy(y_out, y, size_t(n) * sizeof(T));
       if (a.mean) static_cast<A*>(a.mean)[r] = mean;
       static_cast<A*>(a.rstd)[r] = rstd;
     }
+    if (streaming) stream_fence();
   });
 }
 
@@ -102,8 +108,10 @@ void backward(const RowNormBackwardArgs& a) {
   std::vector<A> part_w(want_params ? size_t(blocks * n) : 0, A(0));
   std::vector<A> part_b(want_params && a.dbias ? size_t(blocks * n) : 0, A(0));
   const A inv_n = A(1) / A(n);
+  const bool streaming = want_dx && size_t(rows * n) * sizeof(T) >= kStreamingOutputBytes;
 
   parallel_for(blocks, 1, [&](int64_t b0, int64_t b1) {
+    std::vector<T> staging(streaming ? size_t(n) : 0);
     for (int64_t blk = b0; blk < b1; ++blk) {
       A* pw = want_params ? part_w.data() + blk * n : nullptr;
       A* pb = part_b.empty() ? nullptr : part_b.data() + blk * n;
@@ -124,7 +132,8 @@ void backward(const RowNormBackwardArgs& a) {
             sum_gx = lane_sum<A>(n, [&](int64_t i) { return load<A>(dy[i]) * wp[i] * (load<A>(x[i]) * rs); });
           }
           const A mean_g = sum_g * inv_n, mean_gx = sum_gx * inv_n;
-          T* dx = static_cast<T*>(a.dx) + r * n;
+          T* dx_out = static_cast<T*>(a.dx) + r * n;
+          T* dx = streaming ? staging.data() : dx_out;
           if (pw && pb) {
 #pragma omp simd
             for (int64_t i = 0; i < n; ++i) {
@@ -147,6 +156,7 @@ void backward(const RowNormBackwardArgs& a) {
               dx[i] = store<T>(math::row_norm_dx(load<A>(dy[i]) * wp[i], xh, rs, mean_g, mean_gx));
             }
           }
+          if (streaming) stream_copy(dx_out, dx, size_t(n) * sizeof(T));
         } else if (pw) {
 #pragma omp simd
           for (int64_t i = 0; i < n; ++i) {
@@ -157,6 +167,7 @@ void backward(const RowNormBackwardArgs& a) {
         }
       }
     }
+    if (streaming) stream_fence();
   });
   if (!want_params) return;
 

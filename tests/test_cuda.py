@@ -1,0 +1,113 @@
+"""CUDA kernels against the CPU kernels (which the rest of the suite checks against torch and float64
+references). Skipped where normkit has no usable CUDA device or torch has no CUDA."""
+
+import pytest
+import torch
+
+import normkit
+import normkit.torch as nt
+
+pytestmark = pytest.mark.skipif(
+    not (normkit.cuda_available() and torch.cuda.is_available()), reason="needs a CUDA device"
+)
+
+# Both sides accumulate in float32 (float64 for float64) but in different orders.
+TOL = {torch.float64: 1e-10, torch.float32: 2e-5, torch.bfloat16: 2e-2, torch.float16: 3e-3}
+DTYPES = list(TOL)
+
+
+def _close(got, want, dtype):
+    tol = TOL[dtype]
+    torch.testing.assert_close(got.cpu().double(), want.cpu().double(), atol=tol, rtol=tol)
+
+
+def _run(fn, x, params, dy):
+    """Forward and backward of fn on copies of x and params; returns (y, grads)."""
+    leaves = [t.detach().clone().requires_grad_() for t in [x, *params]]
+    y = fn(*leaves)
+    y.backward(dy.to(y.device))
+    return y.detach(), [t.grad for t in leaves]
+
+
+def _compare(fn, x, params, dtype):
+    dy = torch.randn(x.shape, dtype=dtype)
+    y_cpu, g_cpu = _run(fn, x, params, dy)
+    y_gpu, g_gpu = _run(fn, x.cuda(), [p.cuda() for p in params], dy.cuda())
+    _close(y_gpu, y_cpu, dtype)
+    for a, b in zip(g_gpu, g_cpu):
+        _close(a, b, dtype)
+    return y_gpu
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", [(7, 1), (33, 100), (64, 1024), (5, 3, 4097), (2, 8192)])
+def test_layer_norm_matches_cpu(shape, dtype):
+    x = torch.randn(shape, dtype=dtype) * 2 + 1
+    w, b = torch.randn(shape[-1], dtype=dtype), torch.randn(shape[-1], dtype=dtype)
+    _compare(lambda x, w, b: nt.functional.layer_norm(x, shape[-1:], w, b), x, [w, b], dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", [(7, 1), (33, 100), (64, 1024), (2, 8192)])
+def test_rms_norm_matches_cpu(shape, dtype):
+    x = torch.randn(shape, dtype=dtype)
+    w = torch.randn(shape[-1], dtype=dtype)
+    _compare(lambda x, w: nt.functional.rms_norm(x, shape[-1:], w), x, [w], dtype)
+
+
+def test_layer_norm_stable_variance():
+    x = (torch.randn(4, 4096, dtype=torch.float64) * 0.1 + 1e4).float()
+    _, _, rstd = normkit.functional.layer_norm_forward(x.cuda(), 4096)
+    var = 1 / rstd.double().cpu() ** 2 - 1e-5
+    want = x.double().var(-1, unbiased=False)
+    torch.testing.assert_close(var, want, rtol=1e-4, atol=0)
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("layer", ["batch", "instance", "group"])
+def test_channel_norms_match_cpu(layer, dtype, channels_last):
+    x = torch.randn(4, 16, 9, 7, dtype=dtype) * 3 + 2
+    if channels_last:
+        x = x.to(memory_format=torch.channels_last)
+    w, b = torch.randn(16, dtype=dtype), torch.randn(16, dtype=dtype)
+    if layer == "batch":
+        fn = lambda x, w, b: nt.functional.batch_norm(x, None, None, w, b, True)  # noqa: E731
+    elif layer == "instance":
+        fn = lambda x, w, b: nt.functional.instance_norm(x, None, None, w, b)  # noqa: E731
+    else:
+        fn = lambda x, w, b: nt.functional.group_norm(x, 4, w, b)  # noqa: E731
+    y = _compare(fn, x, [w, b], dtype)
+    assert y.is_contiguous(memory_format=torch.channels_last) == channels_last
+
+
+def test_batch_norm_running_stats_and_eval_match_cpu():
+    cpu, gpu = nt.BatchNorm2d(8), nt.BatchNorm2d(8).cuda()
+    for _ in range(3):
+        x = torch.randn(5, 8, 6, 6) * 2 + 1
+        cpu(x)
+        gpu(x.cuda())
+    _close(gpu.running_mean, cpu.running_mean, torch.float32)
+    _close(gpu.running_var, cpu.running_var, torch.float32)
+    cpu.eval(), gpu.eval()
+    x = torch.randn(2, 8, 3, 3)
+    _close(gpu(x.cuda()), cpu(x), torch.float32)
+
+
+def test_cuda_results_are_deterministic():
+    x = torch.randn(512, 1024, device="cuda", requires_grad=True)
+    w = torch.randn(1024, device="cuda", requires_grad=True)
+    outs = []
+    for _ in range(2):
+        x.grad = w.grad = None
+        y = nt.functional.layer_norm(x, (1024,), w)
+        y.square().sum().backward()
+        outs.append((y.detach().clone(), x.grad.clone(), w.grad.clone()))
+    for a, b in zip(*outs):
+        assert torch.equal(a, b)
+
+
+def test_mixing_cpu_and_cuda_is_a_type_error():
+    x = torch.randn(4, 8, device="cuda")
+    with pytest.raises(TypeError, match="weight: expected device cuda:0"):
+        normkit.functional.layer_norm(x, 8, torch.ones(8))

@@ -1,0 +1,45 @@
+"""Outputs larger than the caches take other code paths: streaming (non-temporal) stores from a
+staging row, and huge-page advice on the fresh output. Check them against torch, with row lengths
+that leave the rows unaligned to the vector width."""
+
+import pytest
+import torch
+
+import normkit.torch as nt
+
+# > 16 MB of float32 output; 1023 makes every row start at a different alignment.
+SHAPES = [(4300, 1024), (4201, 1023)]
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_large_layer_norm_matches_torch(shape):
+    torch.manual_seed(0)
+    x = (torch.randn(shape) * 2 + 3).requires_grad_()
+    w = torch.randn(shape[-1], requires_grad=True)
+    b = torch.randn(shape[-1], requires_grad=True)
+    dy = torch.randn(shape)
+    y = nt.functional.layer_norm(x, shape[-1:], w, b)
+    got = torch.autograd.grad(y, (x, w, b), dy)
+    y_ref = torch.nn.functional.layer_norm(x, shape[-1:], w, b)
+    want = torch.autograd.grad(y_ref, (x, w, b), dy)
+    # float32, rows of ~1e3: both sides round each element a few times (about 1e-6 relative);
+    # the parameter gradients sum 4e3 rows in different orders.
+    torch.testing.assert_close(y, y_ref, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(got[0], want[0], atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(got[1], want[1], atol=2e-3, rtol=1e-4)
+    torch.testing.assert_close(got[2], want[2], atol=2e-3, rtol=1e-4)
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_large_rms_norm_matches_torch(shape):
+    torch.manual_seed(1)
+    x = torch.randn(shape, requires_grad=True)
+    w = torch.randn(shape[-1], requires_grad=True)
+    dy = torch.randn(shape)
+    y = nt.functional.rms_norm(x, shape[-1:], w)
+    got = torch.autograd.grad(y, (x, w), dy)
+    y_ref = torch.nn.functional.rms_norm(x, shape[-1:], w)
+    want = torch.autograd.grad(y_ref, (x, w), dy)
+    torch.testing.assert_close(y, y_ref, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(got[0], want[0], atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(got[1], want[1], atol=2e-3, rtol=1e-4)
