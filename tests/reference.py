@@ -365,13 +365,14 @@ def rms_norm_xhat(x, normalized_shape, eps):
     return rms_norm_forward(x, normalized_shape, None, eps)[0]
 
 
-def layer_norm_torch_xhat_scale(x, normalized_shape, eps):
-    """(|x| + |mean|) * rstd per element.
+def layer_norm_xhat_terms(x, normalized_shape, eps):
+    """(|x| + |mean|) * rstd per element: the size of the terms that form xhat = (x - mean) * rstd.
 
-    torch's CPU LayerNorm evaluates xhat as x * rstd + (-mean * rstd), so its xhat carries an absolute
-    error of about u * (|x| + |mean|) * rstd (not u * |xhat|): for 1-element rows it returns tiny
-    non-zero values where the exact xhat is 0. Comparisons *with torch* use this as the magnitude of
-    xhat's terms; comparisons with the float64 reference use the exact xhat.
+    Any implementation rounds the mean to the accumulation type, so its xhat carries an absolute error
+    of about u * (|x| + |mean|) * rstd rather than u * |xhat| (where x ~ mean, xhat is tiny but not
+    relatively accurate; torch, computing x * rstd - mean * rstd, even returns non-zero xhat for rows
+    of one element). The LayerNorm scales below use this instead of |xhat|; it differs from |xhat|
+    materially only when |mean| * rstd is large (rows far from zero mean relative to their spread).
     """
     x = _f64(x)
     m, lead, ns = _rows(x, normalized_shape)
@@ -379,6 +380,23 @@ def layer_norm_torch_xhat_scale(x, normalized_shape, eps):
     mu = m.sum(axis=1, keepdims=True) / n
     r = 1.0 / np.sqrt(((m - mu) ** 2).sum(axis=1, keepdims=True) / n + eps)
     return ((np.abs(m) + np.abs(mu)) * r).reshape(x.shape)
+
+
+layer_norm_torch_xhat_scale = layer_norm_xhat_terms
+
+
+def layer_norm_dweight_scale(dy, x, normalized_shape, eps):
+    """sum over rows of |dy| * xhat-terms (see layer_norm_xhat_terms)."""
+    return dweight_scale(dy, x, normalized_shape, layer_norm_xhat_terms(x, normalized_shape, eps))
+
+
+def layer_norm_dx_scale(dy, x, normalized_shape, weight, eps):
+    """rstd * max|g| per row (see dx_scale), times (1 + |mean| * rstd) for the rounded mean's effect."""
+    _, mu, r = layer_norm_forward(x, normalized_shape, None, None, eps)
+    base = dx_scale(dy, x, normalized_shape, weight, r)
+    k = len(_normalize_shape(normalized_shape))
+    f = (1.0 + np.abs(mu) * r).reshape(np.shape(mu) + (1,) * k)
+    return base * f
 
 
 def layer_norm_torch_y_scale(x, normalized_shape, weight, bias, eps):
@@ -411,3 +429,37 @@ def param_views(lib, dtype, ns, seed):
     for nm, v in views:
         assert not (v.flags.c_contiguous if lib == "numpy" else v.is_contiguous()), nm
     return views
+
+
+# Significand bits (excluding the implicit one) and smallest subnormal spacing of the half types.
+_HALF_FORMAT = {"float16": (10, 2.0**-24), "bfloat16": (7, 2.0**-133)}
+
+
+def assert_rounded_once(name, got, ref, dtype, slack_scale, slack_ulps_f32=16):
+    """For float16/bfloat16 results computed in float32 and rounded once:
+    |got - ref| <= 0.5 ulp_dtype(ref) + slack_ulps_f32 * eps_f32 * slack_scale.
+
+    The second term is the float32 computation's own error (terms of magnitude slack_scale); the
+    first is one correct rounding. Rounding an intermediate (xhat, x - mean, g = dy * w) to the half
+    type, or rounding twice, exceeds this bound.
+    """
+    nmant, min_spacing = _HALF_FORMAT[dtype]
+    g = _f64(got)
+    r = _f64(ref)
+    assert g.shape == r.shape, f"{name}: shape {g.shape}, expected {r.shape}"
+    if r.size == 0:
+        return
+    mag = np.abs(r)
+    with np.errstate(divide="ignore"):
+        e = np.floor(np.log2(np.where(mag > 0, mag, 1.0)))
+    ulp = np.maximum(2.0 ** (e - nmant), min_spacing)
+    bound = 0.5 * ulp + slack_ulps_f32 * float(np.finfo(np.float32).eps) * np.broadcast_to(slack_scale, r.shape)
+    err = np.abs(g - r)
+    ok = err <= bound
+    if not ok.all():
+        worst = np.unravel_index(int(np.argmax(np.where(ok, -np.inf, err / bound))), r.shape)
+        raise AssertionError(
+            f"{name}: {int((~ok).sum())} of {r.size} {dtype} elements are not the once-rounded float32 "
+            f"result; worst at {tuple(int(i) for i in worst)}: got {g[worst]!r}, exact {r[worst]!r}, "
+            f"|diff| = {err[worst] / ulp[worst]:.2f} ulp > bound {bound[worst] / ulp[worst]:.2f} ulp"
+        )

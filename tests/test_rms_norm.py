@@ -1,17 +1,21 @@
 """normkit.functional RMSNorm: forward, analytic backward and the default eps, against the float64
 references (tests/reference.py) and against torch.nn.functional.rms_norm + autograd."""
 
+import os
+
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import reference as R
 from normkit import functional as nkF
 
 HALF = ("float16", "bfloat16")
+# small and fast by default; NORMKIT_HYPOTHESIS_EXAMPLES=2000 for a long randomized local search
+HYPOTHESIS_EXAMPLES = int(os.environ.get("NORMKIT_HYPOTHESIS_EXAMPLES", "40"))
 
 ROW_SIZES = (1, 2, 3, 7, 31, 64, 100, 1000, 1024, 4097, 8192)
 SHAPES = [
@@ -238,6 +242,25 @@ def test_half_input_with_float32_weight(dtype):
     )
 
 
+@pytest.mark.parametrize("n", (7, 64, 1000, 8192))
+@pytest.mark.parametrize("dtype", HALF)
+def test_half_results_are_rounded_once(dtype, n):
+    """float16/bfloat16: computed in float32, each result rounded once (see test_layer_norm.py)."""
+    ns = (n,)
+    x = R.make_torch((8, n), dtype, 111)
+    w = R.make_torch(ns, dtype, 112, 0.5, 1.0)
+    dy = R.make_torch((8, n), dtype, 114, 1.0, 0.0)
+    y, rstd = nkF.rms_norm_forward(x, ns, w)
+    dx, dw = nkF.rms_norm_backward(dy, x, ns, rstd, w)
+    e = R.default_rms_eps(dtype)
+    yr, rr = R.rms_norm_forward(x, ns, w, e)
+    dxr, dwr = R.rms_norm_backward(dy, x, ns, w, e)
+    xhat = R.rms_norm_xhat(x, ns, e)
+    R.assert_rounded_once("y", y, yr, dtype, np.abs(yr))
+    R.assert_rounded_once("dx", dx, dxr, dtype, R.dx_scale(dy, x, ns, w, rr))
+    R.assert_rounded_once("dweight", dw, dwr, dtype, R.dweight_scale(dy, x, ns, xhat))
+
+
 # ----------------------------------------------------------------------------------------------------
 # Edge cases
 # ----------------------------------------------------------------------------------------------------
@@ -424,6 +447,7 @@ def strided_view(shape, steps, perm, dtype, seed):
     return v
 
 
+@settings(max_examples=HYPOTHESIS_EXAMPLES, deadline=None)
 @given(case=strided_cases())
 def test_hypothesis_strided(case):
     shape, ns, dtype, eps = case["shape"], case["ns"], case["dtype"], case["eps"]

@@ -47,6 +47,14 @@ def build(kind, i, **extra):
     return nk_cls(ns, **kw, **extra), torch_cls(ns, **kw, **extra), ns, kw
 
 
+def grad_scales(kind, dy, x, ns, w, eps):
+    """(dx scale, dweight scale) for assert_close, see tests/reference.py."""
+    if kind == "LayerNorm":
+        return R.layer_norm_dx_scale(dy, x, ns, w, eps), R.layer_norm_dweight_scale(dy, x, ns, eps)
+    _, rstd = R.rms_norm_forward(x, ns, w, eps)
+    return R.dx_scale(dy, x, ns, w, rstd), R.dweight_scale(dy, x, ns, R.rms_norm_xhat(x, ns, eps))
+
+
 def randomize_(module, seed):
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
@@ -133,16 +141,11 @@ def test_module_parity(p, dtype):
     if eps is None:
         eps = R.default_rms_eps(dtype)
     w = ref.weight.detach() if ref.weight is not None else None
-    if kind == "LayerNorm":
-        _, _, rstd = R.layer_norm_forward(x0, ns, w, None, eps)
-        xhat = R.layer_norm_xhat(x0, ns, eps)
-    else:
-        _, rstd = R.rms_norm_forward(x0, ns, w, eps)
-        xhat = R.rms_norm_xhat(x0, ns, eps)
-    R.assert_close("x.grad", x_nk.grad, x_ref.grad, tol, R.dx_scale(dy, x0, ns, w, rstd))
+    dx_scale, dw_scale = grad_scales(kind, dy, x0, ns, w, eps)
+    R.assert_close("x.grad", x_nk.grad, x_ref.grad, tol, dx_scale)
     for (name, a), (_, b) in zip(nk.named_parameters(), ref.named_parameters()):
         assert a.grad is not None and a.grad.dtype == b.grad.dtype, name
-        scale = R.dweight_scale(dy, x0, ns, xhat) if name == "weight" else R.dbias_scale(dy, ns)
+        scale = dw_scale if name == "weight" else R.dbias_scale(dy, ns)
         R.assert_close(f"{name}.grad", a.grad, b.grad, tol, scale)
 
     # and the reverse load: normkit's state_dict into a fresh torch.nn module, strictly
@@ -175,18 +178,14 @@ def test_module_parity_half(kind, dtype):
     R.assert_close("y", y, y_ref, tol, y_ref.abs().max().item())
     eps = ref.eps if ref.eps is not None else R.default_rms_eps(dtype)
     w = ref.weight.detach()
-    xhat = R.layer_norm_xhat(x0, (40,), eps) if kind == "LayerNorm" else R.rms_norm_xhat(x0, (40,), eps)
-    R.assert_close("weight.grad", nk.weight.grad, ref.weight.grad, tol, R.dweight_scale(dy, x0, (40,), xhat))
+    dx_scale, dw_scale = grad_scales(kind, dy, x0, (40,), w, eps)
+    R.assert_close("weight.grad", nk.weight.grad, ref.weight.grad, tol, dw_scale)
     # ... and x.grad against torch in float32 on the same rounded values (see test_layer_norm.py)
     ref32 = torch_cls(40, dtype=torch.float32)
     ref32.load_state_dict({k: v.float() for k, v in ref.state_dict().items()})
     x32 = x0.float().requires_grad_()
     ref32(x32).backward(dy.float())
-    if kind == "LayerNorm":
-        _, _, rstd = R.layer_norm_forward(x0, (40,), w, None, eps)
-    else:
-        _, rstd = R.rms_norm_forward(x0, (40,), w, eps)
-    R.assert_close("x.grad", x.grad, x32.grad, tol, R.dx_scale(dy, x0, (40,), w, rstd))
+    R.assert_close("x.grad", x.grad, x32.grad, tol, dx_scale)
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -215,6 +214,21 @@ def test_module_non_contiguous_input_and_no_grad(kind):
     assert y.requires_grad
     y.sum().backward()
     assert nk.weight.grad is not None
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_module_empty_batch(kind):
+    """Zero-size batch: empty output, zero parameter gradients, as torch.nn."""
+    nk_cls, torch_cls, _ = KINDS[kind]
+    nk, ref = nk_cls(8), torch_cls(8)
+    for m in (nk, ref):
+        x = torch.zeros(0, 3, 8, requires_grad=True)
+        y = m(x)
+        assert y.shape == (0, 3, 8)
+        y.sum().backward()
+        assert x.grad.shape == (0, 3, 8)
+    for (name, a), (_, b) in zip(nk.named_parameters(), ref.named_parameters()):
+        assert a.grad is not None and torch.equal(a.grad, b.grad), name
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -262,13 +276,10 @@ def test_functional_layer_norm_autograd_vs_torch(case, dtype, affine):
     ya.backward(dy)
     yc.backward(dy)
     tol = R.TOL[dtype]
-    _, _, rstd = R.layer_norm_forward(x0, ns, w0, b0, 1e-5)
     R.assert_close("y", ya, yc, tol, yc.abs().max().item())
-    R.assert_close("x.grad", a[0].grad, c[0].grad, tol, R.dx_scale(dy, x0, ns, w0, rstd))
+    R.assert_close("x.grad", a[0].grad, c[0].grad, tol, R.layer_norm_dx_scale(dy, x0, ns, w0, 1e-5))
     if w0 is not None:
-        R.assert_close(
-            "weight.grad", a[1].grad, c[1].grad, tol, R.dweight_scale(dy, x0, ns, R.layer_norm_xhat(x0, ns, 1e-5))
-        )
+        R.assert_close("weight.grad", a[1].grad, c[1].grad, tol, R.layer_norm_dweight_scale(dy, x0, ns, 1e-5))
     if b0 is not None:
         R.assert_close("bias.grad", a[2].grad, c[2].grad, tol, R.dbias_scale(dy, ns))
 

@@ -22,8 +22,8 @@ BuildInfo build_info() {
   info.version = NORMKIT_VERSION;
 #if defined(NORMKIT_WITH_CUDA)
   info.cuda = true;
-  std::stringstream archs(NORMKIT_CUDA_ARCHS);  // CMake's "75-real;80-real;90"
-  for (std::string a; std::getline(archs, a, ';');)
+  std::stringstream archs(NORMKIT_CUDA_ARCHS);  // "75-real,80-real,90"
+  for (std::string a; std::getline(archs, a, ',');)
     if (!a.empty()) info.cuda_archs.push_back(a.substr(0, a.find('-')));
 #endif
 #if defined(NORMKIT_WITH_MPI)

@@ -6,28 +6,30 @@
 // fixed order. Threads only decide who computes which piece.
 //
 // Statistics. Each piece is a block of at most kStatBlock contiguous values (channels first) or of
-// ~kRowBlock values in whole rows (channels last), small enough to stay in L1/L2 for a second pass:
-//   pass 1: mean estimate m^ from the values shifted by the block's first value (small sums),
-//   pass 2: sd = sum(x - m^), sq = sum((x - m^)^2)   (the corrected two-pass algorithm),
+// ~kRowBlock values in whole rows (channels last), small enough to stay in cache for a second pass.
+// All values of a statistic are shifted by its first value (so block means are small numbers whose
+// rounding does not spoil the merges; a float channel with mean 1e4 and std 0.1 keeps ~1e-6 relative
+// variance error), then per block:
+//   pass 1: mean estimate m^ = mean(x - shift),
+//   pass 2: sd = sum(x - shift - m^), sq = sum((x - shift - m^)^2)   (corrected two-pass),
 // giving mean = m^ + sd / n and M2 = sq - sd^2 / n. Blocks are merged with Chan's formula
 // (math::chan_merge), in block order, into chunks, then segments, then statistics.
 //
 // Channels first (NCS): the values of statistic (n, g) of a per-sample norm (InstanceNorm,
 // GroupNorm) are one contiguous segment of cpg * S values; a BatchNorm statistic c is N segments of
 // S values. Segments are cut into chunks of kChunk values (the unit of parallel work). When a
-// per-sample segment fits in L2, one task computes its statistics and normalizes it right away, so x
-// comes from DRAM once (the arithmetic is the same as in the unfused path).
+// per-sample segment fits the cache budget (fuse_stats), one task computes its statistics and
+// normalizes it right away, so x comes from DRAM once (same arithmetic as the unfused path).
 // Channels last (NSC): rows of C channels. The rows of a statistic's row group (a sample for
 // per-sample norms, all N * S rows for BatchNorm) are cut into fixed blocks of rows; per block,
-// per-channel vector sums give each group's block moments. Per-sample norms fuse per sample when a
-// sample fits in L2.
+// per-channel vector sums give each group's block moments. Per-sample norms fuse per sample.
+// Unfused normalization passes run last-to-first, to reuse what the statistics pass left in L3.
 //
 // Backward: per (k, c) sums of dy and dy * xhat (k = n, or k = 0 for channels-last BatchNorm) give
 // dbias, dweight (sums over k in order) and, per statistic, mean(g) and mean(g * xhat) (sums over
 // k then c in order); then dx = math::row_norm_dx per element.
 #include <algorithm>
 #include <cmath>
-#include <cstdlib>  // DEBUG
 #include <vector>
 
 #include "cpu/kernels.h"
@@ -44,10 +46,7 @@ using detail::Layout;
 
 constexpr int64_t kStatBlock = 4096;        // contiguous values per two-pass block (L1)
 constexpr int64_t kChunk = 8 * kStatBlock;  // channels first: values per unit of parallel work
-#ifndef KRB  // DEBUG
-#define KRB 16384
-#endif
-constexpr int64_t kRowBlock = KRB;        // channels last: values per block of rows (L1/L2)
+constexpr int64_t kRowBlock = 16384;        // channels last: values per block of rows (L2)
 constexpr int64_t kTaskElements = 1 << 15;  // elements per parallel task, to amortise the hand-off
 constexpr int64_t kFuseMinBytes = 512 << 10;  // fuse statistics and normalization per task up to
 constexpr int64_t kFuseMaxBytes = 4 << 20;    // 16 MB / threads within these bounds (L2 / L3)
@@ -72,9 +71,7 @@ void parallel_for_from_end(int64_t n, int64_t grain, Fn&& fn) {
 // Whether to compute a statistic and normalize its values in one task (`bytes` per task, `tasks`
 // tasks): the values are then read from DRAM once and again from cache. Both paths do the same
 // arithmetic, so the choice (which may depend on the thread count) never changes a result.
-bool fuse_stats(int64_t bytes, int64_t tasks, bool strided = false) {
-  if (strided) return false;
-  if (std::getenv("NK_CN_NOFUSE")) return false;  // DEBUG
+bool fuse_stats(int64_t bytes, int64_t tasks) {
   const int threads = get_num_threads();
   const int64_t budget = std::clamp<int64_t>((int64_t(16) << 20) / threads, kFuseMinBytes, kFuseMaxBytes);
   return bytes <= budget && tasks >= 2 * threads;
@@ -168,6 +165,24 @@ A stat_shift(const Problem& p, const T* x, int64_t s) {
 }
 
 // ---- channels-last helpers -------------------------------------------------------------------------
+
+// out[c] = v(stat of (row group k, channel c)) for the C channels.
+template <class A, class V>
+void expand_groups(const Problem& p, int64_t k, A* out, V&& v) {
+  const int64_t s0 = p.per_sample ? k * p.G : 0;
+  for (int64_t g = 0; g < p.G; ++g) {
+    const A val = v(s0 + g);
+    for (int64_t c = g * p.cpg; c < (g + 1) * p.cpg; ++c) out[c] = val;
+  }
+}
+
+// fn(k) for every row group k, in parallel.
+template <class Fn>
+void for_row_groups(const Problem& p, Fn&& fn) {
+  parallel_for(p.row_groups(), std::max<int64_t>(1, kTaskElements / p.C), [&](int64_t k0, int64_t k1) {
+    for (int64_t k = k0; k < k1; ++k) fn(k);
+  });
+}
 
 // Per-channel scratch of one task.
 template <class A>
@@ -274,7 +289,9 @@ void forward_ncs(const Problem& p, const T* x, T* y, const A* w, const A* b, A e
     return contiguous_moments(x + (n * C + g * cpg) * S + ch * kChunk, std::min(kChunk, L - ch * kChunk), shift);
   };
   if (batch) {
-    if (fuse_stats(p.count * int64_t(sizeof(T)), p.num_stats, !p.per_sample)) {
+    // (Not for BatchNorm: its planes lie a sample apart, and many short strided streams read slower
+    // than the unfused passes.)
+    if (p.per_sample && fuse_stats(p.count * int64_t(sizeof(T)), p.num_stats)) {
       // One task per statistic: its moments, then its planes normalized while still in cache.
       parallel_for(p.num_stats, std::max<int64_t>(1, kTaskElements / p.count), [&](int64_t s0, int64_t s1) {
         for (int64_t s = s0; s < s1; ++s) {
@@ -342,18 +359,15 @@ void forward_nsc(const Problem& p, const T* x, T* y, const A* w, const A* b, A e
   // Per row group, the per-channel mean and rstd.
   std::vector<A> me(size_t(K * C)), re(size_t(K * C));
   auto expand = [&](int64_t k) {
-    for (int64_t c = 0; c < C; ++c) {
-      const int64_t s = k * (p.per_sample ? G : 0) + c / p.cpg;
-      me[size_t(k * C + c)] = st.mean[size_t(s)];
-      re[size_t(k * C + c)] = st.rstd[size_t(s)];
-    }
+    expand_groups(p, k, &me[size_t(k * C)], [&](int64_t s) { return st.mean[size_t(s)]; });
+    expand_groups(p, k, &re[size_t(k * C)], [&](int64_t s) { return st.rstd[size_t(s)]; });
   };
   if (batch) {
     // Per row group, each channel's shift (that of its statistic).
     std::vector<A> shifts(size_t(K * C));
-    for (int64_t k = 0; k < K; ++k)
-      for (int64_t c = 0; c < C; ++c)
-        shifts[size_t(k * C + c)] = stat_shift(p, x, k * (p.per_sample ? G : 0) + c / p.cpg);
+    for_row_groups(p, [&](int64_t k) {
+      expand_groups(p, k, &shifts[size_t(k * C)], [&](int64_t s) { return stat_shift(p, x, s); });
+    });
     if (p.per_sample && fuse_stats(R * C * int64_t(sizeof(T)), K)) {
       parallel_for(K, std::max<int64_t>(1, kTaskElements / (R * C)), [&](int64_t k0, int64_t k1) {
         RowScratch<A> sc(C);
@@ -392,7 +406,7 @@ void forward_nsc(const Problem& p, const T* x, T* y, const A* w, const A* b, A e
       }
     });
   }
-  for (int64_t k = 0; k < K; ++k) expand(k);
+  for_row_groups(p, expand);
   // Normalize rows, the last ones first (see forward_ncs), split at row-group boundaries so that
   // each piece uses one group's vectors.
   parallel_for_from_end(K * R, std::max<int64_t>(1, kTaskElements / C), [&](int64_t r0, int64_t r1) {
@@ -484,6 +498,14 @@ void stat_coefficients(const Problem& p, int64_t s, const A* sum_dy, const A* su
   mgx[s] = bx * inv;
 }
 
+template <class A>
+void all_stat_coefficients(const Problem& p, const A* sum_dy, const A* sum_dyx, const A* w, A* mg, A* mgx) {
+  const int64_t per_stat = std::max<int64_t>(1, p.count / std::max<int64_t>(1, p.S));  // (k, c) terms
+  parallel_for(p.num_stats, std::max<int64_t>(1, kTaskElements / per_stat), [&](int64_t s0, int64_t s1) {
+    for (int64_t s = s0; s < s1; ++s) stat_coefficients(p, s, sum_dy, sum_dyx, w, mg, mgx);
+  });
+}
+
 // dx over n contiguous values of one channel.
 template <class T, class A>
 void dx_run(const T* dy, const T* x, T* dx, int64_t n, A mean, A rstd, A w, A mg, A mgx, bool batch_stats) {
@@ -538,7 +560,8 @@ void backward_ncs(const Problem& p, const ChannelNormBackwardArgs& a, const Back
     const int64_t s = p.stat(n, c), off = (n * C + c) * S + o;
     dx_run(dy + off, x + off, dx + off, len, mean[s], rstd[s], w[c], mg[s], mgx[s], bp.batch_stats);
   };
-  if (bp.want_dx && bp.need_sums && fuse_stats(2 * p.count * int64_t(sizeof(T)), p.num_stats, !p.per_sample)) {
+  if (bp.want_dx && bp.need_sums && p.per_sample &&
+      fuse_stats(2 * p.count * int64_t(sizeof(T)), p.num_stats)) {
     // One task per statistic: the sums of its planes, then their dx while they are in cache.
     parallel_for(p.num_stats, std::max<int64_t>(1, kTaskElements / p.count), [&](int64_t s0, int64_t s1) {
       for (int64_t s = s0; s < s1; ++s) {
@@ -564,7 +587,7 @@ void backward_ncs(const Problem& p, const ChannelNormBackwardArgs& a, const Back
       for (int64_t q = q0; q < q1; ++q) plane_sums(q / C, q % C, [&](int64_t ch) { return us[size_t(q * pch + ch)]; });
     });
     if (bp.want_dx && bp.batch_stats)
-      for (int64_t s = 0; s < p.num_stats; ++s) stat_coefficients(p, s, sum_dy, sum_dyx, w, mg, mgx);
+      all_stat_coefficients(p, sum_dy, sum_dyx, w, mg, mgx);
   }
   if (!bp.want_dx) return;
   parallel_for_from_end(units, grain, [&](int64_t u0, int64_t u1) {
@@ -585,21 +608,14 @@ void backward_nsc(const Problem& p, const ChannelNormBackwardArgs& a, const Back
   T* dx = static_cast<T*>(a.dx);
   // Per row group, per-channel mean, rstd, weight-free coefficient vectors.
   std::vector<A> me(size_t(K * C)), re(size_t(K * C)), ge(size_t(K * C)), gxe(size_t(K * C));
-  auto expand_stats = [&](int64_t k) {
-    for (int64_t c = 0; c < C; ++c) {
-      const int64_t s = k * (p.per_sample ? G : 0) + c / p.cpg;
-      me[size_t(k * C + c)] = mean[s];
-      re[size_t(k * C + c)] = rstd[s];
-    }
-  };
+  for_row_groups(p, [&](int64_t k) {
+    expand_groups(p, k, &me[size_t(k * C)], [&](int64_t s) { return mean[s]; });
+    expand_groups(p, k, &re[size_t(k * C)], [&](int64_t s) { return rstd[s]; });
+  });
   auto expand_coef = [&](int64_t k) {
-    for (int64_t c = 0; c < C; ++c) {
-      const int64_t s = k * (p.per_sample ? G : 0) + c / p.cpg;
-      ge[size_t(k * C + c)] = bp.batch_stats ? mg[s] : A(0);
-      gxe[size_t(k * C + c)] = bp.batch_stats ? mgx[s] : A(0);
-    }
+    expand_groups(p, k, &ge[size_t(k * C)], [&](int64_t s) { return bp.batch_stats ? mg[s] : A(0); });
+    expand_groups(p, k, &gxe[size_t(k * C)], [&](int64_t s) { return bp.batch_stats ? mgx[s] : A(0); });
   };
-  for (int64_t k = 0; k < K; ++k) expand_stats(k);
   // Per-channel sums of a block of rows.
   auto block_sums = [&](int64_t k, int64_t r0, int64_t rows, A* sd, A* sdx) {
     const A* mk = &me[size_t(k * C)];
@@ -640,8 +656,8 @@ void backward_nsc(const Problem& p, const ChannelNormBackwardArgs& a, const Back
     }
   };
   // Row group k's (k, c) sums from its block partials, in block order.
-  auto group_sums = [&](int64_t k, const A* part_dy, const A* part_dyx) {
-    for (int64_t c = 0; c < C; ++c) {
+  auto group_sums = [&](int64_t k, const A* part_dy, const A* part_dyx, int64_t c0 = 0, int64_t c1 = -1) {
+    for (int64_t c = c0; c < (c1 < 0 ? C : c1); ++c) {
       A sd = 0, sdx = 0;
       for (int64_t blk = 0; blk < nb; ++blk) {
         sd += part_dy[blk * C + c];
@@ -674,14 +690,19 @@ void backward_nsc(const Problem& p, const ChannelNormBackwardArgs& a, const Back
         block_sums(k, blk * Rb, std::min(Rb, R - blk * Rb), &pd[size_t(u * C)], &pdx[size_t(u * C)]);
       }
     });
-    parallel_for(K, std::max<int64_t>(1, 4096 / (nb * C)), [&](int64_t k0, int64_t k1) {
-      for (int64_t k = k0; k < k1; ++k) group_sums(k, &pd[size_t(k * nb * C)], &pdx[size_t(k * nb * C)]);
+    // (k, c) columns in parallel, each summed over its blocks in order.
+    parallel_for(K * C, std::max<int64_t>(1, 4096 / nb), [&](int64_t q0, int64_t q1) {
+      for (int64_t q = q0; q < q1;) {
+        const int64_t k = q / C, e = std::min(q1, (k + 1) * C);
+        group_sums(k, &pd[size_t(k * nb * C)], &pdx[size_t(k * nb * C)], q - k * C, e - k * C);
+        q = e;
+      }
     });
     if (bp.want_dx && bp.batch_stats)
-      for (int64_t s = 0; s < p.num_stats; ++s) stat_coefficients(p, s, sum_dy, sum_dyx, w, mg, mgx);
+      all_stat_coefficients(p, sum_dy, sum_dyx, w, mg, mgx);
   }
   if (!bp.want_dx) return;
-  for (int64_t k = 0; k < K; ++k) expand_coef(k);
+  for_row_groups(p, expand_coef);
   parallel_for_from_end(K * R, std::max<int64_t>(1, kTaskElements / C), [&](int64_t r0, int64_t r1) {
     for (int64_t r = r0; r < r1;) {
       const int64_t k = r / R, e = std::min(r1, (k + 1) * R);
@@ -715,11 +736,13 @@ void backward(const ChannelNormBackwardArgs& a) {
   }
   auto reduce_k = [&](const std::vector<A>& part, void* out, DType dt) {
     std::vector<A> v(size_t(C), A(0));
-    for (int64_t c = 0; c < C; ++c) {
-      A s = 0;
-      for (int64_t k = 0; k < K; ++k) s += part[size_t(k * C + c)];
-      v[size_t(c)] = s;
-    }
+    parallel_for(C, std::max<int64_t>(1, kTaskElements / std::max<int64_t>(K, 1)), [&](int64_t c0, int64_t c1) {
+      for (int64_t c = c0; c < c1; ++c) {
+        A s = 0;
+        for (int64_t k = 0; k < K; ++k) s += part[size_t(k * C + c)];
+        v[size_t(c)] = s;
+      }
+    });
     store_params(v, out, dt);
   };
   if (a.dweight) reduce_k(sum_dyx, a.dweight, a.dweight_dtype);

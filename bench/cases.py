@@ -1,0 +1,222 @@
+"""Benchmark case definitions.
+
+A :class:`Case` describes one measurement: a layer family, an input shape,
+a dtype, a mode (``"fwd"`` or ``"fwd+bwd"``) and a *factory*.  Calling the
+factory allocates the inputs and returns ``(normkit_fn, torch_fn)``: two
+zero-argument closures that each perform exactly one repetition of the work
+(one forward, or one forward + backward) and return what they produced (a
+tensor, or a dict name -> tensor such as {"y", "dx", "dw", "db"}), so the
+harness can also compare the two sides once before timing them.
+
+To add cases for a new layer family (BatchNorm, GroupNorm, ...), write a
+``*_cases()`` builder like :func:`layer_norm_cases` and call :func:`register`
+on its output at the bottom of this module.  Nothing here imports
+``normkit`` at module import time, so ``--list`` works without it.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable, Iterable, Sequence
+
+import torch
+
+MODES = ("fwd", "fwd+bwd")
+
+# Minimum bytes that must cross the memory bus, in units of the input
+# tensor's size (per the project issue): forward reads x and writes y (2x);
+# backward reads x and dy and writes dx (3x).  Weights/bias/statistics are
+# O(N) and ignored.
+MODE_TRAFFIC = {"fwd": 2, "fwd+bwd": 2 + 3}
+
+# Fixed epsilons passed explicitly to both libraries so they compute the same
+# function regardless of their defaults.
+LAYER_NORM_EPS = 1e-5
+RMS_NORM_EPS = 1e-6
+
+_DTYPE_SHORT = {torch.float32: "float32", torch.bfloat16: "bfloat16",
+                torch.float16: "float16", torch.float64: "float64"}
+
+Fn = Callable[[], object]
+Factory = Callable[[], "tuple[Fn, Fn]"]
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    family: str
+    shape: tuple
+    dtype: torch.dtype
+    mode: str
+    factory: Factory
+
+    def __post_init__(self):
+        if self.mode not in MODES:
+            raise ValueError(f"{self.name}: mode must be one of {MODES}, got {self.mode!r}")
+
+    @property
+    def dtype_name(self) -> str:
+        return _DTYPE_SHORT.get(self.dtype, str(self.dtype).replace("torch.", ""))
+
+    @property
+    def numel(self) -> int:
+        return math.prod(self.shape)
+
+    @property
+    def tensor_bytes(self) -> int:
+        return self.numel * self.dtype.itemsize
+
+    @property
+    def min_bytes(self) -> int:
+        """Minimum bytes moved per repetition (the roofline numerator)."""
+        return MODE_TRAFFIC[self.mode] * self.tensor_bytes
+
+    @property
+    def shape_str(self) -> str:
+        return "x".join(str(d) for d in self.shape)
+
+
+def case_name(family: str, shape: Sequence[int], dtype: torch.dtype, mode: str) -> str:
+    return f"{family}-{'x'.join(map(str, shape))}-{_DTYPE_SHORT.get(dtype, str(dtype))}-{mode}"
+
+
+# --------------------------------------------------------------------------
+# Generic closure builder for "normalize over the last dimension with an
+# affine weight (and optionally bias)" layers.
+# --------------------------------------------------------------------------
+
+def _affine_last_dim_factory(nk_op, torch_op, shape, dtype, mode, *, bias: bool, seed: int = 0) -> Factory:
+    """Build a factory for ops with signature ``op(x, w, b) -> y``.
+
+    ``nk_op`` / ``torch_op`` are zero-argument callables returning the actual
+    op (resolved lazily, so normkit is imported only when a case runs).
+    """
+
+    def factory():
+        nk, th = nk_op(), torch_op()
+        g = torch.Generator().manual_seed(seed)
+        n = shape[-1]
+        x0 = torch.randn(shape, generator=g).to(dtype)
+        w0 = (1.0 + 0.1 * torch.randn(n, generator=g)).to(dtype)
+        b0 = (0.1 * torch.randn(n, generator=g)).to(dtype) if bias else None
+        dy = torch.randn(shape, generator=g).to(dtype) if mode == "fwd+bwd" else None
+
+        def side(op):
+            # Each side gets its own copies so autograd state never mixes.
+            x = x0.clone()
+            w = w0.clone()
+            b = b0.clone() if b0 is not None else None
+            if mode == "fwd":
+                def fn():
+                    with torch.no_grad():
+                        return op(x, w, b)
+                return fn
+            leaves = {k: t.requires_grad_(True) for k, t in (("dx", x), ("dw", w), ("db", b)) if t is not None}
+            leaf_list = list(leaves.values())
+
+            def fn():
+                for t in leaf_list:
+                    t.grad = None
+                y = op(x, w, b)
+                y.backward(dy)
+                return {"y": y.detach(), **{k: t.grad for k, t in leaves.items()}}
+            return fn
+
+        return side(nk), side(th)
+
+    return factory
+
+
+def _nk_functional():
+    import normkit.torch.functional as nkF  # noqa: PLC0415  (lazy on purpose)
+    return nkF
+
+
+# ----------------------------- LayerNorm ----------------------------------
+
+def layer_norm_cases(shapes: Iterable[Sequence[int]], dtypes: Iterable[torch.dtype],
+                     modes: Iterable[str] = MODES) -> list[Case]:
+    out = []
+    for shape in shapes:
+        shape = tuple(shape)
+        ns = (shape[-1],)
+
+        def nk_op(ns=ns):
+            f = _nk_functional().layer_norm
+            return lambda x, w, b: f(x, ns, w, b, eps=LAYER_NORM_EPS)
+
+        def torch_op(ns=ns):
+            f = torch.nn.functional.layer_norm
+            return lambda x, w, b: f(x, ns, w, b, eps=LAYER_NORM_EPS)
+
+        for dtype in dtypes:
+            for mode in modes:
+                out.append(Case(case_name("layernorm", shape, dtype, mode), "LayerNorm", shape, dtype, mode,
+                                _affine_last_dim_factory(nk_op, torch_op, shape, dtype, mode, bias=True)))
+    return out
+
+
+# ------------------------------ RMSNorm -----------------------------------
+
+def rms_norm_cases(shapes: Iterable[Sequence[int]], dtypes: Iterable[torch.dtype],
+                   modes: Iterable[str] = MODES) -> list[Case]:
+    out = []
+    for shape in shapes:
+        shape = tuple(shape)
+        ns = (shape[-1],)
+
+        def nk_op(ns=ns):
+            f = _nk_functional().rms_norm
+            return lambda x, w, b: f(x, ns, w, eps=RMS_NORM_EPS)
+
+        def torch_op(ns=ns):
+            f = torch.nn.functional.rms_norm
+            return lambda x, w, b: f(x, ns, w, eps=RMS_NORM_EPS)
+
+        for dtype in dtypes:
+            for mode in modes:
+                out.append(Case(case_name("rmsnorm", shape, dtype, mode), "RMSNorm", shape, dtype, mode,
+                                _affine_last_dim_factory(nk_op, torch_op, shape, dtype, mode, bias=False)))
+    return out
+
+
+# ----------------------------- registry -----------------------------------
+
+_REGISTRY: dict[str, Case] = {}
+
+
+def register(cases: Iterable[Case]) -> None:
+    for c in cases:
+        if c.name in _REGISTRY:
+            raise ValueError(f"duplicate benchmark case {c.name!r}")
+        _REGISTRY[c.name] = c
+
+
+def all_cases() -> list[Case]:
+    return list(_REGISTRY.values())
+
+
+def get(name: str) -> Case:
+    return _REGISTRY[name]
+
+
+def select(filters: str | Sequence[str] | None) -> list[Case]:
+    """Cases whose name contains any of the (case-insensitive) substrings.
+
+    ``filters`` may be a comma-separated string or a sequence of strings;
+    ``None``/empty selects everything.
+    """
+    if not filters:
+        return all_cases()
+    if isinstance(filters, str):
+        filters = filters.split(",")
+    subs = [f.strip().lower() for f in filters if f.strip()]
+    return [c for c in all_cases() if any(s in c.name.lower() for s in subs)]
+
+
+register(layer_norm_cases([(8192, 1024), (64, 4096)], [torch.float32, torch.bfloat16]))
+register(rms_norm_cases([(8192, 1024)], [torch.float32, torch.bfloat16]))
+
+# The two cases timed by ``bench.run_quick`` (the package self-check).
+QUICK_CASES = ("layernorm-8192x1024-float32-fwd", "rmsnorm-8192x1024-float32-fwd+bwd")

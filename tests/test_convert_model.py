@@ -1,0 +1,221 @@
+"""normkit.torch.convert_model: swaps every torch.nn LayerNorm / RMSNorm / BatchNorm* / InstanceNorm* /
+GroupNorm (exact type) for its normkit twin, keeping the Parameter objects and buffers; the converted
+model computes the same outputs, gradients and running statistics as a deep copy of the original."""
+
+import copy
+
+import pytest
+import reference as R
+import torch
+from torch import nn
+
+
+def nt():
+    import normkit.torch as m
+
+    return m
+
+
+class MyBatchNorm(nn.BatchNorm2d):
+    """A user subclass: not an exact torch.nn type, so convert_model leaves it alone."""
+
+
+class Block(nn.Module):
+    def __init__(self, c):
+        super().__init__()
+        self.conv1 = nn.Conv2d(c, c, 3, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(c)
+        self.relu = nn.ReLU()
+        self.conv2 = nn.Conv2d(c, c, 3, padding=1, bias=False)
+        self.gn = nn.GroupNorm(4, c)
+
+    def forward(self, x):
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.gn(self.conv2(out))
+        return self.relu(out + x)  # residual
+
+
+class Net(nn.Module):
+    def __init__(self, c=8, classes=10):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, c, 3, padding=1, bias=False), nn.BatchNorm2d(c, momentum=None),
+                                  nn.ReLU())
+        self.layers = nn.Sequential(Block(c), Block(c))
+        self.inorm = nn.InstanceNorm2d(c, affine=True, track_running_stats=True)
+        self.custom = MyBatchNorm(c)
+        self.seq = nn.ModuleDict({"bn3d": nn.BatchNorm3d(2), "in1d": nn.InstanceNorm1d(c)})
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        # (no bias before the BatchNorm1d, and no LayerNorm before it either: in training a constant
+        # shift across the batch would be removed by it, giving parameters a gradient of exactly 0,
+        # i.e. compared rounding noise)
+        self.head = nn.Sequential(nn.Linear(c, classes, bias=False), nn.BatchNorm1d(classes), nn.ReLU(),
+                                  nn.LayerNorm(classes), nn.RMSNorm(classes))
+
+    def forward(self, x):
+        # every normalization is followed by a nonlinearity (or a residual sum) before the pooling, so
+        # that the output depends on x in a well-conditioned way: a per-(n, c) normalization pooled
+        # directly would be constant (its spatial mean is its bias), leaving only rounding noise in dx
+        relu = torch.relu
+        x = self.stem(x)
+        x = self.layers(x)
+        x = x + relu(self.inorm(x))
+        x = relu(self.custom(x))
+        n, c, h, w = x.shape
+        x = x + relu(self.seq["bn3d"](x.reshape(n, 2, c // 2, h, w)).reshape(n, c, h, w))
+        x = x + relu(self.seq["in1d"](x.reshape(n, c, h * w)).reshape(n, c, h, w))
+        return self.head(self.pool(x).flatten(1))
+
+
+EXPECTED = {
+    # qualified name -> class name, for every module convert_model must replace
+    "stem.1": "BatchNorm2d",
+    "layers.0.bn1": "BatchNorm2d",
+    "layers.0.gn": "GroupNorm",
+    "layers.1.bn1": "BatchNorm2d",
+    "layers.1.gn": "GroupNorm",
+    "inorm": "InstanceNorm2d",
+    "seq.bn3d": "BatchNorm3d",
+    "seq.in1d": "InstanceNorm1d",
+    "head.1": "BatchNorm1d",
+    "head.3": "LayerNorm",
+    "head.4": "RMSNorm",
+}
+
+
+def randomize(model, seed):
+    """Non-trivial affine parameters and running statistics (the defaults would hide mix-ups)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("weight") and p.dim() == 1:
+                p.copy_(1.0 + 0.3 * torch.randn(p.shape, generator=g, dtype=torch.float64))
+            elif name.endswith("bias"):
+                p.copy_(0.2 * torch.randn(p.shape, generator=g, dtype=torch.float64))
+        for name, b in model.named_buffers():
+            if name.endswith("running_mean"):
+                b.copy_(0.3 * torch.randn(b.shape, generator=g, dtype=torch.float64))
+            elif name.endswith("running_var"):
+                b.copy_(0.5 + torch.rand(b.shape, generator=g, dtype=torch.float64))
+    return model
+
+
+def build(dtype, seed=0):
+    torch.manual_seed(seed)
+    return randomize(Net().to(dtype), seed)
+
+
+def convert(model):
+    params = dict(model.named_parameters())
+    buffers = {k: v.detach().clone() for k, v in model.named_buffers()}
+    modules = dict(model.named_modules())
+    report = []
+    out = nt().convert_model(model, report=report)
+    return out, params, buffers, modules, report
+
+
+# float32: each norm layer is within ~1e-6 relative of torch, and a few conv/norm layers of O(1) gain
+# carry that to the output and the gradients: 1e-4 (relative to each tensor's largest value) leaves a
+# wide margin while a wrong layer (e.g. biased/unbiased variance, missing backward term) is off by >1e-3.
+# float64: 1e-10 by the same argument with u = 1e-16.
+TOL = {torch.float32: 1e-4, torch.float64: 1e-10}
+
+
+@pytest.mark.parametrize("dtype", (torch.float32, torch.float64), ids=str)
+def test_structure_report_and_identity(dtype):
+    model = build(dtype)
+    model.layers[1].eval()  # a mixed training state must survive the swap
+    out, params, buffers, modules, report = convert(model)
+
+    named = dict(out.named_modules())
+    # every exact torch.nn norm was replaced by the twin of the same name (and subclass of it)
+    for qname, cls_name in EXPECTED.items():
+        new = named[qname]
+        old = modules[qname]
+        assert type(new) is getattr(nt(), cls_name), f"{qname}: {type(new)}"
+        assert isinstance(new, getattr(nn, cls_name))
+        assert new.training == old.training, qname
+        assert new.extra_repr() == old.extra_repr(), qname
+    # everything else kept as it was (same objects)
+    assert type(named["custom"]) is MyBatchNorm and named["custom"] is modules["custom"]
+    for qname in ("stem.0", "layers.0.conv1", "layers.1.conv2", "head.0", "head.2", "pool"):
+        assert named[qname] is modules[qname], qname
+    # the report: (qualified name, old class name, new class name), one per replacement
+    assert len(report) == len(EXPECTED), report
+    for entry in report:
+        assert isinstance(entry, tuple) and len(entry) == 3, entry
+    assert {e[0]: e[1] for e in report} == EXPECTED
+    for qname, _, new_name in report:
+        assert new_name == type(named[qname]).__name__
+    # parameters: the very same objects, same names; buffers: same values, dtype, device
+    new_params = dict(out.named_parameters())
+    assert new_params.keys() == params.keys()
+    for k, p in new_params.items():
+        assert p is params[k], f"parameter {k} is a new object"
+        assert p.dtype == dtype
+    new_buffers = dict(out.named_buffers())
+    assert new_buffers.keys() == buffers.keys()
+    for k, b in new_buffers.items():
+        assert b.dtype == buffers[k].dtype and b.device == buffers[k].device, k
+        assert torch.equal(b, buffers[k]), k
+    assert list(out.state_dict().keys()) == list(build(dtype).state_dict().keys())
+
+    # converting again replaces nothing
+    again = []
+    nt().convert_model(out, report=again)
+    assert again == []
+    assert nt().convert_model(out) is not None  # report=None is fine
+
+
+def test_root_module_is_converted():
+    for root, cls in ((nn.BatchNorm2d(4), "BatchNorm2d"), (nn.GroupNorm(2, 4), "GroupNorm"),
+                      (nn.LayerNorm(4), "LayerNorm"), (nn.InstanceNorm3d(4), "InstanceNorm3d")):
+        params = dict(root.named_parameters())
+        report = []
+        new = nt().convert_model(root, report=report)
+        assert type(new) is getattr(nt(), cls)
+        assert len(report) == 1 and report[0][1] == cls
+        for k, p in new.named_parameters():
+            assert p is params[k]
+
+
+@pytest.mark.parametrize("mode", ("train", "eval"))
+@pytest.mark.parametrize("dtype", (torch.float32, torch.float64), ids=str)
+@pytest.mark.parametrize("fmt", ("nc", "cl"))
+def test_same_outputs_and_gradients(mode, dtype, fmt):
+    model = build(dtype, seed=1)
+    model.train(mode == "train")
+    original = copy.deepcopy(model)
+    converted, _, _, _, _ = convert(model)
+    tol = TOL[dtype]
+    g = torch.Generator().manual_seed(3)
+    for step in range(2):
+        x = torch.randn(4, 3, 6, 5, generator=g, dtype=torch.float64).to(dtype)
+        if fmt == "cl":
+            x = x.contiguous(memory_format=torch.channels_last)
+        proj = torch.randn(4, 10, generator=g, dtype=torch.float64).to(dtype)
+        xa = x.clone().requires_grad_()
+        xb = x.clone().requires_grad_()
+        for m in (original, converted):
+            m.zero_grad(set_to_none=True)
+        ya = original(xa)
+        yb = converted(xb)
+        (ya * proj).sum().backward()
+        (yb * proj).sum().backward()
+        tag = f"{mode} step {step}: "
+        R.assert_close(tag + "output", yb, ya, tol, float(ya.detach().abs().max()))
+        R.assert_close(tag + "dx", xb.grad, xa.grad, tol, float(xa.grad.abs().max()))
+        pa = dict(original.named_parameters())
+        for k, p in converted.named_parameters():
+            assert p.grad is not None, f"{tag}{k}: no gradient"
+            R.assert_close(tag + "grad " + k, p.grad, pa[k].grad, tol, float(pa[k].grad.abs().max()))
+        ba = dict(original.named_buffers())
+        for k, b in converted.named_buffers():
+            if b.is_floating_point():
+                R.assert_close(tag + k, b, ba[k], tol, float(ba[k].abs().max()) + 1.0)
+            else:
+                assert torch.equal(b, ba[k]), f"{tag}{k}: {b} vs {ba[k]}"
+        # a tiny SGD step on both, so that the next step starts from moved parameters
+        with torch.no_grad():
+            for k, p in converted.named_parameters():
+                p.sub_(0.01 * p.grad)
+                pa[k].sub_(0.01 * pa[k].grad)
