@@ -181,6 +181,85 @@ def rms_norm_cases(shapes: Iterable[Sequence[int]], dtypes: Iterable[torch.dtype
     return out
 
 
+# ------------------- BatchNorm / InstanceNorm / GroupNorm -------------------
+
+def _module_factory(make_pair, shape, dtype, mode, *, channels_last: bool, train: bool, seed: int = 0) -> Factory:
+    """Factory for [N, C, *] layers given as modules. ``make_pair()`` returns (normkit module, torch
+    module); the normkit twin gets the torch module's state so both compute the same function."""
+
+    def factory():
+        nk, th = make_pair()
+        g = torch.Generator().manual_seed(seed)
+        with torch.no_grad():
+            for p in th.parameters():
+                p.copy_(1.0 + 0.1 * torch.randn(p.shape, generator=g))
+        nk.load_state_dict(th.state_dict())
+        x0 = (torch.randn(shape, generator=g) * 2 + 0.5).to(dtype)
+        fmt = {4: torch.channels_last, 5: torch.channels_last_3d}.get(len(shape))
+        if channels_last:
+            x0 = x0.contiguous(memory_format=fmt)
+        dy = torch.randn(shape, generator=g).to(dtype) if mode == "fwd+bwd" else None
+        if channels_last and dy is not None:
+            dy = dy.contiguous(memory_format=fmt)
+
+        def side(module):
+            module.to(dtype).train(train)
+            x = x0.clone(memory_format=torch.preserve_format)
+            if mode == "fwd":
+                def fn():
+                    with torch.no_grad():
+                        return module(x)
+                return fn
+            x.requires_grad_(True)
+            params = dict(module.named_parameters())
+
+            def fn():
+                x.grad = None
+                for p in params.values():
+                    p.grad = None
+                y = module(x)
+                y.backward(dy)
+                grads = {"d" + k[0]: p.grad for k, p in params.items()}
+                return {"y": y.detach(), "dx": x.grad, **grads}
+            return fn
+
+        return side(nk), side(th)
+
+    return factory
+
+
+def _nk_modules():
+    import normkit.torch as nkt  # noqa: PLC0415  (lazy on purpose)
+    return nkt
+
+
+def channel_norm_cases() -> list[Case]:
+    """The cases of the BatchNorm/InstanceNorm/GroupNorm issue."""
+    out = []
+
+    def add(family, label, shape, dtypes, make_pair, *, channels_last, train=True, modes=MODES):
+        for dtype in dtypes:
+            for mode in modes:
+                name = case_name(label + ("-cl" if channels_last else ""), shape, dtype, mode)
+                out.append(Case(name, family, tuple(shape), dtype, mode,
+                                _module_factory(make_pair, shape, dtype, mode, channels_last=channels_last,
+                                                train=train)))
+
+    bn = lambda: (_nk_modules().BatchNorm2d(64), torch.nn.BatchNorm2d(64))  # noqa: E731
+    for cl in (False, True):
+        add("BatchNorm2d train" + (" NHWC" if cl else ""), "batchnorm2d-train", (32, 64, 56, 56),
+            (torch.float32, torch.bfloat16), bn, channels_last=cl)
+    add("BatchNorm2d eval", "batchnorm2d-eval", (32, 64, 56, 56), (torch.float32,), bn, channels_last=False,
+        train=False)
+    inorm = lambda: (_nk_modules().InstanceNorm2d(64, affine=True), torch.nn.InstanceNorm2d(64, affine=True))  # noqa: E731
+    add("InstanceNorm2d", "instancenorm2d", (32, 64, 56, 56), (torch.float32,), inorm, channels_last=False)
+    gn = lambda: (_nk_modules().GroupNorm(32, 256), torch.nn.GroupNorm(32, 256))  # noqa: E731
+    for cl in (False, True):
+        add("GroupNorm" + (" NHWC" if cl else ""), "groupnorm", (8, 256, 64, 64), (torch.float32,), gn,
+            channels_last=cl)
+    return out
+
+
 # ----------------------------- registry -----------------------------------
 
 _REGISTRY: dict[str, Case] = {}
@@ -217,6 +296,7 @@ def select(filters: str | Sequence[str] | None) -> list[Case]:
 
 register(layer_norm_cases([(8192, 1024), (64, 4096)], [torch.float32, torch.bfloat16]))
 register(rms_norm_cases([(8192, 1024)], [torch.float32, torch.bfloat16]))
+register(channel_norm_cases())
 
 # The two cases timed by ``bench.run_quick`` (the package self-check).
 QUICK_CASES = ("layernorm-8192x1024-float32-fwd", "rmsnorm-8192x1024-float32-fwd+bwd")
