@@ -195,15 +195,19 @@ def test_backward_output_mask_and_bias_dtype():
 # ----------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("training", (True, False), ids=("train", "eval"))
+_NUMPY_CASES = [((6, 4), "nc"), ((3, 5, 7), "cl"), ((3, 5, 4, 3), "nc"), ((3, 5, 4, 3), "cl"),
+                ((2, 3, 2, 3, 5), "cl"), ((1, 8, 1, 1), "cl")]
+# One value per channel is an error in training (test_channel_norm_errors): that shape runs in eval only.
+_NUMPY_RUNS = [(case, training) for case in _NUMPY_CASES for training in (True, False)
+               if not (training and int(np.prod(case[0])) // case[0][1] == 1)]
+
+
 @pytest.mark.parametrize("dtype", R.NUMPY_DTYPES)
-@pytest.mark.parametrize("case", [((6, 4), "nc"), ((3, 5, 7), "cl"), ((3, 5, 4, 3), "nc"), ((3, 5, 4, 3), "cl"),
-                                  ((2, 3, 2, 3, 5), "cl"), ((1, 8, 1, 1), "cl")], ids=shape_id)
+@pytest.mark.parametrize("case,training", _NUMPY_RUNS,
+                         ids=[f"{shape_id(c)}-{'train' if t else 'eval'}" for c, t in _NUMPY_RUNS])
 def test_functional_numpy(case, dtype, training):
     shape, fmt = case
     c = shape[1]
-    if training and int(np.prod(shape)) // c == 1:
-        pytest.skip("one value per channel: training is an error (see test_channel_norm_errors)")
     x = R.make_numpy(shape, dtype, 3)
     dy = R.make_numpy(shape, dtype, 4, 1.0, 0.0)
     if fmt == "cl":
@@ -239,14 +243,50 @@ def test_functional_numpy(case, dtype, training):
     R.assert_close("dbias", db, dbr, tol, CR.dbias_scale(dy))
 
 
-def test_functional_non_contiguous_view():
-    """A sliced (non-compact) view is read by its strides: same values as a compact copy."""
-    base = R.make_torch((6, 8, 9, 10), "float32", 9)
-    x = base[::2, 1:7, :, 1:8]
-    assert not x.is_contiguous()
-    y = nkF.batch_norm(x, None, None, None, None, True)
-    ref = CR.batch_norm_forward(x, training=True)
-    R.assert_close("y (view)", y, ref["y"], 1e-5, CR.y_scale(ref["xmag"], None, None))
+VIEWS = {
+    "sliced": lambda: R.make_torch((6, 8, 9, 10), "float32", 9)[::2, 1:7, :, 1:8],
+    "channel-strided": lambda: R.make_torch((4, 12, 5, 5), "float32", 9)[:, ::2],
+    "permuted-NCWH": lambda: R.make_torch((4, 5, 7, 6), "float32", 9).permute(0, 3, 2, 1),
+    "rank-6": lambda: R.make_torch((2, 6, 2, 3, 2, 3), "float32", 9),
+    "numpy-sliced": lambda: R.make_numpy((6, 8, 9, 10), "float32", 9)[1::2, :6, ::3],
+}
+
+
+@pytest.mark.parametrize("op", ("batch", "instance", "group"))
+@pytest.mark.parametrize("view", VIEWS)
+def test_functional_strided_views(view, op):
+    """Views that are neither NCHW- nor channels-last-compact (and a rank above 5) are read by their
+    strides: same values as the reference, forward and backward."""
+    x = VIEWS[view]()
+    c = x.shape[1]
+    dy = R.make_numpy(tuple(x.shape), "float32", 10, 1.0, 0.0)
+    dy = torch.from_numpy(dy) if isinstance(x, torch.Tensor) else dy
+    w = R.make_numpy((c,), "float32", 11, 0.7, 1.0)
+    w = torch.from_numpy(w) if isinstance(x, torch.Tensor) else w
+    if op == "batch":
+        y, sm, sr = nkF.batch_norm_forward(x, None, None, w, None, True)
+        ref = CR.batch_norm_forward(x, None, None, w, None, True)
+        dx, dw, db = nkF.batch_norm_backward(dy, x, sm, sr, w, True)
+        dxr, dwr, dbr = CR.batch_norm_backward(dy, x, w, True)
+        groups, per_sample, rstd = c, False, ref["save_rstd"].reshape(1, c)
+    elif op == "instance":
+        y, sm, sr = nkF.instance_norm_forward(x, None, None, w)
+        ref = CR.instance_norm_forward(x, None, None, w)
+        dx, dw, db = nkF.instance_norm_backward(dy, x, sm, sr, w)
+        dxr, dwr, dbr = CR.instance_norm_backward(dy, x, w)
+        groups, per_sample, rstd = c, True, ref["save_rstd"]
+    else:
+        groups, per_sample = 3, True
+        y, mean, rstd_ = nkF.group_norm_forward(x, groups, w)
+        ref = CR.group_norm_forward(x, groups, w)
+        dx, dw, db = nkF.group_norm_backward(dy, x, groups, mean, rstd_, w)
+        dxr, dwr, dbr = CR.group_norm_backward(dy, x, groups, w)
+        rstd = ref["rstd"]
+    assert tuple(y.shape) == tuple(x.shape)
+    R.assert_close("y", y, ref["y"], 1e-5, CR.y_scale(ref["xmag"], w, None))
+    R.assert_close("dx", dx, dxr, 1e-5, CR.dx_scale(dy, x, w, groups, per_sample, rstd))
+    R.assert_close("dweight", dw, dwr, 1e-5, CR.dweight_scale(dy, ref["xmag"]))
+    R.assert_close("dbias", db, dbr, 1e-5, CR.dbias_scale(dy))
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -737,3 +777,40 @@ def test_twin_empty_batch(layer):
     assert a(x).shape == (0, 6, 4, 5)
     if layer != "InstanceNorm2d":
         assert t(x).shape == (0, 6, 4, 5)
+
+
+@pytest.mark.parametrize("fmt", ("nc", "cl"))
+@pytest.mark.parametrize("dtype", HALF)
+def test_mixed_precision_half_input_float32_params(dtype, fmt):
+    """Half x with float32 weight, bias and running statistics (what torch.nn.functional.batch_norm
+    accepts on CPU, e.g. a float32 module fed half activations): y / dx within the half tolerance; the
+    statistics, the running statistics and dweight / dbias (float32 results of float32 sums) within
+    float32's 1e-5."""
+    shape, c = (4, 6, 5, 3), 6
+    x = layout(R.make_torch(shape, dtype, 71), fmt)
+    dy = layout(R.make_torch(shape, dtype, 72, 1.0, 0.0), fmt)
+    w = R.make_torch((c,), "float32", 73, 0.7, 1.0)
+    b = R.make_torch((c,), "float32", 74)
+    rm, rv = rand_stats(c, "float32", 75)
+    before = CR.f64_copies(rm, rv)
+    y, sm, sr = nkF.batch_norm_forward(x, rm, rv, w, b, True, 0.1, EPS)
+    assert y.dtype == x.dtype and rm.dtype == torch.float32
+    ref = CR.batch_norm_forward(x, before[0], before[1], w, b, True, 0.1, EPS)
+    tol, f32 = R.TOL[dtype], R.TOL["float32"]
+    xmax = float(np.abs(R.to_f64(x)).max())
+    R.assert_close("y", y, ref["y"], tol, CR.y_scale(ref["xmag"], w, b))
+    R.assert_close("save_rstd", sr, ref["save_rstd"], f32, 0.0)
+    R.assert_close("running_mean", rm, ref["running_mean"], f32, xmax + 1.0)
+    R.assert_close("running_var", rv, ref["running_var"], f32, 0.0)
+    dx, dw, db = nkF.batch_norm_backward(dy, x, sm, sr, w, True, bias_dtype="float32")
+    assert dx.dtype == x.dtype and dw.dtype == torch.float32 and db.dtype == torch.float32
+    dxr, dwr, dbr = CR.batch_norm_backward(dy, x, w, True)
+    R.assert_close("dx", dx, dxr, tol, CR.dx_scale(dy, x, w, c, False, ref["save_rstd"].reshape(1, c)))
+    R.assert_close("dweight", dw, dwr, f32, CR.dweight_scale(dy, ref["xmag"]))
+    R.assert_close("dbias", db, dbr, f32, CR.dbias_scale(dy))
+    # the float32 module fed half input: same as torch.nn (its output is half too)
+    t, a = torch.nn.BatchNorm2d(c), nt().BatchNorm2d(c)
+    ya, yt = a(x), t(x)
+    assert ya.dtype == yt.dtype == x.dtype
+    R.assert_close("module y vs torch", ya, yt, 2 * tol, 4.0)
+    R.assert_close("module running_var vs torch", a.running_var, t.running_var, 2 * f32, 1.0)

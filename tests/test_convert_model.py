@@ -219,3 +219,27 @@ def test_same_outputs_and_gradients(mode, dtype, fmt):
             for k, p in converted.named_parameters():
                 p.sub_(0.01 * p.grad)
                 pa[k].sub_(0.01 * pa[k].grad)
+
+
+def test_shared_module_replaced_everywhere():
+    """A norm layer registered twice (weight sharing: the same module object under two names) is a
+    torch.nn layer at both places: both must be replaced, and both must keep the shared Parameters."""
+    bn = nn.BatchNorm2d(3)
+    gn = nn.GroupNorm(1, 3)
+    model = nn.Sequential(bn, nn.ReLU(), bn, nn.Sequential(gn), gn)
+    params = {id(p) for p in bn.parameters()} | {id(p) for p in gn.parameters()}
+    reference = copy.deepcopy(model)
+    report = []
+    out = nt().convert_model(model, report=report)
+    left = [f"{name}: {type(m).__name__}" for name, m in out.named_modules(remove_duplicate=False)
+            if type(m) in (nn.BatchNorm2d, nn.GroupNorm)]
+    assert not left, f"torch.nn layers left after convert_model: {left}; report {report}"
+    for i in (0, 2):
+        assert type(out[i]) is nt().BatchNorm2d
+        assert out[i].weight is bn.weight and out[i].bias is bn.bias
+    for m in (out[3][0], out[4]):
+        assert type(m) is nt().GroupNorm
+        assert m.weight is gn.weight and m.bias is gn.bias
+    assert {id(p) for p in out.parameters()} == params
+    x = torch.randn(4, 3, 5, 5)
+    R.assert_close("output", out(x), reference(x).detach(), 1e-5, 4.0)

@@ -347,3 +347,26 @@ def test_long_reductions(case, dtype):
     R.assert_close("dx", dx, dxr, tol, CR.dx_scale(dy, x, w, g, True, ref["rstd"]))
     R.assert_close("dweight", dw, dwr, tol, CR.dweight_scale(dy, ref["xmag"]))
     R.assert_close("dbias", db, dbr, tol, CR.dbias_scale(dy))
+
+
+@pytest.mark.parametrize("dtype", HALF)
+def test_mixed_precision_half_input_float32_params(dtype):
+    """Half x, float32 weight / bias: y / dx within the half tolerance, dweight / dbias (float32 sums)
+    within float32's 1e-5."""
+    shape, g, c = (3, 8, 5, 4), 4, 8
+    x = CR.to_channels_last_torch(R.make_torch(shape, dtype, 81))
+    dy = R.make_torch(shape, dtype, 82, 1.0, 0.0)
+    w = R.make_torch((c,), "float32", 83, 0.7, 1.0)
+    b = R.make_torch((c,), "float32", 84)
+    y, mean, rstd = nkF.group_norm_forward(x, g, w, b)
+    assert y.dtype == x.dtype
+    ref = CR.group_norm_forward(x, g, w, b)
+    tol, f32 = R.TOL[dtype], R.TOL["float32"]
+    R.assert_close("y", y, ref["y"], tol, CR.y_scale(ref["xmag"], w, b))
+    R.assert_close("rstd", rstd, ref["rstd"], f32, 0.0)
+    dx, dw, db = nkF.group_norm_backward(dy, x, g, mean, rstd, w, bias_dtype="float32")
+    assert dx.dtype == x.dtype and dw.dtype == torch.float32 and db.dtype == torch.float32
+    dxr, dwr, dbr = CR.group_norm_backward(dy, x, g, w)
+    R.assert_close("dx", dx, dxr, tol, CR.dx_scale(dy, x, w, g, True, ref["rstd"]))
+    R.assert_close("dweight", dw, dwr, f32, CR.dweight_scale(dy, ref["xmag"]))
+    R.assert_close("dbias", db, dbr, f32, CR.dbias_scale(dy))

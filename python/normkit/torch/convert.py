@@ -44,12 +44,15 @@ def convert_model(module: torch.nn.Module, report: list | None = None) -> torch.
         if report is not None:
             report.append(("", type(module).__name__, twin_cls.__name__))
         return _twin_of(module, twin_cls)
+    twins = {}  # id(old layer) -> its twin: a layer registered in several places stays shared
     for qualified, parent in list(module.named_modules()):
-        for name, child in list(parent.named_children()):
+        for name, child in list(parent._modules.items()):  # _modules: named_children() skips repeats
             twin_cls = TWINS.get(type(child))
             if twin_cls is None:
                 continue
-            setattr(parent, name, _twin_of(child, twin_cls))
+            if id(child) not in twins:
+                twins[id(child)] = _twin_of(child, twin_cls)
+            setattr(parent, name, twins[id(child)])
             full = f"{qualified}.{name}" if qualified else name
             _log.info("convert_model: %s: %s -> normkit %s", full, type(child).__name__, twin_cls.__name__)
             if report is not None:
