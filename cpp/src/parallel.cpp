@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <chrono>
 #include <condition_variable>
 #include <cstdlib>
 #include <exception>
@@ -18,6 +19,23 @@ namespace normkit {
 namespace {
 
 thread_local bool t_in_pool_task = false;
+
+inline void cpu_relax() {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_ia32_pause();
+#endif
+}
+
+// Spins until pred() holds or ~50 us pass. Back-to-back kernels then hand work to threads that are
+// still awake: a futex wake-up costs tens of microseconds, as much as a whole small normalization.
+template <class Pred>
+void spin_briefly(Pred&& pred) {
+  const auto start = std::chrono::steady_clock::now();
+  for (int i = 0; !pred(); ++i) {
+    cpu_relax();
+    if ((i & 255) == 255 && std::chrono::steady_clock::now() - start > std::chrono::microseconds(50)) return;
+  }
+}
 
 int default_threads() {
   for (const char* var : {"NORMKIT_NUM_THREADS", "OMP_NUM_THREADS"}) {
@@ -56,11 +74,13 @@ class ThreadPool {
       pending_.store(chunks);
       error_ = nullptr;
       ++generation_;
+      published_.store(generation_, std::memory_order_release);
     }
     wake_.notify_all();
     t_in_pool_task = true;  // a nested parallel_for from a chunk run here must run inline
     drain(chunk_fn, chunks);
     t_in_pool_task = false;
+    spin_briefly([this] { return pending_.load(std::memory_order_acquire) == 0; });
     std::unique_lock<std::mutex> lock(mu_);
     // Wait for the chunks and for every worker to leave the job: chunk_fn dies when we return.
     done_.wait(lock, [this] { return pending_.load() == 0 && active_ == 0; });
@@ -92,6 +112,7 @@ class ThreadPool {
     for (;;) {
       const std::function<void(int64_t)>* job;
       int64_t chunks;
+      spin_briefly([&] { return published_.load(std::memory_order_acquire) != seen; });
       {
         std::unique_lock<std::mutex> lock(mu_);
         wake_.wait(lock, [&] { return stop_ || (generation_ != seen && job_ != nullptr); });
@@ -116,6 +137,7 @@ class ThreadPool {
   std::atomic<int64_t> next_{0}, pending_{0};
   std::exception_ptr error_;
   uint64_t generation_ = 0;
+  std::atomic<uint64_t> published_{0};  // generation_, readable without the lock (for spinning)
   int active_ = 0;  // workers inside the current job
   bool stop_ = false;
 };

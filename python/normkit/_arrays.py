@@ -66,7 +66,7 @@ class _TorchKind:
         return str(x.dtype).removeprefix("torch.")
 
     def empty(self, shape, dtype_name, like):
-        return self.torch.empty(shape, dtype=getattr(self.torch, dtype_name), device=like.device)
+        return like.new_empty(shape, dtype=getattr(self.torch, dtype_name))
 
     def wrap(self, out):
         return out
@@ -131,13 +131,13 @@ def kind_of(x, arg: str = "x"):
 
 def to_core(x, arg: str = "x"):
     """What the extension accepts for x: NumPy arrays as they are, torch tensors as a DLPack capsule
-    (detached: the autograd graph is the torch adapter's business), None as None."""
-    if x is None or isinstance(x, np.ndarray):
+    (detached: the autograd graph is the torch adapter's business), None as None. Called for every
+    argument of every op, so the common cases come first."""
+    if x is None or type(x) is np.ndarray:
         return x
-    if _is_torch(x):
-        import torch
-
-        return torch._C._to_dlpack(x.detach())
+    torch = sys.modules.get("torch")
+    if torch is not None and isinstance(x, torch.Tensor):
+        return torch._C._to_dlpack(x.detach() if x.requires_grad else x)
     if hasattr(x, "__dlpack__"):
         return x
     raise TypeError(

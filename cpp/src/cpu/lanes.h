@@ -17,7 +17,8 @@ inline A tree_sum(A (&acc)[L]) {
   return acc[0];
 }
 
-// Sum of f(i) for i in [0, n).
+// Sum of f(i) for i in [0, n). The tail goes to its own accumulator: indexing the lane array with a
+// run-time index would make the compiler keep it in memory instead of registers.
 template <class A, class F>
 inline A lane_sum(int64_t n, F&& f) {
   constexpr int L = kLanes<A>;
@@ -27,8 +28,9 @@ inline A lane_sum(int64_t n, F&& f) {
 #pragma omp simd
     for (int j = 0; j < L; ++j) acc[j] += f(i + j);
   }
-  for (int j = 0; i + j < n; ++j) acc[j] += f(i + j);
-  return tree_sum(acc);
+  A tail = 0;
+  for (; i < n; ++i) tail += f(i);
+  return tree_sum(acc) + tail;
 }
 
 // Two sums in one pass: f(i, &a, &b) returns its two terms through a and b.
@@ -46,13 +48,14 @@ inline std::pair<A, A> lane_sum2(int64_t n, F&& f) {
       acc1[j] += b;
     }
   }
-  for (int j = 0; i + j < n; ++j) {
+  A tail0 = 0, tail1 = 0;
+  for (; i < n; ++i) {
     A a, b;
-    f(i + j, a, b);
-    acc0[j] += a;
-    acc1[j] += b;
+    f(i, a, b);
+    tail0 += a;
+    tail1 += b;
   }
-  return {tree_sum(acc0), tree_sum(acc1)};
+  return {tree_sum(acc0) + tail0, tree_sum(acc1) + tail1};
 }
 
 }  // namespace normkit::cpu
