@@ -9,6 +9,7 @@ namespace normkit::bindings {
 void export_info(nb::module_& m);
 void export_row_norm(nb::module_& m);
 void export_channel_norm(nb::module_& m);
+void export_host_cache(nb::module_& m);
 }  // namespace normkit::bindings
 
 NB_MODULE(_core, m) {
@@ -27,4 +28,5 @@ NB_MODULE(_core, m) {
   normkit::bindings::export_info(m);
   normkit::bindings::export_row_norm(m);
   normkit::bindings::export_channel_norm(m);
+  normkit::bindings::export_host_cache(m);
 }

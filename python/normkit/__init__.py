@@ -8,6 +8,7 @@ Entry points:
 
 from normkit import functional
 from normkit._core import build_info, cuda_available, get_num_threads, set_num_threads
+from normkit._core import host_cache_clear as empty_host_cache
 
 __version__ = build_info()["version"]
 
@@ -15,6 +16,7 @@ __all__ = [
     "__version__",
     "build_info",
     "cuda_available",
+    "empty_host_cache",
     "functional",
     "get_num_threads",
     "set_num_threads",

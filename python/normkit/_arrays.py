@@ -11,12 +11,26 @@ import sys
 
 import numpy as np
 
+from normkit import _core
+
+# CPU outputs at least this large come from normkit's host cache (see normkit.empty_host_cache): a
+# fresh multi-MB allocation is faulted in page by page on first write, which costs more than the op.
+CACHED_OUTPUT_BYTES = 8 << 20
+_ITEMSIZE = {"float16": 2, "bfloat16": 2, "float32": 4, "float64": 8}
+
 _ACC = {"float16": "float32", "bfloat16": "float32", "float32": "float32", "float64": "float64"}
 
 
 def acc_dtype_name(dtype_name: str) -> str:
     """The accumulation dtype of an element dtype (float32, float64 for float64)."""
     return _ACC.get(dtype_name, "float32")
+
+
+def _large(shape, dtype_name) -> bool:
+    n = _ITEMSIZE.get(dtype_name, 8)
+    for d in shape:
+        n *= d
+    return n >= CACHED_OUTPUT_BYTES
 
 
 def _is_torch(x) -> bool:
@@ -38,6 +52,8 @@ class _NumpyKind:
         return x.dtype.name
 
     def empty(self, shape, dtype_name, like):
+        if _large(shape, dtype_name) and dtype_name != "bfloat16":
+            return _core.empty_cached(shape, dtype_name, "numpy")
         return np.empty(shape, dtype=dtype_name)
 
     def wrap(self, out):
@@ -66,6 +82,8 @@ class _TorchKind:
         return str(x.dtype).removeprefix("torch.")
 
     def empty(self, shape, dtype_name, like):
+        if like.device.type == "cpu" and _large(shape, dtype_name):
+            return _core.empty_cached(shape, dtype_name, "torch")
         return like.new_empty(shape, dtype=getattr(self.torch, dtype_name))
 
     def wrap(self, out):

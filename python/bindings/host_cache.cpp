@@ -1,0 +1,59 @@
+// Large CPU outputs from the host cache, handed to NumPy or PyTorch as their own arrays. The array's
+// owner returns the buffer to the cache when the last view of it dies.
+#include <nanobind/stl/string.h>
+#include <nanobind/stl/vector.h>
+
+#include "convert.h"
+#include "normkit/error.h"
+#include "normkit/host_cache.h"
+
+namespace normkit::bindings {
+namespace {
+
+struct Block {
+  void* data;
+  size_t bytes;
+};
+
+nb::dlpack::dtype dlpack_dtype(const std::string& name) {
+  if (name == "float16") return {uint8_t(nb::dlpack::dtype_code::Float), 16, 1};
+  if (name == "bfloat16") return {uint8_t(nb::dlpack::dtype_code::Bfloat), 16, 1};
+  if (name == "float32") return {uint8_t(nb::dlpack::dtype_code::Float), 32, 1};
+  if (name == "float64") return {uint8_t(nb::dlpack::dtype_code::Float), 64, 1};
+  throw TypeError(concat("dtype: expected float16, bfloat16, float32 or float64, got ", name));
+}
+
+nb::object empty_cached(const std::vector<int64_t>& shape, const std::string& dtype, const std::string& framework) {
+  const nb::dlpack::dtype dt = dlpack_dtype(dtype);
+  std::vector<size_t> dims;
+  size_t count = 1;
+  for (int64_t d : shape) {
+    check_value(d >= 0, "shape: expected sizes >= 0, got ", shape_str(shape));
+    dims.push_back(size_t(d));
+    count *= size_t(d);
+  }
+  const size_t bytes = count * dt.bits / 8;
+  auto* block = new Block{host_cache_acquire(bytes), bytes};
+  nb::capsule owner(block, [](void* p) noexcept {
+    auto* b = static_cast<Block*>(p);
+    host_cache_release(b->data, b->bytes);
+    delete b;
+  });
+  if (framework == "torch")
+    return nb::cast(nb::ndarray<nb::pytorch>(block->data, dims.size(), dims.data(), owner, nullptr, dt));
+  check_value(framework == "numpy", "framework: expected 'numpy' or 'torch', got ", framework);
+  return nb::cast(nb::ndarray<nb::numpy>(block->data, dims.size(), dims.data(), owner, nullptr, dt));
+}
+
+}  // namespace
+
+void export_host_cache(nb::module_& m) {
+  m.def("empty_cached", &empty_cached, "shape"_a, "dtype"_a, "framework"_a,
+        "An uninitialised C-contiguous CPU array from normkit's cache of large host buffers.");
+  m.def("host_cache_clear", &host_cache_clear, "Frees every idle buffer of the host cache.");
+  m.def("host_cache_idle_bytes", &host_cache_idle_bytes);
+  m.def("host_cache_set_limit", &host_cache_set_limit, "bytes"_a);
+  m.def("host_cache_limit", &host_cache_limit);
+}
+
+}  // namespace normkit::bindings
