@@ -43,3 +43,40 @@ def test_large_rms_norm_matches_torch(shape):
     torch.testing.assert_close(y, y_ref, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(got[0], want[0], atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(got[1], want[1], atol=2e-3, rtol=1e-4)
+
+
+# [16, 64, 64, 65] float32 is 17 MB: streaming stores for y and dx, in both layouts.
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("layer", ["batch_train", "batch_eval", "group", "instance"])
+def test_large_channel_norms_match_torch(layer, channels_last):
+    torch.manual_seed(2)
+    make = {
+        "batch_train": lambda cls: cls.BatchNorm2d(64),
+        "batch_eval": lambda cls: cls.BatchNorm2d(64),
+        "group": lambda cls: cls.GroupNorm(8, 64),
+        "instance": lambda cls: cls.InstanceNorm2d(64, affine=True),
+    }[layer]
+    ours, ref = make(nt), make(torch.nn)
+    with torch.no_grad():
+        for p in ref.parameters():
+            p.uniform_(0.5, 1.5)
+        if layer == "batch_eval":
+            ref.running_mean.uniform_(-1, 1)
+            ref.running_var.uniform_(0.5, 2)
+            ref.eval()
+    ours.load_state_dict(ref.state_dict())
+    ours.train(ref.training)
+    x = torch.randn(16, 64, 64, 65) * 2 + 1
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    dy = torch.randn_like(x)
+    xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
+    ya, yb = ours(xa), ref(xb)
+    ya.backward(dy)
+    yb.backward(dy)
+    assert ya.is_contiguous(memory_format=torch.channels_last) == channels_last
+    # float32; statistics over 2.7e5 (BatchNorm) or 3.3e4 values summed in different orders
+    torch.testing.assert_close(ya, yb, atol=2e-5, rtol=1e-5)
+    torch.testing.assert_close(xa.grad, xb.grad, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(ours.weight.grad, ref.weight.grad, atol=5e-2, rtol=1e-4)
+    torch.testing.assert_close(ours.bias.grad, ref.bias.grad, atol=5e-2, rtol=1e-4)

@@ -20,6 +20,14 @@ namespace {
 
 thread_local bool t_in_pool_task = false;
 
+// Kernels may write large outputs with streaming (weakly ordered) stores: fence them at the end of
+// every chunk, before the chunk is reported done, so the results are visible to every thread.
+inline void store_fence() {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_ia32_sfence();
+#endif
+}
+
 inline void cpu_relax() {
 #if defined(__x86_64__) || defined(__i386__)
   __builtin_ia32_pause();
@@ -95,6 +103,7 @@ class ThreadPool {
       if (c >= chunks) return;
       try {
         job(c);
+        store_fence();
       } catch (...) {
         std::lock_guard<std::mutex> lock(mu_);
         if (!error_) error_ = std::current_exception();
@@ -185,6 +194,7 @@ void parallel_for(int64_t n, int64_t grain, const std::function<void(int64_t, in
   const int threads = get_num_threads();
   if (chunks == 1 || threads == 1 || t_in_pool_task) {
     fn(0, n);
+    store_fence();
     return;
   }
   const std::function<void(int64_t)> chunk_fn = [&](int64_t c) {

@@ -34,6 +34,7 @@
 
 #include "cpu/kernels.h"
 #include "cpu/lanes.h"
+#include "cpu/stream_store.h"
 #include "normkit/math.h"
 #include "normkit/parallel.h"
 
@@ -141,6 +142,8 @@ struct Problem {
     if (C == 1) layout = Layout::NCS;
   }
   bool empty() const { return N * S == 0 || C == 0; }
+  // Whether outputs of elem_size-byte elements are large enough for streaming stores.
+  bool streams(size_t elem_size) const { return size_t(N * C * S) * elem_size >= kStreamingOutputBytes; }
   int64_t stat(int64_t n, int64_t c) const { return (per_sample ? n * G : 0) + c / cpg; }
   // Channels last: row groups (samples, or one group of all rows) and their blocks of rows.
   int64_t row_groups() const { return per_sample ? N : 1; }
@@ -255,9 +258,8 @@ void finish_stat(Stats<A>& st, int64_t s, Moments<A> m, A shift, A eps) {
 
 // y = row_norm_apply(x) over n contiguous values that share one channel.
 template <class T, class A>
-void apply_run(const T* x, T* y, int64_t n, A mean, A rstd, A w, A b) {
-#pragma omp simd
-  for (int64_t i = 0; i < n; ++i) y[i] = store<T>(math::row_norm_apply(load<A>(x[i]), mean, rstd, w, b));
+void apply_run(const T* x, T* y, int64_t n, A mean, A rstd, A w, A b, bool stream) {
+  write_run(y, n, stream, [&](int64_t i) { return store<T>(math::row_norm_apply(load<A>(x[i]), mean, rstd, w, b)); });
 }
 
 // Channels first: statistic s covers the segments (n, g) for n in [n0, n1).
@@ -285,6 +287,7 @@ template <class T, class A>
 void forward_ncs(const Problem& p, const T* x, T* y, const A* w, const A* b, A eps, bool batch, Stats<A>& st) {
   const int64_t N = p.N, C = p.C, S = p.S, G = p.G, cpg = p.cpg;
   const int64_t L = p.seg_len(), nch = p.seg_chunks();
+  const bool stream = p.streams(sizeof(T));
   auto chunk_moments = [&](int64_t n, int64_t g, int64_t ch, A shift) {
     return contiguous_moments(x + (n * C + g * cpg) * S + ch * kChunk, std::min(kChunk, L - ch * kChunk), shift);
   };
@@ -302,7 +305,7 @@ void forward_ncs(const Problem& p, const T* x, T* y, const A* w, const A* b, A e
           for (int64_t n = mb.n0; n < mb.n1; ++n)
             for (int64_t c = mb.g * cpg; c < (mb.g + 1) * cpg; ++c) {
               const int64_t off = (n * C + c) * S;
-              apply_run(x + off, y + off, S, st.mean[size_t(s)], st.rstd[size_t(s)], w[c], b[c]);
+              apply_run(x + off, y + off, S, st.mean[size_t(s)], st.rstd[size_t(s)], w[c], b[c], stream);
             }
         }
       });
@@ -334,7 +337,7 @@ void forward_ncs(const Problem& p, const T* x, T* y, const A* w, const A* b, A e
       const int64_t n = plane / C, c = plane % C, s = p.stat(n, c);
       const int64_t off = plane * S + ch * kChunk;
       apply_run(x + off, y + off, std::min(kChunk, S - ch * kChunk), st.mean[size_t(s)], st.rstd[size_t(s)], w[c],
-                b[c]);
+                b[c], stream);
     }
   });
 }
@@ -344,11 +347,11 @@ template <class T, class A>
 void apply_rows(const Problem& p, const T* x, T* y, int64_t r0, int64_t r1, const A* me, const A* re, const A* w,
                 const A* b) {
   const int64_t C = p.C;
+  const bool stream = p.streams(sizeof(T));
   for (int64_t r = r0; r < r1; ++r) {
     const T* xr = x + r * C;
-    T* yr = y + r * C;
-#pragma omp simd
-    for (int64_t c = 0; c < C; ++c) yr[c] = store<T>(math::row_norm_apply(load<A>(xr[c]), me[c], re[c], w[c], b[c]));
+    write_run(y + r * C, C, stream,
+              [&](int64_t c) { return store<T>(math::row_norm_apply(load<A>(xr[c]), me[c], re[c], w[c], b[c])); });
   }
 }
 
@@ -508,14 +511,15 @@ void all_stat_coefficients(const Problem& p, const A* sum_dy, const A* sum_dyx, 
 
 // dx over n contiguous values of one channel.
 template <class T, class A>
-void dx_run(const T* dy, const T* x, T* dx, int64_t n, A mean, A rstd, A w, A mg, A mgx, bool batch_stats) {
+void dx_run(const T* dy, const T* x, T* dx, int64_t n, A mean, A rstd, A w, A mg, A mgx, bool batch_stats,
+            bool stream) {
   if (batch_stats) {
-#pragma omp simd
-    for (int64_t i = 0; i < n; ++i)
-      dx[i] = store<T>(math::row_norm_dx(load<A>(dy[i]) * w, (load<A>(x[i]) - mean) * rstd, rstd, mg, mgx));
+    write_run(dx, n, stream, [&](int64_t i) {
+      return store<T>(math::row_norm_dx(load<A>(dy[i]) * w, (load<A>(x[i]) - mean) * rstd, rstd, mg, mgx));
+    });
   } else {
-#pragma omp simd
-    for (int64_t i = 0; i < n; ++i) dx[i] = store<T>(math::row_norm_dx(load<A>(dy[i]) * w, A(0), rstd, A(0), A(0)));
+    write_run(dx, n, stream,
+              [&](int64_t i) { return store<T>(math::row_norm_dx(load<A>(dy[i]) * w, A(0), rstd, A(0), A(0))); });
   }
 }
 
@@ -558,7 +562,8 @@ void backward_ncs(const Problem& p, const ChannelNormBackwardArgs& a, const Back
   };
   auto plane_dx = [&](int64_t n, int64_t c, int64_t o, int64_t len) {
     const int64_t s = p.stat(n, c), off = (n * C + c) * S + o;
-    dx_run(dy + off, x + off, dx + off, len, mean[s], rstd[s], w[c], mg[s], mgx[s], bp.batch_stats);
+    dx_run(dy + off, x + off, dx + off, len, mean[s], rstd[s], w[c], mg[s], mgx[s], bp.batch_stats,
+           p.streams(sizeof(T)));
   };
   if (bp.want_dx && bp.need_sums && p.per_sample &&
       fuse_stats(2 * p.count * int64_t(sizeof(T)), p.num_stats)) {
@@ -606,6 +611,7 @@ void backward_nsc(const Problem& p, const ChannelNormBackwardArgs& a, const Back
   const T* dy = static_cast<const T*>(a.dy);
   const T* x = static_cast<const T*>(a.x);
   T* dx = static_cast<T*>(a.dx);
+  const bool stream = p.streams(sizeof(T));
   // Per row group, per-channel mean, rstd, weight-free coefficient vectors.
   std::vector<A> me(size_t(K * C)), re(size_t(K * C)), ge(size_t(K * C)), gxe(size_t(K * C));
   for_row_groups(p, [&](int64_t k) {
@@ -644,14 +650,13 @@ void backward_nsc(const Problem& p, const ChannelNormBackwardArgs& a, const Back
       const T* xr = x + off;
       T* dxr = dx + off;
       if (bp.batch_stats) {
-#pragma omp simd
-        for (int64_t c = 0; c < C; ++c)
-          dxr[c] = store<T>(math::row_norm_dx(load<A>(dyr[c]) * w[c], (load<A>(xr[c]) - mk[c]) * rk[c], rk[c], gk[c],
-                                              gxk[c]));
+        write_run(dxr, C, stream, [&](int64_t c) {
+          return store<T>(math::row_norm_dx(load<A>(dyr[c]) * w[c], (load<A>(xr[c]) - mk[c]) * rk[c], rk[c], gk[c],
+                                            gxk[c]));
+        });
       } else {
-#pragma omp simd
-        for (int64_t c = 0; c < C; ++c)
-          dxr[c] = store<T>(math::row_norm_dx(load<A>(dyr[c]) * w[c], A(0), rk[c], A(0), A(0)));
+        write_run(dxr, C, stream,
+                  [&](int64_t c) { return store<T>(math::row_norm_dx(load<A>(dyr[c]) * w[c], A(0), rk[c], A(0), A(0))); });
       }
     }
   };

@@ -49,11 +49,31 @@ inline void stream_copy(void* dst, const void* src, size_t n) {
   }
 }
 
-// Streaming stores are weakly ordered: fence them before the task reports completion.
+// Streaming stores are weakly ordered: fence them before the task reports completion. (parallel_for
+// also fences after every chunk, so kernels need this only for work done outside it.)
 inline void stream_fence() {
 #if defined(__SSE2__)
   _mm_sfence();
 #endif
+}
+
+// Writes value(i) for i in [0, n) to out: directly, or, when `stream`, a cache-resident stage at a
+// time followed by a streaming copy. The caller fences (parallel_for does after each chunk).
+template <class T, class V>
+inline void write_run(T* out, int64_t n, bool stream, V&& value) {
+  if (!stream) {
+#pragma omp simd
+    for (int64_t i = 0; i < n; ++i) out[i] = value(i);
+    return;
+  }
+  constexpr int64_t kStage = 2048;
+  alignas(64) T stage[kStage];
+  for (int64_t i0 = 0; i0 < n; i0 += kStage) {
+    const int64_t len = std::min(kStage, n - i0);
+#pragma omp simd
+    for (int64_t i = 0; i < len; ++i) stage[i] = value(i0 + i);
+    stream_copy(out + i0, stage, size_t(len) * sizeof(T));
+  }
 }
 
 }  // namespace normkit::cpu
