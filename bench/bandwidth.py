@@ -31,7 +31,7 @@ class Bandwidth:
     def best(self) -> float:
         return max(self.samples)
 
-    def extend(self, other: "Bandwidth") -> "Bandwidth":
+    def extend(self, other: Bandwidth) -> Bandwidth:
         return Bandwidth(self.array_bytes, self.threads, self.samples + other.samples)
 
     def as_dict(self) -> dict:

@@ -17,8 +17,9 @@ on its output at the bottom of this module.  Nothing here imports
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Iterable, Sequence
+from typing import Callable
 
 import torch
 

@@ -11,7 +11,7 @@ from pathlib import Path
 from . import cases as _cases
 from .bandwidth import measure_bandwidth
 from .harness import compare_outputs, time_pair
-from .report import _loadavg, environment, machine_busy, full_markdown, header_markdown, table_markdown, write_results
+from .report import _loadavg, environment, full_markdown, machine_busy, table_markdown, write_results
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results"
 
@@ -37,7 +37,6 @@ def run_cases(case_list, *, threads=None, reps, min_time, warmup, bw_reps, max_t
               progress=False, title="normkit benchmark", log=None) -> dict:
     """Run ``case_list`` and return the result dict (JSON-serialisable)."""
     import normkit
-    import torch
     from tqdm import tqdm
 
     n_threads = _setup_threads(threads)

@@ -2,9 +2,8 @@
 
 import os
 
-import pytest
-
 import normkit
+import pytest
 
 KEYS = {
     "version": str,

@@ -1,11 +1,10 @@
 """CUDA kernels against the CPU kernels (which the rest of the suite checks against torch and float64
 references). Skipped where normkit has no usable CUDA device or torch has no CUDA."""
 
-import pytest
-import torch
-
 import normkit
 import normkit.torch as nt
+import pytest
+import torch
 
 pytestmark = pytest.mark.skipif(
     not (normkit.cuda_available() and torch.cuda.is_available()), reason="needs a CUDA device"

@@ -1,10 +1,9 @@
 """Results are bitwise identical for 1 and 2 threads and across repeated runs, forward and backward
 (the backward's dweight/dbias reduction across rows is where a thread-dependent order would show)."""
 
+import normkit
 import numpy as np
 import pytest
-
-import normkit
 import reference as R
 from normkit import functional as nkF
 

@@ -4,11 +4,10 @@ dies, are reused for the next output of that size, and the cache honours its lim
 import gc
 import threading
 
+import normkit
 import numpy as np
 import pytest
 import torch
-
-import normkit
 from normkit import _arrays, _core
 from normkit import functional as F
 

@@ -2,10 +2,9 @@
 staging row, and huge-page advice on the fresh output. Check them against torch, with row lengths
 that leave the rows unaligned to the vector width."""
 
+import normkit.torch as nt
 import pytest
 import torch
-
-import normkit.torch as nt
 
 # > 16 MB of float32 output; 1023 makes every row start at a different alignment.
 SHAPES = [(4300, 1024), (4201, 1023)]

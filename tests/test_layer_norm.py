@@ -5,12 +5,11 @@ import os
 
 import numpy as np
 import pytest
+import reference as R
 import torch
 import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-import reference as R
 from normkit import functional as nkF
 
 EPS = 1e-5

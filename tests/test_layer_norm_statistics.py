@@ -4,7 +4,6 @@ float32 data to a few ulps, whatever the first value is."""
 
 import numpy as np
 import pytest
-
 from normkit import functional as F
 
 

@@ -1,12 +1,11 @@
 """normkit.numpy.LayerNorm / RMSNorm: forward/backward against the float64 references, grads dict,
 state_dict compatibility with torch.nn, strict load_state_dict, train/eval."""
 
+import normkit.numpy as nknp
 import numpy as np
 import pytest
-import torch
-
 import reference as R
-import normkit.numpy as nknp
+import torch
 
 LN_CONFIGS = [
     ((8,), {}),
@@ -227,7 +226,7 @@ def test_load_state_dict_roundtrip_with_torch(p):
     sd_copy = {k: v.copy() for k, v in sd.items()}
     layer = KINDS[kind][0](ns, **kw, dtype=np.float64)
     layer.load_state_dict(sd)
-    for k, v in sd.items():
+    for k in sd:
         np.testing.assert_array_equal(sd[k], sd_copy[k])  # the caller's arrays are untouched
     back = layer.state_dict()
     assert back.keys() == sd.keys()

@@ -3,13 +3,12 @@ arrays left untouched."""
 
 import re
 
+import normkit.numpy as nknp
 import numpy as np
 import pytest
-import torch
-
 import reference as R
+import torch
 from normkit import functional as nkF
-import normkit.numpy as nknp
 
 DTYPE_MSG = "expected dtype float16, bfloat16, float32 or float64"
 

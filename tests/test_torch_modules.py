@@ -1,14 +1,13 @@
 """normkit.torch.LayerNorm / RMSNorm as drop-in twins of torch.nn.LayerNorm / RMSNorm, and
 normkit.torch.functional against torch.nn.functional (autograd included, gradcheck in float64)."""
 
-import numpy as np
-import pytest
-import torch
-import torch.nn.functional as F
-
-import reference as R
 import normkit.torch as nkt
 import normkit.torch.functional as nktF
+import numpy as np
+import pytest
+import reference as R
+import torch
+import torch.nn.functional as F
 
 HALF = ("float16", "bfloat16")
 
