@@ -4,7 +4,6 @@
 #include <algorithm>
 #include <cmath>
 
-#include "cpu/kernels.h"
 #include "ops/common.h"
 
 namespace normkit {
@@ -140,13 +139,7 @@ void forward(const TensorView& x, ChannelNormShape shape, const Running& running
   a.y = y.data;
   a.save_mean = save_mean.data;
   a.save_rstd = save_rstd.data;
-  ops::on_device(
-      x.device, [&] { NK_CPU_DISPATCH(channel_norm_forward, a); },
-      [&] {
-#if defined(NORMKIT_WITH_CUDA)
-        cuda::channel_norm_forward(a, stream);
-#endif
-      });
+  NK_RUN_KERNEL(x.device, channel_norm_forward, a, stream);
 }
 
 void backward(const TensorView& dy, const TensorView& x, ChannelNormShape shape, const TensorView& save_mean,
@@ -191,13 +184,7 @@ void backward(const TensorView& dy, const TensorView& x, ChannelNormShape shape,
   a.dweight_dtype = dweight ? dweight->dtype : x.dtype;
   a.dbias = dbias ? dbias->data : nullptr;
   a.dbias_dtype = dbias ? dbias->dtype : x.dtype;
-  ops::on_device(
-      x.device, [&] { NK_CPU_DISPATCH(channel_norm_backward, a); },
-      [&] {
-#if defined(NORMKIT_WITH_CUDA)
-        cuda::channel_norm_backward(a, stream);
-#endif
-      });
+  NK_RUN_KERNEL(x.device, channel_norm_backward, a, stream);
 }
 
 }  // namespace

@@ -6,6 +6,7 @@
 #include "normkit/error.h"
 #include "normkit/ops.h"
 #include "normkit/tensor.h"
+#include "cpu/kernels.h"
 
 #if defined(NORMKIT_WITH_CUDA)
 #include "cuda_ops.h"
@@ -64,18 +65,23 @@ OptTensor compact_param(const OptTensor& p, std::shared_ptr<void>& holder, void*
 // A compact row-major copy of any view, on the view's device (host or device memory).
 std::shared_ptr<void> compact_copy(const TensorView& t, void* stream);
 
-// Calls cpu() for CPU tensors and cuda() for CUDA tensors.
-template <class Cpu, class Cuda>
-void on_device(const Device& d, Cpu&& cpu, Cuda&& cuda) {
-  if (d.kind == DeviceKind::CPU) {
-    cpu();
-  } else {
-#if defined(NORMKIT_WITH_CUDA)
-    cuda();
-#else
-    (void)cuda;
-#endif
-  }
-}
-
 }  // namespace normkit::ops
+
+// Runs kernel `fn` on `args` on the tensors' device: cpu::<isa>::fn(args) (cpu/kernels.h) or
+// cuda::fn(args, stream) (cuda_ops.h). Validation is done by then; the device is supported.
+#if defined(NORMKIT_WITH_CUDA)
+#define NK_RUN_KERNEL(device, fn, args, stream)                      \
+  do {                                                               \
+    if ((device).kind == ::normkit::DeviceKind::CPU) {               \
+      NK_CPU_DISPATCH(fn, args);                                     \
+    } else {                                                         \
+      ::normkit::cuda::fn(args, stream);                             \
+    }                                                                \
+  } while (0)
+#else
+#define NK_RUN_KERNEL(device, fn, args, stream) \
+  do {                                          \
+    (void)(stream);                             \
+    NK_CPU_DISPATCH(fn, args);                  \
+  } while (0)
+#endif

@@ -1,5 +1,4 @@
 // LayerNorm and RMSNorm entries: validate everything, then hand the row kernels one argument struct.
-#include "cpu/kernels.h"
 #include "ops/common.h"
 
 namespace normkit {
@@ -57,13 +56,7 @@ void forward(const TensorView& x, const Shape& normalized_shape, const OptTensor
   a.y = y.data;
   a.mean = mean ? mean->data : nullptr;
   a.rstd = rstd.data;
-  ops::on_device(
-      x.device, [&] { NK_CPU_DISPATCH(row_norm_forward, a); },
-      [&] {
-#if defined(NORMKIT_WITH_CUDA)
-        cuda::row_norm_forward(a, stream);
-#endif
-      });
+  NK_RUN_KERNEL(x.device, row_norm_forward, a, stream);
 }
 
 void backward(const TensorView& dy, const TensorView& x, const Shape& normalized_shape,
@@ -109,13 +102,7 @@ void backward(const TensorView& dy, const TensorView& x, const Shape& normalized
   a.dweight_dtype = dweight ? dweight->dtype : x.dtype;
   a.dbias = dbias ? dbias->data : nullptr;
   a.dbias_dtype = dbias ? dbias->dtype : x.dtype;
-  ops::on_device(
-      x.device, [&] { NK_CPU_DISPATCH(row_norm_backward, a); },
-      [&] {
-#if defined(NORMKIT_WITH_CUDA)
-        cuda::row_norm_backward(a, stream);
-#endif
-      });
+  NK_RUN_KERNEL(x.device, row_norm_backward, a, stream);
 }
 
 }  // namespace

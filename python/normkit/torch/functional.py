@@ -75,12 +75,15 @@ def rms_norm(input, normalized_shape, weight=None, eps=None):
     return _RMSNorm.apply(input, weight, shape, eps)
 
 
-class _BatchNorm(torch.autograd.Function):
+class _RunningStatsNorm(torch.autograd.Function):
+    """BatchNorm and InstanceNorm: the same arguments, with `ops` = their (forward, backward) pair."""
+
     @staticmethod
-    def forward(ctx, x, weight, bias, running_mean, running_var, training, momentum, eps):
-        y, mean, rstd = _F.batch_norm_forward(x, running_mean, running_var, weight, bias, training, momentum, eps)
+    def forward(ctx, x, weight, bias, ops, running_mean, running_var, batch_stats, momentum, eps):
+        forward_op, ctx.backward_op = ops
+        y, mean, rstd = forward_op(x, running_mean, running_var, weight, bias, batch_stats, momentum, eps)
         ctx.save_for_backward(x, weight, mean, rstd)
-        ctx.training = training
+        ctx.batch_stats = batch_stats
         ctx.bias_dtype = _dtype_name(bias)
         return y
 
@@ -89,29 +92,13 @@ class _BatchNorm(torch.autograd.Function):
     def backward(ctx, dy):
         x, weight, mean, rstd = ctx.saved_tensors
         need_x, need_w, need_b = ctx.needs_input_grad[:3]
-        dx, dw, db = _F.batch_norm_backward(dy, x, mean, rstd, weight, ctx.training,
-                                            output_mask=(need_x, need_w, need_b), bias_dtype=ctx.bias_dtype)
-        return dx, dw, db, None, None, None, None, None
+        dx, dw, db = ctx.backward_op(dy, x, mean, rstd, weight, ctx.batch_stats,
+                                     output_mask=(need_x, need_w, need_b), bias_dtype=ctx.bias_dtype)
+        return dx, dw, db, None, None, None, None, None, None
 
 
-class _InstanceNorm(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, weight, bias, running_mean, running_var, use_input_stats, momentum, eps):
-        y, mean, rstd = _F.instance_norm_forward(x, running_mean, running_var, weight, bias, use_input_stats,
-                                                 momentum, eps)
-        ctx.save_for_backward(x, weight, mean, rstd)
-        ctx.use_input_stats = use_input_stats
-        ctx.bias_dtype = _dtype_name(bias)
-        return y
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, dy):
-        x, weight, mean, rstd = ctx.saved_tensors
-        need_x, need_w, need_b = ctx.needs_input_grad[:3]
-        dx, dw, db = _F.instance_norm_backward(dy, x, mean, rstd, weight, ctx.use_input_stats,
-                                               output_mask=(need_x, need_w, need_b), bias_dtype=ctx.bias_dtype)
-        return dx, dw, db, None, None, None, None, None
+_BATCH_NORM_OPS = (_F.batch_norm_forward, _F.batch_norm_backward)
+_INSTANCE_NORM_OPS = (_F.instance_norm_forward, _F.instance_norm_backward)
 
 
 class _GroupNorm(torch.autograd.Function):
@@ -139,8 +126,8 @@ def batch_norm(input, running_mean, running_var, weight=None, bias=None, trainin
     if not _needs_autograd(input, weight, bias):
         return _F.batch_norm(input, running_mean, running_var, weight, bias, bool(training), float(momentum),
                              float(eps))
-    return _BatchNorm.apply(input, weight, bias, running_mean, running_var, bool(training), float(momentum),
-                            float(eps))
+    return _RunningStatsNorm.apply(input, weight, bias, _BATCH_NORM_OPS, running_mean, running_var, bool(training),
+                                   float(momentum), float(eps))
 
 
 def instance_norm(input, running_mean=None, running_var=None, weight=None, bias=None, use_input_stats=True,
@@ -149,8 +136,8 @@ def instance_norm(input, running_mean=None, running_var=None, weight=None, bias=
     if not _needs_autograd(input, weight, bias):
         return _F.instance_norm(input, running_mean, running_var, weight, bias, bool(use_input_stats),
                                 float(momentum), float(eps))
-    return _InstanceNorm.apply(input, weight, bias, running_mean, running_var, bool(use_input_stats),
-                               float(momentum), float(eps))
+    return _RunningStatsNorm.apply(input, weight, bias, _INSTANCE_NORM_OPS, running_mean, running_var,
+                                   bool(use_input_stats), float(momentum), float(eps))
 
 
 def group_norm(input, num_groups, weight=None, bias=None, eps=1e-5):
