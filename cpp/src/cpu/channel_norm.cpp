@@ -347,12 +347,11 @@ template <class T, class A>
 void apply_rows(const Problem& p, const T* x, T* y, int64_t r0, int64_t r1, const A* me, const A* re, const A* w,
                 const A* b) {
   const int64_t C = p.C;
-  const bool stream = p.streams(sizeof(T));
-  for (int64_t r = r0; r < r1; ++r) {
+  write_rows(y, r0, r1, C, p.streams(sizeof(T)), [&](int64_t r, T* yr) {
     const T* xr = x + r * C;
-    write_run(y + r * C, C, stream,
-              [&](int64_t c) { return store<T>(math::row_norm_apply(load<A>(xr[c]), me[c], re[c], w[c], b[c])); });
-  }
+#pragma omp simd
+    for (int64_t c = 0; c < C; ++c) yr[c] = store<T>(math::row_norm_apply(load<A>(xr[c]), me[c], re[c], w[c], b[c]));
+  });
 }
 
 template <class T, class A>
@@ -644,21 +643,21 @@ void backward_nsc(const Problem& p, const ChannelNormBackwardArgs& a, const Back
     const A* rk = &re[size_t(k * C)];
     const A* gk = &ge[size_t(k * C)];
     const A* gxk = &gxe[size_t(k * C)];
-    for (int64_t r = r0; r < r1; ++r) {
+    write_rows(dx + k * R * C, r0, r1, C, stream, [&](int64_t r, T* dxr) {
       const int64_t off = (k * R + r) * C;
       const T* dyr = dy + off;
       const T* xr = x + off;
-      T* dxr = dx + off;
       if (bp.batch_stats) {
-        write_run(dxr, C, stream, [&](int64_t c) {
-          return store<T>(math::row_norm_dx(load<A>(dyr[c]) * w[c], (load<A>(xr[c]) - mk[c]) * rk[c], rk[c], gk[c],
-                                            gxk[c]));
-        });
+#pragma omp simd
+        for (int64_t c = 0; c < C; ++c)
+          dxr[c] = store<T>(math::row_norm_dx(load<A>(dyr[c]) * w[c], (load<A>(xr[c]) - mk[c]) * rk[c], rk[c], gk[c],
+                                              gxk[c]));
       } else {
-        write_run(dxr, C, stream,
-                  [&](int64_t c) { return store<T>(math::row_norm_dx(load<A>(dyr[c]) * w[c], A(0), rk[c], A(0), A(0))); });
+#pragma omp simd
+        for (int64_t c = 0; c < C; ++c)
+          dxr[c] = store<T>(math::row_norm_dx(load<A>(dyr[c]) * w[c], A(0), rk[c], A(0), A(0)));
       }
-    }
+    });
   };
   // Row group k's (k, c) sums from its block partials, in block order.
   auto group_sums = [&](int64_t k, const A* part_dy, const A* part_dyx, int64_t c0 = 0, int64_t c1 = -1) {

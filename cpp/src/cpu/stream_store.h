@@ -76,4 +76,23 @@ inline void write_run(T* out, int64_t n, bool stream, V&& value) {
   }
 }
 
+// Writes rows [r0, r1) of `width` values each (row r at out + r * width): row(r, dst) produces row r
+// into dst. When `stream`, whole rows are gathered into a cache-resident stage and streamed out
+// together (streaming one short row at a time would cost more than it saves).
+template <class T, class RowFn>
+inline void write_rows(T* out, int64_t r0, int64_t r1, int64_t width, bool stream, RowFn&& row) {
+  constexpr int64_t kStage = 4096;
+  if (!stream || width > kStage) {
+    for (int64_t r = r0; r < r1; ++r) row(r, out + r * width);
+    return;
+  }
+  alignas(64) T stage[kStage];
+  const int64_t per_stage = kStage / width;
+  for (int64_t r = r0; r < r1; r += per_stage) {
+    const int64_t rows = std::min(per_stage, r1 - r);
+    for (int64_t i = 0; i < rows; ++i) row(r + i, stage + i * width);
+    stream_copy(out + r * width, stage, size_t(rows * width) * sizeof(T));
+  }
+}
+
 }  // namespace normkit::cpu
