@@ -261,6 +261,19 @@ def channel_norm_cases() -> list[Case]:
     return out
 
 
+def local_response_norm_cases() -> list[Case]:
+    """LocalResponseNorm across channels (AlexNet-style, size 5). The module has no parameters: the
+    module factory then compares y and dx only."""
+    out = []
+    lrn = lambda: (_nk_modules().LocalResponseNorm(5), torch.nn.LocalResponseNorm(5))  # noqa: E731
+    shape = (32, 64, 56, 56)
+    for mode in MODES:
+        out.append(Case(case_name("localresponsenorm", shape, torch.float32, mode),
+                        "LocalResponseNorm", shape, torch.float32, mode,
+                        _module_factory(lrn, shape, torch.float32, mode, channels_last=False, train=True)))
+    return out
+
+
 # ----------------------------- registry -----------------------------------
 
 _REGISTRY: dict[str, Case] = {}
@@ -298,6 +311,7 @@ def select(filters: str | Sequence[str] | None) -> list[Case]:
 register(layer_norm_cases([(8192, 1024), (64, 4096)], [torch.float32, torch.bfloat16]))
 register(rms_norm_cases([(8192, 1024)], [torch.float32, torch.bfloat16]))
 register(channel_norm_cases())
+register(local_response_norm_cases())
 
 # The two cases timed by ``bench.run_quick`` (the package self-check).
 QUICK_CASES = ("layernorm-8192x1024-float32-fwd", "rmsnorm-8192x1024-float32-fwd+bwd")

@@ -6,6 +6,7 @@
 #include <memory>
 
 #include "normkit/detail/channel_norm_args.h"
+#include "normkit/detail/lrn_args.h"
 #include "normkit/detail/row_norm_args.h"
 #include "normkit/tensor.h"
 
@@ -37,5 +38,8 @@ void row_norm_backward(const detail::RowNormBackwardArgs& args, void* stream);
 
 void channel_norm_forward(const detail::ChannelNormForwardArgs& args, void* stream);
 void channel_norm_backward(const detail::ChannelNormBackwardArgs& args, void* stream);
+
+void local_response_norm_forward(const detail::LrnForwardArgs& args, void* stream);
+void local_response_norm_backward(const detail::LrnBackwardArgs& args, void* stream);
 
 }  // namespace normkit::cuda

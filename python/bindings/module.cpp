@@ -9,6 +9,7 @@ namespace normkit::bindings {
 void export_info(nb::module_& m);
 void export_row_norm(nb::module_& m);
 void export_channel_norm(nb::module_& m);
+void export_local_response_norm(nb::module_& m);
 void export_host_cache(nb::module_& m);
 }  // namespace normkit::bindings
 
@@ -28,5 +29,6 @@ NB_MODULE(_core, m) {
   normkit::bindings::export_info(m);
   normkit::bindings::export_row_norm(m);
   normkit::bindings::export_channel_norm(m);
+  normkit::bindings::export_local_response_norm(m);
   normkit::bindings::export_host_cache(m);
 }

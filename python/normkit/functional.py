@@ -28,6 +28,8 @@ __all__ = [
     "layer_norm",
     "layer_norm_backward",
     "layer_norm_forward",
+    "local_response_norm",
+    "local_response_norm_backward",
     "rms_norm",
     "rms_norm_backward",
     "rms_norm_forward",
@@ -256,3 +258,34 @@ def group_norm_backward(dy, x, num_groups, mean, rstd, weight=None, output_mask=
         to_core(weight, "weight"), to_core(dx), to_core(dw), to_core(db), kind.stream(x),
     )
     return tuple(None if a is None else kind.wrap(a) for a in (dx, dw, db))
+
+
+# ---- LocalResponseNorm: x is [N, C, *spatial]; outputs keep x's memory format -----------------------
+
+
+def local_response_norm(x, size, alpha=1e-4, beta=0.75, k=1.0):
+    """Like ``torch.nn.functional.local_response_norm``: normalization across channels,
+
+    ``y_c = x_c / (k + alpha / size * sum_{c' in W(c)} x_{c'}^2) ** beta`` with the window
+    ``W(c) = [c - size // 2, c + (size - 1) // 2]`` clipped to the channels (zero padding: the sum is
+    divided by ``size`` even at the edges). x has 3 or more dimensions [N, C, *]; y keeps x's memory
+    format (channels-last in, channels-last out).
+    """
+    kind = kind_of(x)
+    y = empty_like_layout(kind, x)
+    _core.local_response_norm_forward(
+        to_core(x), int(size), float(alpha), float(beta), float(k), to_core(y), kind.stream(x)
+    )
+    return kind.wrap(y)
+
+
+def local_response_norm_backward(dy, x, size, alpha=1e-4, beta=0.75, k=1.0):
+    """Gradient of :func:`local_response_norm` with respect to x (no statistics are saved: the window
+    sums are recomputed from x). dx keeps x's memory format."""
+    kind = kind_of(x)
+    dx = empty_like_layout(kind, x)
+    _core.local_response_norm_backward(
+        to_core(dy, "dy"), to_core(x), int(size), float(alpha), float(beta), float(k), to_core(dx),
+        kind.stream(x),
+    )
+    return kind.wrap(dx)

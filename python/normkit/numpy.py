@@ -18,6 +18,7 @@ __all__ = [
     "InstanceNorm2d",
     "InstanceNorm3d",
     "LayerNorm",
+    "LocalResponseNorm",
     "Module",
     "RMSNorm",
 ]
@@ -297,3 +298,27 @@ class GroupNorm(Module):
 
     def __repr__(self):
         return f"GroupNorm({self.num_groups}, {self.num_channels}, eps={self.eps}, affine={self.affine})"
+
+
+class LocalResponseNorm(Module):
+    """LocalResponseNorm across the channels of [N, C, *] (torch.nn.LocalResponseNorm semantics; no
+    parameters)."""
+
+    def __init__(self, size, alpha=1e-4, beta=0.75, k=1.0):
+        super().__init__()
+        self.size, self.alpha, self.beta, self.k = int(size), float(alpha), float(beta), float(k)
+        self._saved = None
+
+    def forward(self, x):
+        y = F.local_response_norm(x, self.size, self.alpha, self.beta, self.k)
+        self._saved = x
+        return y
+
+    def backward(self, dy):
+        if self._saved is None:
+            raise RuntimeError("backward: call forward first")
+        self.grads = {}
+        return F.local_response_norm_backward(dy, self._saved, self.size, self.alpha, self.beta, self.k)
+
+    def __repr__(self):
+        return f"LocalResponseNorm({self.size}, alpha={self.alpha}, beta={self.beta}, k={self.k})"

@@ -94,4 +94,50 @@ NK_HD A row_norm_dx(A g, A xhat, A rstd, A mean_g, A mean_g_xhat) {
   return rstd * (g - mean_g - xhat * mean_g_xhat);
 }
 
+// ---- LocalResponseNorm -----------------------------------------------------------------------------
+// Window of channel c: W(c) = [c - size / 2, c + (size - 1) / 2]; the channels whose window holds j
+// (the transposed window, for the backward): [j - (size - 1) / 2, j + size / 2]. Both get clipped
+// to [0, C) by the caller.
+NK_HD int64_t lrn_window_lo(int64_t c, int64_t size) { return c - size / 2; }
+NK_HD int64_t lrn_window_hi(int64_t c, int64_t size) { return c + (size - 1) / 2; }
+NK_HD int64_t lrn_twindow_lo(int64_t j, int64_t size) { return j - (size - 1) / 2; }
+NK_HD int64_t lrn_twindow_hi(int64_t j, int64_t size) { return j + size / 2; }
+
+// s = k + alpha / size * (sum of a^2 over the window); alpha_over_size is alpha / size.
+template <class A>
+NK_HD A lrn_scale(A window_sq_sum, A alpha_over_size, A k) {
+  return k + alpha_over_size * window_sq_sum;
+}
+
+// s^-0.75 = 1 / (sqrt(s) * sqrt(sqrt(s))): correctly rounded square roots and one division, a few
+// ulp from the exact power and much cheaper than pow (the default beta).
+template <class A>
+NK_HD A lrn_pow_neg_075(A s) {
+  const A r = std::sqrt(s);
+  return A(1) / (r * std::sqrt(r));
+}
+
+// s^-beta; `fast` (beta == 0.75, decided once per call) takes the square-root path.
+template <class A>
+NK_HD A lrn_pow_neg(A s, A beta, bool fast) {
+  return fast ? lrn_pow_neg_075(s) : A(std::pow(s, -beta));
+}
+
+// Forward: b = a * s^-beta, with p = s^-beta.
+template <class A>
+NK_HD A lrn_apply(A a, A p) {
+  return a * p;
+}
+
+// Backward. Channel c contributes t_c = g_c a_c s_c^(-beta-1) = g_c a_c p_c / s_c to the channels of
+// its window; then dx_j = g_j p_j - coef a_j sum_{c : j in W(c)} t_c with coef = 2 alpha beta / size.
+template <class A>
+NK_HD A lrn_backward_term(A g, A a, A p, A s) {
+  return g * a * p / s;
+}
+template <class A>
+NK_HD A lrn_dx(A g, A a, A p, A coef, A term_sum) {
+  return g * p - coef * a * term_sum;
+}
+
 }  // namespace normkit::math

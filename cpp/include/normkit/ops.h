@@ -71,4 +71,14 @@ void group_norm_backward(const TensorView& dy, const TensorView& x, int64_t num_
                          const OptTensor& dx, const OptTensor& dweight, const OptTensor& dbias,
                          void* stream = nullptr);
 
+// ---- LocalResponseNorm over the channels of x = [N, C, *spatial] (rank >= 3), as
+// torch.nn.functional.local_response_norm: y_c = x_c / (k + alpha / size * sum_{c' in W(c)} x_{c'}^2)^beta
+// with W(c) = [c - size / 2, c + (size - 1) / 2] clipped to the channels (divided by size even at the
+// edges). y (dx) must be compact channels-first or channels-last; the kernels work in its layout,
+// reading x and dy in place when they share it. No statistics are saved: the backward recomputes them.
+void local_response_norm_forward(const TensorView& x, int64_t size, double alpha, double beta, double k,
+                                 const TensorView& y, void* stream = nullptr);
+void local_response_norm_backward(const TensorView& dy, const TensorView& x, int64_t size, double alpha,
+                                  double beta, double k, const TensorView& dx, void* stream = nullptr);
+
 }  // namespace normkit

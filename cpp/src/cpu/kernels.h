@@ -3,13 +3,16 @@
 // NK_CPU_DISPATCH calls the version for the ISA this processor supports.
 #pragma once
 #include "normkit/detail/channel_norm_args.h"
+#include "normkit/detail/lrn_args.h"
 #include "normkit/detail/row_norm_args.h"
 
 #define NK_CPU_KERNEL_DECLARATIONS                                  \
   void row_norm_forward(const detail::RowNormForwardArgs& args);    \
   void row_norm_backward(const detail::RowNormBackwardArgs& args);         \
   void channel_norm_forward(const detail::ChannelNormForwardArgs& args);  \
-  void channel_norm_backward(const detail::ChannelNormBackwardArgs& args);
+  void channel_norm_backward(const detail::ChannelNormBackwardArgs& args); \
+  void local_response_norm_forward(const detail::LrnForwardArgs& args);    \
+  void local_response_norm_backward(const detail::LrnBackwardArgs& args);
 
 namespace normkit::cpu {
 

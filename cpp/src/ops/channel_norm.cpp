@@ -13,46 +13,9 @@ using detail::ChannelNormBackwardArgs;
 using detail::ChannelNormForwardArgs;
 using detail::ChannelNormShape;
 using detail::Layout;
-
-// Dimension order of a layout: channels first is the natural order; channels last puts dim 1 last.
-std::vector<int> dim_order(int ndim, Layout layout) {
-  std::vector<int> order(static_cast<size_t>(ndim));
-  for (int i = 0; i < ndim; ++i) order[size_t(i)] = i;
-  if (layout == Layout::NSC && ndim > 2) {
-    order.erase(order.begin() + 1);
-    order.push_back(1);
-  }
-  return order;
-}
-
-TensorView permuted(const TensorView& t, const std::vector<int>& order) {
-  TensorView p = t;
-  for (size_t i = 0; i < order.size(); ++i) {
-    p.shape[i] = t.shape[size_t(order[i])];
-    p.strides[i] = t.strides[size_t(order[i])];
-  }
-  return p;
-}
-
-bool compact_in(const TensorView& t, Layout layout) {
-  return permuted(t, dim_order(t.ndim(), layout)).is_contiguous();
-}
-
-// The layout an output array is compact in (channels first preferred when both hold).
-Layout output_layout(const TensorView& out, const char* arg) {
-  if (compact_in(out, Layout::NCS)) return Layout::NCS;
-  check_value(compact_in(out, Layout::NSC), arg,
-              ": expected a compact channels-first or channels-last output array, got strides ",
-              shape_str(out.strides), " for shape ", shape_str(out.shape));
-  return Layout::NSC;
-}
-
-// t's data in `layout`: in place when already compact in it, otherwise a compact copy kept in holder.
-const void* data_in(const TensorView& t, Layout layout, std::shared_ptr<void>& holder, void* stream) {
-  if (compact_in(t, layout)) return t.data;
-  holder = ops::compact_copy(permuted(t, dim_order(t.ndim(), layout)), stream);
-  return holder.get();
-}
+using ops::compact_in;
+using ops::data_in;
+using ops::output_layout;
 
 ChannelNormShape shape_of(const TensorView& x, int64_t groups, bool per_sample) {
   ChannelNormShape s;

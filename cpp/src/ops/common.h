@@ -65,6 +65,17 @@ OptTensor compact_param(const OptTensor& p, std::shared_ptr<void>& holder, void*
 // A compact row-major copy of any view, on the view's device (host or device memory).
 std::shared_ptr<void> compact_copy(const TensorView& t, void* stream);
 
+// ---- [N, C, *spatial] arrays in a channel layout (detail::Layout): channels first (NCHW...) or
+// channels last (NHWC, NDHWC). Used by the channel normalizations and LocalResponseNorm.
+
+// Whether t is compact in `layout`.
+bool compact_in(const TensorView& t, detail::Layout layout);
+// The layout an output array is compact in (channels first preferred when both hold); ValueError
+// naming `arg` when it is neither.
+detail::Layout output_layout(const TensorView& out, const char* arg);
+// t's data in `layout`: in place when already compact in it, otherwise a compact copy kept in holder.
+const void* data_in(const TensorView& t, detail::Layout layout, std::shared_ptr<void>& holder, void* stream);
+
 }  // namespace normkit::ops
 
 // Runs kernel `fn` on `args` on the tensors' device: cpu::<isa>::fn(args) (cpu/kernels.h) or

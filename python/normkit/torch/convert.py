@@ -24,6 +24,7 @@ TWINS = {
     torch.nn.InstanceNorm2d: M.InstanceNorm2d,
     torch.nn.InstanceNorm3d: M.InstanceNorm3d,
     torch.nn.GroupNorm: M.GroupNorm,
+    torch.nn.LocalResponseNorm: M.LocalResponseNorm,
 }
 
 

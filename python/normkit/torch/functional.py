@@ -8,7 +8,7 @@ from torch.autograd.function import once_differentiable
 from normkit import functional as _F
 from normkit._arrays import normalized_shape_tuple
 
-__all__ = ["batch_norm", "group_norm", "instance_norm", "layer_norm", "rms_norm"]
+__all__ = ["batch_norm", "group_norm", "instance_norm", "layer_norm", "local_response_norm", "rms_norm"]
 
 
 def _needs_autograd(*tensors) -> bool:
@@ -145,3 +145,26 @@ def group_norm(input, num_groups, weight=None, bias=None, eps=1e-5):
     if not _needs_autograd(input, weight, bias):
         return _F.group_norm(input, int(num_groups), weight, bias, float(eps))
     return _GroupNorm.apply(input, weight, bias, int(num_groups), float(eps))
+
+
+class _LocalResponseNorm(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, size, alpha, beta, k):
+        y = _F.local_response_norm(x, size, alpha, beta, k)
+        ctx.save_for_backward(x)
+        ctx.params = (size, alpha, beta, k)
+        return y
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, dy):
+        (x,) = ctx.saved_tensors
+        dx = _F.local_response_norm_backward(dy, x, *ctx.params) if ctx.needs_input_grad[0] else None
+        return dx, None, None, None, None
+
+
+def local_response_norm(input, size, alpha=1e-4, beta=0.75, k=1.0):
+    """Like ``torch.nn.functional.local_response_norm``."""
+    if not _needs_autograd(input):
+        return _F.local_response_norm(input, int(size), float(alpha), float(beta), float(k))
+    return _LocalResponseNorm.apply(input, int(size), float(alpha), float(beta), float(k))
