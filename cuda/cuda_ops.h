@@ -8,6 +8,7 @@
 #include "normkit/detail/channel_norm_args.h"
 #include "normkit/detail/lrn_args.h"
 #include "normkit/detail/row_norm_args.h"
+#include "normkit/detail/weight_norm_args.h"
 #include "normkit/tensor.h"
 
 namespace normkit::cuda {
@@ -41,5 +42,8 @@ void channel_norm_backward(const detail::ChannelNormBackwardArgs& args, void* st
 
 void local_response_norm_forward(const detail::LrnForwardArgs& args, void* stream);
 void local_response_norm_backward(const detail::LrnBackwardArgs& args, void* stream);
+
+void weight_norm_forward(const detail::WeightNormForwardArgs& args, void* stream);
+void weight_norm_backward(const detail::WeightNormBackwardArgs& args, void* stream);
 
 }  // namespace normkit::cuda

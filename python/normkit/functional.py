@@ -33,6 +33,9 @@ __all__ = [
     "rms_norm",
     "rms_norm_backward",
     "rms_norm_forward",
+    "weight_norm",
+    "weight_norm_backward",
+    "weight_norm_forward",
 ]
 
 _MACHINE_EPS = {"float32": 1.1920928955078125e-07, "float64": 2.220446049250313e-16}
@@ -289,3 +292,52 @@ def local_response_norm_backward(dy, x, size, alpha=1e-4, beta=0.75, k=1.0):
         kind.stream(x),
     )
     return kind.wrap(dx)
+
+
+# ---- WeightNorm: w = g * v / ||v||, the norm over every dim but `dim` -------------------------------
+
+
+def _weight_norm_dim(dim) -> int:
+    # torch's convention: dim=None is the norm of the whole tensor, which torch spells dim=-1.
+    return -1 if dim is None else int(dim)
+
+
+def weight_norm_forward(v, g, dim=0):
+    """Like ``torch._weight_norm(v, g, dim)``; returns ``(w, norms)``.
+
+    ``w = g * v / ||v||`` with the 2-norm taken over every dim of v but ``dim``. As in torch's
+    parametrization, ``dim=None`` (or ``-1``, as torch spells it) takes the norm of the whole tensor;
+    other negative dims count from the end. g has v's dtype and v's shape with size 1 on every dim but
+    ``dim`` (all sizes 1, or 0-d, for the whole tensor); ``norms`` has g's shape and the accumulation
+    dtype (float32; float64 for float64). A zero-norm slice gives what torch gives: inf or nan
+    (``0 * (g / 0)``).
+    """
+    kind = kind_of(v, "v")
+    vs, dt = kind.shape(v), kind.dtype_name(v)
+    gs = kind_of(g, "g").shape(g)
+    w = kind.empty(vs, dt, v)
+    norms = kind.empty(gs, acc_dtype_name(dt), v)
+    _core.weight_norm_forward(to_core(v, "v"), to_core(g, "g"), _weight_norm_dim(dim), to_core(w, "w"),
+                              to_core(norms, "norms"), kind.stream(v))
+    return kind.wrap(w), kind.wrap(norms)
+
+
+def weight_norm(v, g, dim=0):
+    """``w = g * v / ||v||``, the norm over every dim of v but ``dim`` (see :func:`weight_norm_forward`)."""
+    return weight_norm_forward(v, g, dim)[0]
+
+
+def weight_norm_backward(dw, v, g, norms, dim=0):
+    """Gradients of :func:`weight_norm` with respect to v and g; returns ``(dv, dg)``.
+
+    With ``n = ||v||`` per slice and ``s = sum(dw * v)`` over it: ``dg = s / n`` and
+    ``dv = g / n * (dw - v * s / n**2)``. ``norms`` is the second result of :func:`weight_norm_forward`.
+    """
+    kind = kind_of(v, "v")
+    vs, dt = kind.shape(v), kind.dtype_name(v)
+    gs = kind_of(g, "g").shape(g)
+    dv = kind.empty(vs, dt, v)
+    dg = kind.empty(gs, dt, v)
+    _core.weight_norm_backward(to_core(dw, "dw"), to_core(v, "v"), to_core(g, "g"), to_core(norms, "norms"),
+                               _weight_norm_dim(dim), to_core(dv, "dv"), to_core(dg, "dg"), kind.stream(v))
+    return kind.wrap(dv), kind.wrap(dg)

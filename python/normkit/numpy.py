@@ -21,6 +21,7 @@ __all__ = [
     "LocalResponseNorm",
     "Module",
     "RMSNorm",
+    "WeightNorm",
 ]
 
 
@@ -322,3 +323,60 @@ class LocalResponseNorm(Module):
 
     def __repr__(self):
         return f"LocalResponseNorm({self.size}, alpha={self.alpha}, beta={self.beta}, k={self.k})"
+
+
+class WeightNorm(Module):
+    """torch.nn.utils.parametrizations.weight_norm for a NumPy weight: ``weight = g * v / ||v||``, the
+    norm over every axis but ``dim`` (``dim=None``, or -1 as torch spells it: the whole array).
+
+    Initialised from ``weight`` as torch does: ``v = weight`` and ``g = ||weight||`` over the other
+    axes, keeping them as size 1 (a 0-d array for the whole array). The parameters are stored under
+    torch's names ``original0`` (g) and ``original1`` (v), which are also the state_dict keys;
+    ``backward(dw)`` stores ``grads = {"original0": dg, "original1": dv}``. Zero-norm slices give
+    inf/nan, as in torch.
+    """
+
+    _param_names = ("original0", "original1")
+
+    def __init__(self, weight, dim=0):
+        super().__init__()
+        v = np.array(weight, copy=True)
+        if np.issubdtype(v.dtype, np.integer) or v.dtype == np.bool_:
+            raise TypeError(f"weight: expected a floating-point array, got {v.dtype}")
+        self.dim = -1 if dim is None else int(dim)
+        nd = v.ndim
+        if not -nd <= self.dim < nd:
+            raise ValueError(f"dim: expected a dimension in [{-nd}, {nd - 1}] for weight of shape {v.shape}, "
+                             f"got {self.dim}")
+        wide = v.astype(np.float64)
+        if self.dim == -1:
+            g = np.asarray(np.sqrt(np.sum(wide * wide)))
+        else:
+            axes = tuple(i for i in range(nd) if i != self.dim % nd)
+            g = np.sqrt(np.sum(wide * wide, axis=axes, keepdims=True))
+        self.original0 = g.astype(v.dtype)
+        self.original1 = v
+
+    @property
+    def g(self):
+        return self.original0
+
+    @property
+    def v(self):
+        return self.original1
+
+    @property
+    def weight(self):
+        return F.weight_norm(self.original1, self.original0, self.dim)
+
+    def forward(self, x=None):
+        """The weight (the parametrization's output); x is ignored."""
+        return self.weight
+
+    def backward(self, dw):
+        _, norms = F.weight_norm_forward(self.original1, self.original0, self.dim)
+        dv, dg = F.weight_norm_backward(dw, self.original1, self.original0, norms, self.dim)
+        self.grads = {"original0": dg, "original1": dv}
+
+    def __repr__(self):
+        return f"WeightNorm(shape={tuple(self.original1.shape)}, dim={self.dim})"

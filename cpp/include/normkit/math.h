@@ -140,4 +140,32 @@ NK_HD A lrn_dx(A g, A a, A p, A coef, A term_sum) {
   return g * p - coef * a * term_sum;
 }
 
+// ---- WeightNorm: w = g v / ||v|| per slice ---------------------------------------------------------
+// n = sqrt(sum of squares). A zero row gives n = 0 and, as in torch, inf/nan weights and gradients.
+template <class A>
+NK_HD A weight_norm_norm(A sq_sum) {
+  return std::sqrt(sq_sum);
+}
+
+// Forward: w = v * scale with scale = g / n (torch's order: v * (g / norm)).
+template <class A>
+NK_HD A weight_norm_scale(A g, A n) {
+  return g / n;
+}
+
+// Backward, with dot = sum(dw * v) over the slice: dg = dot / n, and per element
+// dv = scale * (dw - v * coef) with scale = g / n and coef = dot / n^2.
+template <class A>
+NK_HD A weight_norm_dg(A dot, A n) {
+  return dot / n;
+}
+template <class A>
+NK_HD A weight_norm_coef(A dot, A n) {
+  return dot / (n * n);
+}
+template <class A>
+NK_HD A weight_norm_dv(A dw, A v, A scale, A coef) {
+  return scale * (dw - v * coef);
+}
+
 }  // namespace normkit::math

@@ -81,4 +81,16 @@ void local_response_norm_forward(const TensorView& x, int64_t size, double alpha
 void local_response_norm_backward(const TensorView& dy, const TensorView& x, int64_t size, double alpha,
                                   double beta, double k, const TensorView& dx, void* stream = nullptr);
 
+// ---- WeightNorm, as torch._weight_norm(v, g, dim): w = g * v / ||v||, the norm taken over every dim
+// of v but `dim` (in [-ndim, ndim)). As in torch, dim == -1 means the norm of the whole tensor (the
+// parametrization's dim=None); other negative dims count from the end. g (and dg) have v's dtype and
+// the shape of v with size 1 on every dim but `dim` (all sizes 1, or a 0-d array, for the whole
+// tensor); norms has g's shape and the accumulation dtype (float32; float64 for float64). w, dv, dg
+// and norms must be compact. Zero-norm slices give inf/nan, as in torch.
+void weight_norm_forward(const TensorView& v, const TensorView& g, int64_t dim, const TensorView& w,
+                         const TensorView& norms, void* stream = nullptr);
+void weight_norm_backward(const TensorView& dw, const TensorView& v, const TensorView& g,
+                          const TensorView& norms, int64_t dim, const TensorView& dv, const TensorView& dg,
+                          void* stream = nullptr);
+
 }  // namespace normkit

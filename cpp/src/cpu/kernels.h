@@ -5,6 +5,7 @@
 #include "normkit/detail/channel_norm_args.h"
 #include "normkit/detail/lrn_args.h"
 #include "normkit/detail/row_norm_args.h"
+#include "normkit/detail/weight_norm_args.h"
 
 #define NK_CPU_KERNEL_DECLARATIONS                                  \
   void row_norm_forward(const detail::RowNormForwardArgs& args);    \
@@ -12,7 +13,9 @@
   void channel_norm_forward(const detail::ChannelNormForwardArgs& args);  \
   void channel_norm_backward(const detail::ChannelNormBackwardArgs& args); \
   void local_response_norm_forward(const detail::LrnForwardArgs& args);    \
-  void local_response_norm_backward(const detail::LrnBackwardArgs& args);
+  void local_response_norm_backward(const detail::LrnBackwardArgs& args);  \
+  void weight_norm_forward(const detail::WeightNormForwardArgs& args);     \
+  void weight_norm_backward(const detail::WeightNormBackwardArgs& args);
 
 namespace normkit::cpu {
 

@@ -2,7 +2,8 @@
 
 Each twin subclasses its torch.nn layer, so constructor arguments, parameters, buffers, state_dict
 keys and ``extra_repr`` are torch's own; only the computation runs in normkit (through
-``torch.autograd.Function``). ``convert_model(model)`` swaps them into an existing model."""
+``torch.autograd.Function``). ``convert_model(model)`` swaps them into an existing model.
+``weight_norm(module)`` is torch.nn.utils.parametrizations.weight_norm with a normkit weight."""
 
 from normkit.torch import functional
 from normkit.torch.convert import convert_model
@@ -17,6 +18,8 @@ from normkit.torch.modules import (
     LayerNorm,
     LocalResponseNorm,
     RMSNorm,
+    WeightNorm,
+    weight_norm,
 )
 
 __all__ = [
@@ -30,6 +33,8 @@ __all__ = [
     "LayerNorm",
     "LocalResponseNorm",
     "RMSNorm",
+    "WeightNorm",
     "convert_model",
     "functional",
+    "weight_norm",
 ]

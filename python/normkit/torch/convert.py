@@ -5,10 +5,11 @@ from __future__ import annotations
 import logging
 
 import torch
+from torch.nn.utils import parametrizations as _parametrizations
 
 from normkit.torch import modules as M
 
-__all__ = ["TWINS", "convert_model"]
+__all__ = ["PARAMETRIZATION_TWINS", "TWINS", "convert_model"]
 
 _log = logging.getLogger("normkit")
 
@@ -36,10 +37,39 @@ def _twin_of(layer: torch.nn.Module, twin_cls):
     return twin
 
 
+# Exact torch parametrization class -> normkit twin, swapped in place (the parametrization object and
+# its original0/original1 are kept; only its class changes).
+PARAMETRIZATION_TWINS = {
+    _parametrizations._WeightNorm: M.WeightNorm,
+}
+
+
+def _convert_parametrizations(module: torch.nn.Module, report: list | None) -> None:
+    for qualified, mod in module.named_modules():
+        plists = getattr(mod, "parametrizations", None)
+        if not isinstance(plists, torch.nn.ModuleDict):
+            continue
+        for tensor_name, plist in plists.items():
+            for i, p in enumerate(plist):
+                twin_cls = PARAMETRIZATION_TWINS.get(type(p))
+                if twin_cls is None:
+                    continue
+                old = type(p).__name__
+                p.__class__ = twin_cls
+                full = f"{qualified}.parametrizations.{tensor_name}.{i}" if qualified else \
+                    f"parametrizations.{tensor_name}.{i}"
+                _log.info("convert_model: %s: %s -> normkit %s", full, old, twin_cls.__name__)
+                if report is not None:
+                    report.append((full, old, twin_cls.__name__))
+
+
 def convert_model(module: torch.nn.Module, report: list | None = None) -> torch.nn.Module:
     """Returns ``module`` with every torch.nn normalization layer normkit has a twin for replaced by
-    that twin, parameters and buffers kept. If ``report`` is a list, ``(name, old_class, new_class)``
-    is appended for each replacement; replacements are also logged on the ``normkit`` logger."""
+    that twin, parameters and buffers kept, and every weight-norm parametrization
+    (torch.nn.utils.parametrizations.weight_norm) computed by normkit (same object and parameters,
+    normkit's class). If ``report`` is a list, ``(name, old_class, new_class)`` is appended for each
+    replacement; replacements are also logged on the ``normkit`` logger."""
+    _convert_parametrizations(module, report)
     twin_cls = TWINS.get(type(module))
     if twin_cls is not None:
         if report is not None:

@@ -8,7 +8,15 @@ from torch.autograd.function import once_differentiable
 from normkit import functional as _F
 from normkit._arrays import normalized_shape_tuple
 
-__all__ = ["batch_norm", "group_norm", "instance_norm", "layer_norm", "local_response_norm", "rms_norm"]
+__all__ = [
+    "batch_norm",
+    "group_norm",
+    "instance_norm",
+    "layer_norm",
+    "local_response_norm",
+    "rms_norm",
+    "weight_norm",
+]
 
 
 def _needs_autograd(*tensors) -> bool:
@@ -168,3 +176,29 @@ def local_response_norm(input, size, alpha=1e-4, beta=0.75, k=1.0):
     if not _needs_autograd(input):
         return _F.local_response_norm(input, int(size), float(alpha), float(beta), float(k))
     return _LocalResponseNorm.apply(input, int(size), float(alpha), float(beta), float(k))
+
+
+class _WeightNorm(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, v, g, dim):
+        w, norms = _F.weight_norm_forward(v, g, dim)
+        ctx.save_for_backward(v, g, norms)
+        ctx.dim = dim
+        return w
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, dw):
+        v, g, norms = ctx.saved_tensors
+        dv, dg = _F.weight_norm_backward(dw, v, g, norms, ctx.dim)
+        return (dv if ctx.needs_input_grad[0] else None), (dg if ctx.needs_input_grad[1] else None), None
+
+
+def weight_norm(v, g, dim=0):
+    """Like ``torch._weight_norm(v, g, dim)``: ``w = g * v / ||v||`` over every dim but ``dim``
+    (``dim=None`` or ``-1``: the whole tensor, as in torch's parametrization). g has v's dtype and v's
+    shape with size 1 on every dim but ``dim``. Zero-norm slices give inf/nan, as in torch."""
+    dim = -1 if dim is None else int(dim)
+    if not _needs_autograd(v, g):
+        return _F.weight_norm(v, g, dim)
+    return _WeightNorm.apply(v, g, dim)

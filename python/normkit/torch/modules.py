@@ -4,6 +4,7 @@ buffers, state_dict keys and extra_repr are inherited unchanged."""
 from __future__ import annotations
 
 import torch
+from torch.nn.utils import parametrizations as _parametrizations
 
 from normkit.torch import functional as F
 
@@ -18,6 +19,8 @@ __all__ = [
     "LayerNorm",
     "LocalResponseNorm",
     "RMSNorm",
+    "WeightNorm",
+    "weight_norm",
 ]
 
 
@@ -105,3 +108,26 @@ class LocalResponseNorm(torch.nn.LocalResponseNorm):
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         return F.local_response_norm(input, self.size, self.alpha, self.beta, self.k)
+
+
+class WeightNorm(_parametrizations._WeightNorm):
+    """torch's weight-norm parametrization (``torch.nn.utils.parametrizations._WeightNorm``) computed
+    by normkit: ``weight = original0 * original1 / ||original1||``, the norm over every dim but
+    ``self.dim`` (-1: the whole tensor). right_inverse (the initialisation of g and v) is torch's."""
+
+    def forward(self, weight_g, weight_v):
+        return F.weight_norm(weight_v, weight_g, self.dim)
+
+
+def weight_norm(module: torch.nn.Module, name: str = "weight", dim: int | None = 0) -> torch.nn.Module:
+    """Like ``torch.nn.utils.parametrizations.weight_norm``, with the weight computed by normkit.
+
+    torch registers its parametrization (so ``module.parametrizations.<name>.original0`` (g) and
+    ``original1`` (v), the state_dict keys and the loader of old ``<name>_g``/``<name>_v`` checkpoints
+    are torch's exactly), then the parametrization object becomes normkit's :class:`WeightNorm`.
+    ``dim=None`` takes the norm of the whole tensor. Zero-norm slices give inf/nan, as in torch.
+    """
+    _parametrizations.weight_norm(module, name, dim)
+    plist = module.parametrizations[name]
+    plist[len(plist) - 1].__class__ = WeightNorm
+    return module

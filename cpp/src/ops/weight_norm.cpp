@@ -1,0 +1,195 @@
+// WeightNorm entries: validate everything, then hand the kernels one argument struct. The kernels see
+// D compact rows (detail/weight_norm_args.h): for dim 0 and the whole tensor that is v itself (or a
+// compact copy); for any other dim, `dim` is brought to the front by a compact copy of a permuted view
+// (weights are small), and the row-ordered results are copied back into the caller's compact outputs.
+#include "ops/common.h"
+#include "cpu/strided_copy.h"
+
+namespace normkit {
+namespace {
+
+using detail::WeightNormShape;
+
+// dim in torch's convention: -1 is the whole tensor (returned as -1), other negatives count from the
+// end; returns the dim in [0, ndim) otherwise.
+int64_t check_dim(const TensorView& v, int64_t dim) {
+  const int64_t nd = v.ndim();
+  check_value(dim >= -nd && dim < nd, "dim: expected a dimension in [", -nd, ", ", nd - 1, "] for v of shape ",
+              shape_str(v.shape), ", got ", dim);
+  if (dim == -1) return -1;
+  return dim < 0 ? dim + nd : dim;
+}
+
+// The shape g (and norms, dg) must have: v's with size 1 on every dim but `dim`.
+Shape param_shape(const TensorView& v, int64_t dim) {
+  Shape s(v.shape.size(), 1);
+  if (dim >= 0) s[size_t(dim)] = v.shape[size_t(dim)];
+  return s;
+}
+
+bool all_ones(const Shape& s) {
+  for (int64_t d : s)
+    if (d != 1) return false;
+  return true;
+}
+
+// g: v's dtype and device, the parameter shape (the whole tensor also takes a 0-d g).
+void check_param(const TensorView& t, const char* arg, const TensorView& v, int64_t dim, DType dtype) {
+  ops::check_same_device(t, arg, v, "v");
+  ops::check_dtype(t, arg, dtype);
+  const Shape want = param_shape(v, dim);
+  const bool ok = t.shape == want || (dim == -1 && t.ndim() <= v.ndim() && all_ones(t.shape));
+  check_value(ok, arg, ": expected shape ", shape_str(want), " (v's shape with size 1 on every dim but dim=", dim,
+              ") for v of shape ", shape_str(v.shape), ", got ", shape_str(t.shape));
+}
+
+void check_param_output(const TensorView& t, const char* arg, const TensorView& v, int64_t dim, DType dtype) {
+  check_param(t, arg, v, dim, dtype);
+  check_value(t.is_contiguous(), arg, ": expected a compact output array, got strides ", shape_str(t.strides),
+              " for shape ", shape_str(t.shape));
+}
+
+WeightNormShape shape_of(const TensorView& v, int64_t dim) {
+  WeightNormShape s;
+  s.D = dim >= 0 ? v.shape[size_t(dim)] : 1;
+  s.R = s.D > 0 ? v.numel() / s.D : 0;
+  return s;
+}
+
+// The view of t with `dim` first (the identity for dim <= 0).
+TensorView dim_first(const TensorView& t, int64_t dim) {
+  if (dim <= 0) return t;
+  TensorView p = t;
+  size_t j = 1;
+  p.shape[0] = t.shape[size_t(dim)];
+  p.strides[0] = t.strides[size_t(dim)];
+  for (size_t i = 0; i < t.shape.size(); ++i) {
+    if (int64_t(i) == dim) continue;
+    p.shape[j] = t.shape[i];
+    p.strides[j] = t.strides[i];
+    ++j;
+  }
+  return p;
+}
+
+// An input in row order: in place when already compact there, otherwise a compact copy in holder.
+const void* rows_in(const TensorView& t, int64_t dim, std::shared_ptr<void>& holder, void* stream) {
+  const TensorView p = dim_first(t, dim);
+  if (p.is_contiguous()) return p.data;
+  holder = ops::compact_copy(p, stream);
+  return holder.get();
+}
+
+// Scratch memory of t's size on t's device.
+std::shared_ptr<void> scratch_like(const TensorView& t, void* stream) {
+  const size_t bytes = std::max<size_t>(1, size_t(t.numel()) * size_t(dtype_size(t.dtype)));
+#if defined(NORMKIT_WITH_CUDA)
+  if (t.device.kind != DeviceKind::CPU) return cuda::allocate(bytes, stream);
+#endif
+  (void)stream;
+  std::shared_ptr<void> holder(std::malloc(bytes), std::free);
+  if (!holder) throw RuntimeError(concat("out of host memory for a ", bytes, "-byte buffer"));
+  return holder;
+}
+
+// A compact output of v's shape, seen in row order: written in place when dim <= 0, otherwise
+// through `scratch`, which finish_rows copies back into the output's layout.
+void* rows_out(const TensorView& out, int64_t dim, std::shared_ptr<void>& scratch, void* stream) {
+  if (dim <= 0) return out.data;
+  scratch = scratch_like(out, stream);
+  return scratch.get();
+}
+
+void finish_rows(const TensorView& out, int64_t dim, const std::shared_ptr<void>& scratch, void* stream) {
+  if (dim <= 0) return;
+  // The scratch holds dim-first compact rows; view it in out's dimension order and copy it compactly.
+  const TensorView first = dim_first(out, dim);
+  std::vector<int64_t> rstrides(first.shape.size());
+  int64_t stride = 1;
+  for (int i = int(first.shape.size()) - 1; i >= 0; --i) {
+    rstrides[size_t(i)] = stride;
+    stride *= first.shape[size_t(i)];
+  }
+  TensorView src = out;
+  src.data = scratch.get();
+  src.strides[size_t(dim)] = rstrides[0];
+  size_t j = 1;
+  for (size_t i = 0; i < out.shape.size(); ++i) {
+    if (int64_t(i) == dim) continue;
+    src.strides[i] = rstrides[j++];
+  }
+  if (out.device.kind == DeviceKind::CPU) {
+    cpu::contiguous_copy(src, out.data);
+  } else {
+#if defined(NORMKIT_WITH_CUDA)
+    cuda::contiguous_copy(src, out.data, stream);
+#endif
+  }
+  (void)stream;
+}
+
+void check_compact_like_v(const TensorView& out, const char* arg, const TensorView& v) {
+  ops::check_output(out, arg, v.shape, v.dtype, v, "v");
+}
+
+}  // namespace
+
+void weight_norm_forward(const TensorView& v, const TensorView& g, int64_t dim, const TensorView& w,
+                         const TensorView& norms, void* stream) {
+  ops::check_device_supported(v, "v");
+  check_value(v.ndim() >= 1, "v: expected 1 or more dimensions, got a 0-d array");
+  dim = check_dim(v, dim);
+  check_param(g, "g", v, dim, v.dtype);
+  check_compact_like_v(w, "w", v);
+  check_param_output(norms, "norms", v, dim, acc_dtype(v.dtype));
+
+  const WeightNormShape shape = shape_of(v, dim);
+  if (shape.D == 0) return;  // rows of no values still get their norm (0)
+  ops::DeviceScope scope(v.device);
+  std::shared_ptr<void> v_copy, g_copy, w_scratch;
+  const OptTensor gc = ops::compact_param(g, g_copy, stream);
+  detail::WeightNormForwardArgs a{};
+  a.dtype = v.dtype;
+  a.shape = shape;
+  a.v = rows_in(v, dim, v_copy, stream);
+  a.g = gc->data;
+  a.w = rows_out(w, dim, w_scratch, stream);
+  a.norms = norms.data;
+  NK_RUN_KERNEL(v.device, weight_norm_forward, a, stream);
+  finish_rows(w, dim, w_scratch, stream);
+}
+
+void weight_norm_backward(const TensorView& dw, const TensorView& v, const TensorView& g,
+                          const TensorView& norms, int64_t dim, const TensorView& dv, const TensorView& dg,
+                          void* stream) {
+  ops::check_device_supported(v, "v");
+  check_value(v.ndim() >= 1, "v: expected 1 or more dimensions, got a 0-d array");
+  dim = check_dim(v, dim);
+  ops::check_same_device(dw, "dw", v, "v");
+  ops::check_dtype(dw, "dw", v.dtype);
+  ops::check_shape(dw, "dw", v.shape);
+  check_param(g, "g", v, dim, v.dtype);
+  check_param(norms, "norms", v, dim, acc_dtype(v.dtype));
+  check_compact_like_v(dv, "dv", v);
+  check_param_output(dg, "dg", v, dim, v.dtype);
+
+  const WeightNormShape shape = shape_of(v, dim);
+  if (shape.D == 0) return;  // rows of no values still get their norm (0)
+  ops::DeviceScope scope(v.device);
+  std::shared_ptr<void> v_copy, dw_copy, g_copy, n_copy, dv_scratch;
+  const OptTensor gc = ops::compact_param(g, g_copy, stream);
+  const OptTensor nc = ops::compact_param(norms, n_copy, stream);
+  detail::WeightNormBackwardArgs a{};
+  a.dtype = v.dtype;
+  a.shape = shape;
+  a.dw = rows_in(dw, dim, dw_copy, stream);
+  a.v = rows_in(v, dim, v_copy, stream);
+  a.g = gc->data;
+  a.norms = nc->data;
+  a.dv = rows_out(dv, dim, dv_scratch, stream);
+  a.dg = dg.data;
+  NK_RUN_KERNEL(v.device, weight_norm_backward, a, stream);
+  finish_rows(dv, dim, dv_scratch, stream);
+}
+
+}  // namespace normkit
