@@ -274,6 +274,43 @@ def local_response_norm_cases() -> list[Case]:
     return out
 
 
+def weight_norm_cases() -> list[Case]:
+    """WeightNorm of a Linear(1024, 4096) weight along dim 0: normkit's functional form against
+    torch._weight_norm (what torch's weight_norm parametrization computes)."""
+    shape = (4096, 1024)
+
+    def factory_for(mode):
+        def factory():
+            nk = _nk_functional().weight_norm
+            gen = torch.Generator().manual_seed(0)
+            v0 = torch.randn(shape, generator=gen)
+            g0 = v0.norm(dim=1, keepdim=True) * (1 + 0.1 * torch.randn(shape[0], 1, generator=gen))
+            dw = torch.randn(shape, generator=gen)
+
+            def side(op):
+                v, g = v0.clone(), g0.clone()
+                if mode == "fwd":
+                    def fn():
+                        with torch.no_grad():
+                            return op(v, g)
+                    return fn
+                v.requires_grad_(True)
+                g.requires_grad_(True)
+
+                def fn():
+                    v.grad = g.grad = None
+                    w = op(v, g)
+                    w.backward(dw)
+                    return {"y": w.detach(), "dv": v.grad, "dg": g.grad}
+                return fn
+
+            return side(lambda v, g: nk(v, g, 0)), side(lambda v, g: torch._weight_norm(v, g, 0))
+        return factory
+
+    return [Case(case_name("weightnorm", shape, torch.float32, mode), "WeightNorm", shape, torch.float32, mode,
+                 factory_for(mode)) for mode in MODES]
+
+
 # ----------------------------- registry -----------------------------------
 
 _REGISTRY: dict[str, Case] = {}
@@ -312,6 +349,7 @@ register(layer_norm_cases([(8192, 1024), (64, 4096)], [torch.float32, torch.bflo
 register(rms_norm_cases([(8192, 1024)], [torch.float32, torch.bfloat16]))
 register(channel_norm_cases())
 register(local_response_norm_cases())
+register(weight_norm_cases())
 
 # The two cases timed by ``bench.run_quick`` (the package self-check).
 QUICK_CASES = ("layernorm-8192x1024-float32-fwd", "rmsnorm-8192x1024-float32-fwd+bwd")
