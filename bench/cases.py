@@ -274,6 +274,44 @@ def local_response_norm_cases() -> list[Case]:
     return out
 
 
+class _TorchBatchInstanceNorm(torch.nn.Module):
+    """Batch-Instance Norm written with torch ops (torch has no such layer): the paper's
+    y = gamma * (rho * xhat_BN + (1 - rho) * xhat_IN) + beta, rho clipped to [0, 1]. State dict keys
+    match normkit's BatchInstanceNorm2d, so the module factory can give both the same state."""
+
+    def __init__(self, c, eps=1e-5, momentum=0.1):
+        super().__init__()
+        self.eps, self.momentum = eps, momentum
+        self.weight = torch.nn.Parameter(torch.ones(c))
+        self.bias = torch.nn.Parameter(torch.zeros(c))
+        self.rho = torch.nn.Parameter(torch.ones(c))
+        self.register_buffer("running_mean", torch.zeros(c))
+        self.register_buffer("running_var", torch.ones(c))
+        self.register_buffer("num_batches_tracked", torch.tensor(0, dtype=torch.long))
+
+    def forward(self, x):
+        f = torch.nn.functional
+        x_bn = f.batch_norm(x, self.running_mean, self.running_var, None, None, self.training, self.momentum,
+                            self.eps)
+        if self.training:
+            self.num_batches_tracked += 1
+        x_in = f.instance_norm(x, eps=self.eps)
+        shape = (1, -1) + (1,) * (x.dim() - 2)
+        rho = self.rho.clamp(0, 1).view(shape)
+        return (rho * x_bn + (1 - rho) * x_in) * self.weight.view(shape) + self.bias.view(shape)
+
+
+def batch_instance_norm_cases() -> list[Case]:
+    """Batch-Instance Norm (fused: one pass of per-(n, c) moments gives both statistics) against the
+    same formula composed from torch's BatchNorm and InstanceNorm."""
+    shape = (32, 64, 56, 56)
+    make = lambda: (_nk_modules().BatchInstanceNorm2d(64), _TorchBatchInstanceNorm(64))  # noqa: E731
+    return [Case(case_name("batchinstancenorm", shape, torch.float32, mode), "BatchInstanceNorm2d", shape,
+                 torch.float32, mode, _module_factory(make, shape, torch.float32, mode, channels_last=False,
+                                                      train=True))
+            for mode in MODES]
+
+
 def weight_norm_cases() -> list[Case]:
     """WeightNorm of a Linear(1024, 4096) weight along dim 0: normkit's functional form against
     torch._weight_norm (what torch's weight_norm parametrization computes)."""
@@ -350,6 +388,7 @@ register(rms_norm_cases([(8192, 1024)], [torch.float32, torch.bfloat16]))
 register(channel_norm_cases())
 register(local_response_norm_cases())
 register(weight_norm_cases())
+register(batch_instance_norm_cases())
 
 # The two cases timed by ``bench.run_quick`` (the package self-check).
 QUICK_CASES = ("layernorm-8192x1024-float32-fwd", "rmsnorm-8192x1024-float32-fwd+bwd")

@@ -5,6 +5,7 @@
 #include <cstdint>
 #include <memory>
 
+#include "normkit/detail/batch_instance_norm_args.h"
 #include "normkit/detail/channel_norm_args.h"
 #include "normkit/detail/lrn_args.h"
 #include "normkit/detail/row_norm_args.h"
@@ -45,5 +46,8 @@ void local_response_norm_backward(const detail::LrnBackwardArgs& args, void* str
 
 void weight_norm_forward(const detail::WeightNormForwardArgs& args, void* stream);
 void weight_norm_backward(const detail::WeightNormBackwardArgs& args, void* stream);
+
+void batch_instance_norm_forward(const detail::BinForwardArgs& args, void* stream);
+void batch_instance_norm_backward(const detail::BinBackwardArgs& args, void* stream);
 
 }  // namespace normkit::cuda

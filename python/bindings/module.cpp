@@ -11,6 +11,7 @@ void export_row_norm(nb::module_& m);
 void export_channel_norm(nb::module_& m);
 void export_local_response_norm(nb::module_& m);
 void export_weight_norm(nb::module_& m);
+void export_batch_instance_norm(nb::module_& m);
 void export_host_cache(nb::module_& m);
 }  // namespace normkit::bindings
 
@@ -32,5 +33,6 @@ NB_MODULE(_core, m) {
   normkit::bindings::export_channel_norm(m);
   normkit::bindings::export_local_response_norm(m);
   normkit::bindings::export_weight_norm(m);
+  normkit::bindings::export_batch_instance_norm(m);
   normkit::bindings::export_host_cache(m);
 }

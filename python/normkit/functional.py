@@ -16,6 +16,9 @@ from normkit import _core
 from normkit._arrays import acc_dtype_name, empty_like_layout, kind_of, normalized_shape_tuple, to_core
 
 __all__ = [
+    "batch_instance_norm",
+    "batch_instance_norm_backward",
+    "batch_instance_norm_forward",
     "batch_norm",
     "batch_norm_backward",
     "batch_norm_forward",
@@ -261,6 +264,71 @@ def group_norm_backward(dy, x, num_groups, mean, rstd, weight=None, output_mask=
         to_core(weight, "weight"), to_core(dx), to_core(dw), to_core(db), kind.stream(x),
     )
     return tuple(None if a is None else kind.wrap(a) for a in (dx, dw, db))
+
+
+# ---- Batch-Instance Normalization: x is [N, C, *spatial]; outputs keep x's memory format ------------
+
+
+def batch_instance_norm_forward(x, rho, running_mean, running_var, weight=None, bias=None, training=False,
+                                momentum=0.1, eps=1e-5):
+    """Batch-Instance Normalization (Nam & Kim, NeurIPS 2018) over x = [N, C, *spatial] (rank >= 3)::
+
+        y = weight * (r * xhat_BN + (1 - r) * xhat_IN) + bias,   r = clip(rho, 0, 1)
+
+    xhat_BN uses per-channel batch statistics when training (biased variance; running_mean/running_var,
+    if given, are updated in place as BatchNorm's, with ``momentum`` and the unbiased variance) and the
+    running statistics otherwise; xhat_IN always uses per-(n, c) statistics. rho is clipped in the
+    forward with torch.clamp's semantics: its gradient (see :func:`batch_instance_norm_backward`)
+    passes where ``0 <= rho <= 1``, bounds included, and is 0 outside.
+
+    Returns ``(y, save_mean_bn, save_rstd_bn, save_mean_in, save_rstd_in)``: [C] and [N, C] in the
+    accumulation dtype. y keeps x's memory format.
+    """
+    kind = kind_of(x)
+    shape = kind.shape(x)
+    acc = acc_dtype_name(kind.dtype_name(x))
+    c = _channels(kind, x)
+    nc = tuple(shape[:2]) if len(shape) >= 2 else (0, 0)
+    y = empty_like_layout(kind, x)
+    mb, sb = kind.empty((c,), acc, x), kind.empty((c,), acc, x)
+    mi, si = kind.empty(nc, acc, x), kind.empty(nc, acc, x)
+    _core.batch_instance_norm_forward(
+        to_core(x), to_core(rho, "rho"), to_core(weight, "weight"), to_core(bias, "bias"),
+        to_core(running_mean, "running_mean"), to_core(running_var, "running_var"), bool(training),
+        float(momentum), float(eps), to_core(y), to_core(mb), to_core(sb), to_core(mi), to_core(si),
+        kind.stream(x),
+    )
+    return tuple(kind.wrap(a) for a in (y, mb, sb, mi, si))
+
+
+def batch_instance_norm(x, rho, running_mean, running_var, weight=None, bias=None, training=False, momentum=0.1,
+                        eps=1e-5):
+    """Batch-Instance Normalization; the output only (see :func:`batch_instance_norm_forward`)."""
+    return batch_instance_norm_forward(x, rho, running_mean, running_var, weight, bias, training, momentum,
+                                       eps)[0]
+
+
+def batch_instance_norm_backward(dy, x, rho, save_mean_bn, save_rstd_bn, save_mean_in, save_rstd_in,
+                                 weight=None, training=True, output_mask=(True, True, True, True),
+                                 bias_dtype=None):
+    """Gradients of Batch-Instance Normalization: ``(dx, dweight, dbias, drho)``.
+
+    training=True differentiates through the batch statistics of the BN branch; training=False holds
+    the running statistics fixed (the instance statistics are always differentiated). With
+    ``r = clip(rho, 0, 1)``: ``dweight = sum dy (r xhat_BN + (1 - r) xhat_IN)``, ``dbias = sum dy``,
+    ``drho = sum dy weight (xhat_BN - xhat_IN)`` where ``0 <= rho <= 1`` and 0 elsewhere (torch.clamp's
+    gradient). dweight is None without a weight; output_mask = (dx, dweight, dbias, drho).
+    """
+    kind = kind_of(x)
+    dx, dw, db = _channel_grads(kind, x, weight, output_mask[:3], bias_dtype)
+    dr = kind.empty((_channels(kind, x),), _dtype_name(rho), x) if output_mask[3] else None
+    _core.batch_instance_norm_backward(
+        to_core(dy, "dy"), to_core(x), to_core(rho, "rho"), to_core(weight, "weight"),
+        to_core(save_mean_bn, "save_mean_bn"), to_core(save_rstd_bn, "save_rstd_bn"),
+        to_core(save_mean_in, "save_mean_in"), to_core(save_rstd_in, "save_rstd_in"), bool(training),
+        to_core(dx), to_core(dw), to_core(db), to_core(dr), kind.stream(x),
+    )
+    return tuple(None if a is None else kind.wrap(a) for a in (dx, dw, db, dr))
 
 
 # ---- LocalResponseNorm: x is [N, C, *spatial]; outputs keep x's memory format -----------------------

@@ -10,6 +10,9 @@ from normkit import functional as F
 from normkit._arrays import normalized_shape_tuple
 
 __all__ = [
+    "BatchInstanceNorm1d",
+    "BatchInstanceNorm2d",
+    "BatchInstanceNorm3d",
     "BatchNorm1d",
     "BatchNorm2d",
     "BatchNorm3d",
@@ -299,6 +302,88 @@ class GroupNorm(Module):
 
     def __repr__(self):
         return f"GroupNorm({self.num_groups}, {self.num_channels}, eps={self.eps}, affine={self.affine})"
+
+
+class _BatchInstanceNorm(Module):
+    """Batch-Instance Normalization (Nam & Kim, NeurIPS 2018) over [N, C, *spatial]::
+
+        y = weight * (r * xhat_BN + (1 - r) * xhat_IN) + bias,   r = clip(rho, 0, 1)
+
+    xhat_BN as BatchNorm's (batch statistics when training, running statistics in eval; running
+    statistics updated with ``momentum``, ``momentum=None`` for the cumulative average), xhat_IN with
+    per-(n, c) statistics. rho (init 1: pure BatchNorm) is clipped in the forward; its gradient is
+    torch.clamp's (passed where 0 <= rho <= 1, bounds included). ``backward(dy)`` stores
+    ``grads = {"weight", "bias", "rho"}`` ({"rho"} only without affine).
+    """
+
+    _param_names = ("weight", "bias", "rho")
+    _buffer_names = ("running_mean", "running_var", "num_batches_tracked")
+    _expected_dims: tuple = ()
+
+    def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=True, dtype=np.float32):
+        super().__init__()
+        self.num_features, self.eps, self.momentum, self.affine = num_features, eps, momentum, affine
+        self.weight = np.ones(num_features, dtype) if affine else None
+        self.bias = np.zeros(num_features, dtype) if affine else None
+        self.rho = np.ones(num_features, dtype)
+        self.running_mean = np.zeros(num_features, dtype)
+        self.running_var = np.ones(num_features, dtype)
+        self.num_batches_tracked = np.array(0, dtype=np.int64)
+        self._saved = None
+
+    def reset_running_stats(self):
+        self.running_mean[...] = 0
+        self.running_var[...] = 1
+        self.num_batches_tracked[...] = 0
+
+    def reset_parameters(self):
+        self.reset_running_stats()
+        self.rho[...] = 1
+        if self.affine:
+            self.weight[...] = 1
+            self.bias[...] = 0
+
+    def _check_input_dim(self, x):
+        if np.ndim(x) not in self._expected_dims:
+            dims = " or ".join(f"{d}D" for d in self._expected_dims)
+            raise ValueError(f"x: expected {dims} input, got {np.ndim(x)}D input")
+
+    def forward(self, x):
+        self._check_input_dim(x)
+        factor = 0.0 if self.momentum is None else self.momentum
+        if self.training and self.momentum is None:
+            factor = 1.0 / float(self.num_batches_tracked + 1)  # cumulative moving average
+        y, *stats = F.batch_instance_norm_forward(x, self.rho, self.running_mean, self.running_var, self.weight,
+                                                  self.bias, self.training, factor, self.eps)
+        if self.training:
+            self.num_batches_tracked += 1
+        self._saved = (x, stats, self.training)
+        return y
+
+    def backward(self, dy):
+        if self._saved is None:
+            raise RuntimeError("backward: call forward first")
+        x, stats, training = self._saved
+        dx, dw, db, dr = F.batch_instance_norm_backward(dy, x, self.rho, *stats, self.weight, training,
+                                                        output_mask=(True, self.affine, self.affine, True))
+        self.grads = {"weight": dw, "bias": db, "rho": dr} if self.affine else {"rho": dr}
+        return dx
+
+    def __repr__(self):
+        return (f"{type(self).__name__}({self.num_features}, eps={self.eps}, momentum={self.momentum}, "
+                f"affine={self.affine})")
+
+
+class BatchInstanceNorm1d(_BatchInstanceNorm):
+    _expected_dims = (3,)
+
+
+class BatchInstanceNorm2d(_BatchInstanceNorm):
+    _expected_dims = (4,)
+
+
+class BatchInstanceNorm3d(_BatchInstanceNorm):
+    _expected_dims = (5,)
 
 
 class LocalResponseNorm(Module):

@@ -168,4 +168,27 @@ NK_HD A weight_norm_dv(A dw, A v, A scale, A coef) {
   return scale * (dw - v * coef);
 }
 
+// ---- Batch-Instance Normalization ------------------------------------------------------------------
+// rho clipped to [0, 1] (torch.clamp: NaN stays NaN).
+template <class A>
+NK_HD A bin_clip_rho(A rho) {
+  return rho < A(0) ? A(0) : (rho > A(1) ? A(1) : rho);
+}
+// torch.clamp's gradient mask: passes where min <= rho <= max, both bounds included.
+template <class A>
+NK_HD A bin_rho_mask(A rho) {
+  return (rho >= A(0) && rho <= A(1)) ? A(1) : A(0);
+}
+// y = w (r xhat_BN + (1 - r) xhat_IN) + b.
+template <class A>
+NK_HD A bin_apply(A x, A mean_bn, A rstd_bn, A mean_in, A rstd_in, A r, A w, A b) {
+  return w * (r * ((x - mean_bn) * rstd_bn) + (A(1) - r) * ((x - mean_in) * rstd_in)) + b;
+}
+// dx of one element; the means are of g = dy w over the channel (BN, 0 without batch statistics) and
+// over the plane (IN).
+template <class A>
+NK_HD A bin_dx(A g, A xhat_bn, A xhat_in, A r, A rstd_bn, A rstd_in, A mg_bn, A mgx_bn, A mg_in, A mgx_in) {
+  return r * rstd_bn * (g - mg_bn - xhat_bn * mgx_bn) + (A(1) - r) * rstd_in * (g - mg_in - xhat_in * mgx_in);
+}
+
 }  // namespace normkit::math

@@ -93,4 +93,23 @@ void weight_norm_backward(const TensorView& dw, const TensorView& v, const Tenso
                           const TensorView& norms, int64_t dim, const TensorView& dv, const TensorView& dg,
                           void* stream = nullptr);
 
+// ---- Batch-Instance Normalization (Nam & Kim, 2018) over x = [N, C, *spatial] (rank >= 3):
+//   y = w_c * (r_c * xhat_BN + (1 - r_c) * xhat_IN) + b_c,  r_c = clamp(rho_c, 0, 1),
+// xhat_BN from batch statistics (training; running ones updated as BatchNorm's when given) or the
+// running statistics (otherwise), xhat_IN from per-(n, c) statistics. rho, weight, bias: [C];
+// save_mean_bn/save_rstd_bn: [C], save_mean_in/save_rstd_in: [N, C], accumulation dtype. The backward
+// gives drho only where 0 <= rho <= 1 (torch.clamp's gradient, bounds included).
+void batch_instance_norm_forward(const TensorView& x, const TensorView& rho, const OptTensor& weight,
+                                 const OptTensor& bias, const OptTensor& running_mean,
+                                 const OptTensor& running_var, bool training, double momentum, double eps,
+                                 const TensorView& y, const TensorView& save_mean_bn,
+                                 const TensorView& save_rstd_bn, const TensorView& save_mean_in,
+                                 const TensorView& save_rstd_in, void* stream = nullptr);
+void batch_instance_norm_backward(const TensorView& dy, const TensorView& x, const TensorView& rho,
+                                  const OptTensor& weight, const TensorView& save_mean_bn,
+                                  const TensorView& save_rstd_bn, const TensorView& save_mean_in,
+                                  const TensorView& save_rstd_in, bool training, const OptTensor& dx,
+                                  const OptTensor& dweight, const OptTensor& dbias, const OptTensor& drho,
+                                  void* stream = nullptr);
+
 }  // namespace normkit

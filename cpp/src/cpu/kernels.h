@@ -2,6 +2,7 @@
 // cpu/*.cpp into one object library per ISA, defining NK_ISA to baseline, avx2 or avx512), and
 // NK_CPU_DISPATCH calls the version for the ISA this processor supports.
 #pragma once
+#include "normkit/detail/batch_instance_norm_args.h"
 #include "normkit/detail/channel_norm_args.h"
 #include "normkit/detail/lrn_args.h"
 #include "normkit/detail/row_norm_args.h"
@@ -15,7 +16,9 @@
   void local_response_norm_forward(const detail::LrnForwardArgs& args);    \
   void local_response_norm_backward(const detail::LrnBackwardArgs& args);  \
   void weight_norm_forward(const detail::WeightNormForwardArgs& args);     \
-  void weight_norm_backward(const detail::WeightNormBackwardArgs& args);
+  void weight_norm_backward(const detail::WeightNormBackwardArgs& args);       \
+  void batch_instance_norm_forward(const detail::BinForwardArgs& args);       \
+  void batch_instance_norm_backward(const detail::BinBackwardArgs& args);
 
 namespace normkit::cpu {
 

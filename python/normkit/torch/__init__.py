@@ -8,6 +8,9 @@ keys and ``extra_repr`` are torch's own; only the computation runs in normkit (t
 from normkit.torch import functional
 from normkit.torch.convert import convert_model
 from normkit.torch.modules import (
+    BatchInstanceNorm1d,
+    BatchInstanceNorm2d,
+    BatchInstanceNorm3d,
     BatchNorm1d,
     BatchNorm2d,
     BatchNorm3d,
@@ -23,6 +26,9 @@ from normkit.torch.modules import (
 )
 
 __all__ = [
+    "BatchInstanceNorm1d",
+    "BatchInstanceNorm2d",
+    "BatchInstanceNorm3d",
     "BatchNorm1d",
     "BatchNorm2d",
     "BatchNorm3d",

@@ -9,6 +9,7 @@ from normkit import functional as _F
 from normkit._arrays import normalized_shape_tuple
 
 __all__ = [
+    "batch_instance_norm",
     "batch_norm",
     "group_norm",
     "instance_norm",
@@ -153,6 +154,40 @@ def group_norm(input, num_groups, weight=None, bias=None, eps=1e-5):
     if not _needs_autograd(input, weight, bias):
         return _F.group_norm(input, int(num_groups), weight, bias, float(eps))
     return _GroupNorm.apply(input, weight, bias, int(num_groups), float(eps))
+
+
+class _BatchInstanceNorm(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, rho, weight, bias, running_mean, running_var, training, momentum, eps):
+        y, *stats = _F.batch_instance_norm_forward(x, rho, running_mean, running_var, weight, bias, training,
+                                                   momentum, eps)
+        ctx.save_for_backward(x, rho, weight, *stats)
+        ctx.training = training
+        ctx.bias_dtype = _dtype_name(bias)
+        return y
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, dy):
+        x, rho, weight, *stats = ctx.saved_tensors
+        need_x, need_r, need_w, need_b = ctx.needs_input_grad[:4]
+        dx, dw, db, dr = _F.batch_instance_norm_backward(
+            dy, x, rho, *stats, weight, ctx.training, output_mask=(need_x, need_w, need_b, need_r),
+            bias_dtype=ctx.bias_dtype)
+        return dx, dr, dw, db, None, None, None, None, None
+
+
+def batch_instance_norm(input, rho, running_mean, running_var, weight=None, bias=None, training=False,
+                        momentum=0.1, eps=1e-5):
+    """Batch-Instance Normalization (Nam & Kim, 2018): ``y = weight * (r * xhat_BN + (1 - r) * xhat_IN)
+    + bias`` with ``r = torch.clamp(rho, 0, 1)`` (see :func:`normkit.functional.batch_instance_norm_forward`).
+    The gradient to rho is torch.clamp's: passed where 0 <= rho <= 1 (bounds included), 0 elsewhere.
+    Running statistics are updated in place when training."""
+    if not _needs_autograd(input, rho, weight, bias):
+        return _F.batch_instance_norm(input, rho, running_mean, running_var, weight, bias, bool(training),
+                                      float(momentum), float(eps))
+    return _BatchInstanceNorm.apply(input, rho, weight, bias, running_mean, running_var, bool(training),
+                                    float(momentum), float(eps))
 
 
 class _LocalResponseNorm(torch.autograd.Function):

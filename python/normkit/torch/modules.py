@@ -9,6 +9,9 @@ from torch.nn.utils import parametrizations as _parametrizations
 from normkit.torch import functional as F
 
 __all__ = [
+    "BatchInstanceNorm1d",
+    "BatchInstanceNorm2d",
+    "BatchInstanceNorm3d",
     "BatchNorm1d",
     "BatchNorm2d",
     "BatchNorm3d",
@@ -101,6 +104,87 @@ class GroupNorm(torch.nn.GroupNorm):
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         return F.group_norm(input, self.num_groups, self.weight, self.bias, self.eps)
+
+
+class _BatchInstanceNorm(torch.nn.Module):
+    """Batch-Instance Normalization (Nam & Kim, NeurIPS 2018) over [N, C, *spatial]::
+
+        y = weight * (r * xhat_BN + (1 - r) * xhat_IN) + bias,   r = torch.clamp(rho, 0, 1)
+
+    xhat_BN is BatchNorm's (batch statistics when training, with running_mean/running_var updated by
+    ``momentum``, or the cumulative average for ``momentum=None``; the running statistics in eval),
+    xhat_IN uses per-(n, c) statistics. Parameters weight, bias (with ``affine``) and rho (init 1),
+    buffers running_mean, running_var, num_batches_tracked. rho is clipped in the forward as
+    torch.clamp does, and so is its gradient: passed where 0 <= rho <= 1 (bounds included), 0 outside.
+    """
+
+    _expected_dims: tuple = ()
+
+    def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=True, device=None, dtype=None):
+        super().__init__()
+        factory = {"device": device, "dtype": dtype}
+        self.num_features, self.eps, self.momentum, self.affine = num_features, eps, momentum, affine
+        if affine:
+            self.weight = torch.nn.Parameter(torch.empty(num_features, **factory))
+            self.bias = torch.nn.Parameter(torch.empty(num_features, **factory))
+        else:
+            self.register_parameter("weight", None)
+            self.register_parameter("bias", None)
+        self.rho = torch.nn.Parameter(torch.empty(num_features, **factory))
+        self.register_buffer("running_mean", torch.zeros(num_features, **factory))
+        self.register_buffer("running_var", torch.ones(num_features, **factory))
+        self.register_buffer("num_batches_tracked", torch.tensor(0, dtype=torch.long, device=device))
+        self.reset_parameters()
+
+    def reset_running_stats(self) -> None:
+        self.running_mean.zero_()
+        self.running_var.fill_(1)
+        self.num_batches_tracked.zero_()
+
+    def reset_parameters(self) -> None:
+        self.reset_running_stats()
+        with torch.no_grad():
+            self.rho.fill_(1)
+            if self.affine:
+                self.weight.fill_(1)
+                self.bias.zero_()
+
+    def _check_input_dim(self, input):
+        if input.dim() not in self._expected_dims:
+            dims = " or ".join(f"{d}D" for d in self._expected_dims)
+            raise ValueError(f"expected {dims} input (got {input.dim()}D input)")
+
+    def extra_repr(self) -> str:
+        return "{num_features}, eps={eps}, momentum={momentum}, affine={affine}".format(**self.__dict__)
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        self._check_input_dim(input)
+        factor = 0.0 if self.momentum is None else self.momentum
+        if self.training and self.momentum is None:
+            factor = 1.0 / float(self.num_batches_tracked + 1)  # cumulative moving average
+        y = F.batch_instance_norm(input, self.rho, self.running_mean, self.running_var, self.weight, self.bias,
+                                  self.training, factor, self.eps)
+        if self.training:
+            self.num_batches_tracked.add_(1)
+        return y
+
+
+class BatchInstanceNorm1d(_BatchInstanceNorm):
+    """Batch-Instance Normalization over [N, C, L]."""
+
+    _expected_dims = (3,)
+
+
+class BatchInstanceNorm2d(_BatchInstanceNorm):
+    """Batch-Instance Normalization over [N, C, H, W]."""
+
+    _expected_dims = (4,)
+
+
+class BatchInstanceNorm3d(_BatchInstanceNorm):
+    """Batch-Instance Normalization over [N, C, D, H, W]."""
+
+    _expected_dims = (5,)
 
 
 class LocalResponseNorm(torch.nn.LocalResponseNorm):
