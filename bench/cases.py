@@ -312,6 +312,52 @@ def batch_instance_norm_cases() -> list[Case]:
             for mode in MODES]
 
 
+class _TorchSwitchableNorm(torch.nn.Module):
+    """Switchable Norm written with torch ops from the paper's equations (IN, LN, BN statistics of
+    per-(n, c) moments, softmax-weighted); state dict keys match normkit's SwitchableNorm2d."""
+
+    def __init__(self, c, eps=1e-5, momentum=0.003):
+        super().__init__()
+        self.eps, self.momentum = eps, momentum
+        self.weight = torch.nn.Parameter(torch.ones(c))
+        self.bias = torch.nn.Parameter(torch.zeros(c))
+        self.mean_weight = torch.nn.Parameter(torch.zeros(3))
+        self.var_weight = torch.nn.Parameter(torch.zeros(3))
+        self.register_buffer("running_mean", torch.zeros(c))
+        self.register_buffer("running_var", torch.ones(c))
+
+    def forward(self, x):
+        dims = tuple(range(2, x.dim()))
+        shape = (1, -1) + (1,) * (x.dim() - 2)
+        mu_in = x.mean(dims, keepdim=True)
+        var_in = x.var(dims, keepdim=True, unbiased=False)
+        sq_in = var_in + mu_in * mu_in
+        mu_ln = mu_in.mean(1, keepdim=True)
+        var_ln = sq_in.mean(1, keepdim=True) - mu_ln * mu_ln
+        if self.training:
+            mu_bn = mu_in.mean(0, keepdim=True)
+            var_bn = sq_in.mean(0, keepdim=True) - mu_bn * mu_bn
+            with torch.no_grad():
+                self.running_mean.lerp_(mu_bn.flatten(), self.momentum)
+                self.running_var.lerp_(var_bn.flatten(), self.momentum)
+        else:
+            mu_bn, var_bn = self.running_mean.view(shape), self.running_var.view(shape)
+        mw, vw = self.mean_weight.softmax(0), self.var_weight.softmax(0)
+        mu = mw[0] * mu_in + mw[1] * mu_ln + mw[2] * mu_bn
+        var = vw[0] * var_in + vw[1] * var_ln + vw[2] * var_bn
+        return (x - mu) * (var + self.eps).rsqrt() * self.weight.view(shape) + self.bias.view(shape)
+
+
+def switchable_norm_cases() -> list[Case]:
+    """Switchable Norm (fused: one pass of per-(n, c) moments) against the same equations in torch ops."""
+    shape = (32, 64, 56, 56)
+    make = lambda: (_nk_modules().SwitchableNorm2d(64), _TorchSwitchableNorm(64))  # noqa: E731
+    return [Case(case_name("switchablenorm", shape, torch.float32, mode), "SwitchableNorm2d", shape,
+                 torch.float32, mode, _module_factory(make, shape, torch.float32, mode, channels_last=False,
+                                                      train=True))
+            for mode in MODES]
+
+
 def weight_norm_cases() -> list[Case]:
     """WeightNorm of a Linear(1024, 4096) weight along dim 0: normkit's functional form against
     torch._weight_norm (what torch's weight_norm parametrization computes)."""
@@ -389,6 +435,7 @@ register(channel_norm_cases())
 register(local_response_norm_cases())
 register(weight_norm_cases())
 register(batch_instance_norm_cases())
+register(switchable_norm_cases())
 
 # The two cases timed by ``bench.run_quick`` (the package self-check).
 QUICK_CASES = ("layernorm-8192x1024-float32-fwd", "rmsnorm-8192x1024-float32-fwd+bwd")

@@ -9,6 +9,7 @@
 #include "normkit/detail/channel_norm_args.h"
 #include "normkit/detail/lrn_args.h"
 #include "normkit/detail/row_norm_args.h"
+#include "normkit/detail/switchable_norm_args.h"
 #include "normkit/detail/weight_norm_args.h"
 #include "normkit/tensor.h"
 
@@ -49,5 +50,8 @@ void weight_norm_backward(const detail::WeightNormBackwardArgs& args, void* stre
 
 void batch_instance_norm_forward(const detail::BinForwardArgs& args, void* stream);
 void batch_instance_norm_backward(const detail::BinBackwardArgs& args, void* stream);
+
+void switchable_norm_forward(const detail::SnForwardArgs& args, void* stream);
+void switchable_norm_backward(const detail::SnBackwardArgs& args, void* stream);
 
 }  // namespace normkit::cuda

@@ -12,6 +12,7 @@ void export_channel_norm(nb::module_& m);
 void export_local_response_norm(nb::module_& m);
 void export_weight_norm(nb::module_& m);
 void export_batch_instance_norm(nb::module_& m);
+void export_switchable_norm(nb::module_& m);
 void export_host_cache(nb::module_& m);
 }  // namespace normkit::bindings
 
@@ -34,5 +35,6 @@ NB_MODULE(_core, m) {
   normkit::bindings::export_local_response_norm(m);
   normkit::bindings::export_weight_norm(m);
   normkit::bindings::export_batch_instance_norm(m);
+  normkit::bindings::export_switchable_norm(m);
   normkit::bindings::export_host_cache(m);
 }

@@ -36,6 +36,9 @@ __all__ = [
     "rms_norm",
     "rms_norm_backward",
     "rms_norm_forward",
+    "switchable_norm",
+    "switchable_norm_backward",
+    "switchable_norm_forward",
     "weight_norm",
     "weight_norm_backward",
     "weight_norm_forward",
@@ -329,6 +332,74 @@ def batch_instance_norm_backward(dy, x, rho, save_mean_bn, save_rstd_bn, save_me
         to_core(dx), to_core(dw), to_core(db), to_core(dr), kind.stream(x),
     )
     return tuple(None if a is None else kind.wrap(a) for a in (dx, dw, db, dr))
+
+
+# ---- Switchable Normalization: x is [N, C, *spatial]; outputs keep x's memory format ---------------
+
+
+def switchable_norm_forward(x, mean_weight, var_weight, running_mean, running_var, weight=None, bias=None,
+                            training=False, momentum=0.003, eps=1e-5):
+    """Switchable Normalization (Luo et al., ICLR 2019) over x = [N, C, *spatial] (rank >= 2)::
+
+        y = weight * (x - mu) / sqrt(s2 + eps) + bias
+        mu = sum_k softmax(mean_weight)_k mu_k,   s2 = sum_k softmax(var_weight)_k s2_k,   k = IN, LN, BN
+
+    with the paper's population (biased) variances: IN per (n, c), LN per n (over C and the spatial
+    dims), BN per channel (the batch statistics when training, running_mean/running_var otherwise).
+    mean_weight and var_weight are 3 logits each, in the order (IN, LN, BN). A 2-D x [N, C] has no IN
+    term (one value per (n, c)): the softmaxes then run over the LN and BN logits only and the IN
+    logits get zero gradient.
+
+    When training and running statistics are given they are updated in place with the BN batch
+    statistics, ``running = (1 - momentum) * running + momentum * batch``; ``momentum=0.003`` is the
+    reference implementation's moving-average decay of 0.997. running_var takes the population BN
+    variance, as in the paper's equations (not BatchNorm's unbiased one).
+
+    Returns ``(y, saved)``: saved is the accumulation-dtype buffer the backward needs
+    (4 N C + 2 N + 2 C values). y keeps x's memory format.
+    """
+    kind = kind_of(x)
+    shape = kind.shape(x)
+    acc = acc_dtype_name(kind.dtype_name(x))
+    n, c = (shape[0], shape[1]) if len(shape) >= 2 else (0, 0)
+    y = empty_like_layout(kind, x)
+    saved = kind.empty((4 * n * c + 2 * n + 2 * c,), acc, x)
+    _core.switchable_norm_forward(
+        to_core(x), to_core(mean_weight, "mean_weight"), to_core(var_weight, "var_weight"),
+        to_core(weight, "weight"), to_core(bias, "bias"), to_core(running_mean, "running_mean"),
+        to_core(running_var, "running_var"), bool(training), float(momentum), float(eps), to_core(y),
+        to_core(saved), kind.stream(x),
+    )
+    return kind.wrap(y), kind.wrap(saved)
+
+
+def switchable_norm(x, mean_weight, var_weight, running_mean, running_var, weight=None, bias=None, training=False,
+                    momentum=0.003, eps=1e-5):
+    """Switchable Normalization; the output only (see :func:`switchable_norm_forward`)."""
+    return switchable_norm_forward(x, mean_weight, var_weight, running_mean, running_var, weight, bias, training,
+                                   momentum, eps)[0]
+
+
+def switchable_norm_backward(dy, x, mean_weight, var_weight, saved, weight=None, training=True,
+                             output_mask=(True, True, True, True, True), bias_dtype=None):
+    """Gradients of Switchable Normalization: ``(dx, dweight, dbias, dmean_weight, dvar_weight)``.
+
+    dx flows through every statistic (the IN and LN ones always, the BN ones when training=True;
+    training=False holds the running statistics fixed). ``dweight = sum dy xhat``, ``dbias = sum dy``;
+    dmean_weight/dvar_weight are the gradients of the 3 logits each (through the softmaxes). dweight
+    is None without a weight; output_mask = (dx, dweight, dbias, dmean_weight, dvar_weight).
+    """
+    kind = kind_of(x)
+    dx, dw, db = _channel_grads(kind, x, weight, output_mask[:3], bias_dtype)
+    ldt = _dtype_name(mean_weight)
+    dm = kind.empty((3,), ldt, x) if output_mask[3] else None
+    dv = kind.empty((3,), ldt, x) if output_mask[4] else None
+    _core.switchable_norm_backward(
+        to_core(dy, "dy"), to_core(x), to_core(mean_weight, "mean_weight"), to_core(var_weight, "var_weight"),
+        to_core(weight, "weight"), to_core(saved, "saved"), bool(training), to_core(dx), to_core(dw),
+        to_core(db), to_core(dm), to_core(dv), kind.stream(x),
+    )
+    return tuple(None if a is None else kind.wrap(a) for a in (dx, dw, db, dm, dv))
 
 
 # ---- LocalResponseNorm: x is [N, C, *spatial]; outputs keep x's memory format -----------------------

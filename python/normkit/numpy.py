@@ -24,6 +24,9 @@ __all__ = [
     "LocalResponseNorm",
     "Module",
     "RMSNorm",
+    "SwitchableNorm1d",
+    "SwitchableNorm2d",
+    "SwitchableNorm3d",
     "WeightNorm",
 ]
 
@@ -383,6 +386,90 @@ class BatchInstanceNorm2d(_BatchInstanceNorm):
 
 
 class BatchInstanceNorm3d(_BatchInstanceNorm):
+    _expected_dims = (5,)
+
+
+class _SwitchableNorm(Module):
+    """Switchable Normalization (Luo et al., ICLR 2019) over [N, C, *spatial]::
+
+        y = weight * (x - mu) / sqrt(s2 + eps) + bias,
+        mu = sum_k softmax(mean_weight)_k mu_k,  s2 = sum_k softmax(var_weight)_k s2_k  (k = IN, LN, BN)
+
+    with population variances (see :func:`normkit.functional.switchable_norm_forward`). mean_weight and
+    var_weight are 3 logits each (IN, LN, BN), initialised to 0; a 2-D input (SwitchableNorm1d on
+    [N, C]) mixes LN and BN only (softmax over those two logits). The BN term uses batch statistics when
+    training, updating running_mean/running_var as ``(1 - momentum) * running + momentum * batch``
+    (``momentum=0.003``: the reference implementation's decay 0.997; running_var takes the population
+    batch variance), and the running statistics in eval. ``backward(dy)`` stores ``grads`` for
+    "weight", "bias" (with affine), "mean_weight" and "var_weight".
+    """
+
+    _param_names = ("weight", "bias", "mean_weight", "var_weight")
+    _buffer_names = ("running_mean", "running_var")
+    _expected_dims: tuple = ()
+
+    def __init__(self, num_features, eps=1e-5, momentum=0.003, affine=True, dtype=np.float32):
+        super().__init__()
+        self.num_features, self.eps, self.momentum, self.affine = num_features, eps, momentum, affine
+        self.weight = np.ones(num_features, dtype) if affine else None
+        self.bias = np.zeros(num_features, dtype) if affine else None
+        self.mean_weight = np.zeros(3, dtype)
+        self.var_weight = np.zeros(3, dtype)
+        self.running_mean = np.zeros(num_features, dtype)
+        self.running_var = np.ones(num_features, dtype)
+        self._saved = None
+
+    def reset_running_stats(self):
+        self.running_mean[...] = 0
+        self.running_var[...] = 1
+
+    def reset_parameters(self):
+        self.reset_running_stats()
+        self.mean_weight[...] = 0
+        self.var_weight[...] = 0
+        if self.affine:
+            self.weight[...] = 1
+            self.bias[...] = 0
+
+    def _check_input_dim(self, x):
+        if np.ndim(x) not in self._expected_dims:
+            dims = " or ".join(f"{d}D" for d in self._expected_dims)
+            raise ValueError(f"x: expected {dims} input, got {np.ndim(x)}D input")
+
+    def forward(self, x):
+        self._check_input_dim(x)
+        y, saved = F.switchable_norm_forward(x, self.mean_weight, self.var_weight, self.running_mean,
+                                             self.running_var, self.weight, self.bias, self.training,
+                                             self.momentum, self.eps)
+        self._saved = (x, saved, self.training)
+        return y
+
+    def backward(self, dy):
+        if self._saved is None:
+            raise RuntimeError("backward: call forward first")
+        x, saved, training = self._saved
+        dx, dw, db, dm, dv = F.switchable_norm_backward(
+            dy, x, self.mean_weight, self.var_weight, saved, self.weight, training,
+            output_mask=(True, self.affine, self.affine, True, True))
+        self.grads = {"mean_weight": dm, "var_weight": dv}
+        if self.affine:
+            self.grads.update(weight=dw, bias=db)
+        return dx
+
+    def __repr__(self):
+        return (f"{type(self).__name__}({self.num_features}, eps={self.eps}, momentum={self.momentum}, "
+                f"affine={self.affine})")
+
+
+class SwitchableNorm1d(_SwitchableNorm):
+    _expected_dims = (2, 3)
+
+
+class SwitchableNorm2d(_SwitchableNorm):
+    _expected_dims = (4,)
+
+
+class SwitchableNorm3d(_SwitchableNorm):
     _expected_dims = (5,)
 
 

@@ -191,4 +191,61 @@ NK_HD A bin_dx(A g, A xhat_bn, A xhat_in, A r, A rstd_bn, A rstd_in, A mg_bn, A 
   return r * rstd_bn * (g - mg_bn - xhat_bn * mgx_bn) + (A(1) - r) * rstd_in * (g - mg_in - xhat_in * mgx_in);
 }
 
+// ---- Switchable Normalization ----------------------------------------------------------------------
+// Softmax of 3 logits (IN, LN, BN); without the IN term, over the LN and BN logits only (w[0] = 0).
+template <class A>
+NK_HD void sn_softmax(A l0, A l1, A l2, bool use_in, A* w) {
+  const A m = use_in ? (l0 > l1 ? (l0 > l2 ? l0 : l2) : (l1 > l2 ? l1 : l2)) : (l1 > l2 ? l1 : l2);
+  const A e0 = use_in ? A(std::exp(l0 - m)) : A(0), e1 = A(std::exp(l1 - m)), e2 = A(std::exp(l2 - m));
+  const A inv = A(1) / (e0 + e1 + e2);
+  w[0] = e0 * inv;
+  w[1] = e1 * inv;
+  w[2] = e2 * inv;
+}
+// Mean and population variance of a group of planes from their moments (pm[i * stride], pv[...]):
+// mean = avg pm, var = avg (pv + pm^2) - mean^2, computed as avg (pv + (pm - mean)^2).
+template <class A>
+NK_HD void sn_group_stats(const A* pm, const A* pv, int64_t count, int64_t stride, A& mean, A& var) {
+  A s = 0;
+  for (int64_t i = 0; i < count; ++i) s += pm[i * stride];
+  mean = s / A(count);
+  A q = 0;
+  for (int64_t i = 0; i < count; ++i) {
+    const A d = pm[i * stride] - mean;
+    q += pv[i * stride] + d * d;
+  }
+  var = q / A(count);
+}
+// The gradients of one plane's mixed mean and variance from its sums Dy = sum dy, Dx = sum dy xhat.
+template <class A>
+NK_HD A sn_dmean(A rstd, A w, A Dy) {
+  return -rstd * w * Dy;
+}
+template <class A>
+NK_HD A sn_dvar(A rstd, A w, A Dx) {
+  return A(-0.5) * rstd * rstd * w * Dx;
+}
+// dx = rstd g + a + b (x - pm) for plane p = (n, c), given dmu_p, ds2_p of the plane, their sums over
+// the plane's sample (SA_n, SB_n over c) and channel (SA_c, SB_c over n), the softmax weights wm, wv
+// and the group statistics: a S = wm0 dmu_p + wm1 SA_n / C + 2 (pm - ln_mean) wv1 SB_n / C
+// + [batch] (wm2 SA_c / N + 2 (pm - bn_mean) wv2 SB_c / N); b S = 2 (wv0 ds2_p + wv1 SB_n / C
+// + [batch] wv2 SB_c / N).
+template <class A>
+NK_HD void sn_dx_coefs(A dmu, A ds2, A SA_n, A SB_n, A SA_c, A SB_c, const A* wm, const A* wv, A pm, A ln_mean,
+                       A bn_mean, int64_t N, int64_t C, int64_t S, bool batch, A& a, A& b) {
+  A as = wm[0] * dmu + wm[1] * SA_n / A(C) + A(2) * (pm - ln_mean) * wv[1] * SB_n / A(C);
+  A bs = A(2) * (wv[0] * ds2 + wv[1] * SB_n / A(C));
+  if (batch) {
+    as += wm[2] * SA_c / A(N) + A(2) * (pm - bn_mean) * wv[2] * SB_c / A(N);
+    bs += A(2) * wv[2] * SB_c / A(N);
+  }
+  a = as / A(S);
+  b = bs / A(S);
+}
+template <class A>
+NK_HD A sn_dx(A g, A x, A rstd, A pm, A a, A b) {
+  return rstd * g + a + b * (x - pm);
+}
+// d logit_j = w_j sum_p dstat_p (stat_j(p) - stat(p)): the softmax backward, centred per plane.
+
 }  // namespace normkit::math

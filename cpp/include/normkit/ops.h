@@ -112,4 +112,20 @@ void batch_instance_norm_backward(const TensorView& dy, const TensorView& x, con
                                   const OptTensor& dweight, const OptTensor& dbias, const OptTensor& drho,
                                   void* stream = nullptr);
 
+// ---- Switchable Normalization (Luo et al., 2019) over x = [N, C, *spatial] (rank >= 2):
+//   y = w_c (x - mu) / sqrt(s2 + eps) + b_c,  mu = sum_k softmax(mean_weight)_k mu_k,
+//   s2 = sum_k softmax(var_weight)_k s2_k over the IN, LN and BN statistics (population variances;
+// BN from the batch when training, running_mean/running_var updated with the BN batch statistics
+// and `momentum` when given, the running statistics otherwise). A 2-D x has no IN term: the softmaxes
+// run over the LN and BN logits. mean_weight, var_weight: [3]; weight, bias: [C]; saved: the
+// accumulation-dtype buffer of detail::SnSaved (4 N C + 2 N + 2 C values).
+void switchable_norm_forward(const TensorView& x, const TensorView& mean_weight, const TensorView& var_weight,
+                             const OptTensor& weight, const OptTensor& bias, const OptTensor& running_mean,
+                             const OptTensor& running_var, bool training, double momentum, double eps,
+                             const TensorView& y, const TensorView& saved, void* stream = nullptr);
+void switchable_norm_backward(const TensorView& dy, const TensorView& x, const TensorView& mean_weight,
+                              const TensorView& var_weight, const OptTensor& weight, const TensorView& saved,
+                              bool training, const OptTensor& dx, const OptTensor& dweight, const OptTensor& dbias,
+                              const OptTensor& dmean_weight, const OptTensor& dvar_weight, void* stream = nullptr);
+
 }  // namespace normkit

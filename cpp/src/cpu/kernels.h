@@ -6,6 +6,7 @@
 #include "normkit/detail/channel_norm_args.h"
 #include "normkit/detail/lrn_args.h"
 #include "normkit/detail/row_norm_args.h"
+#include "normkit/detail/switchable_norm_args.h"
 #include "normkit/detail/weight_norm_args.h"
 
 #define NK_CPU_KERNEL_DECLARATIONS                                  \
@@ -18,7 +19,9 @@
   void weight_norm_forward(const detail::WeightNormForwardArgs& args);     \
   void weight_norm_backward(const detail::WeightNormBackwardArgs& args);       \
   void batch_instance_norm_forward(const detail::BinForwardArgs& args);       \
-  void batch_instance_norm_backward(const detail::BinBackwardArgs& args);
+  void batch_instance_norm_backward(const detail::BinBackwardArgs& args);    \
+  void switchable_norm_forward(const detail::SnForwardArgs& args);           \
+  void switchable_norm_backward(const detail::SnBackwardArgs& args);
 
 namespace normkit::cpu {
 

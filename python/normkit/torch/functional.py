@@ -16,6 +16,7 @@ __all__ = [
     "layer_norm",
     "local_response_norm",
     "rms_norm",
+    "switchable_norm",
     "weight_norm",
 ]
 
@@ -188,6 +189,40 @@ def batch_instance_norm(input, rho, running_mean, running_var, weight=None, bias
                                       float(momentum), float(eps))
     return _BatchInstanceNorm.apply(input, rho, weight, bias, running_mean, running_var, bool(training),
                                     float(momentum), float(eps))
+
+
+class _SwitchableNorm(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, mean_weight, var_weight, weight, bias, running_mean, running_var, training, momentum, eps):
+        y, saved = _F.switchable_norm_forward(x, mean_weight, var_weight, running_mean, running_var, weight, bias,
+                                              training, momentum, eps)
+        ctx.save_for_backward(x, mean_weight, var_weight, weight, saved)
+        ctx.training = training
+        ctx.bias_dtype = _dtype_name(bias)
+        return y
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, dy):
+        x, mean_weight, var_weight, weight, saved = ctx.saved_tensors
+        need_x, need_m, need_v, need_w, need_b = ctx.needs_input_grad[:5]
+        dx, dw, db, dm, dv = _F.switchable_norm_backward(
+            dy, x, mean_weight, var_weight, saved, weight, ctx.training,
+            output_mask=(need_x, need_w, need_b, need_m, need_v), bias_dtype=ctx.bias_dtype)
+        return dx, dm, dv, dw, db, None, None, None, None, None
+
+
+def switchable_norm(input, mean_weight, var_weight, running_mean, running_var, weight=None, bias=None,
+                    training=False, momentum=0.003, eps=1e-5):
+    """Switchable Normalization (Luo et al., 2019): ``y = weight * (x - mu) / sqrt(s2 + eps) + bias`` with
+    mu, s2 softmax(mean_weight)/softmax(var_weight)-weighted mixtures of the IN, LN and BN statistics
+    (population variances; see :func:`normkit.functional.switchable_norm_forward`). Running statistics
+    are updated in place when training (momentum 0.003 = the reference decay 0.997)."""
+    if not _needs_autograd(input, mean_weight, var_weight, weight, bias):
+        return _F.switchable_norm(input, mean_weight, var_weight, running_mean, running_var, weight, bias,
+                                  bool(training), float(momentum), float(eps))
+    return _SwitchableNorm.apply(input, mean_weight, var_weight, weight, bias, running_mean, running_var,
+                                 bool(training), float(momentum), float(eps))
 
 
 class _LocalResponseNorm(torch.autograd.Function):

@@ -22,6 +22,9 @@ __all__ = [
     "LayerNorm",
     "LocalResponseNorm",
     "RMSNorm",
+    "SwitchableNorm1d",
+    "SwitchableNorm2d",
+    "SwitchableNorm3d",
     "WeightNorm",
     "weight_norm",
 ]
@@ -183,6 +186,85 @@ class BatchInstanceNorm2d(_BatchInstanceNorm):
 
 class BatchInstanceNorm3d(_BatchInstanceNorm):
     """Batch-Instance Normalization over [N, C, D, H, W]."""
+
+    _expected_dims = (5,)
+
+
+class _SwitchableNorm(torch.nn.Module):
+    """Switchable Normalization (Luo et al., ICLR 2019) over [N, C, *spatial]::
+
+        y = weight * (x - mu) / sqrt(s2 + eps) + bias,
+        mu = sum_k softmax(mean_weight)_k mu_k,  s2 = sum_k softmax(var_weight)_k s2_k  (k = IN, LN, BN)
+
+    with the paper's population variances. Parameters weight, bias (with ``affine``), mean_weight and
+    var_weight (3 logits each, order IN, LN, BN, initialised to 0); buffers running_mean, running_var.
+    When training the BN term uses the batch statistics and the running statistics are updated as
+    ``(1 - momentum) * running + momentum * batch`` -- ``momentum=0.003`` is the reference
+    implementation's moving-average decay 0.997 -- with running_var taking the population (biased)
+    batch variance, as in the paper's equations; in eval the BN term uses the running statistics.
+    SwitchableNorm1d on a 2-D [N, C] input mixes LN and BN only (the softmaxes run over those two
+    logits, as the reference does).
+    """
+
+    _expected_dims: tuple = ()
+
+    def __init__(self, num_features, eps=1e-5, momentum=0.003, affine=True, device=None, dtype=None):
+        super().__init__()
+        factory = {"device": device, "dtype": dtype}
+        self.num_features, self.eps, self.momentum, self.affine = num_features, eps, momentum, affine
+        if affine:
+            self.weight = torch.nn.Parameter(torch.empty(num_features, **factory))
+            self.bias = torch.nn.Parameter(torch.empty(num_features, **factory))
+        else:
+            self.register_parameter("weight", None)
+            self.register_parameter("bias", None)
+        self.mean_weight = torch.nn.Parameter(torch.empty(3, **factory))
+        self.var_weight = torch.nn.Parameter(torch.empty(3, **factory))
+        self.register_buffer("running_mean", torch.zeros(num_features, **factory))
+        self.register_buffer("running_var", torch.ones(num_features, **factory))
+        self.reset_parameters()
+
+    def reset_running_stats(self) -> None:
+        self.running_mean.zero_()
+        self.running_var.fill_(1)
+
+    def reset_parameters(self) -> None:
+        self.reset_running_stats()
+        with torch.no_grad():
+            self.mean_weight.zero_()
+            self.var_weight.zero_()
+            if self.affine:
+                self.weight.fill_(1)
+                self.bias.zero_()
+
+    def _check_input_dim(self, input):
+        if input.dim() not in self._expected_dims:
+            dims = " or ".join(f"{d}D" for d in self._expected_dims)
+            raise ValueError(f"expected {dims} input (got {input.dim()}D input)")
+
+    def extra_repr(self) -> str:
+        return "{num_features}, eps={eps}, momentum={momentum}, affine={affine}".format(**self.__dict__)
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        self._check_input_dim(input)
+        return F.switchable_norm(input, self.mean_weight, self.var_weight, self.running_mean, self.running_var,
+                                 self.weight, self.bias, self.training, self.momentum, self.eps)
+
+
+class SwitchableNorm1d(_SwitchableNorm):
+    """Switchable Normalization over [N, C] (LN and BN only) or [N, C, L]."""
+
+    _expected_dims = (2, 3)
+
+
+class SwitchableNorm2d(_SwitchableNorm):
+    """Switchable Normalization over [N, C, H, W]."""
+
+    _expected_dims = (4,)
+
+
+class SwitchableNorm3d(_SwitchableNorm):
+    """Switchable Normalization over [N, C, D, H, W]."""
 
     _expected_dims = (5,)
 
