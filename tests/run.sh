@@ -16,3 +16,12 @@ CMAKE_BUILD_PARALLEL_LEVEL=${CMAKE_BUILD_PARALLEL_LEVEL:-2} pip install -q --no-
 python -c "import normkit, json; print(json.dumps(normkit.build_info()))"
 
 python -m pytest tests -q "$@"
+
+# The CPU kernels exist once per instruction set and this machine picks the widest: run the suite
+# again on the narrower ones (NORMKIT_CPU_ISA caps the choice), so every compiled path is tested.
+if [ "$(python -c 'import normkit; print(normkit.build_info()["simd"])')" != baseline ]; then
+  for isa in avx2 baseline; do
+    echo "== CPU kernels capped at $isa =="
+    NORMKIT_CPU_ISA=$isa python -m pytest tests -q -x "$@"
+  done
+fi

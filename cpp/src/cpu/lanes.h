@@ -5,7 +5,9 @@
 #include <cstdint>
 #include <utility>
 
-namespace normkit::cpu {
+// Per-ISA namespace: these inline helpers are compiled once per instruction set, and one name with
+// three bodies would let the linker hand AVX-512 code to the baseline kernels.
+namespace normkit::cpu::NK_ISA {
 
 template <class A> constexpr int kLanes = 64;       // float: 4 zmm / 8 ymm accumulators
 template <> constexpr int kLanes<double> = 32;
@@ -58,4 +60,4 @@ inline std::pair<A, A> lane_sum2(int64_t n, F&& f) {
   return {tree_sum(acc0) + tail0, tree_sum(acc1) + tail1};
 }
 
-}  // namespace normkit::cpu
+}  // namespace normkit::cpu::NK_ISA

@@ -12,7 +12,9 @@
 #include <immintrin.h>
 #endif
 
-namespace normkit::cpu {
+// Per-ISA namespace: these inline helpers are compiled once per instruction set, and one name with
+// three bodies would let the linker hand AVX-512 code to the baseline kernels.
+namespace normkit::cpu::NK_ISA {
 
 // Outputs at least this large are written with streaming stores.
 constexpr size_t kStreamingOutputBytes = size_t(16) << 20;
@@ -95,4 +97,4 @@ inline void write_rows(T* out, int64_t r0, int64_t r1, int64_t width, bool strea
   }
 }
 
-}  // namespace normkit::cpu
+}  // namespace normkit::cpu::NK_ISA
