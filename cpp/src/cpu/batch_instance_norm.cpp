@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "cpu/kernels.h"
+#include "cpu/params.h"
 #include "cpu/lanes.h"
 #include "normkit/math.h"
 #include "normkit/parallel.h"
@@ -23,23 +24,6 @@ using detail::BinShape;
 constexpr int64_t kTaskElements = 1 << 15;
 
 int64_t grain_of(int64_t S) { return std::max<int64_t>(1, kTaskElements / std::max<int64_t>(S, 1)); }
-
-template <class A>
-A param_at(const void* p, DType t, int64_t i, A fallback) {
-  if (!p) return fallback;
-  return dispatch_float(t, [&](auto tag) -> A {
-    using P = decltype(tag);
-    return load<A>(static_cast<const P*>(p)[i]);
-  });
-}
-
-template <class A>
-void param_put(void* p, DType t, int64_t i, A v) {
-  dispatch_float(t, [&](auto tag) {
-    using P = decltype(tag);
-    static_cast<P*>(p)[i] = store<P>(v);
-  });
-}
 
 template <class T>
 void forward(const BinForwardArgs& a) {

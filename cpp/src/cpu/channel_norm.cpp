@@ -34,6 +34,7 @@
 
 #include "cpu/kernels.h"
 #include "cpu/lanes.h"
+#include "cpu/params.h"
 #include "cpu/stream_store.h"
 #include "normkit/math.h"
 #include "normkit/parallel.h"
@@ -76,29 +77,6 @@ bool fuse_stats(int64_t bytes, int64_t tasks) {
   const int threads = get_num_threads();
   const int64_t budget = std::clamp<int64_t>((int64_t(16) << 20) / threads, kFuseMinBytes, kFuseMaxBytes);
   return bytes <= budget && tasks >= 2 * threads;
-}
-
-// A parameter vector as `n` accumulation-type values (`fill` when absent).
-template <class A>
-std::vector<A> param_as_acc(const void* p, DType dtype, int64_t n, A fill) {
-  std::vector<A> out(size_t(n), fill);
-  if (p) {
-    dispatch_float(dtype, [&](auto tag) {
-      using P = decltype(tag);
-      const P* src = static_cast<const P*>(p);
-      for (int64_t i = 0; i < n; ++i) out[size_t(i)] = load<A>(src[i]);
-    });
-  }
-  return out;
-}
-
-template <class A>
-void store_params(const std::vector<A>& v, void* out, DType dtype) {
-  dispatch_float(dtype, [&](auto tag) {
-    using P = decltype(tag);
-    P* o = static_cast<P*>(out);
-    for (size_t i = 0; i < v.size(); ++i) o[i] = store<P>(v[i]);
-  });
 }
 
 // Block moments from the corrected two-pass sums around the estimate `mhat`.

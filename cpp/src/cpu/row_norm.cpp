@@ -6,6 +6,7 @@
 
 #include "cpu/kernels.h"
 #include "cpu/lanes.h"
+#include "cpu/params.h"
 #include "cpu/stream_store.h"
 #include "normkit/math.h"
 #include "normkit/parallel.h"
@@ -21,21 +22,6 @@ using detail::RowNormForwardArgs;
 constexpr int64_t kStatBlock = 4096;
 // Rows per parallel task: enough elements per task to amortise the hand-off.
 constexpr int64_t kTaskElements = 1 << 15;
-
-// A parameter vector as `cols` accumulation-type values (`fill` when absent): N values converted
-// once per call, so the inner loops see one type.
-template <class A>
-std::vector<A> param_as_acc(const void* p, DType dtype, int64_t cols, A fill) {
-  std::vector<A> out(size_t(cols), fill);
-  if (p) {
-    dispatch_float(dtype, [&](auto tag) {
-      using P = decltype(tag);
-      const P* src = static_cast<const P*>(p);
-      for (int64_t i = 0; i < cols; ++i) out[size_t(i)] = load<A>(src[i]);
-    });
-  }
-  return out;
-}
 
 // Moments of a row. Every block works on x - K, K the row's first value: the block means are then
 // small numbers, so rounding them does not spoil Chan's merges across blocks, and x - K is exact

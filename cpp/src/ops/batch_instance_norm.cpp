@@ -27,16 +27,6 @@ void check_input(const TensorView& x) {
   check_value(x.ndim() >= 3, "x: expected at least 3 dimensions [N, C, *spatial], got shape ", shape_str(x.shape));
 }
 
-// A per-channel vector; written ones (running statistics) must also be contiguous.
-void check_channel_vector(const OptTensor& p, const char* arg, const TensorView& x, bool written = false) {
-  if (!p) return;
-  ops::check_same_device(*p, arg, x, "x");
-  check_value(p->ndim() == 1 && p->shape[0] == x.shape[1], arg, ": expected shape [", x.shape[1],
-              "] (the channels of x), got ", shape_str(p->shape));
-  check_value(!written || p->is_contiguous(), arg,
-              ": expected a contiguous array (updated in place), got strides ", shape_str(p->strides));
-}
-
 void check_saved(const TensorView& s, const char* arg, int64_t count, const TensorView& x) {
   ops::check_same_device(s, arg, x, "x");
   ops::check_dtype(s, arg, acc_dtype(x.dtype));
@@ -57,11 +47,11 @@ void batch_instance_norm_forward(const TensorView& x, const TensorView& rho, con
                                  const TensorView& save_rstd_bn, const TensorView& save_mean_in,
                                  const TensorView& save_rstd_in, void* stream) {
   check_input(x);
-  check_channel_vector(rho, "rho", x);
-  check_channel_vector(weight_in, "weight", x);
-  check_channel_vector(bias_in, "bias", x);
-  check_channel_vector(running_mean, "running_mean", x, true);
-  check_channel_vector(running_var, "running_var", x, true);
+  ops::check_channel_vector(rho, "rho", x);
+  ops::check_channel_vector(weight_in, "weight", x);
+  ops::check_channel_vector(bias_in, "bias", x);
+  ops::check_channel_vector(running_mean, "running_mean", x, true);
+  ops::check_channel_vector(running_var, "running_var", x, true);
   const DType param_dtype = ops::check_param_dtypes(weight_in, "weight", bias_in, "bias", x);
   const DType rho_dtype = ops::check_param_dtypes(rho, "rho", std::nullopt, "", x);
   const DType running_dtype = ops::check_param_dtypes(running_mean, "running_mean", running_var, "running_var", x);
@@ -126,8 +116,8 @@ void batch_instance_norm_backward(const TensorView& dy, const TensorView& x, con
   ops::check_same_device(dy, "dy", x, "x");
   ops::check_dtype(dy, "dy", x.dtype);
   ops::check_shape(dy, "dy", x.shape);
-  check_channel_vector(rho, "rho", x);
-  check_channel_vector(weight_in, "weight", x);
+  ops::check_channel_vector(rho, "rho", x);
+  ops::check_channel_vector(weight_in, "weight", x);
   const DType param_dtype = ops::check_param_dtypes(weight_in, "weight", std::nullopt, "", x);
   const DType rho_dtype = ops::check_param_dtypes(rho, "rho", std::nullopt, "", x);
   const BinShape s0 = shape_of(x, Layout::NCS);

@@ -33,16 +33,6 @@ void check_input(const TensorView& x) {
   check_value(x.ndim() >= 2, "x: expected at least 2 dimensions [N, C, *], got shape ", shape_str(x.shape));
 }
 
-// A per-channel vector; written ones (running statistics) must also be contiguous.
-void check_channel_vector(const OptTensor& p, const char* arg, const TensorView& x, bool written = false) {
-  if (!p) return;
-  ops::check_same_device(*p, arg, x, "x");
-  check_value(p->ndim() == 1 && p->shape[0] == x.shape[1], arg, ": expected shape [", x.shape[1],
-              "] (the channels of x), got ", shape_str(p->shape));
-  check_value(!written || p->is_contiguous(), arg, ": expected a contiguous array (updated in place), got strides ",
-              shape_str(p->strides));
-}
-
 void check_saved(const TensorView& s, const char* arg, const Shape& shape, const TensorView& x) {
   ops::check_same_device(s, arg, x, "x");
   ops::check_dtype(s, arg, acc_dtype(x.dtype));
@@ -61,10 +51,10 @@ void forward(const TensorView& x, ChannelNormShape shape, const Running& running
              const OptTensor& bias_in, bool training, double momentum, double eps, const TensorView& y,
              const TensorView& save_mean, const TensorView& save_rstd, const Shape& saved_shape,
              void* stream) {
-  check_channel_vector(weight_in, "weight", x);
-  check_channel_vector(bias_in, "bias", x);
-  check_channel_vector(running.mean, "running_mean", x, true);
-  check_channel_vector(running.var, "running_var", x, true);
+  ops::check_channel_vector(weight_in, "weight", x);
+  ops::check_channel_vector(bias_in, "bias", x);
+  ops::check_channel_vector(running.mean, "running_mean", x, true);
+  ops::check_channel_vector(running.var, "running_var", x, true);
   const DType param_dtype = ops::check_param_dtypes(weight_in, "weight", bias_in, "bias", x);
   const DType running_dtype = ops::check_param_dtypes(running.mean, "running_mean", running.var, "running_var", x);
   check_value(running.mean.has_value() == running.var.has_value(),
@@ -114,7 +104,7 @@ void backward(const TensorView& dy, const TensorView& x, ChannelNormShape shape,
   ops::check_shape(dy, "dy", x.shape);
   check_saved(save_mean, "save_mean", saved_shape, x);
   check_saved(save_rstd, "save_rstd", saved_shape, x);
-  check_channel_vector(weight_in, "weight", x);
+  ops::check_channel_vector(weight_in, "weight", x);
   ops::check_param_dtypes(weight_in, "weight", std::nullopt, "", x);
   const Shape channels{x.shape[1]};
   Layout layout = compact_in(x, Layout::NSC) && !compact_in(x, Layout::NCS) ? Layout::NSC : Layout::NCS;

@@ -45,6 +45,15 @@ void check_output(const TensorView& t, const char* arg, const Shape& shape, DTyp
   check_value(t.is_contiguous(), arg, ": expected a contiguous output array, got strides ", shape_str(t.strides));
 }
 
+void check_channel_vector(const OptTensor& p, const char* arg, const TensorView& x, bool written) {
+  if (!p) return;
+  check_same_device(*p, arg, x, "x");
+  check_value(p->ndim() == 1 && p->shape[0] == x.shape[1], arg, ": expected shape [", x.shape[1],
+              "] (the channels of x), got ", shape_str(p->shape));
+  check_value(!written || p->is_contiguous(), arg, ": expected a contiguous array (updated in place), got strides ",
+              shape_str(p->strides));
+}
+
 void check_eps(double eps) {
   check_value(eps >= 0 && std::isfinite(eps), "eps: expected a finite number >= 0, got ", eps);
 }

@@ -24,6 +24,9 @@ void check_shape(const TensorView& t, const char* arg, const Shape& expected);
 void check_output(const TensorView& t, const char* arg, const Shape& shape, DType dtype,
                   const TensorView& ref, const char* ref_arg);
 void check_eps(double eps);
+// An optional per-channel vector of x = [N, C, *]: shape [C], x's device; `written` ones (running
+// statistics, updated in place) must also be contiguous.
+void check_channel_vector(const OptTensor& p, const char* arg, const TensorView& x, bool written = false);
 // Parameters share one dtype, x's or its accumulation dtype (float32 parameters for half inputs);
 // returns it (x's dtype when there are none).
 DType check_param_dtypes(const OptTensor& a, const char* a_arg, const OptTensor& b, const char* b_arg,

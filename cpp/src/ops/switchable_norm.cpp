@@ -27,15 +27,6 @@ void check_input(const TensorView& x) {
   check_value(x.ndim() >= 2, "x: expected at least 2 dimensions [N, C, *spatial], got shape ", shape_str(x.shape));
 }
 
-void check_channel_vector(const OptTensor& p, const char* arg, const TensorView& x, bool written = false) {
-  if (!p) return;
-  ops::check_same_device(*p, arg, x, "x");
-  check_value(p->ndim() == 1 && p->shape[0] == x.shape[1], arg, ": expected shape [", x.shape[1],
-              "] (the channels of x), got ", shape_str(p->shape));
-  check_value(!written || p->is_contiguous(), arg,
-              ": expected a contiguous array (updated in place), got strides ", shape_str(p->strides));
-}
-
 void check_logits(const TensorView& l, const char* arg, const TensorView& x) {
   ops::check_same_device(l, arg, x, "x");
   check_value(l.ndim() == 1 && l.shape[0] == 3, arg, ": expected shape [3] (IN, LN, BN logits), got ",
@@ -59,10 +50,10 @@ void switchable_norm_forward(const TensorView& x, const TensorView& mean_weight,
   check_input(x);
   check_logits(mean_weight, "mean_weight", x);
   check_logits(var_weight, "var_weight", x);
-  check_channel_vector(weight_in, "weight", x);
-  check_channel_vector(bias_in, "bias", x);
-  check_channel_vector(running_mean, "running_mean", x, true);
-  check_channel_vector(running_var, "running_var", x, true);
+  ops::check_channel_vector(weight_in, "weight", x);
+  ops::check_channel_vector(bias_in, "bias", x);
+  ops::check_channel_vector(running_mean, "running_mean", x, true);
+  ops::check_channel_vector(running_var, "running_var", x, true);
   const DType param_dtype = ops::check_param_dtypes(weight_in, "weight", bias_in, "bias", x);
   const DType logit_dtype = ops::check_param_dtypes(mean_weight, "mean_weight", var_weight, "var_weight", x);
   const DType running_dtype = ops::check_param_dtypes(running_mean, "running_mean", running_var, "running_var", x);
@@ -120,7 +111,7 @@ void switchable_norm_backward(const TensorView& dy, const TensorView& x, const T
   ops::check_shape(dy, "dy", x.shape);
   check_logits(mean_weight, "mean_weight", x);
   check_logits(var_weight, "var_weight", x);
-  check_channel_vector(weight_in, "weight", x);
+  ops::check_channel_vector(weight_in, "weight", x);
   const DType param_dtype = ops::check_param_dtypes(weight_in, "weight", std::nullopt, "", x);
   const DType logit_dtype = ops::check_param_dtypes(mean_weight, "mean_weight", var_weight, "var_weight", x);
   check_saved(saved, x);
