@@ -8,6 +8,7 @@ import numpy as np
 
 from normkit import functional as F
 from normkit._arrays import normalized_shape_tuple
+from normkit._momentum import batch_weight
 
 __all__ = [
     "BatchInstanceNorm1d",
@@ -36,6 +37,7 @@ class Module:
 
     _param_names: tuple = ()
     _buffer_names: tuple = ()
+    _expected_dims: tuple = ()  # input ranks the layer takes (checked by _check_input_dim)
 
     def __init__(self):
         self.training = True
@@ -43,6 +45,11 @@ class Module:
 
     def __call__(self, x):
         return self.forward(x)
+
+    def _check_input_dim(self, x):
+        if np.ndim(x) not in self._expected_dims:
+            dims = " or ".join(f"{d}D" for d in self._expected_dims)
+            raise ValueError(f"x: expected {dims} input, got {np.ndim(x)}D input")
 
     def train(self, mode: bool = True):
         self.training = bool(mode)
@@ -156,7 +163,6 @@ class _BatchNorm(Module):
 
     _param_names = ("weight", "bias")
     _buffer_names = ("running_mean", "running_var", "num_batches_tracked")
-    _expected_dims: tuple = ()
 
     def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=True, track_running_stats=True,
                  dtype=np.float32):
@@ -179,17 +185,10 @@ class _BatchNorm(Module):
             self.running_var[...] = 1
             self.num_batches_tracked[...] = 0
 
-    def _check_input_dim(self, x):
-        if np.ndim(x) not in self._expected_dims:
-            dims = " or ".join(f"{d}D" for d in self._expected_dims)
-            raise ValueError(f"x: expected {dims} input, got {np.ndim(x)}D input")
-
     def forward(self, x):
         self._check_input_dim(x)
-        factor = 0.0 if self.momentum is None else self.momentum
         updating = self.training and self.track_running_stats
-        if updating and self.momentum is None:
-            factor = 1.0 / float(self.num_batches_tracked + 1)  # cumulative moving average
+        factor = batch_weight(self.momentum, self.num_batches_tracked, updating)
         batch_stats = self.training or self.running_mean is None
         use_running = not self.training or self.track_running_stats
         y, mean, rstd = F.batch_norm_forward(
@@ -321,7 +320,6 @@ class _BatchInstanceNorm(Module):
 
     _param_names = ("weight", "bias", "rho")
     _buffer_names = ("running_mean", "running_var", "num_batches_tracked")
-    _expected_dims: tuple = ()
 
     def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=True, dtype=np.float32):
         super().__init__()
@@ -346,16 +344,9 @@ class _BatchInstanceNorm(Module):
             self.weight[...] = 1
             self.bias[...] = 0
 
-    def _check_input_dim(self, x):
-        if np.ndim(x) not in self._expected_dims:
-            dims = " or ".join(f"{d}D" for d in self._expected_dims)
-            raise ValueError(f"x: expected {dims} input, got {np.ndim(x)}D input")
-
     def forward(self, x):
         self._check_input_dim(x)
-        factor = 0.0 if self.momentum is None else self.momentum
-        if self.training and self.momentum is None:
-            factor = 1.0 / float(self.num_batches_tracked + 1)  # cumulative moving average
+        factor = batch_weight(self.momentum, self.num_batches_tracked, self.training)
         y, *stats = F.batch_instance_norm_forward(x, self.rho, self.running_mean, self.running_var, self.weight,
                                                   self.bias, self.training, factor, self.eps)
         if self.training:
@@ -406,7 +397,6 @@ class _SwitchableNorm(Module):
 
     _param_names = ("weight", "bias", "mean_weight", "var_weight")
     _buffer_names = ("running_mean", "running_var")
-    _expected_dims: tuple = ()
 
     def __init__(self, num_features, eps=1e-5, momentum=0.003, affine=True, dtype=np.float32):
         super().__init__()
@@ -430,11 +420,6 @@ class _SwitchableNorm(Module):
         if self.affine:
             self.weight[...] = 1
             self.bias[...] = 0
-
-    def _check_input_dim(self, x):
-        if np.ndim(x) not in self._expected_dims:
-            dims = " or ".join(f"{d}D" for d in self._expected_dims)
-            raise ValueError(f"x: expected {dims} input, got {np.ndim(x)}D input")
 
     def forward(self, x):
         self._check_input_dim(x)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import torch
 from torch.nn.utils import parametrizations as _parametrizations
 
+from normkit._momentum import batch_weight
 from normkit.torch import functional as F
 
 __all__ = [
@@ -50,10 +51,8 @@ class _BatchNormForward:
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         self._check_input_dim(input)
-        factor = 0.0 if self.momentum is None else self.momentum
         updating = self.training and self.track_running_stats and self.num_batches_tracked is not None
-        if updating and self.momentum is None:
-            factor = 1.0 / float(self.num_batches_tracked + 1)  # cumulative moving average
+        factor = batch_weight(self.momentum, self.num_batches_tracked, updating)
         batch_stats = self.training or (self.running_mean is None and self.running_var is None)
         use_running = not self.training or self.track_running_stats
         y = F.batch_norm(
@@ -162,9 +161,7 @@ class _BatchInstanceNorm(torch.nn.Module):
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         self._check_input_dim(input)
-        factor = 0.0 if self.momentum is None else self.momentum
-        if self.training and self.momentum is None:
-            factor = 1.0 / float(self.num_batches_tracked + 1)  # cumulative moving average
+        factor = batch_weight(self.momentum, self.num_batches_tracked, self.training)
         y = F.batch_instance_norm(input, self.rho, self.running_mean, self.running_var, self.weight, self.bias,
                                   self.training, factor, self.eps)
         if self.training:
