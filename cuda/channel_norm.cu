@@ -373,6 +373,18 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
+// SyncBatchNorm's local phase: hi (0: the Welford mean is not shifted), lo = mean, m2 per statistic.
+template <class A>
+__global__ void __launch_bounds__(kThreads)
+    local_moments_kernel(const Moments<A>* __restrict__ stat_m, int64_t num_stats, A* __restrict__ out) {
+  for (int64_t s = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; s < num_stats;
+       s += int64_t(gridDim.x) * blockDim.x) {
+    out[s] = A(0);
+    out[num_stats + s] = stat_m[s].mean;
+    out[2 * num_stats + s] = stat_m[s].m2;
+  }
+}
+
 // Evaluation: statistic s (per channel, groups == C) from the running statistics.
 template <class A, class P>
 __global__ void __launch_bounds__(kThreads)
@@ -478,8 +490,10 @@ void launch_batch_stats(const ChannelNormForwardArgs& a, const Problem& p, acc_t
       map.g_stride = p.cpg;
     }
   }
-  const bool update_running = a.training && a.running_mean && a.running_var && p.G == p.C && p.count > 0;
-  const auto stat_hold = update_running ? allocate(size_t(ns) * sizeof(Moments<A>), st) : nullptr;
+  const bool update_running =
+      a.training && !a.local_moments && a.running_mean && a.running_var && p.G == p.C && p.count > 0;
+  const auto stat_hold =
+      update_running || a.local_moments ? allocate(size_t(ns) * sizeof(Moments<A>), st) : nullptr;
   auto* stat_m = static_cast<Moments<A>*>(stat_hold.get());
   const auto* part = static_cast<const Moments<A>*>(partial_hold.get());
   const A eps = A(a.eps);
@@ -489,6 +503,10 @@ void launch_batch_stats(const ChannelNormForwardArgs& a, const Problem& p, acc_t
   else
     merge_moments_kernel<A, false><<<grid_for(ns, 1), kThreads, 0, st>>>(part, map, ns, eps, mean, rstd, stat_m);
   check_launch("merge_moments_kernel");
+  if (a.local_moments) {
+    local_moments_kernel<A><<<grid_for(ns, kThreads), kThreads, 0, st>>>(stat_m, ns, static_cast<A*>(a.local_moments));
+    check_launch("local_moments_kernel");
+  }
   if (update_running) {
     dispatch_param<T>(a.running_dtype, [&](auto tag) {
       using P = decltype(tag);
@@ -548,7 +566,7 @@ void forward(const ChannelNormForwardArgs& a, cudaStream_t st) {
   } else {
     launch_batch_stats<T>(a, p, mean, rstd, st);
   }
-  if (p.N * p.S > 0) launch_apply<T>(a, p, mean, rstd, st);
+  if (p.N * p.S > 0 && !a.local_moments) launch_apply<T>(a, p, mean, rstd, st);
 }
 
 // ---- backward -----------------------------------------------------------------------------------------
@@ -752,7 +770,8 @@ void backward(const ChannelNormBackwardArgs& a, cudaStream_t st) {
   }
   const bool want_dx = a.dx != nullptr;
   const bool batch_stats = a.batch_stats;
-  const bool need_sums = (want_dx && batch_stats) || a.dweight || a.dbias;
+  // Given coefficients (SyncBatchNorm's global ones) need no sums of this process's values for dx.
+  const bool need_sums = (want_dx && batch_stats && !a.coefficients) || a.dweight || a.dbias;
   if (!want_dx && !need_sums) return;
   const T* dy = static_cast<const T*>(a.dy);
   const T* x = static_cast<const T*>(a.x);
@@ -835,7 +854,10 @@ void backward(const ChannelNormBackwardArgs& a, cudaStream_t st) {
     std::shared_ptr<void> coef_hold;
     A* mg = nullptr;
     A* mgx = nullptr;
-    if (batch_stats) {
+    if (batch_stats && a.coefficients) {
+      mg = const_cast<A*>(static_cast<const A*>(a.coefficients));
+      mgx = mg + p.num_stats;
+    } else if (batch_stats) {
       const int64_t ns = p.num_stats;
       coef_hold = allocate(2 * size_t(ns) * sizeof(A), st);
       mg = static_cast<A*>(coef_hold.get());

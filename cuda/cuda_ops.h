@@ -10,6 +10,7 @@
 #include "normkit/detail/lrn_args.h"
 #include "normkit/detail/row_norm_args.h"
 #include "normkit/detail/switchable_norm_args.h"
+#include "normkit/detail/sync_batch_norm_steps.h"
 #include "normkit/detail/weight_norm_args.h"
 #include "normkit/tensor.h"
 
@@ -53,5 +54,17 @@ void batch_instance_norm_backward(const detail::BinBackwardArgs& args, void* str
 
 void switchable_norm_forward(const detail::SnForwardArgs& args, void* stream);
 void switchable_norm_backward(const detail::SnBackwardArgs& args, void* stream);
+
+// SyncBatchNorm's per-channel steps (detail/sync_batch_norm_steps.h); acc is the accumulation dtype.
+void sync_pack_forward(const void* moments, DType acc, int64_t C, const detail::SyncHeader& h, double* payload,
+                       void* stream);
+void sync_finish_forward(const double* payload, int64_t C, DType acc, double momentum, void* mean, void* var,
+                         void* running_mean, void* running_var, DType running_dtype, void* stream);
+void sync_pack_backward(int64_t C, const detail::SyncHeader& h, double* payload, void* dweight, void* dbias,
+                        DType grad_dtype, void* stream);
+void sync_dx_coefficients(const double* payload, int64_t C, const void* weight, DType weight_dtype, DType acc,
+                          void* coefficients, void* stream);
+// Copies device memory to the host and waits for it (and for everything queued before it on stream).
+void copy_to_host(void* dst, const void* src, size_t bytes, void* stream);
 
 }  // namespace normkit::cuda

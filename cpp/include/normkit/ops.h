@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <vector>
 
+#include "normkit/comm.h"
 #include "normkit/tensor.h"
 
 namespace normkit {
@@ -127,5 +128,30 @@ void switchable_norm_backward(const TensorView& dy, const TensorView& x, const T
                               const TensorView& var_weight, const OptTensor& weight, const TensorView& saved,
                               bool training, const OptTensor& dx, const OptTensor& dweight, const OptTensor& dbias,
                               const OptTensor& dmean_weight, const OptTensor& dvar_weight, void* stream = nullptr);
+
+// ---- SyncBatchNorm (training): BatchNorm over the union of the batches of all processes of `comm`.
+// Forward: local per-channel moments, ONE sum all-reduce of 1 + 3 C float64 values (whatever the
+// number of processes; see math::sync_terms), then normalization with the global mean and biased
+// variance; running statistics get the global mean and unbiased variance. Backward: local sums of dy
+// and dy * xhat, ONE all-reduce of 1 + 2 C values, then dx; dweight/dbias are this process's sums.
+// Local batches may be empty (N = 0): the process still takes part and gets empty outputs. A global
+// batch of at most one value per channel is a ValueError, raised identically by every process before
+// anything is written. `check` adds the layer id, the call number and the channel count to the
+// payload; processes that disagree all raise ValueError (instead of mixing layers or hanging). On
+// CUDA nothing waits for the device, except with `check` on or a local batch of at most one value.
+struct SyncCheck {
+  bool enabled = false;
+  int64_t layer_id = 0;
+  int64_t call = 0;
+};
+void sync_batch_norm_forward(const TensorView& x, const OptTensor& running_mean, const OptTensor& running_var,
+                             const OptTensor& weight, const OptTensor& bias, double momentum, double eps,
+                             Communicator& comm, const SyncCheck& check, const TensorView& y,
+                             const TensorView& save_mean, const TensorView& save_rstd, void* stream = nullptr);
+// dx absent: no communication (the local sums give dweight/dbias).
+void sync_batch_norm_backward(const TensorView& dy, const TensorView& x, const TensorView& save_mean,
+                              const TensorView& save_rstd, const OptTensor& weight, Communicator& comm,
+                              const SyncCheck& check, const OptTensor& dx, const OptTensor& dweight,
+                              const OptTensor& dbias, void* stream = nullptr);
 
 }  // namespace normkit

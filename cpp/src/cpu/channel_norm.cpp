@@ -223,11 +223,14 @@ template <class A>
 struct Stats {
   std::vector<Moments<A>> m;  // per statistic (batch statistics only)
   std::vector<A> mean, rstd;  // per statistic
+  std::vector<A> shift, rel;  // per statistic: mean = shift + rel before rounding (batch statistics)
 };
 
 // Statistic s from the moments of its x - shift.
 template <class A>
 void finish_stat(Stats<A>& st, int64_t s, Moments<A> m, A shift, A eps) {
+  st.shift[size_t(s)] = shift;
+  st.rel[size_t(s)] = m.mean;
   m.mean += shift;
   st.m[size_t(s)] = m;
   st.mean[size_t(s)] = m.mean;
@@ -306,6 +309,7 @@ void forward_ncs(const Problem& p, const T* x, T* y, const A* w, const A* b, A e
       }
     });
   }
+  if (!y) return;  // statistics only (SyncBatchNorm's local phase)
   // Normalize (plane, chunk of the plane) units, the last ones first: what the statistics pass read
   // last may still be in the last-level cache.
   const int64_t pch = ceil_div(S, kChunk), units = N * C * pch;
@@ -386,6 +390,7 @@ void forward_nsc(const Problem& p, const T* x, T* y, const A* w, const A* b, A e
       }
     });
   }
+  if (!y) return;  // statistics only (SyncBatchNorm's local phase)
   for_row_groups(p, expand);
   // Normalize rows, the last ones first (see forward_ncs), split at row-group boundaries so that
   // each piece uses one group's vectors.
@@ -407,6 +412,8 @@ void forward(const ChannelNormForwardArgs& a) {
   const bool eval = !a.training && a.running_mean && a.running_var;
   Stats<A> st;
   st.m.resize(size_t(ns));
+  st.shift.assign(size_t(ns), A(0));
+  st.rel.assign(size_t(ns), A(0));
   st.mean.assign(size_t(ns), A(0));
   st.rstd.assign(size_t(ns), A(NAN));
   if (eval && C > 0) {
@@ -423,7 +430,7 @@ void forward(const ChannelNormForwardArgs& a) {
     const std::vector<A> w = param_as_acc<A>(a.weight, a.weight_dtype, C, A(1));
     const std::vector<A> b = param_as_acc<A>(a.bias, a.bias_dtype, C, A(0));
     const T* x = static_cast<const T*>(a.x);
-    T* y = static_cast<T*>(a.y);
+    T* y = a.local_moments ? nullptr : static_cast<T*>(a.y);
     if (p.layout == Layout::NCS)
       forward_ncs<T, A>(p, x, y, w.data(), b.data(), eps, !eval, st);
     else
@@ -431,7 +438,7 @@ void forward(const ChannelNormForwardArgs& a) {
 
     // Running statistics: per channel, the average over that channel's statistics of the batch mean
     // and of the unbiased variance. Skipped for an empty batch.
-    if (a.training && a.running_mean && a.running_var && p.G == C && p.count > 0) {
+    if (a.training && !a.local_moments && a.running_mean && a.running_var && p.G == C && p.count > 0) {
       const int64_t K = p.per_sample ? p.N : 1;
       const A momentum = A(a.momentum);
       dispatch_float(a.running_dtype, [&](auto tag) {
@@ -454,6 +461,15 @@ void forward(const ChannelNormForwardArgs& a) {
         }
       });
     }
+  }
+  if (a.local_moments) {
+    A* out = static_cast<A*>(a.local_moments);
+    for (int64_t s = 0; s < ns; ++s) {
+      out[s] = st.shift[size_t(s)];
+      out[ns + s] = st.rel[size_t(s)];
+      out[2 * ns + s] = st.m[size_t(s)].m2;
+    }
+    return;
   }
   if (a.save_mean) std::copy(st.mean.begin(), st.mean.end(), static_cast<A*>(a.save_mean));
   if (a.save_rstd) std::copy(st.rstd.begin(), st.rstd.end(), static_cast<A*>(a.save_rstd));
@@ -568,7 +584,7 @@ void backward_ncs(const Problem& p, const ChannelNormBackwardArgs& a, const Back
     parallel_for(N * C, std::max<int64_t>(1, 4096 / pch), [&](int64_t q0, int64_t q1) {
       for (int64_t q = q0; q < q1; ++q) plane_sums(q / C, q % C, [&](int64_t ch) { return us[size_t(q * pch + ch)]; });
     });
-    if (bp.want_dx && bp.batch_stats)
+    if (bp.want_dx && bp.batch_stats && !a.coefficients)
       all_stat_coefficients(p, sum_dy, sum_dyx, w, mg, mgx);
   }
   if (!bp.want_dx) return;
@@ -680,7 +696,7 @@ void backward_nsc(const Problem& p, const ChannelNormBackwardArgs& a, const Back
         q = e;
       }
     });
-    if (bp.want_dx && bp.batch_stats)
+    if (bp.want_dx && bp.batch_stats && !a.coefficients)
       all_stat_coefficients(p, sum_dy, sum_dyx, w, mg, mgx);
   }
   if (!bp.want_dx) return;
@@ -709,6 +725,13 @@ void backward(const ChannelNormBackwardArgs& a) {
   if (!p.empty() && (bp.want_dx || bp.need_sums)) {
     const std::vector<A> w = param_as_acc<A>(a.weight, a.weight_dtype, C, A(1));
     std::vector<A> mg(size_t(p.num_stats), A(0)), mgx(size_t(p.num_stats), A(0));
+    if (a.coefficients) {
+      // Global coefficients (SyncBatchNorm): no sums from this process's values are needed for dx.
+      const A* co = static_cast<const A*>(a.coefficients);
+      std::copy(co, co + p.num_stats, mg.begin());
+      std::copy(co + p.num_stats, co + 2 * p.num_stats, mgx.begin());
+      bp.need_sums = a.dweight || a.dbias;
+    }
     const A* mean = static_cast<const A*>(a.save_mean);
     const A* rstd = static_cast<const A*>(a.save_rstd);
     if (p.layout == Layout::NCS)

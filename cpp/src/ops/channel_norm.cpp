@@ -50,7 +50,7 @@ struct Running {
 void forward(const TensorView& x, ChannelNormShape shape, const Running& running, const OptTensor& weight_in,
              const OptTensor& bias_in, bool training, double momentum, double eps, const TensorView& y,
              const TensorView& save_mean, const TensorView& save_rstd, const Shape& saved_shape,
-             void* stream) {
+             void* stream, void* local_moments = nullptr) {
   ops::check_channel_vector(weight_in, "weight", x);
   ops::check_channel_vector(bias_in, "bias", x);
   ops::check_channel_vector(running.mean, "running_mean", x, true);
@@ -92,13 +92,14 @@ void forward(const TensorView& x, ChannelNormShape shape, const Running& running
   a.y = y.data;
   a.save_mean = save_mean.data;
   a.save_rstd = save_rstd.data;
+  a.local_moments = local_moments;
   NK_RUN_KERNEL(x.device, channel_norm_forward, a, stream);
 }
 
 void backward(const TensorView& dy, const TensorView& x, ChannelNormShape shape, const TensorView& save_mean,
               const TensorView& save_rstd, const Shape& saved_shape, const OptTensor& weight_in,
               bool batch_stats, const OptTensor& dx, const OptTensor& dweight, const OptTensor& dbias,
-              void* stream) {
+              void* stream, const void* coefficients = nullptr) {
   ops::check_same_device(dy, "dy", x, "x");
   ops::check_dtype(dy, "dy", x.dtype);
   ops::check_shape(dy, "dy", x.shape);
@@ -137,10 +138,32 @@ void backward(const TensorView& dy, const TensorView& x, ChannelNormShape shape,
   a.dweight_dtype = dweight ? dweight->dtype : x.dtype;
   a.dbias = dbias ? dbias->data : nullptr;
   a.dbias_dtype = dbias ? dbias->dtype : x.dtype;
+  a.coefficients = coefficients;
   NK_RUN_KERNEL(x.device, channel_norm_backward, a, stream);
 }
 
 }  // namespace
+
+namespace ops {
+void batch_norm_local_moments(const TensorView& x, const OptTensor& weight, const OptTensor& bias, double eps,
+                              const TensorView& y, const TensorView& save_mean, const TensorView& save_rstd,
+                              void* local_moments, void* stream) {
+  check_input(x);
+  const ChannelNormShape shape = shape_of(x, x.shape[1], false);
+  const OptTensor none;
+  forward(x, shape, {none, none}, weight, bias, true, 0.0, eps, y, save_mean, save_rstd, {shape.C}, stream,
+          local_moments);
+}
+
+void batch_norm_backward_given_coefficients(const TensorView& dy, const TensorView& x, const TensorView& save_mean,
+                                            const TensorView& save_rstd, const OptTensor& weight,
+                                            const void* coefficients, const TensorView& dx, void* stream) {
+  check_input(x);
+  const ChannelNormShape shape = shape_of(x, x.shape[1], false);
+  const OptTensor none;
+  backward(dy, x, shape, save_mean, save_rstd, {shape.C}, weight, true, dx, none, none, stream, coefficients);
+}
+}  // namespace ops
 
 void batch_norm_forward(const TensorView& x, const OptTensor& running_mean, const OptTensor& running_var,
                         const OptTensor& weight, const OptTensor& bias, bool training, double momentum,

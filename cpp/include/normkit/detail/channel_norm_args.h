@@ -61,6 +61,13 @@ struct ChannelNormForwardArgs {
   void* y;
   void* save_mean;  // num_stats() values in the accumulation type: what backward reads
   void* save_rstd;
+
+  // SyncBatchNorm's first phase (training, BatchNorm only): when set, the kernel only computes the
+  // local statistics and writes 3 * num_stats() accumulation-type values -- hi[s], lo[s], m2[s] with
+  // mean = hi + lo (a shift and the mean relative to it, so the mean survives in float64 to more bits
+  // than the accumulation type holds) and m2 the sum of squared deviations; y, save_mean, save_rstd
+  // and the running statistics are left alone (y may be null). An empty batch gives zeros.
+  void* local_moments = nullptr;
 };
 
 struct ChannelNormBackwardArgs {
@@ -81,6 +88,11 @@ struct ChannelNormBackwardArgs {
   DType dweight_dtype;
   void* dbias;  // nullable: sum over n, s of dy, per channel
   DType dbias_dtype;
+
+  // SyncBatchNorm's last phase (batch_stats, BatchNorm only): when set, 2 * num_stats()
+  // accumulation-type values mg[s], mgx[s] -- mean(g) and mean(g * xhat) over the global batch,
+  // weight included -- replace the ones the kernel would compute from this process's values.
+  const void* coefficients = nullptr;
 };
 
 }  // namespace normkit::detail

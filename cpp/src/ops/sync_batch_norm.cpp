@@ -1,0 +1,288 @@
+// SyncBatchNorm: BatchNorm's kernels cut at the reductions, with one all-reduce in between.
+//
+//   forward:  local moments (BatchNorm's statistics pass)  ->  payload  ->  all-reduce
+//             -> global mean / variance, running statistics  ->  BatchNorm's normalization pass
+//   backward: local sums of dy, dy * xhat (BatchNorm's sums pass)  ->  payload  ->  all-reduce
+//             -> dx coefficients  ->  BatchNorm's dx pass with them
+//
+// The per-channel steps between the passes are detail/sync_batch_norm_steps.h, run by a plain loop
+// here or by cuda/sync_batch_norm.cu. Every caller tensor is validated before the first collective,
+// and a failing global check raises on every process before anything of the caller's is written.
+#include <cstdlib>
+#include <cstring>
+
+#include "normkit/detail/sync_batch_norm_steps.h"
+#include "ops/common.h"
+
+namespace normkit {
+
+namespace ops {  // ops/channel_norm.cpp: BatchNorm's passes, validated like batch_norm_forward/backward
+void batch_norm_local_moments(const TensorView& x, const OptTensor& weight, const OptTensor& bias, double eps,
+                              const TensorView& y, const TensorView& save_mean, const TensorView& save_rstd,
+                              void* local_moments, void* stream);
+void batch_norm_backward_given_coefficients(const TensorView& dy, const TensorView& x, const TensorView& save_mean,
+                                            const TensorView& save_rstd, const OptTensor& weight,
+                                            const void* coefficients, const TensorView& dx, void* stream);
+}  // namespace ops
+
+namespace {
+
+using detail::SyncHeader;
+
+bool on_cpu(const Device& d) { return d.kind == DeviceKind::CPU; }
+
+// Zeroed scratch memory on the device (stream-ordered on CUDA).
+std::shared_ptr<void> scratch(const Device& d, size_t bytes, void* stream) {
+  bytes = std::max<size_t>(bytes, 8);
+  if (on_cpu(d)) {
+    std::shared_ptr<void> p(std::calloc(1, bytes), std::free);
+    if (!p) throw RuntimeError(concat("SyncBatchNorm: out of host memory allocating ", bytes, " bytes"));
+    return p;
+  }
+#if defined(NORMKIT_WITH_CUDA)
+  return cuda::allocate(bytes, stream);
+#else
+  (void)stream;
+  return nullptr;
+#endif
+}
+
+TensorView vector_view(void* data, DType dtype, const Device& d, int64_t n) {
+  TensorView v;
+  v.data = data;
+  v.dtype = dtype;
+  v.device = d;
+  v.shape = {n};
+  v.strides = {1};
+  return v;
+}
+
+// A = float or double (the accumulation dtype).
+template <class Fn>
+void dispatch_acc(DType acc, Fn&& fn) {
+  if (acc == DType::Float64)
+    fn(double{});
+  else
+    fn(float{});
+}
+
+// ---- the per-channel steps on the tensors' device --------------------------------------------------
+
+void pack_forward(const Device& d, const void* moments, DType acc, int64_t C, const SyncHeader& h, double* payload,
+                  void* stream) {
+  if (!on_cpu(d)) {
+#if defined(NORMKIT_WITH_CUDA)
+    cuda::sync_pack_forward(moments, acc, C, h, payload, stream);
+#endif
+    return;
+  }
+  dispatch_acc(acc, [&](auto a) {
+    using A = decltype(a);
+    for (int64_t c = 0; c < C; ++c) detail::sync_pack_moments(c, C, h.count, static_cast<const A*>(moments), payload);
+  });
+  detail::sync_write_header(h, payload);
+}
+
+void finish_forward(const Device& d, const double* payload, int64_t C, DType acc, double momentum, void* mean,
+                    void* var, const OptTensor& running_mean, const OptTensor& running_var, void* stream) {
+  void* rm = running_mean ? running_mean->data : nullptr;
+  void* rv = running_var ? running_var->data : nullptr;
+  const DType running_dtype = running_mean ? running_mean->dtype : acc;
+  if (!on_cpu(d)) {
+#if defined(NORMKIT_WITH_CUDA)
+    cuda::sync_finish_forward(payload, C, acc, momentum, mean, var, rm, rv, running_dtype, stream);
+#endif
+    return;
+  }
+  dispatch_acc(acc, [&](auto a) {
+    using A = decltype(a);
+    dispatch_float(running_dtype, [&](auto p) {
+      using P = decltype(p);
+      for (int64_t c = 0; c < C; ++c)
+        detail::sync_finish_moments(c, C, payload, A(momentum), static_cast<A*>(mean), static_cast<A*>(var),
+                                    static_cast<P*>(rm), static_cast<P*>(rv));
+    });
+  });
+}
+
+void pack_backward(const Device& d, int64_t C, const SyncHeader& h, double* payload, const OptTensor& dweight,
+                   const OptTensor& dbias, void* stream) {
+  for (const OptTensor* out : {&dweight, &dbias}) {
+    if (!*out) continue;
+    void* dw = out == &dweight ? (*out)->data : nullptr;
+    void* db = out == &dbias ? (*out)->data : nullptr;
+    if (!on_cpu(d)) {
+#if defined(NORMKIT_WITH_CUDA)
+      cuda::sync_pack_backward(C, h, payload, dw, db, (*out)->dtype, stream);
+#endif
+      continue;
+    }
+    dispatch_float((*out)->dtype, [&](auto o) {
+      using O = decltype(o);
+      for (int64_t c = 0; c < C; ++c) detail::sync_local_gradients(c, C, payload, static_cast<O*>(dw), static_cast<O*>(db));
+    });
+  }
+  if (!on_cpu(d)) {
+#if defined(NORMKIT_WITH_CUDA)
+    if (!dweight && !dbias) cuda::sync_pack_backward(C, h, payload, nullptr, nullptr, DType::Float32, stream);
+#endif
+    return;
+  }
+  detail::sync_write_header(h, payload);
+}
+
+void dx_coefficients(const Device& d, const double* payload, int64_t C, const OptTensor& weight, DType acc,
+                     void* coefficients, void* stream) {
+  const void* w = weight ? weight->data : nullptr;
+  const DType wd = weight ? weight->dtype : acc;
+  if (!on_cpu(d)) {
+#if defined(NORMKIT_WITH_CUDA)
+    cuda::sync_dx_coefficients(payload, C, w, wd, acc, coefficients, stream);
+#endif
+    return;
+  }
+  dispatch_acc(acc, [&](auto a) {
+    using A = decltype(a);
+    dispatch_float(wd, [&](auto wt) {
+      using W = decltype(wt);
+      for (int64_t c = 0; c < C; ++c)
+        detail::sync_dx_coefficients(c, C, payload, static_cast<const W*>(w), static_cast<A*>(coefficients));
+    });
+  });
+}
+
+// n payload values at `src` on the host (waits for the device on CUDA).
+void read_to_host(const Device& d, double* dst, const double* src, int64_t n, void* stream) {
+  if (on_cpu(d)) {
+    std::memcpy(dst, src, size_t(n) * sizeof(double));
+    return;
+  }
+#if defined(NORMKIT_WITH_CUDA)
+  cuda::copy_to_host(dst, src, size_t(n) * sizeof(double), stream);
+#else
+  (void)stream;
+#endif
+}
+
+// ---- the collective and what every process checks after it -----------------------------------------
+
+SyncHeader make_header(int64_t local_count, const SyncCheck& check, int64_t C, int64_t check_offset) {
+  SyncHeader h;
+  h.count = double(local_count);
+  if (check.enabled) {
+    h.check_offset = check_offset;
+    detail::sync_check_values(h.check, check.layer_id, check.call, C);
+  }
+  return h;
+}
+
+// The all-reduce, then the checks. Every process sees the same sums, so all raise or none does.
+// Returns the global count when it had to be read (always on CPU), otherwise -1.
+double allreduce_and_check(Communicator& comm, const Device& d, double* payload, int64_t size, const SyncHeader& h,
+                           const char* direction, bool need_count, void* stream) {
+  comm.allreduce_sum(payload, size, DType::Float64, d, stream);
+  if (h.check_offset >= 0) {
+    double summed[detail::kSyncCheckValues];
+    read_to_host(d, summed, payload + h.check_offset, detail::kSyncCheckValues, stream);
+    const int bad = detail::sync_check_mismatch(summed, comm.size());
+    static const char* const names[] = {"layer id", "call number", "channel count"};
+    check_value(bad < 0, "SyncBatchNorm ", direction, ": the ", comm.size(), " processes disagree on the ",
+                bad >= 0 ? names[bad] : "", " (a layer skipped or called in a different order on some process); ",
+                "expected the same value everywhere, got sum ", bad >= 0 ? summed[2 * bad] : 0.0,
+                " and sum of squares ", bad >= 0 ? summed[2 * bad + 1] : 0.0);
+  }
+  if (!need_count) return -1;
+  double count = 0;
+  read_to_host(d, &count, payload, 1, stream);
+  return count;
+}
+
+}  // namespace
+
+void sync_batch_norm_forward(const TensorView& x, const OptTensor& running_mean, const OptTensor& running_var,
+                             const OptTensor& weight, const OptTensor& bias, double momentum, double eps,
+                             Communicator& comm, const SyncCheck& check, const TensorView& y,
+                             const TensorView& save_mean, const TensorView& save_rstd, void* stream) {
+  ops::check_device_supported(x, "x");
+  check_value(x.ndim() >= 2, "x: expected at least 2 dimensions [N, C, *], got shape ", shape_str(x.shape));
+  ops::check_channel_vector(running_mean, "running_mean", x, true);
+  ops::check_channel_vector(running_var, "running_var", x, true);
+  ops::check_param_dtypes(running_mean, "running_mean", running_var, "running_var", x);
+  check_value(running_mean.has_value() == running_var.has_value(),
+              "running_mean, running_var: expected both or neither, got ",
+              running_mean ? "running_mean only" : "running_var only");
+  check_value(std::isfinite(momentum), "momentum: expected a finite number, got ", momentum);
+  const int64_t C = x.shape[1];
+  const int64_t local_count = C > 0 ? x.numel() / C : 0;
+  const DType acc = acc_dtype(x.dtype);
+  const Device d = x.device;
+  ops::DeviceScope scope(d);
+
+  // Local moments; this validates x, weight, bias, eps, y, save_mean and save_rstd.
+  auto moments = scratch(d, 3 * size_t(C) * size_t(dtype_size(acc)), stream);
+  ops::batch_norm_local_moments(x, weight, bias, eps, y, save_mean, save_rstd, moments.get(), stream);
+
+  const int64_t size = detail::sync_forward_payload_size(C, check.enabled);
+  auto payload_hold = scratch(d, size_t(size) * sizeof(double), stream);
+  auto* payload = static_cast<double*>(payload_hold.get());
+  const SyncHeader h = make_header(local_count, check, C, 1 + 3 * C);
+  pack_forward(d, moments.get(), acc, C, h, payload, stream);
+  // A process with two or more values knows the global count is at least two: on CUDA only the others
+  // wait for the device to read it.
+  const double count =
+      allreduce_and_check(comm, d, payload, size, h, "forward", on_cpu(d) || local_count <= 1, stream);
+  check_value(count < 0 || count > 1, "x: expected more than 1 value per channel over the ", comm.size(),
+              " processes when training, got ", count);
+
+  auto stats = scratch(d, 2 * size_t(C) * size_t(dtype_size(acc)), stream);
+  void* mean = stats.get();
+  void* var = static_cast<char*>(stats.get()) + size_t(C) * size_t(dtype_size(acc));
+  finish_forward(d, payload, C, acc, momentum, mean, var, running_mean, running_var, stream);
+  // Normalization with the global statistics: BatchNorm's evaluation pass, given them as "running".
+  batch_norm_forward(x, vector_view(mean, acc, d, C), vector_view(var, acc, d, C), weight, bias, false, 0.0, eps, y,
+                     save_mean, save_rstd, stream);
+}
+
+void sync_batch_norm_backward(const TensorView& dy, const TensorView& x, const TensorView& save_mean,
+                              const TensorView& save_rstd, const OptTensor& weight, Communicator& comm,
+                              const SyncCheck& check, const OptTensor& dx, const OptTensor& dweight,
+                              const OptTensor& dbias, void* stream) {
+  ops::check_device_supported(x, "x");
+  check_value(x.ndim() >= 2, "x: expected at least 2 dimensions [N, C, *], got shape ", shape_str(x.shape));
+  const int64_t C = x.shape[1];
+  if (dweight) ops::check_output(*dweight, "dweight", {C}, dweight->dtype, x, "x");
+  if (dbias) ops::check_output(*dbias, "dbias", {C}, dbias->dtype, x, "x");
+  if (!dx) {
+    // dweight and dbias are this process's sums: no communication.
+    batch_norm_backward(dy, x, save_mean, save_rstd, weight, false, std::nullopt, dweight, dbias, stream);
+    return;
+  }
+  ops::check_same_device(*dx, "dx", x, "x");
+  ops::check_dtype(*dx, "dx", x.dtype);
+  ops::check_shape(*dx, "dx", x.shape);
+  ops::output_layout(*dx, "dx");
+  const int64_t local_count = C > 0 ? x.numel() / C : 0;
+  const DType acc = acc_dtype(x.dtype);
+  const Device d = x.device;
+  ops::DeviceScope scope(d);
+
+  const int64_t size = detail::sync_backward_payload_size(C, check.enabled);
+  auto payload_hold = scratch(d, size_t(size) * sizeof(double), stream);
+  auto* payload = static_cast<double*>(payload_hold.get());
+  // This process's sums of dy and dy * xhat, straight into the payload (validates dy, x, the saved
+  // statistics and weight).
+  batch_norm_backward(dy, x, save_mean, save_rstd, weight, false, std::nullopt,
+                      vector_view(payload + 1 + C, DType::Float64, d, C), vector_view(payload + 1, DType::Float64, d, C),
+                      stream);
+  const SyncHeader h = make_header(local_count, check, C, 1 + 2 * C);
+  pack_backward(d, C, h, payload, dweight, dbias, stream);
+  allreduce_and_check(comm, d, payload, size, h, "backward", false, stream);
+
+  std::shared_ptr<void> weight_copy;
+  const OptTensor w = ops::compact_param(weight, weight_copy, stream);
+  auto coefficients = scratch(d, 2 * size_t(C) * size_t(dtype_size(acc)), stream);
+  dx_coefficients(d, payload, C, w, acc, coefficients.get(), stream);
+  ops::batch_norm_backward_given_coefficients(dy, x, save_mean, save_rstd, weight, coefficients.get(), *dx, stream);
+}
+
+}  // namespace normkit
