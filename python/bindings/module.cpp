@@ -20,6 +20,8 @@ void export_sync_batch_norm(nb::module_& m);
 
 NB_MODULE(_core, m) {
   m.doc() = "normkit's C++ core: normalization kernels over DLPack arrays.";
+  // Layers (torch modules, NumPy objects) may hold communicators until interpreter shutdown.
+  nb::set_leak_warnings(false);
   nb::register_exception_translator([](const std::exception_ptr& p, void*) {
     try {
       std::rethrow_exception(p);

@@ -39,6 +39,8 @@ __all__ = [
     "switchable_norm",
     "switchable_norm_backward",
     "switchable_norm_forward",
+    "sync_batch_norm_backward",
+    "sync_batch_norm_forward",
     "weight_norm",
     "weight_norm_backward",
     "weight_norm_forward",
@@ -480,3 +482,45 @@ def weight_norm_backward(dw, v, g, norms, dim=0):
     _core.weight_norm_backward(to_core(dw, "dw"), to_core(v, "v"), to_core(g, "g"), to_core(norms, "norms"),
                                _weight_norm_dim(dim), to_core(dv, "dv"), to_core(dg, "dg"), kind.stream(v))
     return kind.wrap(dv), kind.wrap(dg)
+
+
+def _communicator(comm):
+    if comm is None:
+        from normkit.distributed import default_communicator
+
+        return default_communicator()
+    return comm
+
+
+def sync_batch_norm_forward(x, running_mean=None, running_var=None, weight=None, bias=None, momentum=0.1, eps=1e-5,
+                            comm=None, check=None):
+    """SyncBatchNorm in training: BatchNorm over the union of the batches x = [N, C, *] of all processes of
+    ``comm`` (a :mod:`normkit.distributed` communicator; None: see ``default_communicator``). Returns
+    ``(y, save_mean, save_rstd)`` with the global statistics; running statistics (if given) get the global
+    mean and unbiased variance. Every process must call it (an empty local batch is fine).
+
+    ``check``: None, or ``(layer_id, call)``; then processes that disagree on them (or on C) all raise
+    ValueError instead of mixing the statistics of different layers.
+    """
+    kind = kind_of(x)
+    y, sm, sr = _channel_outputs(kind, x, (_channels(kind, x),))
+    _core.sync_batch_norm_forward(
+        to_core(x), to_core(running_mean, "running_mean"), to_core(running_var, "running_var"),
+        to_core(weight, "weight"), to_core(bias, "bias"), float(momentum), float(eps), _communicator(comm),
+        check, to_core(y), to_core(sm), to_core(sr), kind.stream(x),
+    )
+    return kind.wrap(y), kind.wrap(sm), kind.wrap(sr)
+
+
+def sync_batch_norm_backward(dy, x, save_mean, save_rstd, weight=None, comm=None, check=None,
+                             output_mask=(True, True, True), bias_dtype=None):
+    """Gradients of :func:`sync_batch_norm_forward`: ``(dx, dweight, dbias)``. dx flows through the global
+    statistics (one all-reduce, every process must call); dweight/dbias are this process's sums."""
+    kind = kind_of(x)
+    dx, dw, db = _channel_grads(kind, x, weight, output_mask, bias_dtype)
+    _core.sync_batch_norm_backward(
+        to_core(dy, "dy"), to_core(x), to_core(save_mean, "save_mean"), to_core(save_rstd, "save_rstd"),
+        to_core(weight, "weight"), _communicator(comm), check, to_core(dx), to_core(dw), to_core(db),
+        kind.stream(x),
+    )
+    return tuple(None if a is None else kind.wrap(a) for a in (dx, dw, db))

@@ -9,8 +9,10 @@ import numpy as np
 from normkit import functional as F
 from normkit._arrays import normalized_shape_tuple
 from normkit._momentum import batch_weight
+from normkit._sync import SyncIdentity, check_enabled
 
 __all__ = [
+    "SyncBatchNorm",
     "BatchInstanceNorm1d",
     "BatchInstanceNorm2d",
     "BatchInstanceNorm3d",
@@ -537,3 +539,54 @@ class WeightNorm(Module):
 
     def __repr__(self):
         return f"WeightNorm(shape={tuple(self.original1.shape)}, dim={self.dim})"
+
+
+class SyncBatchNorm(_BatchNorm):
+    """BatchNorm whose training statistics cover the batches of all processes of ``comm`` (a
+    :mod:`normkit.distributed` communicator; None: torch.distributed's default group when initialized,
+    MPI ``COMM_WORLD`` under mpirun, else local). Evaluation uses the running statistics and does not
+    communicate. ``sync_check`` (default: NORMKIT_SYNC_CHECK=1) makes processes that call different layers
+    raise instead of mixing their statistics. ``backward`` returns dx; ``grads`` holds this process's
+    dweight/dbias (average them over processes as data-parallel training does)."""
+
+    _expected_dims = None
+
+    def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=True, track_running_stats=True, comm=None,
+                 sync_check=None, dtype=np.float32):
+        super().__init__(num_features, eps, momentum, affine, track_running_stats, dtype)
+        if comm is None:
+            from normkit.distributed import default_communicator
+
+            comm = default_communicator()
+        self.comm = comm
+        self._identity = SyncIdentity(check_enabled(sync_check))
+        self._synced = False
+        self._check = None
+
+    def _check_input_dim(self, x):
+        if np.ndim(x) < 2:
+            raise ValueError(f"x: expected at least 2 dimensions [N, C, *], got {np.ndim(x)}")
+
+    def forward(self, x):
+        self._synced = self.training
+        if not self.training:
+            return super().forward(x)
+        self._check_input_dim(x)
+        factor = batch_weight(self.momentum, self.num_batches_tracked, self.track_running_stats)
+        check = self._identity.next_call()
+        y, mean, rstd = F.sync_batch_norm_forward(x, self.running_mean, self.running_var, self.weight, self.bias,
+                                                  factor, self.eps, self.comm, check)
+        if self.track_running_stats:
+            self.num_batches_tracked += 1
+        self._saved = (x, mean, rstd, True)
+        self._check = check
+        return y
+
+    def backward(self, dy):
+        if self._saved is None or not self._synced:
+            return super().backward(dy)
+        x, mean, rstd, _ = self._saved
+        dx, dw, db = F.sync_batch_norm_backward(dy, x, mean, rstd, self.weight, self.comm, self._check,
+                                                output_mask=(True, self.affine, self.affine))
+        self.grads = {"weight": dw, "bias": db} if self.affine else {}
+        return dx

@@ -14,6 +14,7 @@ from normkit.torch.modules import (
     BatchNorm1d,
     BatchNorm2d,
     BatchNorm3d,
+    BatchNormXd,
     GroupNorm,
     InstanceNorm1d,
     InstanceNorm2d,
@@ -24,7 +25,10 @@ from normkit.torch.modules import (
     SwitchableNorm1d,
     SwitchableNorm2d,
     SwitchableNorm3d,
+    SyncBatchNorm,
     WeightNorm,
+    convert_sync_batchnorm,
+    revert_sync_batchnorm,
     weight_norm,
 )
 
@@ -35,6 +39,7 @@ __all__ = [
     "BatchNorm1d",
     "BatchNorm2d",
     "BatchNorm3d",
+    "BatchNormXd",
     "GroupNorm",
     "InstanceNorm1d",
     "InstanceNorm2d",
@@ -45,8 +50,11 @@ __all__ = [
     "SwitchableNorm1d",
     "SwitchableNorm2d",
     "SwitchableNorm3d",
+    "SyncBatchNorm",
     "WeightNorm",
     "convert_model",
+    "convert_sync_batchnorm",
     "functional",
+    "revert_sync_batchnorm",
     "weight_norm",
 ]

@@ -17,6 +17,7 @@ __all__ = [
     "local_response_norm",
     "rms_norm",
     "switchable_norm",
+    "sync_batch_norm",
     "weight_norm",
 ]
 
@@ -272,3 +273,47 @@ def weight_norm(v, g, dim=0):
     if not _needs_autograd(v, g):
         return _F.weight_norm(v, g, dim)
     return _WeightNorm.apply(v, g, dim)
+
+
+class _SyncBatchNorm(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, weight, bias, running_mean, running_var, momentum, eps, comm, check):
+        y, mean, rstd = _F.sync_batch_norm_forward(x, running_mean, running_var, weight, bias, momentum, eps, comm,
+                                                   check)
+        ctx.save_for_backward(x, weight, mean, rstd)
+        ctx.comm, ctx.check = comm, check
+        ctx.bias_dtype = _dtype_name(bias)
+        return y
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, dy):
+        x, weight, mean, rstd = ctx.saved_tensors
+        need_x, need_w, need_b = ctx.needs_input_grad[:3]
+        dx, dw, db = _F.sync_batch_norm_backward(dy.contiguous(memory_format=_memory_format(x)), x, mean, rstd,
+                                                 weight, ctx.comm, ctx.check, output_mask=(need_x, need_w, need_b),
+                                                 bias_dtype=ctx.bias_dtype)
+        return dx, dw, db, None, None, None, None, None, None
+
+
+def _memory_format(x):
+    if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
+        return torch.channels_last
+    if x.dim() == 5 and x.is_contiguous(memory_format=torch.channels_last_3d) and not x.is_contiguous():
+        return torch.channels_last_3d
+    return torch.contiguous_format
+
+
+def sync_batch_norm(input, running_mean, running_var, weight=None, bias=None, momentum=0.1, eps=1e-5, comm=None,
+                    check=None):
+    """SyncBatchNorm in training (see :func:`normkit.functional.sync_batch_norm_forward`): BatchNorm over
+    the batches of all processes of ``comm``; the backward all-reduces once. Every process must call it."""
+    if comm is None:
+        from normkit.distributed import default_communicator
+
+        comm = default_communicator()
+    if not _needs_autograd(input, weight, bias):
+        return _F.sync_batch_norm_forward(input, running_mean, running_var, weight, bias, float(momentum), float(eps),
+                                          comm, check)[0]
+    return _SyncBatchNorm.apply(input, weight, bias, running_mean, running_var, float(momentum), float(eps), comm,
+                                check)

@@ -7,6 +7,7 @@ import torch
 from torch.nn.utils import parametrizations as _parametrizations
 
 from normkit._momentum import batch_weight
+from normkit._sync import SyncIdentity, check_enabled
 from normkit.torch import functional as F
 
 __all__ = [
@@ -294,3 +295,91 @@ def weight_norm(module: torch.nn.Module, name: str = "weight", dim: int | None =
     plist = module.parametrizations[name]
     plist[len(plist) - 1].__class__ = WeightNorm
     return module
+
+
+class BatchNormXd(_BatchNormForward, torch.nn.modules.batchnorm._BatchNorm):
+    """BatchNorm for inputs of any rank >= 2 ([N, C, *]): what ``revert_sync_batchnorm`` turns a
+    SyncBatchNorm (which does not know its input rank) into. State dict as torch's BatchNormNd."""
+
+    def _check_input_dim(self, input):
+        if input.dim() < 2:
+            raise ValueError(f"expected at least 2D input (got {input.dim()}D input)")
+
+
+class SyncBatchNorm(_BatchNormForward, torch.nn.SyncBatchNorm):
+    """``torch.nn.SyncBatchNorm`` backed by normkit, on CPU and CUDA tensors.
+
+    In training, the statistics cover the batches of all processes of ``comm`` (a
+    :mod:`normkit.distributed` communicator) with one all-reduce per direction; ``comm=None`` means
+    ``process_group`` (or torch.distributed's default group) when torch.distributed is initialized,
+    MPI ``COMM_WORLD`` under mpirun with several processes, else this process alone -- resolved at the
+    first training call. Evaluation does not communicate. ``sync_check`` (default NORMKIT_SYNC_CHECK=1)
+    sends the layer's id and call number with each collective: processes that disagree all raise.
+    State dict as torch's SyncBatchNorm and BatchNorm.
+    """
+
+    def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=True, track_running_stats=True,
+                 process_group=None, comm=None, sync_check=None, device=None, dtype=None):
+        super().__init__(num_features, eps, momentum, affine, track_running_stats, process_group, device, dtype)
+        self.comm = comm
+        self._sync = SyncIdentity(check_enabled(sync_check))
+
+    def _communicator(self):
+        if self.comm is None:
+            from normkit.distributed import default_communicator
+
+            self.comm = default_communicator(self.process_group)
+        return self.comm
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        if not self.training:
+            return _BatchNormForward.forward(self, input)
+        self._check_input_dim(input)
+        updating = self.track_running_stats and self.num_batches_tracked is not None
+        factor = batch_weight(self.momentum, self.num_batches_tracked, updating)
+        y = F.sync_batch_norm(input, self.running_mean, self.running_var, self.weight, self.bias, factor, self.eps,
+                              self._communicator(), self._sync.next_call())
+        if updating:
+            self.num_batches_tracked.add_(1)
+        return y
+
+
+def _moved_state(src: torch.nn.Module, dst: torch.nn.Module) -> torch.nn.Module:
+    # The same Parameter and buffer objects: optimizers and hooks that hold them stay valid.
+    with torch.no_grad():
+        if src.affine:
+            dst.weight = src.weight
+            dst.bias = src.bias
+    dst.running_mean = src.running_mean
+    dst.running_var = src.running_var
+    dst.num_batches_tracked = src.num_batches_tracked
+    dst.training = src.training
+    if hasattr(src, "qconfig"):
+        dst.qconfig = src.qconfig
+    return dst
+
+
+def convert_sync_batchnorm(module: torch.nn.Module, comm=None, process_group=None, sync_check=None) -> torch.nn.Module:
+    """Every BatchNorm layer of ``module`` (torch's or normkit's BatchNorm1d/2d/3d, torch's SyncBatchNorm)
+    replaced by a normkit :class:`SyncBatchNorm` over ``comm`` / ``process_group`` that keeps its
+    parameters and buffers. Returns the converted module (a new object when ``module`` itself is one)."""
+    out = module
+    if isinstance(module, torch.nn.modules.batchnorm._BatchNorm) and not isinstance(module, SyncBatchNorm):
+        out = _moved_state(module, SyncBatchNorm(module.num_features, module.eps, module.momentum, module.affine,
+                                                 module.track_running_stats, process_group, comm, sync_check))
+    for name, child in module.named_children():
+        out.add_module(name, convert_sync_batchnorm(child, comm, process_group, sync_check))
+    return out
+
+
+def revert_sync_batchnorm(module: torch.nn.Module) -> torch.nn.Module:
+    """The inverse of :func:`convert_sync_batchnorm` (torch has none): every SyncBatchNorm (normkit's or
+    torch's) becomes a normkit :class:`BatchNormXd` with the same parameters and buffers, for
+    single-process evaluation or export."""
+    out = module
+    if isinstance(module, torch.nn.SyncBatchNorm):
+        out = _moved_state(module, BatchNormXd(module.num_features, module.eps, module.momentum, module.affine,
+                                               module.track_running_stats))
+    for name, child in module.named_children():
+        out.add_module(name, revert_sync_batchnorm(child))
+    return out
