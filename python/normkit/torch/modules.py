@@ -306,7 +306,7 @@ class BatchNormXd(_BatchNormForward, torch.nn.modules.batchnorm._BatchNorm):
             raise ValueError(f"expected at least 2D input (got {input.dim()}D input)")
 
 
-class SyncBatchNorm(_BatchNormForward, torch.nn.SyncBatchNorm):
+class SyncBatchNorm(_BatchNormForward, torch.nn.modules.batchnorm._BatchNorm):
     """``torch.nn.SyncBatchNorm`` backed by normkit, on CPU and CUDA tensors.
 
     In training, the statistics cover the batches of all processes of ``comm`` (a
@@ -315,14 +315,20 @@ class SyncBatchNorm(_BatchNormForward, torch.nn.SyncBatchNorm):
     MPI ``COMM_WORLD`` under mpirun with several processes, else this process alone -- resolved at the
     first training call. Evaluation does not communicate. ``sync_check`` (default NORMKIT_SYNC_CHECK=1)
     sends the layer's id and call number with each collective: processes that disagree all raise.
-    State dict as torch's SyncBatchNorm and BatchNorm.
+    State dict as torch's SyncBatchNorm and BatchNorm. (Not a subclass of torch.nn.SyncBatchNorm: DDP
+    refuses CPU models that hold one.)
     """
 
     def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=True, track_running_stats=True,
                  process_group=None, comm=None, sync_check=None, device=None, dtype=None):
-        super().__init__(num_features, eps, momentum, affine, track_running_stats, process_group, device, dtype)
+        super().__init__(num_features, eps, momentum, affine, track_running_stats, device, dtype)
+        self.process_group = process_group
         self.comm = comm
         self._sync = SyncIdentity(check_enabled(sync_check))
+
+    def _check_input_dim(self, input):
+        if input.dim() < 2:
+            raise ValueError(f"expected at least 2D input (got {input.dim()}D input)")
 
     def _communicator(self):
         if self.comm is None:
@@ -377,7 +383,7 @@ def revert_sync_batchnorm(module: torch.nn.Module) -> torch.nn.Module:
     torch's) becomes a normkit :class:`BatchNormXd` with the same parameters and buffers, for
     single-process evaluation or export."""
     out = module
-    if isinstance(module, torch.nn.SyncBatchNorm):
+    if isinstance(module, (torch.nn.SyncBatchNorm, SyncBatchNorm)):
         out = _moved_state(module, BatchNormXd(module.num_features, module.eps, module.momentum, module.affine,
                                                module.track_running_stats))
     for name, child in module.named_children():

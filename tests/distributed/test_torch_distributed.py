@@ -1,0 +1,86 @@
+"""SyncBatchNorm inside an existing torch.distributed (gloo) process group: comm=None picks the default
+group, and DDP training with converted layers equals single-process training on the whole batch.
+Under mpirun the processes of the MPI job form the gloo group (rendezvous over TCP on localhost)."""
+
+from __future__ import annotations
+
+import copy
+import socket
+
+import pytest
+import torch
+import torch.distributed as dist
+from test_sync_batch_norm_torch import _resnet_like
+from world import COMM, HAVE_MPI, RANK, SIZE, local_part, seed_for, uneven_counts
+
+import normkit.torch as nkt
+from normkit.distributed import TorchCommunicator, default_communicator
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def gloo():
+    port = _free_port() if RANK == 0 else 0
+    if HAVE_MPI:
+        from mpi4py import MPI
+
+        port = MPI.COMM_WORLD.bcast(port, root=0)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=RANK, world_size=SIZE)
+    yield dist.group.WORLD
+    dist.destroy_process_group()
+
+
+def test_comm_none_uses_the_default_group(gloo):
+    comm = default_communicator()
+    assert isinstance(comm, TorchCommunicator) and (comm.rank, comm.size) == (RANK, SIZE)
+    a = torch.full((3,), float(RANK + 1), dtype=torch.float64)
+    comm.allreduce(a)
+    assert a.tolist() == [SIZE * (SIZE + 1) / 2] * 3
+
+    counts, C = uneven_counts(), 4
+    g = torch.Generator().manual_seed(seed_for("gloo_default"))
+    x = torch.randn(sum(counts), C, 5, generator=g) * 3 + 2
+    ref = torch.nn.BatchNorm1d(C)
+    layer = nkt.SyncBatchNorm(C)  # comm resolved at the first training call: the gloo group
+    xl = local_part(x, counts).requires_grad_()
+    y = layer(xl)
+    y.square().sum().backward()
+    assert isinstance(layer.comm, TorchCommunicator)
+    xr = x.clone().requires_grad_()
+    ref(xr).square().sum().backward()
+    torch.testing.assert_close(y, local_part(ref(x.clone()).detach(), counts), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(xl.grad, local_part(xr.grad, counts), rtol=1e-4, atol=1e-5)
+
+
+def test_ddp_training_with_converted_layers_equals_single_process_training(gloo):
+    single = _resnet_like()
+    model = nkt.convert_sync_batchnorm(copy.deepcopy(single), process_group=gloo)
+    ddp = torch.nn.parallel.DistributedDataParallel(model)
+    opt_single = torch.optim.SGD(single.parameters(), lr=0.1, momentum=0.9)
+    opt = torch.optim.SGD(ddp.parameters(), lr=0.1, momentum=0.9)
+    g = torch.Generator().manual_seed(seed_for("ddp"))
+    counts = [3] * SIZE
+    for _ in range(3):
+        x = torch.randn(sum(counts), 3, 6, 6, generator=g)
+        target = torch.randn(sum(counts), 4, generator=g)
+        opt_single.zero_grad()
+        torch.nn.functional.mse_loss(single(x), target).backward()
+        opt_single.step()
+        opt.zero_grad()
+        torch.nn.functional.mse_loss(ddp(local_part(x, counts)), local_part(target, counts)).backward()
+        opt.step()
+    for (name, p), q in zip(model.named_parameters(), single.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-5, msg=name)
+    for (name, b), c in zip(model.named_buffers(), single.buffers()):
+        torch.testing.assert_close(b, c, rtol=1e-4, atol=1e-5, msg=name)
+    # Every process holds the same parameters.
+    for p in model.parameters():
+        gathered = [torch.empty_like(p) for _ in range(SIZE)]
+        dist.all_gather(gathered, p.detach())
+        assert all(torch.equal(t, gathered[0]) for t in gathered)
+    assert COMM.size == SIZE

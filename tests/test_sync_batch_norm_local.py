@@ -1,0 +1,65 @@
+"""SyncBatchNorm in one process (LocalCommunicator): gradients checked numerically in float64, bitwise
+agreement with BatchNorm's statistics pass, determinism over thread counts, and that the MPI module was
+built where the test command asks for it. The multi-process behaviour is tests/distributed/."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+import torch
+
+import normkit
+import normkit.torch as nkt
+from normkit import functional as F
+from normkit.distributed import LocalCommunicator
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_gradcheck_float64(channels_last):
+    comm = LocalCommunicator()
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(3, 4, 3, 2, generator=g, dtype=torch.float64)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    x.requires_grad_()
+    w = torch.rand(4, generator=g, dtype=torch.float64).add_(0.5).requires_grad_()
+    b = torch.randn(4, generator=g, dtype=torch.float64).requires_grad_()
+
+    def fn(x, w, b):
+        return nkt.functional.sync_batch_norm(x, None, None, w, b, comm=comm)
+
+    assert torch.autograd.gradcheck(fn, (x, w, b))
+
+
+def test_statistics_equal_batch_norm_to_the_last_bit_in_float64():
+    x = np.random.default_rng(0).normal(size=(7, 5, 11)) * 3 + 100
+    y, mean, rstd = F.sync_batch_norm_forward(x, comm=LocalCommunicator())
+    y_bn, mean_bn, rstd_bn = F.batch_norm_forward(x, None, None, training=True)
+    np.testing.assert_allclose(mean, mean_bn, rtol=1e-15)
+    np.testing.assert_allclose(rstd, rstd_bn, rtol=1e-13)
+    np.testing.assert_allclose(y, y_bn, rtol=1e-12, atol=1e-12)
+
+
+def test_results_do_not_depend_on_the_thread_count():
+    x = np.random.default_rng(1).normal(size=(16, 8, 40, 30)).astype(np.float32)
+    dy = np.random.default_rng(2).normal(size=x.shape).astype(np.float32)
+    w = np.linspace(0.5, 1.5, 8, dtype=np.float32)
+    runs = []
+    for threads in (1, 2, 3):
+        normkit.set_num_threads(threads)
+        y, m, r = F.sync_batch_norm_forward(x, weight=w, comm=LocalCommunicator())
+        grads = F.sync_batch_norm_backward(dy, x, m, r, w, comm=LocalCommunicator())
+        runs.append([y, m, r, *grads])
+    for other in runs[1:]:
+        for a, b in zip(runs[0], other):
+            assert np.array_equal(a, b)
+
+
+@pytest.mark.skipif(os.environ.get("NORMKIT_REQUIRE_MPI") != "1", reason="the test command sets NORMKIT_REQUIRE_MPI=1")
+def test_the_mpi_module_is_built():
+    assert normkit.build_info()["mpi"]
+    from normkit import _mpi
+
+    assert "Open MPI" in _mpi.library_version() or "MPICH" in _mpi.library_version()
