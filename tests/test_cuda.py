@@ -110,3 +110,41 @@ def test_mixing_cpu_and_cuda_is_a_type_error():
     x = torch.randn(4, 8, device="cuda")
     with pytest.raises(TypeError, match="weight: expected device cuda:0"):
         normkit.functional.layer_norm(x, 8, torch.ones(8))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_sync_batch_norm_matches_cpu(dtype, channels_last):
+    """SyncBatchNorm's CUDA steps (local moments, payload, global statistics, dx coefficients) against
+    the CPU path, one process; the payload stays on the device (no host synchronisation)."""
+    from normkit.distributed import LocalCommunicator
+
+    comm = LocalCommunicator()
+    x = (torch.randn(6, 5, 7, 3) * 3 + 50).to(dtype)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    w, b = torch.rand(5, dtype=dtype) + 0.5, torch.randn(5, dtype=dtype)
+    rm, rv = torch.zeros(5, dtype=dtype), torch.ones(5, dtype=dtype)
+    rm_gpu, rv_gpu = rm.cuda(), rv.cuda()
+
+    def fn_cpu(x, w, b):
+        return nt.functional.sync_batch_norm(x, rm, rv, w, b, 0.1, 1e-5, comm)
+
+    def fn_gpu(x, w, b):
+        return nt.functional.sync_batch_norm(x, rm_gpu, rv_gpu, w, b, 0.1, 1e-5, comm)
+
+    dy = torch.randn(x.shape, dtype=dtype)
+    y_cpu, g_cpu = _run(fn_cpu, x, [w, b], dy)
+    y_gpu, g_gpu = _run(fn_gpu, x.cuda(), [w.cuda(), b.cuda()], dy.cuda())
+    _close(y_gpu, y_cpu, dtype)
+    for a, c in zip(g_gpu, g_cpu):
+        _close(a, c, dtype)
+    _close(rm_gpu, rm, dtype)
+    _close(rv_gpu, rv, dtype)
+
+
+def test_sync_batch_norm_global_count_error_on_cuda():
+    from normkit.distributed import LocalCommunicator
+
+    with pytest.raises(ValueError, match="more than 1 value per channel"):
+        normkit.functional.sync_batch_norm_forward(torch.ones(1, 3, device="cuda"), comm=LocalCommunicator())
