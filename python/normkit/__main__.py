@@ -77,6 +77,14 @@ def main() -> int:
                                (nt.GroupNorm(8, 32), torch.nn.GroupNorm(8, 32))):
         name = f"{type(th_layer).__name__} float32 channels-last vs torch.nn"
         ok &= _check(name, nk_layer(xi), th_layer(xi), 1e-5)
+    # SyncBatchNorm in one process (LocalCommunicator) through the same path as over MPI/NCCL: the
+    # statistics go through the float64 payload and back.
+    from normkit.distributed import LocalCommunicator
+
+    sync = nt.SyncBatchNorm(32, comm=LocalCommunicator())
+    ok &= _check("SyncBatchNorm (local) float32 vs torch.nn.BatchNorm2d", sync(xi), torch.nn.BatchNorm2d(32)(xi), 1e-5)
+    print("  communicator modules:", ", ".join(f"{m} {'built' if normkit.build_info()[m] else 'absent'}"
+                                             for m in ("mpi", "nccl")))
 
     try:
         from bench import run_quick  # present when run from a checkout of the repository
