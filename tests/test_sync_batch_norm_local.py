@@ -63,3 +63,20 @@ def test_the_mpi_module_is_built():
     from normkit import _mpi
 
     assert "Open MPI" in _mpi.library_version() or "MPICH" in _mpi.library_version()
+
+
+@pytest.mark.parametrize("view", ["sliced", "transposed", "channels_last_3d"])
+def test_strided_inputs_equal_their_contiguous_copies(view):
+    base = torch.randn(6, 4, 5, 6, 3, dtype=torch.float64)
+    x = {"sliced": base[::2], "transposed": base.transpose(2, 3),
+         "channels_last_3d": base.contiguous(memory_format=torch.channels_last_3d)}[view]
+    comm = LocalCommunicator()
+    a = x.detach().requires_grad_()
+    b = x.detach().contiguous().requires_grad_()
+    dy = torch.randn(x.shape, dtype=torch.float64)
+    ya = nkt.functional.sync_batch_norm(a, None, None, comm=comm)
+    yb = nkt.functional.sync_batch_norm(b, None, None, comm=comm)
+    ya.backward(dy)
+    yb.backward(dy)
+    torch.testing.assert_close(ya, yb, rtol=1e-13, atol=1e-13)
+    torch.testing.assert_close(a.grad, b.grad, rtol=1e-12, atol=1e-12)

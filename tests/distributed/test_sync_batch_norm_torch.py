@@ -13,7 +13,8 @@ from world import COMM, RANK, SIZE, local_part, seed_for, summed, uneven_counts
 
 import normkit.torch as nkt
 
-TOL = {torch.float32: dict(rtol=1e-5, atol=3e-5), torch.bfloat16: dict(rtol=2e-2, atol=3e-2)}
+TOL = {torch.float32: dict(rtol=1e-5, atol=3e-5), torch.bfloat16: dict(rtol=2e-2, atol=3e-2),
+       torch.float16: dict(rtol=3e-3, atol=5e-3)}
 
 
 def _reference_step(ref, x, dy):
@@ -24,7 +25,7 @@ def _reference_step(ref, x, dy):
     return yr.detach(), xr.grad
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("channels_last", [False, True])
 @pytest.mark.parametrize("momentum", [0.1, None])
 @pytest.mark.parametrize("counts", ["even", "uneven"])
