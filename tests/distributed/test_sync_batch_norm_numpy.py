@@ -150,6 +150,23 @@ def test_processes_calling_different_layers_all_raise():
 
 
 @multi_process
+def test_processes_calling_layers_of_different_widths_all_raise():
+    # Different channel counts mean different payload sizes: the check values go first, on their own.
+    C = 3 if RANK == 0 else 4
+    layer = nkn.SyncBatchNorm(C, comm=COMM, sync_check=True)
+    layer._identity.layer_id = 1000  # the same id everywhere, to reach the channel-count check
+    with pytest.raises(ValueError, match="disagree on the channel count"):
+        layer(np.ones((2, C), np.float32) + np.arange(2, dtype=np.float32)[:, None])
+
+
+def test_checked_calls_cost_one_more_small_all_reduce():
+    counting = CountingCommunicator(COMM)
+    x = np.ones((2, 3), np.float32) + np.arange(2, dtype=np.float32)[:, None]
+    F.sync_batch_norm_forward(x, comm=counting, check=(1, 1))
+    assert (counting.calls, counting.bytes) == (2, 8 * 6 + 8 * (1 + 3 * 3))
+
+
+@multi_process
 def test_mismatch_detection_from_the_environment(monkeypatch):
     monkeypatch.setenv("NORMKIT_SYNC_CHECK", "1")
     layers = [nkn.SyncBatchNorm(3, comm=COMM) for _ in range(2)]

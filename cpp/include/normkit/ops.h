@@ -137,8 +137,10 @@ void switchable_norm_backward(const TensorView& dy, const TensorView& x, const T
 // Local batches may be empty (N = 0): the process still takes part and gets empty outputs. A global
 // batch of at most one value per channel is a ValueError, raised identically by every process before
 // anything is written. `check` adds the layer id, the call number and the channel count to the
-// payload; processes that disagree all raise ValueError (instead of mixing layers or hanging). On
-// CUDA nothing waits for the device, except with `check` on or a local batch of at most one value.
+// payload, reduced and compared first in a 6-value all-reduce of their own (so that different
+// channel counts, hence payload sizes, are caught too); processes that disagree all raise ValueError
+// instead of mixing layers or hanging. On CUDA nothing waits for the device, except with `check` on
+// or a local batch of at most one value.
 struct SyncCheck {
   bool enabled = false;
   int64_t layer_id = 0;

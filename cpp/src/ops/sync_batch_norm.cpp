@@ -176,21 +176,27 @@ SyncHeader make_header(int64_t local_count, const SyncCheck& check, int64_t C, i
   return h;
 }
 
-// The all-reduce, then the checks. Every process sees the same sums, so all raise or none does.
-// Returns the global count when it had to be read (always on CPU), otherwise -1.
+// The all-reduce, and the checks every process makes on the sums (all raise or none does). With the
+// mismatch check on, the 6 check values (at the payload's end) are reduced and checked first, in a
+// collective of their own: processes whose payloads differ in size (different channel counts) then
+// raise too, instead of failing inside the communication library. Returns the global count when it
+// had to be read (always on CPU), otherwise -1.
 double allreduce_and_check(Communicator& comm, const Device& d, double* payload, int64_t size, const SyncHeader& h,
                            const char* direction, bool need_count, void* stream) {
-  comm.allreduce_sum(payload, size, DType::Float64, d, stream);
   if (h.check_offset >= 0) {
+    comm.allreduce_sum(payload + h.check_offset, detail::kSyncCheckValues, DType::Float64, d, stream);
     double summed[detail::kSyncCheckValues];
     read_to_host(d, summed, payload + h.check_offset, detail::kSyncCheckValues, stream);
     const int bad = detail::sync_check_mismatch(summed, comm.size());
     static const char* const names[] = {"layer id", "call number", "channel count"};
-    check_value(bad < 0, "SyncBatchNorm ", direction, ": the ", comm.size(), " processes disagree on the ",
-                bad >= 0 ? names[bad] : "", " (a layer skipped or called in a different order on some process); ",
-                "expected the same value everywhere, got sum ", bad >= 0 ? summed[2 * bad] : 0.0,
-                " and sum of squares ", bad >= 0 ? summed[2 * bad + 1] : 0.0);
+    if (bad >= 0)
+      throw ValueError(concat("SyncBatchNorm ", direction, ": the ", comm.size(), " processes disagree on the ",
+                              names[bad], " (a layer skipped or called in a different order on some process); ",
+                              "expected the same value everywhere, got sum ", summed[2 * bad], " and sum of squares ",
+                              summed[2 * bad + 1]));
+    size = h.check_offset;
   }
+  comm.allreduce_sum(payload, size, DType::Float64, d, stream);
   if (!need_count) return -1;
   double count = 0;
   read_to_host(d, &count, payload, 1, stream);

@@ -3,7 +3,8 @@
 // communicator:
 //   forward:  [count, s1[C], q[C], s2[C], check...]   (see math::sync_terms / sync_merge)
 //   backward: [count, sum_dy[C], sum_dy_xhat[C], check...]
-// `check` is 6 values when mismatch detection is on (see sync_check_values).
+// `check` is 6 values when mismatch detection is on (see sync_check_values); they are reduced first,
+// on their own, and the rest of the payload after them.
 #pragma once
 #include <cstdint>
 
