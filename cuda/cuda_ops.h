@@ -11,6 +11,8 @@
 #include "normkit/detail/row_norm_args.h"
 #include "normkit/detail/switchable_norm_args.h"
 #include "normkit/detail/weight_norm_args.h"
+#include "normkit/detail/spectral_norm_args.h"
+#include "normkit/detail/mean_only_batch_norm_args.h"
 #include "normkit/tensor.h"
 
 namespace normkit::cuda {
@@ -53,5 +55,15 @@ void batch_instance_norm_backward(const detail::BinBackwardArgs& args, void* str
 
 void switchable_norm_forward(const detail::SnForwardArgs& args, void* stream);
 void switchable_norm_backward(const detail::SnBackwardArgs& args, void* stream);
+
+// Copies `bytes` bytes of device memory to the host once the work queued on `stream` is done.
+void copy_to_host(void* dst, const void* src, size_t bytes, void* stream);
+
+void spectral_norm_estimate(const detail::SpectralNormForwardArgs& args, void* stream);
+void spectral_norm_apply(const detail::SpectralNormForwardArgs& args, void* stream);
+void spectral_norm_backward(const detail::SpectralNormBackwardArgs& args, void* stream);
+
+void mean_only_batch_norm_forward(const detail::MobnForwardArgs& args, void* stream);
+void mean_only_batch_norm_backward(const detail::MobnBackwardArgs& args, void* stream);
 
 }  // namespace normkit::cuda

@@ -14,6 +14,8 @@ void export_weight_norm(nb::module_& m);
 void export_batch_instance_norm(nb::module_& m);
 void export_switchable_norm(nb::module_& m);
 void export_host_cache(nb::module_& m);
+void export_spectral_norm(nb::module_& m);
+void export_mean_only_batch_norm(nb::module_& m);
 }  // namespace normkit::bindings
 
 NB_MODULE(_core, m) {
@@ -37,4 +39,6 @@ NB_MODULE(_core, m) {
   normkit::bindings::export_batch_instance_norm(m);
   normkit::bindings::export_switchable_norm(m);
   normkit::bindings::export_host_cache(m);
+  normkit::bindings::export_spectral_norm(m);
+  normkit::bindings::export_mean_only_batch_norm(m);
 }
