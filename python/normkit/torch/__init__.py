@@ -3,7 +3,8 @@
 Each twin subclasses its torch.nn layer, so constructor arguments, parameters, buffers, state_dict
 keys and ``extra_repr`` are torch's own; only the computation runs in normkit (through
 ``torch.autograd.Function``). ``convert_model(model)`` swaps them into an existing model.
-``weight_norm(module)`` is torch.nn.utils.parametrizations.weight_norm with a normkit weight."""
+``weight_norm(module)`` is torch.nn.utils.parametrizations.weight_norm with a normkit weight.
+``spectral_norm(module)`` is torch.nn.utils.parametrizations.spectral_norm with a normkit weight."""
 
 from normkit.torch import functional
 from normkit.torch.convert import convert_model
@@ -27,6 +28,13 @@ from normkit.torch.modules import (
     WeightNorm,
     weight_norm,
 )
+from normkit.torch.modules import (
+    MeanOnlyBatchNorm1d,
+    MeanOnlyBatchNorm2d,
+    MeanOnlyBatchNorm3d,
+    SpectralNorm,
+    spectral_norm,
+)
 
 __all__ = [
     "BatchInstanceNorm1d",
@@ -49,4 +57,9 @@ __all__ = [
     "convert_model",
     "functional",
     "weight_norm",
+    "MeanOnlyBatchNorm1d",
+    "MeanOnlyBatchNorm2d",
+    "MeanOnlyBatchNorm3d",
+    "SpectralNorm",
+    "spectral_norm",
 ]
