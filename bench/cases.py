@@ -395,6 +395,53 @@ def weight_norm_cases() -> list[Case]:
                  factory_for(mode)) for mode in MODES]
 
 
+def spectral_norm_cases() -> list[Case]:
+    """SpectralNorm of a Linear(1024, 1024) weight: one training-mode access of ``module.weight`` (one
+    power-iteration step on _u/_v, then W / sigma), normkit's twin against
+    torch.nn.utils.parametrizations.spectral_norm. Both modules start from the same weight and the same
+    _u/_v (registered after the same seed), and each repetition advances both by one step."""
+    shape = (1024, 1024)
+
+    def factory_for(mode):
+        def factory():
+            import normkit.torch as nkt  # noqa: PLC0415  (lazy on purpose)
+            from torch.nn.utils import parametrizations  # noqa: PLC0415
+
+            gen = torch.Generator().manual_seed(0)
+            base = torch.nn.Linear(shape[1], shape[0])
+            with torch.no_grad():
+                base.weight.copy_(torch.randn(shape, generator=gen) / 32)
+            dw = torch.randn(shape, generator=gen)
+            a, b = torch.nn.Linear(shape[1], shape[0]), torch.nn.Linear(shape[1], shape[0])
+            a.load_state_dict(base.state_dict())
+            b.load_state_dict(base.state_dict())
+            torch.manual_seed(1)
+            nk = nkt.spectral_norm(a)
+            torch.manual_seed(1)
+            th = parametrizations.spectral_norm(b)
+
+            def side(m):
+                original = m.parametrizations.weight.original
+                if mode == "fwd":
+                    def fn():
+                        with torch.no_grad():
+                            return m.weight
+                    return fn
+
+                def fn():
+                    original.grad = None
+                    w = m.weight
+                    w.backward(dw)
+                    return {"y": w.detach(), "dw": original.grad}
+                return fn
+
+            return side(nk), side(th)
+        return factory
+
+    return [Case(case_name("spectralnorm", shape, torch.float32, mode), "SpectralNorm", shape, torch.float32, mode,
+                 factory_for(mode)) for mode in MODES]
+
+
 # ----------------------------- registry -----------------------------------
 
 _REGISTRY: dict[str, Case] = {}
@@ -436,6 +483,7 @@ register(local_response_norm_cases())
 register(weight_norm_cases())
 register(batch_instance_norm_cases())
 register(switchable_norm_cases())
+register(spectral_norm_cases())
 
 # The two cases timed by ``bench.run_quick`` (the package self-check).
 QUICK_CASES = ("layernorm-8192x1024-float32-fwd", "rmsnorm-8192x1024-float32-fwd+bwd")

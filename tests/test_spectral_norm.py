@@ -391,18 +391,19 @@ def test_numpy_class_state_dict_moves_to_torch_and_back():
     layer(None)
     tm = P.spectral_norm(copy.deepcopy(conv))
     sd = layer.state_dict()
-    tm.load_state_dict({"bias": conv.bias.detach(), "parametrizations.weight.original": torch.from_numpy(sd["original"]),
+    tm.load_state_dict({"bias": conv.bias.detach(),
+                        "parametrizations.weight.original": torch.from_numpy(sd["original"]),
                         "parametrizations.weight.0._u": torch.from_numpy(sd["_u"]),
                         "parametrizations.weight.0._v": torch.from_numpy(sd["_v"])})
     tm.eval()
     layer.eval()
     R.assert_close("weight", tm.weight.detach(), layer.weight, 1e-12)
     tm.train()
-    tm.weight  # one torch step
+    _ = tm.weight  # one torch step
     back = nknp.SpectralNorm(conv.weight.detach().numpy(), seed=2)
     tsd = tm.state_dict()
-    back.load_state_dict({"original": tsd["parametrizations.weight.original"], "_u": tsd["parametrizations.weight.0._u"],
-                          "_v": tsd["parametrizations.weight.0._v"]})
+    back.load_state_dict({"original": tsd["parametrizations.weight.original"],
+                          "_u": tsd["parametrizations.weight.0._u"], "_v": tsd["parametrizations.weight.0._v"]})
     np.testing.assert_array_equal(back._u, tsd["parametrizations.weight.0._u"].numpy())
     tm.eval()
     back.eval()

@@ -21,19 +21,17 @@ from normkit.torch.modules import (
     InstanceNorm3d,
     LayerNorm,
     LocalResponseNorm,
+    MeanOnlyBatchNorm1d,
+    MeanOnlyBatchNorm2d,
+    MeanOnlyBatchNorm3d,
     RMSNorm,
+    SpectralNorm,
     SwitchableNorm1d,
     SwitchableNorm2d,
     SwitchableNorm3d,
     WeightNorm,
-    weight_norm,
-)
-from normkit.torch.modules import (
-    MeanOnlyBatchNorm1d,
-    MeanOnlyBatchNorm2d,
-    MeanOnlyBatchNorm3d,
-    SpectralNorm,
     spectral_norm,
+    weight_norm,
 )
 
 __all__ = [
