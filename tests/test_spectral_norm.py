@@ -202,6 +202,19 @@ def test_eval_mode_uses_the_stored_vectors(kind):
     R.assert_close("eval dw", dw, nk.parametrizations.weight.original.grad, 1e-12, scale)
 
 
+def test_buffer_versions_advance_like_torchs():
+    """The in-place update of _u/_v is visible to autograd's version counters, as torch's out= update is."""
+    ref, nk = twins("linear", 9)
+    before = [(sn_of(m)._u._version, sn_of(m)._v._version) for m in (ref, nk)]
+    for m in (ref, nk):
+        _ = m.weight
+    after = [(sn_of(m)._u._version, sn_of(m)._v._version) for m in (ref, nk)]
+    assert all(a[0] > b[0] and a[1] > b[1] for a, b in zip(after, before))
+    nk.eval()
+    _ = nk.weight
+    assert (sn_of(nk)._u._version, sn_of(nk)._v._version) == after[1]
+
+
 def test_two_forwards_then_one_backward_like_torch():
     """The GAN pattern (loss = D(real) - D(fake)): u and v change between the two forwards, and each
     backward uses the vectors of its own forward."""
@@ -243,6 +256,21 @@ def test_remove_parametrizations_like_torch():
     assert not parametrize.is_parametrized(nk)
     assert isinstance(nk.weight, torch.nn.Parameter)
     R.assert_close("weight", ref.weight.detach(), nk.weight.detach(), 1e-12, ref.weight.detach().abs().max().item())
+
+
+def test_convert_model_swaps_the_parametrization_in_place():
+    ref, _ = twins("convt", 19)
+    model = torch.nn.Sequential(copy.deepcopy(ref), torch.nn.ReLU())
+    pobj, u = model[0].parametrizations.weight[0], model[0].parametrizations.weight[0]._u
+    report = []
+    nkt.convert_model(model, report)
+    assert model[0].parametrizations.weight[0] is pobj and type(pobj) is nkt.SpectralNorm
+    assert pobj._u is u and pobj.dim == 1
+    assert ("0.parametrizations.weight.0", "_SpectralNorm", "SpectralNorm") in report
+    x = module_input("convt", 4, "float64")
+    y_ref, y = ref(x), model[0](x)
+    R.assert_close("y", y_ref.detach(), y.detach(), 1e-12, y_ref.detach().abs().max().item())
+    R.assert_close("_u", sn_of(ref)._u, u, 1e-12)
 
 
 def test_one_dimensional_weight_takes_torchs_path():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 from torch.autograd.function import once_differentiable
+from torch.autograd.graph import increment_version
 
 from normkit import functional as _F
 from normkit._arrays import is_channels_last, kind_of, normalized_shape_tuple
@@ -304,9 +305,14 @@ def spectral_norm(weight, u, v, n_power_iterations=1, eps=1e-12, dim=0, training
     are constants. As in torch, a zero sigma gives inf/nan (no check, which would synchronize CUDA)."""
     dim = 0 if dim is None else int(dim)
     if not _needs_autograd(weight):
-        return _F.spectral_norm_forward(weight, u, v, int(n_power_iterations), float(eps), dim, bool(training),
-                                        check_sigma=False)[0]
-    return _SpectralNorm.apply(weight, u, v, dim, int(n_power_iterations), float(eps), bool(training))
+        y = _F.spectral_norm_forward(weight, u, v, int(n_power_iterations), float(eps), dim, bool(training),
+                                     check_sigma=False)[0]
+    else:
+        y = _SpectralNorm.apply(weight, u, v, dim, int(n_power_iterations), float(eps), bool(training))
+    if training:
+        # written through DLPack: tell autograd, as torch's in-place update (out=_u) does
+        increment_version((u, v))
+    return y
 
 
 class _MeanOnlyBatchNorm(torch.autograd.Function):
