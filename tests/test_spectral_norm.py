@@ -178,6 +178,28 @@ def test_training_steps_match_torch(kind, n_iter, dtype):
         opt_nk.step()
 
 
+@pytest.mark.parametrize("dtype", ("float16", "bfloat16"))
+@pytest.mark.parametrize("kind", KINDS)
+def test_half_modules_match_torch(kind, dtype):
+    """Half weights: torch rounds its intermediate products to the half type, normkit accumulates in
+    float32; the two agree to the half type's tolerance of the largest value."""
+    ref, nk = twins(kind, 31, R.torch_dtype(dtype))
+    R.assert_bitwise_equal("_u", sn_of(ref)._u, sn_of(nk)._u)  # registered by torch in both
+    tol = R.TOL[dtype]
+    for step in range(2):
+        x = module_input(kind, 50 + step, dtype)
+        y_ref, y = ref(x), nk(x)
+        R.assert_close(f"y step {step}", y_ref.detach(), y.detach(), tol, y_ref.detach().abs().max().item())
+        for name in ("_u", "_v"):
+            a, b = getattr(sn_of(ref), name), getattr(sn_of(nk), name)
+            R.assert_close(f"{name} step {step}", a, b, tol, a.abs().max().item())
+        y_ref.float().sum().backward()
+        y.float().sum().backward()
+    g_ref = ref.parametrizations.weight.original.grad
+    g = nk.parametrizations.weight.original.grad
+    R.assert_close("grad", g_ref, g, tol, g_ref.abs().max().item())
+
+
 @pytest.mark.parametrize("kind", KINDS)
 def test_eval_mode_uses_the_stored_vectors(kind):
     ref, nk = twins(kind, 12)
