@@ -395,6 +395,86 @@ def weight_norm_cases() -> list[Case]:
                  factory_for(mode)) for mode in MODES]
 
 
+def spectral_norm_cases() -> list[Case]:
+    """SpectralNorm of a Linear(1024, 1024) weight: one training-mode access of ``module.weight`` (one
+    power-iteration step on _u/_v, then W / sigma), normkit's twin against
+    torch.nn.utils.parametrizations.spectral_norm. Both modules start from the same weight and the same
+    _u/_v (registered after the same seed), and each repetition advances both by one step."""
+    shape = (1024, 1024)
+
+    def factory_for(mode):
+        def factory():
+            import normkit.torch as nkt  # noqa: PLC0415  (lazy on purpose)
+            from torch.nn.utils import parametrizations  # noqa: PLC0415
+
+            gen = torch.Generator().manual_seed(0)
+            base = torch.nn.Linear(shape[1], shape[0])
+            with torch.no_grad():
+                base.weight.copy_(torch.randn(shape, generator=gen) / 32)
+            dw = torch.randn(shape, generator=gen)
+            a, b = torch.nn.Linear(shape[1], shape[0]), torch.nn.Linear(shape[1], shape[0])
+            a.load_state_dict(base.state_dict())
+            b.load_state_dict(base.state_dict())
+            torch.manual_seed(1)
+            nk = nkt.spectral_norm(a)
+            torch.manual_seed(1)
+            th = parametrizations.spectral_norm(b)
+
+            def side(m):
+                original = m.parametrizations.weight.original
+                if mode == "fwd":
+                    def fn():
+                        with torch.no_grad():
+                            return m.weight
+                    return fn
+
+                def fn():
+                    original.grad = None
+                    w = m.weight
+                    w.backward(dw)
+                    return {"y": w.detach(), "dw": original.grad}
+                return fn
+
+            return side(nk), side(th)
+        return factory
+
+    return [Case(case_name("spectralnorm", shape, torch.float32, mode), "SpectralNorm", shape, torch.float32, mode,
+                 factory_for(mode)) for mode in MODES]
+
+
+class _TorchMeanOnlyBatchNorm(torch.nn.Module):
+    """Mean-only BatchNorm written with torch ops (x - batch mean + bias); state dict keys match
+    normkit's MeanOnlyBatchNorm2d."""
+
+    def __init__(self, c, momentum=0.1):
+        super().__init__()
+        self.momentum = momentum
+        self.bias = torch.nn.Parameter(torch.zeros(c))
+        self.register_buffer("running_mean", torch.zeros(c))
+        self.register_buffer("num_batches_tracked", torch.tensor(0, dtype=torch.long))
+
+    def forward(self, x):
+        shape = (1, -1) + (1,) * (x.dim() - 2)
+        if self.training:
+            mean = x.mean((0, *range(2, x.dim())))
+            with torch.no_grad():
+                self.running_mean.lerp_(mean, self.momentum)
+            self.num_batches_tracked += 1
+        else:
+            mean = self.running_mean
+        return x - mean.view(shape) + self.bias.view(shape)
+
+
+def mean_only_batch_norm_cases() -> list[Case]:
+    """Mean-only BatchNorm (training) against the same formula in torch ops, NCHW and NHWC."""
+    shape = (32, 64, 56, 56)
+    make = lambda: (_nk_modules().MeanOnlyBatchNorm2d(64), _TorchMeanOnlyBatchNorm(64))  # noqa: E731
+    return [Case(case_name("meanonlybatchnorm" + ("-cl" if cl else ""), shape, torch.float32, mode),
+                 "MeanOnlyBatchNorm2d" + (" NHWC" if cl else ""), shape, torch.float32, mode,
+                 _module_factory(make, shape, torch.float32, mode, channels_last=cl, train=True))
+            for cl in (False, True) for mode in MODES]
+
+
 # ----------------------------- registry -----------------------------------
 
 _REGISTRY: dict[str, Case] = {}
@@ -436,6 +516,8 @@ register(local_response_norm_cases())
 register(weight_norm_cases())
 register(batch_instance_norm_cases())
 register(switchable_norm_cases())
+register(spectral_norm_cases())
+register(mean_only_batch_norm_cases())
 
 # The two cases timed by ``bench.run_quick`` (the package self-check).
 QUICK_CASES = ("layernorm-8192x1024-float32-fwd", "rmsnorm-8192x1024-float32-fwd+bwd")

@@ -27,10 +27,9 @@ import statistics
 import time
 from pathlib import Path
 
-import torch
-
 import normkit
 import normkit.torch as nkt
+import torch
 from normkit.distributed import MPICommunicator
 
 from .bandwidth import measure_bandwidth
@@ -130,7 +129,8 @@ def main(argv=None):
         results[mode]["overhead_vs_local"] = med["SyncBatchNorm (normkit, MPI)"] / local - 1
 
     if rank == 0:
-        out = {"processes": size, "yield_when_idle": os.environ.get("OMPI_MCA_mpi_yield_when_idle"), "threads_per_process": args.threads, "shape_per_process": shape,
+        out = {"processes": size, "yield_when_idle": os.environ.get("OMPI_MCA_mpi_yield_when_idle"),
+               "threads_per_process": args.threads, "shape_per_process": shape,
                "bandwidth_Bps_all_processes": bw.median, "bytes_per_step_per_process": bytes_per_step,
                "normkit": normkit.build_info(), "results": results}
         print(f"SyncBatchNorm over MPI: {size} processes x {args.threads} thread(s), x = {list(shape)} float32 "

@@ -12,6 +12,8 @@
 #include "normkit/detail/switchable_norm_args.h"
 #include "normkit/detail/sync_batch_norm_steps.h"
 #include "normkit/detail/weight_norm_args.h"
+#include "normkit/detail/spectral_norm_args.h"
+#include "normkit/detail/mean_only_batch_norm_args.h"
 #include "normkit/tensor.h"
 
 namespace normkit::cuda {
@@ -33,6 +35,10 @@ class DeviceGuard {
 
 // Device memory that lives until the holder is released (stream-ordered free on `stream`).
 std::shared_ptr<void> allocate(size_t bytes, void* stream);
+
+// Copies `bytes` bytes of device memory to the host and waits for them (and for everything queued
+// before on `stream`): the one host synchronisation some checks need.
+void copy_to_host(void* dst, const void* src, size_t bytes, void* stream);
 
 // Copies any strided view into compact row-major memory `dst` (same dtype, same device).
 void contiguous_copy(const TensorView& src, void* dst, void* stream);
@@ -64,7 +70,12 @@ void sync_pack_backward(int64_t C, const detail::SyncHeader& h, double* payload,
                         DType grad_dtype, void* stream);
 void sync_dx_coefficients(const double* payload, int64_t C, const void* weight, DType weight_dtype, DType acc,
                           void* coefficients, void* stream);
-// Copies device memory to the host and waits for it (and for everything queued before it on stream).
-void copy_to_host(void* dst, const void* src, size_t bytes, void* stream);
+
+void spectral_norm_estimate(const detail::SpectralNormForwardArgs& args, void* stream);
+void spectral_norm_apply(const detail::SpectralNormForwardArgs& args, void* stream);
+void spectral_norm_backward(const detail::SpectralNormBackwardArgs& args, void* stream);
+
+void mean_only_batch_norm_forward(const detail::MobnForwardArgs& args, void* stream);
+void mean_only_batch_norm_backward(const detail::MobnBackwardArgs& args, void* stream);
 
 }  // namespace normkit::cuda

@@ -48,6 +48,12 @@ std::shared_ptr<void> allocate(size_t bytes, void* stream) {
   });
 }
 
+void copy_to_host(void* dst, const void* src, size_t bytes, void* stream) {
+  cudaStream_t s = static_cast<cudaStream_t>(stream);
+  check_cuda(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, s), "cudaMemcpyAsync(device to host)");
+  check_cuda(cudaStreamSynchronize(s), "cudaStreamSynchronize");
+}
+
 namespace {
 
 constexpr int kMaxCopyDims = 8;

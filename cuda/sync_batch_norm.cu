@@ -110,10 +110,4 @@ void sync_dx_coefficients(const double* payload, int64_t C, const void* weight, 
   check_launch("sync coefficients_kernel");
 }
 
-void copy_to_host(void* dst, const void* src, size_t bytes, void* stream) {
-  auto st = static_cast<cudaStream_t>(stream);
-  check_cuda(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, st), "cudaMemcpyAsync(device to host)");
-  check_cuda(cudaStreamSynchronize(st), "cudaStreamSynchronize");
-}
-
 }  // namespace normkit::cuda

@@ -6,12 +6,11 @@ from __future__ import annotations
 
 import os
 
+import normkit
+import normkit.torch as nkt
 import numpy as np
 import pytest
 import torch
-
-import normkit
-import normkit.torch as nkt
 from normkit import functional as F
 from normkit.distributed import LocalCommunicator
 

@@ -16,6 +16,8 @@ void export_switchable_norm(nb::module_& m);
 void export_host_cache(nb::module_& m);
 void export_communicator(nb::module_& m);
 void export_sync_batch_norm(nb::module_& m);
+void export_spectral_norm(nb::module_& m);
+void export_mean_only_batch_norm(nb::module_& m);
 }  // namespace normkit::bindings
 
 NB_MODULE(_core, m) {
@@ -43,4 +45,6 @@ NB_MODULE(_core, m) {
   normkit::bindings::export_host_cache(m);
   normkit::bindings::export_communicator(m);
   normkit::bindings::export_sync_batch_norm(m);
+  normkit::bindings::export_spectral_norm(m);
+  normkit::bindings::export_mean_only_batch_norm(m);
 }

@@ -44,6 +44,13 @@ __all__ = [
     "weight_norm",
     "weight_norm_backward",
     "weight_norm_forward",
+    "spectral_norm",
+    "spectral_norm_backward",
+    "spectral_norm_forward",
+    "spectral_norm_power_iteration",
+    "mean_only_batch_norm",
+    "mean_only_batch_norm_backward",
+    "mean_only_batch_norm_forward",
 ]
 
 _MACHINE_EPS = {"float32": 1.1920928955078125e-07, "float64": 2.220446049250313e-16}
@@ -524,3 +531,118 @@ def sync_batch_norm_backward(dy, x, save_mean, save_rstd, weight=None, comm=None
         kind.stream(x),
     )
     return tuple(None if a is None else kind.wrap(a) for a in (dx, dw, db))
+# ---- SpectralNorm (Miyato et al., 2018): W / sigma, sigma estimated by power iteration ---------------
+
+
+def _spectral_norm_dim(dim) -> int:
+    return 0 if dim is None else int(dim)
+
+
+def spectral_norm_forward(w, u, v, n_power_iterations=1, eps=1e-12, dim=0, training=True, check_sigma=True):
+    """What ``torch.nn.utils.parametrizations.spectral_norm`` computes for a weight w; returns ``(y, sigma)``.
+
+    w (2 or more dims) is seen as the matrix ``W = w.movedim(dim, 0).flatten(1)`` of shape [H, K]; u ([H])
+    and v ([K]) have w's dtype and are **updated in place**. With ``training`` (the default),
+    ``n_power_iterations`` steps of ``u = normalize(W v)``, ``v = normalize(W^T u)`` run first, in torch's
+    order, with ``normalize(t) = t / max(||t||, eps)``; otherwise the stored u and v are used as they are.
+    Then ``sigma = u^T W v`` (a 0-d array of the accumulation dtype: float32, float64 for float64) and
+    ``y = w / sigma``. Negative dims count from the end.
+
+    A zero (or non-finite) sigma, e.g. from an all-zero weight, raises ValueError before u, v or anything
+    else is written (torch would divide by it and return inf/nan); ``check_sigma=False`` skips the check
+    (on CUDA it costs a device-to-host copy). A 1-D w is a ValueError: torch does not iterate for it but
+    returns ``w / max(||w||, eps)``.
+    """
+    kind = kind_of(w, "w")
+    ws, dt = kind.shape(w), kind.dtype_name(w)
+    y = kind.empty(ws, dt, w)
+    sigma = kind.empty((), acc_dtype_name(dt), w)
+    _core.spectral_norm_forward(
+        to_core(w, "w"), to_core(u, "u"), to_core(v, "v"), _spectral_norm_dim(dim), int(n_power_iterations),
+        float(eps), bool(training), bool(check_sigma), to_core(y, "y"), to_core(sigma, "sigma"), kind.stream(w),
+    )
+    return kind.wrap(y), kind.wrap(sigma)
+
+
+def spectral_norm(w, u, v, n_power_iterations=1, eps=1e-12, dim=0, training=True):
+    """The spectrally normalized weight ``w / sigma``; u and v are updated in place when training (see
+    :func:`spectral_norm_forward`)."""
+    return spectral_norm_forward(w, u, v, n_power_iterations, eps, dim, training)[0]
+
+
+def spectral_norm_power_iteration(w, u, v, n_power_iterations=1, eps=1e-12, dim=0, check_sigma=True):
+    """Only the power iteration of :func:`spectral_norm_forward`: updates u and v in place (torch runs 15
+    steps when it registers the parametrization) and returns ``(u, v)``."""
+    kind = kind_of(w, "w")
+    _core.spectral_norm_forward(
+        to_core(w, "w"), to_core(u, "u"), to_core(v, "v"), _spectral_norm_dim(dim), int(n_power_iterations),
+        float(eps), True, bool(check_sigma), None, None, kind.stream(w),
+    )
+    return u, v
+
+
+def spectral_norm_backward(dy, w, u, v, sigma, dim=0):
+    """Gradient of ``y = w / sigma`` with respect to w, u and v held constant (torch's gradient):
+    ``dW = dY / sigma - (sum(dY * W) / sigma**2) u v^T`` on the matrix view. u, v and sigma are the values
+    the forward used (after its power iteration)."""
+    kind = kind_of(w, "w")
+    dw = kind.empty(kind.shape(w), kind.dtype_name(w), w)
+    _core.spectral_norm_backward(
+        to_core(dy, "dy"), to_core(w, "w"), to_core(u, "u"), to_core(v, "v"), _spectral_norm_dim(dim),
+        to_core(sigma, "sigma"), to_core(dw, "dw"), kind.stream(w),
+    )
+    return kind.wrap(dw)
+
+
+# ---- Mean-only BatchNorm (Salimans & Kingma, 2016): x is [N, C, *]; outputs keep x's memory format -----
+
+
+def mean_only_batch_norm_forward(x, running_mean, bias=None, training=False, momentum=0.1):
+    """Mean-only BatchNorm over x = [N, C, *spatial]: ``y = x - mean_c + bias_c`` (no division by a
+    standard deviation; the layer is meant to follow a weight-normalized one). Returns ``(y, save_mean)``.
+
+    training: mean_c over the batch and spatial dims, and running_mean (if given) is updated in place as
+    ``(1 - momentum) * running_mean + momentum * mean``; otherwise running_mean is subtracted. save_mean
+    ([C], the accumulation dtype) holds the mean that was subtracted. y keeps x's memory format.
+    """
+    kind = kind_of(x)
+    acc = acc_dtype_name(kind.dtype_name(x))
+    y = empty_like_layout(kind, x)
+    sm = kind.empty((_channels(kind, x),), acc, x)
+    _core.mean_only_batch_norm_forward(
+        to_core(x), to_core(running_mean, "running_mean"), to_core(bias, "bias"), bool(training), float(momentum),
+        to_core(y), to_core(sm), kind.stream(x),
+    )
+    return kind.wrap(y), kind.wrap(sm)
+
+
+def mean_only_batch_norm(x, running_mean, bias=None, training=False, momentum=0.1):
+    """Mean-only BatchNorm; the output only (see :func:`mean_only_batch_norm_forward`)."""
+    return mean_only_batch_norm_forward(x, running_mean, bias, training, momentum)[0]
+
+
+def _empty_in_layout(kind, shape, dtype_name, like, channels_last: bool):
+    if not channels_last or len(shape) <= 2:
+        return kind.empty(shape, dtype_name, like)
+    nd = len(shape)
+    stored = kind.empty((shape[0], *shape[2:], shape[1]), dtype_name, like)
+    return kind.permute(stored, (0, nd - 1, *range(1, nd - 1)))
+
+
+def mean_only_batch_norm_backward(dy, training=True, output_mask=(True, True), bias_dtype=None, channels_last=None):
+    """Gradients of mean-only BatchNorm: ``(dx, dbias)``. training=True: ``dx = dy - mean_c(dy)`` (the batch
+    mean depends on x); training=False: ``dx = dy``. ``dbias = sum dy`` over every dim but the channels.
+    dx is channels-last when ``channels_last`` is True, channels-first when False, and in dy's memory
+    format when None; output_mask = (dx, dbias)."""
+    kind = kind_of(dy, "dy")
+    dt = kind.dtype_name(dy)
+    dx = None
+    if output_mask[0]:
+        if channels_last is None:
+            dx = empty_like_layout(kind, dy)
+        else:
+            dx = _empty_in_layout(kind, kind.shape(dy), dt, dy, bool(channels_last))
+    db = kind.empty((_channels(kind, dy),), bias_dtype or dt, dy) if output_mask[1] else None
+    _core.mean_only_batch_norm_backward(to_core(dy, "dy"), bool(training), to_core(dx, "dx"), to_core(db, "dbias"),
+                                        kind.stream(dy))
+    return tuple(None if a is None else kind.wrap(a) for a in (dx, db))

@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 
 from normkit import functional as F
-from normkit._arrays import normalized_shape_tuple
+from normkit._arrays import is_channels_last, kind_of, normalized_shape_tuple
 from normkit._momentum import batch_weight
 from normkit._sync import SyncIdentity, check_enabled
 
@@ -31,6 +31,10 @@ __all__ = [
     "SwitchableNorm2d",
     "SwitchableNorm3d",
     "WeightNorm",
+    "MeanOnlyBatchNorm1d",
+    "MeanOnlyBatchNorm2d",
+    "MeanOnlyBatchNorm3d",
+    "SpectralNorm",
 ]
 
 
@@ -590,3 +594,131 @@ class SyncBatchNorm(_BatchNorm):
                                                 output_mask=(True, self.affine, self.affine))
         self.grads = {"weight": dw, "bias": db} if self.affine else {}
         return dx
+class SpectralNorm(Module):
+    """torch.nn.utils.parametrizations.spectral_norm for a NumPy weight (2 or more dims): ``weight =
+    original / sigma`` with ``sigma = _u^T W _v``, W the weight with ``dim`` moved first and flattened to
+    a matrix [H, K]. In training mode every access of ``weight`` (or call) first runs
+    ``n_power_iterations`` power-iteration steps on the buffers ``_u`` ([H]) and ``_v`` ([K]) in place,
+    as torch does; in eval mode the stored vectors are used.
+
+    Initialised as torch does: ``_u``, ``_v`` drawn from a standard normal (here NumPy's generator, seeded
+    by ``seed``), normalized, then 15 power-iteration steps. Parameter ``original`` and buffers ``_u``,
+    ``_v`` are the state_dict keys; torch's parametrized module stores them under
+    ``parametrizations.weight.original`` and ``parametrizations.weight.0._u`` / ``..._v``.
+    ``backward(dw)`` stores ``grads = {"original": ...}`` for the last forward (u, v constant, as in
+    torch). Bad arguments and a zero sigma (an all-zero weight) raise ValueError.
+    """
+
+    _param_names = ("original",)
+    _buffer_names = ("_u", "_v")
+
+    def __init__(self, weight, n_power_iterations=1, dim=0, eps=1e-12, seed=None):
+        super().__init__()
+        w = np.array(weight, copy=True)
+        if np.issubdtype(w.dtype, np.integer) or w.dtype == np.bool_:
+            raise TypeError(f"weight: expected a floating-point array, got {w.dtype}")
+        nd = w.ndim
+        if nd < 2:
+            raise ValueError(f"weight: expected 2 or more dimensions (torch normalizes a 1-D weight as "
+                             f"w / max(||w||, eps), without power iteration), got shape {w.shape}")
+        dim = 0 if dim is None else int(dim)
+        if not -nd <= dim < nd:
+            raise ValueError(f"dim: expected a dimension in [{-nd}, {nd - 1}] for weight of shape {w.shape}, "
+                             f"got {dim}")
+        if int(n_power_iterations) < 1:
+            raise ValueError(f"n_power_iterations: expected a positive number, got {n_power_iterations}")
+        self.dim, self.n_power_iterations, self.eps = dim % nd, int(n_power_iterations), float(eps)
+        h = w.shape[self.dim]
+        k = w.size // h if h else 0
+        rng = np.random.default_rng(seed)
+        u, v = rng.standard_normal(h), rng.standard_normal(k)
+        self.original = w
+        self._u = (u / max(np.linalg.norm(u), self.eps)).astype(w.dtype)
+        self._v = (v / max(np.linalg.norm(v), self.eps)).astype(w.dtype)
+        F.spectral_norm_power_iteration(self.original, self._u, self._v, 15, self.eps, self.dim)
+        self._saved = None
+
+    @property
+    def weight(self):
+        y, sigma = F.spectral_norm_forward(self.original, self._u, self._v, self.n_power_iterations, self.eps,
+                                           self.dim, self.training)
+        self._saved = (self._u.copy(), self._v.copy(), sigma)
+        return y
+
+    def forward(self, x=None):
+        """The weight (the parametrization's output); x is ignored."""
+        return self.weight
+
+    def backward(self, dw):
+        if self._saved is None:
+            raise RuntimeError("backward: call forward first")
+        u, v, sigma = self._saved
+        self.grads = {"original": F.spectral_norm_backward(dw, self.original, u, v, sigma, self.dim)}
+
+    def __repr__(self):
+        return (f"SpectralNorm(shape={tuple(self.original.shape)}, n_power_iterations={self.n_power_iterations}, "
+                f"dim={self.dim}, eps={self.eps})")
+
+
+class _MeanOnlyBatchNorm(Module):
+    """Mean-only Batch Normalization (Salimans & Kingma, 2016) over [N, C, *spatial]::
+
+        y = x - mean_c + bias_c
+
+    with the per-channel batch mean when training (running_mean updated with ``momentum``, or the
+    cumulative average for ``momentum=None``) and running_mean in eval. ``backward(dy)`` returns dx and
+    stores ``grads = {"bias": ...}`` (with ``affine``).
+    """
+
+    _param_names = ("bias",)
+    _buffer_names = ("running_mean", "num_batches_tracked")
+
+    def __init__(self, num_features, momentum=0.1, affine=True, dtype=np.float32):
+        super().__init__()
+        self.num_features, self.momentum, self.affine = num_features, momentum, affine
+        self.bias = np.zeros(num_features, dtype) if affine else None
+        self.running_mean = np.zeros(num_features, dtype)
+        self.num_batches_tracked = np.array(0, dtype=np.int64)
+        self._saved = None
+
+    def reset_running_stats(self):
+        self.running_mean[...] = 0
+        self.num_batches_tracked[...] = 0
+
+    def reset_parameters(self):
+        self.reset_running_stats()
+        if self.affine:
+            self.bias[...] = 0
+
+    def forward(self, x):
+        self._check_input_dim(x)
+        factor = batch_weight(self.momentum, self.num_batches_tracked, self.training)
+        y, _ = F.mean_only_batch_norm_forward(x, self.running_mean, self.bias, self.training, factor)
+        if self.training:
+            self.num_batches_tracked += 1
+        self._saved = (self.training, is_channels_last(kind_of(x), x))
+        return y
+
+    def backward(self, dy):
+        if self._saved is None:
+            raise RuntimeError("backward: call forward first")
+        training, channels_last = self._saved
+        dx, db = F.mean_only_batch_norm_backward(dy, training, output_mask=(True, self.affine),
+                                                 channels_last=channels_last)
+        self.grads = {"bias": db} if self.affine else {}
+        return dx
+
+    def __repr__(self):
+        return f"{type(self).__name__}({self.num_features}, momentum={self.momentum}, affine={self.affine})"
+
+
+class MeanOnlyBatchNorm1d(_MeanOnlyBatchNorm):
+    _expected_dims = (2, 3)
+
+
+class MeanOnlyBatchNorm2d(_MeanOnlyBatchNorm):
+    _expected_dims = (4,)
+
+
+class MeanOnlyBatchNorm3d(_MeanOnlyBatchNorm):
+    _expected_dims = (5,)

@@ -4,12 +4,11 @@ normkit has its NCCL and MPI modules; skips elsewhere."""
 
 from __future__ import annotations
 
+import normkit
+import normkit.torch as nkt
 import pytest
 import torch
 from world import HAVE_MPI, RANK, SIZE, local_part, seed_for, uneven_counts
-
-import normkit
-import normkit.torch as nkt
 
 _ready = (HAVE_MPI and normkit.build_info()["nccl"] and normkit.cuda_available() and torch.cuda.is_available()
           and torch.cuda.device_count() >= 1)
@@ -19,7 +18,6 @@ pytestmark = pytest.mark.skipif(not _ready, reason="needs a CUDA device per proc
 @pytest.mark.parametrize("channels_last", [False, True])
 def test_nccl_sync_batch_norm_equals_batch_norm_on_the_global_batch(channels_last):
     from mpi4py import MPI
-
     from normkit.distributed import NCCLCommunicator
 
     device = torch.device("cuda", RANK % torch.cuda.device_count())

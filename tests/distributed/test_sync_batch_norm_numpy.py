@@ -5,13 +5,12 @@ under `mpirun -n 2` / `-n 4` (tests/run.sh)."""
 from __future__ import annotations
 
 import channel_reference as CR
+import normkit.numpy as nkn
 import numpy as np
 import pytest
+from normkit import functional as F
 from numpy.testing import assert_allclose
 from world import COMM, HAVE_MPI, RANK, SIZE, CountingCommunicator, local_part, seed_for, summed, uneven_counts
-
-import normkit.numpy as nkn
-from normkit import functional as F
 
 TOL = {np.float32: dict(rtol=1e-5, atol=3e-5), np.float64: dict(rtol=1e-12, atol=1e-12)}
 multi_process = pytest.mark.skipif(SIZE < 2, reason="needs 2+ processes: runs under mpirun -n 2 / -n 4")
@@ -182,7 +181,6 @@ def test_mismatch_detection_from_the_environment(monkeypatch):
 @pytest.mark.skipif(not HAVE_MPI, reason="needs normkit's MPI module")
 def test_split_sub_communicators_compute_independent_statistics():
     from mpi4py import MPI
-
     from normkit.distributed import MPICommunicator
 
     color = RANK % 2

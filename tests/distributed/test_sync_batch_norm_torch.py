@@ -7,11 +7,10 @@ from __future__ import annotations
 
 import copy
 
+import normkit.torch as nkt
 import pytest
 import torch
 from world import COMM, RANK, SIZE, local_part, seed_for, summed, uneven_counts
-
-import normkit.torch as nkt
 
 TOL = {torch.float32: dict(rtol=1e-5, atol=3e-5), torch.bfloat16: dict(rtol=2e-2, atol=3e-2),
        torch.float16: dict(rtol=3e-3, atol=5e-3)}

@@ -7,14 +7,13 @@ from __future__ import annotations
 import copy
 import socket
 
+import normkit.torch as nkt
 import pytest
 import torch
 import torch.distributed as dist
+from normkit.distributed import TorchCommunicator, default_communicator
 from test_sync_batch_norm_torch import _resnet_like
 from world import COMM, HAVE_MPI, RANK, SIZE, local_part, seed_for, uneven_counts
-
-import normkit.torch as nkt
-from normkit.distributed import TorchCommunicator, default_communicator
 
 
 def _free_port() -> int:

@@ -13,7 +13,6 @@ import numpy as np
 def _mpi_available() -> bool:
     try:
         import mpi4py  # noqa: F401
-
         from normkit import _mpi  # noqa: F401
     except ImportError:
         return False

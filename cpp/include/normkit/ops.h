@@ -155,5 +155,33 @@ void sync_batch_norm_backward(const TensorView& dy, const TensorView& x, const T
                               const TensorView& save_rstd, const OptTensor& weight, Communicator& comm,
                               const SyncCheck& check, const OptTensor& dx, const OptTensor& dweight,
                               const OptTensor& dbias, void* stream = nullptr);
+// ---- SpectralNorm (Miyato et al., 2018), as torch.nn.utils.parametrizations.spectral_norm: the weight
+// w (2 or more dims) seen as the matrix W = w.movedim(dim, 0).flatten(1) of H x K; u ([H]) and v ([K])
+// have w's dtype and are updated in place. When training, n_power_iterations steps of
+//   u = normalize(W v),  v = normalize(W^T u),  normalize(t) = t / max(||t||, eps)
+// run first (torch's order; the stored u and v are used as they are otherwise); then
+// sigma = u^T W v and y = w / sigma. y (compact, w's shape and dtype) and sigma (one value, the
+// accumulation dtype) are optional: without them the call is just the power iteration.
+// check_sigma: a zero or non-finite sigma is a ValueError, raised before anything is written
+// (on CUDA it costs a device-to-host copy of sigma); without it the division gives inf/nan as torch.
+void spectral_norm_forward(const TensorView& w, const TensorView& u, const TensorView& v, int64_t dim,
+                           int64_t n_power_iterations, double eps, bool training, bool check_sigma,
+                           const OptTensor& y, const OptTensor& sigma, void* stream = nullptr);
+// The gradient of y = w / sigma with u and v held constant (torch's):
+//   dW = dY / sigma - (sum(dY * W) / sigma^2) u v^T   (on the matrix view; dw compact, w's shape).
+void spectral_norm_backward(const TensorView& dy, const TensorView& w, const TensorView& u, const TensorView& v,
+                            int64_t dim, const TensorView& sigma, const TensorView& dw, void* stream = nullptr);
+
+// ---- Mean-only BatchNorm (Salimans & Kingma, 2016) over x = [N, C, *spatial] (rank >= 2):
+//   y = x - mean_c + bias_c,
+// mean_c over n and the spatial dims when training (running_mean, when given, updated in place with
+// `momentum`, the weight of the batch), running_mean otherwise. save_mean ([C], accumulation dtype)
+// receives the mean that was subtracted. y (dx) must be compact channels-first or channels-last; the
+// kernels work in its layout. Backward: dx = dy - mean_c(dy) when training, dy otherwise; dbias = sum dy.
+void mean_only_batch_norm_forward(const TensorView& x, const OptTensor& running_mean, const OptTensor& bias,
+                                  bool training, double momentum, const TensorView& y,
+                                  const TensorView& save_mean, void* stream = nullptr);
+void mean_only_batch_norm_backward(const TensorView& dy, bool training, const OptTensor& dx,
+                                   const OptTensor& dbias, void* stream = nullptr);
 
 }  // namespace normkit

@@ -8,6 +8,8 @@
 #include "normkit/detail/row_norm_args.h"
 #include "normkit/detail/switchable_norm_args.h"
 #include "normkit/detail/weight_norm_args.h"
+#include "normkit/detail/spectral_norm_args.h"
+#include "normkit/detail/mean_only_batch_norm_args.h"
 
 #define NK_CPU_KERNEL_DECLARATIONS                                  \
   void row_norm_forward(const detail::RowNormForwardArgs& args);    \
@@ -21,7 +23,12 @@
   void batch_instance_norm_forward(const detail::BinForwardArgs& args);       \
   void batch_instance_norm_backward(const detail::BinBackwardArgs& args);    \
   void switchable_norm_forward(const detail::SnForwardArgs& args);           \
-  void switchable_norm_backward(const detail::SnBackwardArgs& args);
+  void switchable_norm_backward(const detail::SnBackwardArgs& args);       \
+  void spectral_norm_estimate(const detail::SpectralNormForwardArgs& args);  \
+  void spectral_norm_apply(const detail::SpectralNormForwardArgs& args);     \
+  void spectral_norm_backward(const detail::SpectralNormBackwardArgs& args); \
+  void mean_only_batch_norm_forward(const detail::MobnForwardArgs& args);    \
+  void mean_only_batch_norm_backward(const detail::MobnBackwardArgs& args);
 
 namespace normkit::cpu {
 

@@ -3,7 +3,8 @@
 Each twin subclasses its torch.nn layer, so constructor arguments, parameters, buffers, state_dict
 keys and ``extra_repr`` are torch's own; only the computation runs in normkit (through
 ``torch.autograd.Function``). ``convert_model(model)`` swaps them into an existing model.
-``weight_norm(module)`` is torch.nn.utils.parametrizations.weight_norm with a normkit weight."""
+``weight_norm(module)`` is torch.nn.utils.parametrizations.weight_norm with a normkit weight.
+``spectral_norm(module)`` is torch.nn.utils.parametrizations.spectral_norm with a normkit weight."""
 
 from normkit.torch import functional
 from normkit.torch.convert import convert_model
@@ -21,7 +22,11 @@ from normkit.torch.modules import (
     InstanceNorm3d,
     LayerNorm,
     LocalResponseNorm,
+    MeanOnlyBatchNorm1d,
+    MeanOnlyBatchNorm2d,
+    MeanOnlyBatchNorm3d,
     RMSNorm,
+    SpectralNorm,
     SwitchableNorm1d,
     SwitchableNorm2d,
     SwitchableNorm3d,
@@ -29,6 +34,7 @@ from normkit.torch.modules import (
     WeightNorm,
     convert_sync_batchnorm,
     revert_sync_batchnorm,
+    spectral_norm,
     weight_norm,
 )
 
@@ -57,4 +63,9 @@ __all__ = [
     "functional",
     "revert_sync_batchnorm",
     "weight_norm",
+    "MeanOnlyBatchNorm1d",
+    "MeanOnlyBatchNorm2d",
+    "MeanOnlyBatchNorm3d",
+    "SpectralNorm",
+    "spectral_norm",
 ]

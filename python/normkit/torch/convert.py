@@ -41,6 +41,7 @@ def _twin_of(layer: torch.nn.Module, twin_cls):
 # its original0/original1 are kept; only its class changes).
 PARAMETRIZATION_TWINS = {
     _parametrizations._WeightNorm: M.WeightNorm,
+    _parametrizations._SpectralNorm: M.SpectralNorm,
 }
 
 
@@ -65,10 +66,10 @@ def _convert_parametrizations(module: torch.nn.Module, report: list | None) -> N
 
 def convert_model(module: torch.nn.Module, report: list | None = None) -> torch.nn.Module:
     """Returns ``module`` with every torch.nn normalization layer normkit has a twin for replaced by
-    that twin, parameters and buffers kept, and every weight-norm parametrization
-    (torch.nn.utils.parametrizations.weight_norm) computed by normkit (same object and parameters,
-    normkit's class). If ``report`` is a list, ``(name, old_class, new_class)`` is appended for each
-    replacement; replacements are also logged on the ``normkit`` logger."""
+    that twin, parameters and buffers kept, and every weight-norm and spectral-norm parametrization
+    (torch.nn.utils.parametrizations.weight_norm, spectral_norm) computed by normkit (same object,
+    parameters and buffers, normkit's class). If ``report`` is a list, ``(name, old_class, new_class)``
+    is appended for each replacement; replacements are also logged on the ``normkit`` logger."""
     _convert_parametrizations(module, report)
     twin_cls = TWINS.get(type(module))
     if twin_cls is not None:

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import torch
 from torch.autograd.function import once_differentiable
+from torch.autograd.graph import increment_version
 
 from normkit import functional as _F
-from normkit._arrays import normalized_shape_tuple
+from normkit._arrays import is_channels_last, kind_of, normalized_shape_tuple
 
 __all__ = [
     "batch_instance_norm",
@@ -19,7 +20,12 @@ __all__ = [
     "switchable_norm",
     "sync_batch_norm",
     "weight_norm",
+    "spectral_norm",
+    "mean_only_batch_norm",
 ]
+
+
+_TORCH_KIND = kind_of(torch.empty(0))
 
 
 def _needs_autograd(*tensors) -> bool:
@@ -317,3 +323,65 @@ def sync_batch_norm(input, running_mean, running_var, weight=None, bias=None, mo
                                           comm, check)[0]
     return _SyncBatchNorm.apply(input, weight, bias, running_mean, running_var, float(momentum), float(eps), comm,
                                 check)
+
+
+class _SpectralNorm(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, w, u, v, dim, n_power_iterations, eps, training):
+        y, sigma = _F.spectral_norm_forward(w, u, v, n_power_iterations, eps, dim, training, check_sigma=False)
+        # u and v are buffers that the next forward updates in place: keep the values used here.
+        ctx.save_for_backward(w, u.clone(), v.clone(), sigma)
+        ctx.dim = dim
+        return y
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, dy):
+        w, u, v, sigma = ctx.saved_tensors
+        dw = _F.spectral_norm_backward(dy, w, u, v, sigma, ctx.dim) if ctx.needs_input_grad[0] else None
+        return dw, None, None, None, None, None, None
+
+
+def spectral_norm(weight, u, v, n_power_iterations=1, eps=1e-12, dim=0, training=True):
+    """What torch's spectral_norm parametrization computes for a weight of 2 or more dims: when training,
+    ``n_power_iterations`` power-iteration steps update the buffers u and v in place (torch's order:
+    ``u = normalize(W v)``, then ``v = normalize(W^T u)``), then ``weight / sigma`` with
+    ``sigma = u^T W v`` on ``W = weight.movedim(dim, 0).flatten(1)``. The gradient is torch's: u and v
+    are constants. As in torch, a zero sigma gives inf/nan (no check, which would synchronize CUDA)."""
+    dim = 0 if dim is None else int(dim)
+    if not _needs_autograd(weight):
+        y = _F.spectral_norm_forward(weight, u, v, int(n_power_iterations), float(eps), dim, bool(training),
+                                     check_sigma=False)[0]
+    else:
+        y = _SpectralNorm.apply(weight, u, v, dim, int(n_power_iterations), float(eps), bool(training))
+    if training:
+        # written through DLPack: tell autograd, as torch's in-place update (out=_u) does
+        increment_version((u, v))
+    return y
+
+
+class _MeanOnlyBatchNorm(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, bias, running_mean, training, momentum):
+        y, _ = _F.mean_only_batch_norm_forward(x, running_mean, bias, training, momentum)
+        ctx.training = training
+        ctx.bias_dtype = _dtype_name(bias)
+        ctx.channels_last = is_channels_last(_TORCH_KIND, x)  # dx keeps x's memory format
+        return y
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, dy):
+        need_x, need_b = ctx.needs_input_grad[:2]
+        dx, db = _F.mean_only_batch_norm_backward(dy, ctx.training, output_mask=(need_x, need_b),
+                                                  bias_dtype=ctx.bias_dtype, channels_last=ctx.channels_last)
+        return dx, db, None, None, None
+
+
+def mean_only_batch_norm(input, running_mean, bias=None, training=False, momentum=0.1):
+    """Mean-only BatchNorm (Salimans & Kingma, 2016): ``y = x - mean_c + bias_c`` with the batch mean when
+    training (running_mean, if given, updated in place with ``momentum``) and running_mean otherwise.
+    The gradient: ``dx = dy - mean_c(dy)`` when training, ``dy`` otherwise; ``dbias = sum dy``."""
+    if not _needs_autograd(input, bias):
+        return _F.mean_only_batch_norm(input, running_mean, bias, bool(training), float(momentum))
+    return _MeanOnlyBatchNorm.apply(input, bias, running_mean, bool(training), float(momentum))

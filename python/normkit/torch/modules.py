@@ -29,6 +29,15 @@ __all__ = [
     "SwitchableNorm3d",
     "WeightNorm",
     "weight_norm",
+    "MeanOnlyBatchNorm1d",
+    "MeanOnlyBatchNorm2d",
+    "MeanOnlyBatchNorm3d",
+    "SpectralNorm",
+    "spectral_norm",
+    "BatchNormXd",
+    "SyncBatchNorm",
+    "convert_sync_batchnorm",
+    "revert_sync_batchnorm",
 ]
 
 
@@ -389,3 +398,106 @@ def revert_sync_batchnorm(module: torch.nn.Module) -> torch.nn.Module:
     for name, child in module.named_children():
         out.add_module(name, revert_sync_batchnorm(child))
     return out
+
+
+class SpectralNorm(_parametrizations._SpectralNorm):
+    """torch's spectral-norm parametrization (``torch.nn.utils.parametrizations._SpectralNorm``) computed
+    by normkit: in training mode ``n_power_iterations`` power-iteration steps update the buffers ``_u`` and
+    ``_v`` in place, then ``weight / sigma`` with ``sigma = _u^T W _v`` (the stored vectors in eval mode);
+    W is the weight with ``self.dim`` moved first, flattened to a matrix. The gradient is torch's (u, v
+    constant). A 1-D weight takes torch's own path (``F.normalize``: no power iteration). As in torch, a
+    zero sigma (an all-zero weight) gives inf/nan."""
+
+    def forward(self, weight: torch.Tensor) -> torch.Tensor:
+        if weight.ndim == 1:
+            return super().forward(weight)
+        return F.spectral_norm(weight, self._u, self._v, self.n_power_iterations, self.eps, self.dim, self.training)
+
+
+def spectral_norm(module: torch.nn.Module, name: str = "weight", n_power_iterations: int = 1, eps: float = 1e-12,
+                  dim: int | None = None) -> torch.nn.Module:
+    """Like ``torch.nn.utils.parametrizations.spectral_norm``, with the power iteration and the weight
+    computed by normkit.
+
+    torch registers its parametrization -- the argument checks (IndexError for dim, ValueError for
+    n_power_iterations), ``dim=None`` meaning 1 for transposed convolutions and 0 otherwise, the random
+    ``_u``/``_v`` drawn from torch's generator and their 15 initial power-iteration steps -- so a module
+    built after ``torch.manual_seed(s)`` gets the same vectors as with torch, and the state_dict keys
+    (``parametrizations.<name>.original``, ``parametrizations.<name>.0._u``, ``..._v``) are torch's.
+    Then the parametrization object becomes normkit's :class:`SpectralNorm`.
+    """
+    _parametrizations.spectral_norm(module, name, n_power_iterations, eps, dim)
+    plist = module.parametrizations[name]
+    plist[len(plist) - 1].__class__ = SpectralNorm
+    return module
+
+
+class _MeanOnlyBatchNorm(torch.nn.Module):
+    """Mean-only Batch Normalization (Salimans & Kingma, 2016), meant to follow a weight-normalized layer::
+
+        y = x - mean_c + bias_c
+
+    with the per-channel batch mean (over N and the spatial dims) when training and ``running_mean`` in
+    eval; no division by the standard deviation. Parameter ``bias`` (with ``affine``, init 0); buffers
+    ``running_mean`` (updated when training as ``(1 - momentum) * running_mean + momentum * mean``, or
+    the cumulative average for ``momentum=None``) and ``num_batches_tracked``. Channels-last inputs give
+    channels-last outputs.
+    """
+
+    _expected_dims: tuple = ()
+
+    def __init__(self, num_features, momentum=0.1, affine=True, device=None, dtype=None):
+        super().__init__()
+        factory = {"device": device, "dtype": dtype}
+        self.num_features, self.momentum, self.affine = num_features, momentum, affine
+        if affine:
+            self.bias = torch.nn.Parameter(torch.empty(num_features, **factory))
+        else:
+            self.register_parameter("bias", None)
+        self.register_buffer("running_mean", torch.zeros(num_features, **factory))
+        self.register_buffer("num_batches_tracked", torch.tensor(0, dtype=torch.long, device=device))
+        self.reset_parameters()
+
+    def reset_running_stats(self) -> None:
+        self.running_mean.zero_()
+        self.num_batches_tracked.zero_()
+
+    def reset_parameters(self) -> None:
+        self.reset_running_stats()
+        if self.affine:
+            with torch.no_grad():
+                self.bias.zero_()
+
+    def _check_input_dim(self, input):
+        if input.dim() not in self._expected_dims:
+            dims = " or ".join(f"{d}D" for d in self._expected_dims)
+            raise ValueError(f"expected {dims} input (got {input.dim()}D input)")
+
+    def extra_repr(self) -> str:
+        return "{num_features}, momentum={momentum}, affine={affine}".format(**self.__dict__)
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        self._check_input_dim(input)
+        factor = batch_weight(self.momentum, self.num_batches_tracked, self.training)
+        y = F.mean_only_batch_norm(input, self.running_mean, self.bias, self.training, factor)
+        if self.training:
+            self.num_batches_tracked.add_(1)
+        return y
+
+
+class MeanOnlyBatchNorm1d(_MeanOnlyBatchNorm):
+    """Mean-only Batch Normalization over [N, C] or [N, C, L]."""
+
+    _expected_dims = (2, 3)
+
+
+class MeanOnlyBatchNorm2d(_MeanOnlyBatchNorm):
+    """Mean-only Batch Normalization over [N, C, H, W]."""
+
+    _expected_dims = (4,)
+
+
+class MeanOnlyBatchNorm3d(_MeanOnlyBatchNorm):
+    """Mean-only Batch Normalization over [N, C, D, H, W]."""
+
+    _expected_dims = (5,)

@@ -1,0 +1,158 @@
+// Mean-only BatchNorm on the CPU (detail/mean_only_batch_norm_args.h).
+//
+// Per-channel sums, in an order fixed by the shape alone (never by the thread count):
+//   channels first: one lane_sum per plane (n, c), planes in parallel, then per channel over n in order;
+//   channels last (and [N, C]): the N * S rows of C values go in fixed chunks, each chunk summing its
+//   rows in order into a partial of C values (chunks in parallel), then the partials in chunk order.
+// The elementwise pass runs planes (channels first) or chunks of rows (channels last) in parallel.
+#include <algorithm>
+#include <vector>
+
+#include "cpu/kernels.h"
+#include "cpu/lanes.h"
+#include "cpu/params.h"
+#include "normkit/math.h"
+#include "normkit/parallel.h"
+#include "normkit/spectral_norm_math.h"
+
+namespace normkit::cpu::NK_ISA {
+namespace {
+
+using detail::Layout;
+using detail::MobnBackwardArgs;
+using detail::MobnForwardArgs;
+using detail::MobnShape;
+
+constexpr int64_t kTaskElements = 1 << 15;
+
+int64_t grain_of(int64_t n) { return std::max<int64_t>(1, kTaskElements / std::max<int64_t>(n, 1)); }
+
+// Whether the rows-of-C path applies: channels last, or no spatial extent (both layouts coincide).
+bool by_rows(const MobnShape& sh) { return sh.layout == Layout::NSC || sh.S == 1; }
+
+// Rows of C values per chunk: at least 64, at most 256 chunks.
+int64_t rows_per_chunk(int64_t rows) { return std::max<int64_t>(64, (rows + 255) / 256); }
+
+// sums[c] = sum over n and s of t(n, c, s).
+template <class T, class A>
+std::vector<A> channel_sums(const T* t, const MobnShape& sh) {
+  const int64_t N = sh.N, C = sh.C, S = sh.S;
+  std::vector<A> sums(static_cast<size_t>(C), A(0));
+  if (!by_rows(sh)) {
+    std::vector<A> plane(static_cast<size_t>(N * C));
+    parallel_for(N * C, grain_of(S), [&](int64_t p0, int64_t p1) {
+      for (int64_t p = p0; p < p1; ++p) {
+        const T* tp = t + p * S;
+        plane[size_t(p)] = lane_sum<A>(S, [&](int64_t i) { return load<A>(tp[i]); });
+      }
+    });
+    for (int64_t n = 0; n < N; ++n)
+      for (int64_t c = 0; c < C; ++c) sums[size_t(c)] += plane[size_t(n * C + c)];
+    return sums;
+  }
+  const int64_t rows = N * S, rpc = rows_per_chunk(rows), chunks = (rows + rpc - 1) / rpc;
+  std::vector<A> partial(static_cast<size_t>(chunks * C));
+  parallel_for(chunks, grain_of(rpc * C), [&](int64_t k0, int64_t k1) {
+    for (int64_t k = k0; k < k1; ++k) {
+      A* p = partial.data() + k * C;
+      std::fill(p, p + C, A(0));
+      const int64_t r1 = std::min(rows, (k + 1) * rpc);
+      for (int64_t r = k * rpc; r < r1; ++r) {
+        const T* row = t + r * C;
+#pragma omp simd
+        for (int64_t c = 0; c < C; ++c) p[c] += load<A>(row[c]);
+      }
+    }
+  });
+  for (int64_t k = 0; k < chunks; ++k) {
+    const A* p = partial.data() + k * C;
+#pragma omp simd
+    for (int64_t c = 0; c < C; ++c) sums[size_t(c)] += p[c];
+  }
+  return sums;
+}
+
+// out(n, c, s) = f(in(n, c, s), c) for every element, in the shape's layout.
+template <class T, class A, class F>
+void per_channel_map(const T* in, T* out, const MobnShape& sh, F&& f) {
+  const int64_t N = sh.N, C = sh.C, S = sh.S;
+  if (!by_rows(sh)) {
+    parallel_for(N * C, grain_of(S), [&](int64_t p0, int64_t p1) {
+      for (int64_t p = p0; p < p1; ++p) {
+        const int64_t c = p % C;
+        const T* ip = in + p * S;
+        T* op = out + p * S;
+#pragma omp simd
+        for (int64_t i = 0; i < S; ++i) op[i] = store<T>(f(load<A>(ip[i]), c));
+      }
+    });
+    return;
+  }
+  parallel_for(N * S, grain_of(C), [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      const T* ir = in + r * C;
+      T* orow = out + r * C;
+#pragma omp simd
+      for (int64_t c = 0; c < C; ++c) orow[c] = store<T>(f(load<A>(ir[c]), c));
+    }
+  });
+}
+
+template <class T>
+void forward(const MobnForwardArgs& a) {
+  using A = acc_t<T>;
+  const MobnShape& sh = a.shape;
+  const int64_t C = sh.C;
+  A* mean = static_cast<A*>(a.save_mean);
+  if (a.training) {
+    const std::vector<A> sums = channel_sums<T, A>(static_cast<const T*>(a.x), sh);
+    const A count = A(sh.N * sh.S);
+    for (int64_t c = 0; c < C; ++c) mean[c] = sums[size_t(c)] / count;
+    if (a.running_mean) {
+      const A mom = A(a.momentum);
+      for (int64_t c = 0; c < C; ++c)
+        param_put<A>(a.running_mean, a.running_dtype, c,
+                     math::running_update(param_at<A>(a.running_mean, a.running_dtype, c, A(0)), mean[c], mom));
+    }
+  } else {
+    for (int64_t c = 0; c < C; ++c) mean[c] = param_at<A>(a.running_mean, a.running_dtype, c, A(0));
+  }
+  const std::vector<A> bias = param_as_acc<A>(a.bias, a.bias_dtype, C, A(0));
+  const A* b = bias.data();
+  per_channel_map<T, A>(static_cast<const T*>(a.x), static_cast<T*>(a.y), sh,
+                        [&](A x, int64_t c) { return math::mobn_apply(x, mean[c], b[c]); });
+}
+
+template <class T>
+void backward(const MobnBackwardArgs& a) {
+  using A = acc_t<T>;
+  const MobnShape& sh = a.shape;
+  const int64_t C = sh.C;
+  const T* dy = static_cast<const T*>(a.dy);
+  std::vector<A> mean_dy(static_cast<size_t>(C), A(0));
+  if (a.dbias || a.training) {
+    const std::vector<A> sums = channel_sums<T, A>(dy, sh);
+    if (a.dbias) store_params(sums, a.dbias, a.dbias_dtype);
+    if (a.training) {
+      const A count = A(sh.N * sh.S);
+      for (int64_t c = 0; c < C; ++c) mean_dy[size_t(c)] = sums[size_t(c)] / count;
+    }
+  }
+  if (!a.dx) return;
+  const A* m = mean_dy.data();
+  per_channel_map<T, A>(dy, static_cast<T*>(a.dx), sh, [&](A g, int64_t c) { return math::mobn_dx(g, m[c]); });
+}
+
+}  // namespace
+
+void mean_only_batch_norm_forward(const MobnForwardArgs& a) {
+  if (a.shape.C == 0) return;  // an empty batch still gets its statistics and dbias (0)
+  dispatch_float(a.dtype, [&](auto tag) { forward<decltype(tag)>(a); });
+}
+
+void mean_only_batch_norm_backward(const MobnBackwardArgs& a) {
+  if (a.shape.C == 0) return;  // an empty batch still gets its statistics and dbias (0)
+  dispatch_float(a.dtype, [&](auto tag) { backward<decltype(tag)>(a); });
+}
+
+}  // namespace normkit::cpu::NK_ISA

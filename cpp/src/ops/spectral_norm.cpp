@@ -1,0 +1,235 @@
+// SpectralNorm entries: validate everything, then hand the kernels one argument struct. The kernels
+// see the weight as H compact rows (detail/spectral_norm_args.h): for dim 0 that is w itself (or a
+// compact copy); for any other dim, `dim` is brought to the front by a compact copy of a permuted view
+// (weights are small), and row-ordered results are copied back into the caller's compact outputs.
+//
+// The forward estimates sigma in a private workspace first; only when sigma passed its check (if
+// asked for) are u, v, sigma and y written, so a rejected call leaves every caller array untouched.
+#include <cmath>
+#include <cstdlib>
+
+#include "cpu/strided_copy.h"
+#include "ops/common.h"
+
+namespace normkit {
+namespace {
+
+using detail::SpectralNormShape;
+
+int64_t check_dim(const TensorView& w, int64_t dim) {
+  const int64_t nd = w.ndim();
+  check_value(dim >= -nd && dim < nd, "dim: expected a dimension in [", -nd, ", ", nd - 1, "] for w of shape ",
+              shape_str(w.shape), ", got ", dim);
+  return dim < 0 ? dim + nd : dim;
+}
+
+void check_weight(const TensorView& w) {
+  ops::check_device_supported(w, "w");
+  check_value(w.ndim() >= 2, "w: expected 2 or more dimensions (a 1-D weight needs no power iteration: "
+              "torch normalizes it as w / max(||w||, eps)), got shape ", shape_str(w.shape));
+  check_value(w.numel() > 0, "w: expected a non-empty weight, got shape ", shape_str(w.shape));
+}
+
+SpectralNormShape shape_of(const TensorView& w, int64_t dim) {
+  SpectralNormShape s;
+  s.H = w.shape[size_t(dim)];
+  s.K = w.numel() / s.H;
+  return s;
+}
+
+// u or v: w's dtype and device, `n` values; `written` ones must be contiguous (updated in place).
+void check_vector(const TensorView& t, const char* arg, int64_t n, const char* what, const TensorView& w,
+                  bool written) {
+  ops::check_same_device(t, arg, w, "w");
+  ops::check_dtype(t, arg, w.dtype);
+  check_value(t.ndim() == 1 && t.shape[0] == n, arg, ": expected shape [", n, "] (", what, " of w of shape ",
+              shape_str(w.shape), "), got ", shape_str(t.shape));
+  check_value(!written || t.is_contiguous(), arg, ": expected a contiguous array (updated in place), got strides ",
+              shape_str(t.strides));
+}
+
+void check_sigma_array(const TensorView& s, const TensorView& w) {
+  ops::check_same_device(s, "sigma", w, "w");
+  ops::check_dtype(s, "sigma", acc_dtype(w.dtype));
+  check_value(s.numel() == 1, "sigma: expected a single value (shape [] or [1]), got shape ", shape_str(s.shape));
+}
+
+// The view of t with `dim` first (the identity for dim 0).
+TensorView dim_first(const TensorView& t, int64_t dim) {
+  if (dim == 0) return t;
+  TensorView p = t;
+  size_t j = 1;
+  p.shape[0] = t.shape[size_t(dim)];
+  p.strides[0] = t.strides[size_t(dim)];
+  for (size_t i = 0; i < t.shape.size(); ++i) {
+    if (int64_t(i) == dim) continue;
+    p.shape[j] = t.shape[i];
+    p.strides[j] = t.strides[i];
+    ++j;
+  }
+  return p;
+}
+
+// An input in row order: in place when already compact there, otherwise a compact copy in holder.
+const void* rows_in(const TensorView& t, int64_t dim, std::shared_ptr<void>& holder, void* stream) {
+  const TensorView p = dim_first(t, dim);
+  if (p.is_contiguous()) return p.data;
+  holder = ops::compact_copy(p, stream);
+  return holder.get();
+}
+
+// Memory on t's device: `bytes` bytes.
+std::shared_ptr<void> device_scratch(const TensorView& t, size_t bytes, void* stream) {
+  bytes = std::max<size_t>(1, bytes);
+#if defined(NORMKIT_WITH_CUDA)
+  if (t.device.kind != DeviceKind::CPU) return cuda::allocate(bytes, stream);
+#endif
+  (void)stream;
+  std::shared_ptr<void> holder(std::malloc(bytes), std::free);
+  if (!holder) throw RuntimeError(concat("out of host memory for a ", bytes, "-byte buffer"));
+  return holder;
+}
+
+// A compact output of w's shape, seen in row order: written in place when dim is 0, otherwise through
+// `scratch`, which finish_rows copies back into the output's layout.
+void* rows_out(const TensorView& out, int64_t dim, std::shared_ptr<void>& scratch, void* stream) {
+  if (dim == 0) return out.data;
+  scratch = device_scratch(out, size_t(out.numel()) * size_t(dtype_size(out.dtype)), stream);
+  return scratch.get();
+}
+
+void finish_rows(const TensorView& out, int64_t dim, const std::shared_ptr<void>& scratch, void* stream) {
+  if (dim == 0) return;
+  // The scratch holds dim-first compact rows; view it in out's dimension order and copy it compactly.
+  const TensorView first = dim_first(out, dim);
+  std::vector<int64_t> rstrides(first.shape.size());
+  int64_t stride = 1;
+  for (int i = int(first.shape.size()) - 1; i >= 0; --i) {
+    rstrides[size_t(i)] = stride;
+    stride *= first.shape[size_t(i)];
+  }
+  TensorView src = out;
+  src.data = scratch.get();
+  src.strides[size_t(dim)] = rstrides[0];
+  size_t j = 1;
+  for (size_t i = 0; i < out.shape.size(); ++i) {
+    if (int64_t(i) == dim) continue;
+    src.strides[i] = rstrides[j++];
+  }
+  if (out.device.kind == DeviceKind::CPU) {
+    cpu::contiguous_copy(src, out.data);
+  } else {
+#if defined(NORMKIT_WITH_CUDA)
+    cuda::contiguous_copy(src, out.data, stream);
+#endif
+  }
+  (void)stream;
+}
+
+// The sigma the estimate left in the workspace (a device-to-host copy on CUDA).
+double read_sigma(const TensorView& w, const void* work, const SpectralNormShape& s, void* stream) {
+  const int64_t at = detail::SpectralNormWork{s.H, s.K}.sigma();
+  if (acc_dtype(w.dtype) == DType::Float64) {
+    double v = 0;
+    const double* p = static_cast<const double*>(work) + at;
+#if defined(NORMKIT_WITH_CUDA)
+    if (w.device.kind != DeviceKind::CPU) {
+      cuda::copy_to_host(&v, p, sizeof v, stream);
+      return v;
+    }
+#endif
+    (void)stream;
+    return *p;
+  }
+  float v = 0;
+  const float* p = static_cast<const float*>(work) + at;
+#if defined(NORMKIT_WITH_CUDA)
+  if (w.device.kind != DeviceKind::CPU) {
+    cuda::copy_to_host(&v, p, sizeof v, stream);
+    return v;
+  }
+#endif
+  (void)stream;
+  return *p;
+}
+
+}  // namespace
+
+void spectral_norm_forward(const TensorView& w, const TensorView& u, const TensorView& v, int64_t dim,
+                           int64_t n_power_iterations, double eps, bool training, bool check_sigma,
+                           const OptTensor& y, const OptTensor& sigma, void* stream) {
+  check_weight(w);
+  dim = check_dim(w, dim);
+  const SpectralNormShape shape = shape_of(w, dim);
+  check_value(n_power_iterations >= 1, "n_power_iterations: expected a positive number, got ", n_power_iterations);
+  ops::check_eps(eps);
+  check_vector(u, "u", shape.H, "the size of dim", w, true);
+  check_vector(v, "v", shape.K, "the product of the other dims", w, true);
+  if (y) ops::check_output(*y, "y", w.shape, w.dtype, w, "w");
+  if (sigma) {
+    check_sigma_array(*sigma, w);
+    check_value(sigma->is_contiguous(), "sigma: expected a contiguous output array, got strides ",
+                shape_str(sigma->strides));
+  }
+
+  ops::DeviceScope scope(w.device);
+  const int64_t work_values = detail::SpectralNormWork{shape.H, shape.K}.size();
+  std::shared_ptr<void> w_copy, y_scratch;
+  const std::shared_ptr<void> work = device_scratch(w, size_t(work_values) * size_t(dtype_size(acc_dtype(w.dtype))), stream);
+  detail::SpectralNormForwardArgs a{};
+  a.dtype = w.dtype;
+  a.shape = shape;
+  a.w = rows_in(w, dim, w_copy, stream);
+  a.u = u.data;
+  a.v = v.data;
+  a.iterations = training ? n_power_iterations : 0;
+  a.eps = eps;
+  a.work = work.get();
+  a.y = nullptr;
+  a.sigma = sigma ? sigma->data : nullptr;
+  NK_RUN_KERNEL(w.device, spectral_norm_estimate, a, stream);
+  if (check_sigma) {
+    const double s = read_sigma(w, work.get(), shape, stream);
+    check_value(s != 0 && std::isfinite(s), "w: expected a weight with a nonzero, finite spectral norm, got sigma = "
+                "u^T W v = ", s, " for w of shape ", shape_str(w.shape),
+                s == 0 ? " (an all-zero weight, or u or v orthogonal to it)" : " (non-finite values in w, u or v)");
+  }
+  if (y) a.y = rows_out(*y, dim, y_scratch, stream);
+  NK_RUN_KERNEL(w.device, spectral_norm_apply, a, stream);
+  if (y) finish_rows(*y, dim, y_scratch, stream);
+}
+
+void spectral_norm_backward(const TensorView& dy, const TensorView& w, const TensorView& u, const TensorView& v,
+                            int64_t dim, const TensorView& sigma, const TensorView& dw, void* stream) {
+  check_weight(w);
+  dim = check_dim(w, dim);
+  const SpectralNormShape shape = shape_of(w, dim);
+  ops::check_same_device(dy, "dy", w, "w");
+  ops::check_dtype(dy, "dy", w.dtype);
+  ops::check_shape(dy, "dy", w.shape);
+  check_vector(u, "u", shape.H, "the size of dim", w, false);
+  check_vector(v, "v", shape.K, "the product of the other dims", w, false);
+  check_sigma_array(sigma, w);
+  ops::check_output(dw, "dw", w.shape, w.dtype, w, "w");
+
+  ops::DeviceScope scope(w.device);
+  std::shared_ptr<void> w_copy, dy_copy, u_copy, v_copy, s_copy, dw_scratch;
+  const OptTensor uc = ops::compact_param(u, u_copy, stream);
+  const OptTensor vc = ops::compact_param(v, v_copy, stream);
+  const OptTensor sc = ops::compact_param(sigma, s_copy, stream);
+  const std::shared_ptr<void> work = device_scratch(w, size_t(shape.H + 1) * size_t(dtype_size(acc_dtype(w.dtype))), stream);
+  detail::SpectralNormBackwardArgs a{};
+  a.dtype = w.dtype;
+  a.shape = shape;
+  a.dy = rows_in(dy, dim, dy_copy, stream);
+  a.w = rows_in(w, dim, w_copy, stream);
+  a.u = uc->data;
+  a.v = vc->data;
+  a.sigma = sc->data;
+  a.work = work.get();
+  a.dw = rows_out(dw, dim, dw_scratch, stream);
+  NK_RUN_KERNEL(w.device, spectral_norm_backward, a, stream);
+  finish_rows(dw, dim, dw_scratch, stream);
+}
+
+}  // namespace normkit
