@@ -88,10 +88,13 @@ class ThreadPool {
     t_in_pool_task = true;  // a nested parallel_for from a chunk run here must run inline
     drain(chunk_fn, chunks);
     t_in_pool_task = false;
-    spin_briefly([this] { return pending_.load(std::memory_order_acquire) == 0; });
+    // Spin until the chunks are done and the workers have left the job (chunk_fn dies when we
+    // return), so that the usual end of a job costs no futex sleep and wake-up of this thread.
+    spin_briefly([this] {
+      return pending_.load(std::memory_order_acquire) == 0 && active_.load(std::memory_order_acquire) == 0;
+    });
     std::unique_lock<std::mutex> lock(mu_);
-    // Wait for the chunks and for every worker to leave the job: chunk_fn dies when we return.
-    done_.wait(lock, [this] { return pending_.load() == 0 && active_ == 0; });
+    done_.wait(lock, [this] { return pending_.load() == 0 && active_.load() == 0; });
     job_ = nullptr;
     if (error_) std::rethrow_exception(error_);
   }
@@ -132,8 +135,8 @@ class ThreadPool {
         ++active_;
       }
       drain(*job, chunks);
+      active_.fetch_sub(1, std::memory_order_release);
       std::lock_guard<std::mutex> lock(mu_);
-      --active_;
       done_.notify_all();
     }
   }
@@ -147,7 +150,7 @@ class ThreadPool {
   std::exception_ptr error_;
   uint64_t generation_ = 0;
   std::atomic<uint64_t> published_{0};  // generation_, readable without the lock (for spinning)
-  int active_ = 0;  // workers inside the current job
+  std::atomic<int> active_{0};  // workers inside the current job (taken under mu_)
   bool stop_ = false;
 };
 
