@@ -296,18 +296,9 @@ class _SyncBatchNorm(torch.autograd.Function):
     def backward(ctx, dy):
         x, weight, mean, rstd = ctx.saved_tensors
         need_x, need_w, need_b = ctx.needs_input_grad[:3]
-        dx, dw, db = _F.sync_batch_norm_backward(dy.contiguous(memory_format=_memory_format(x)), x, mean, rstd,
-                                                 weight, ctx.comm, ctx.check, output_mask=(need_x, need_w, need_b),
-                                                 bias_dtype=ctx.bias_dtype)
+        dx, dw, db = _F.sync_batch_norm_backward(dy, x, mean, rstd, weight, ctx.comm, ctx.check,
+                                                 output_mask=(need_x, need_w, need_b), bias_dtype=ctx.bias_dtype)
         return dx, dw, db, None, None, None, None, None, None
-
-
-def _memory_format(x):
-    if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
-        return torch.channels_last
-    if x.dim() == 5 and x.is_contiguous(memory_format=torch.channels_last_3d) and not x.is_contiguous():
-        return torch.channels_last_3d
-    return torch.contiguous_format
 
 
 def sync_batch_norm(input, running_mean, running_var, weight=None, bias=None, momentum=0.1, eps=1e-5, comm=None,
