@@ -11,6 +11,8 @@ import normkit.torch as nkt
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from normkit import functional as F
 from normkit.distributed import LocalCommunicator
 
@@ -79,3 +81,38 @@ def test_strided_inputs_equal_their_contiguous_copies(view):
     yb.backward(dy)
     torch.testing.assert_close(ya, yb, rtol=1e-13, atol=1e-13)
     torch.testing.assert_close(a.grad, b.grad, rtol=1e-12, atol=1e-12)
+
+
+@settings(max_examples=25)
+@given(
+    n=st.integers(0, 5),
+    c=st.integers(1, 6),
+    spatial=st.lists(st.integers(1, 4), min_size=0, max_size=3),
+    channels_last=st.booleans(),
+    dtype=st.sampled_from([np.float32, np.float64]),
+)
+def test_one_process_equals_batch_norm_for_any_shape(n, c, spatial, channels_last, dtype):
+    """With one process, SyncBatchNorm is BatchNorm: same outputs, gradients and running statistics
+    (through the float64 payload), for any shape, layout and empty batches."""
+    shape = (n, c, *spatial)
+    count = n * int(np.prod(spatial))
+    rng = np.random.default_rng(n * 100 + c)
+    x = (rng.normal(size=shape) * 3 + 5).astype(dtype)
+    if channels_last and len(shape) >= 3:
+        x = np.moveaxis(np.ascontiguousarray(np.moveaxis(x, 1, -1)), -1, 1)
+    dy = rng.normal(size=shape).astype(dtype)
+    w, b = rng.uniform(0.5, 1.5, c).astype(dtype), rng.normal(size=c).astype(dtype)
+    rm_s, rv_s = np.zeros(c, dtype), np.ones(c, dtype)
+    rm_b, rv_b = np.zeros(c, dtype), np.ones(c, dtype)
+    if count <= 1:
+        with pytest.raises(ValueError, match="more than 1 value per channel"):
+            F.sync_batch_norm_forward(x, rm_s, rv_s, w, b, comm=LocalCommunicator())
+        return
+    y_s, m_s, r_s = F.sync_batch_norm_forward(x, rm_s, rv_s, w, b, comm=LocalCommunicator())
+    y_b, m_b, r_b = F.batch_norm_forward(x, rm_b, rv_b, w, b, training=True)
+    g_s = F.sync_batch_norm_backward(dy, x, m_s, r_s, w, comm=LocalCommunicator())
+    g_b = F.batch_norm_backward(dy, x, m_b, r_b, w, training=True)
+    tol = dict(rtol=2e-5, atol=2e-5) if dtype == np.float32 else dict(rtol=1e-11, atol=1e-11)
+    for got, want in [(y_s, y_b), (m_s, m_b), (r_s, r_b), (rm_s, rm_b), (rv_s, rv_b), *zip(g_s, g_b)]:
+        np.testing.assert_allclose(got, want, **tol)
+    assert y_s.strides == x.strides or not channels_last
