@@ -36,12 +36,26 @@ inline void cpu_relax() {
 
 // Spins until pred() holds or ~50 us pass. Back-to-back kernels then hand work to threads that are
 // still awake: a futex wake-up costs tens of microseconds, as much as a whole small normalization.
+int spin_microseconds() {
+  static const int us = [] {
+    const char* s = std::getenv("NORMKIT_SPIN_US");
+    return s ? std::max(0, std::atoi(s)) : 50;
+  }();
+  return us;
+}
+
+int64_t now_ns() {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now().time_since_epoch())
+      .count();
+}
+
 template <class Pred>
 void spin_briefly(Pred&& pred) {
   const auto start = std::chrono::steady_clock::now();
+  const auto limit = std::chrono::microseconds(spin_microseconds());
   for (int i = 0; !pred(); ++i) {
     cpu_relax();
-    if ((i & 255) == 255 && std::chrono::steady_clock::now() - start > std::chrono::microseconds(50)) return;
+    if ((i & 255) == 255 && std::chrono::steady_clock::now() - start > limit) return;
   }
 }
 
@@ -82,6 +96,7 @@ class ThreadPool {
       pending_.store(chunks);
       error_ = nullptr;
       ++generation_;
+      published_ns_.store(now_ns(), std::memory_order_relaxed);
       published_.store(generation_, std::memory_order_release);
     }
     wake_.notify_all();
@@ -118,13 +133,19 @@ class ThreadPool {
     }
   }
 
+  // Between jobs a worker spins only while spinning pays: when the previous job came within the spin
+  // time of the one before (back-to-back normkit calls). When other work runs between normkit calls
+  // (torch ops in a model, with their own thread pool), a spinning worker would only take a core
+  // from it, so the worker goes to sleep at once.
   void worker_loop() {
     t_in_pool_task = true;
     uint64_t seen = 0;
+    int64_t last_end_ns = 0;
+    bool spin = true;
     for (;;) {
       const std::function<void(int64_t)>* job;
       int64_t chunks;
-      spin_briefly([&] { return published_.load(std::memory_order_acquire) != seen; });
+      if (spin) spin_briefly([&] { return published_.load(std::memory_order_acquire) != seen; });
       {
         std::unique_lock<std::mutex> lock(mu_);
         wake_.wait(lock, [&] { return stop_ || (generation_ != seen && job_ != nullptr); });
@@ -134,7 +155,9 @@ class ThreadPool {
         chunks = chunks_;
         ++active_;
       }
+      spin = published_ns_.load(std::memory_order_relaxed) - last_end_ns <= int64_t(spin_microseconds()) * 1000;
       drain(*job, chunks);
+      last_end_ns = now_ns();
       active_.fetch_sub(1, std::memory_order_release);
       std::lock_guard<std::mutex> lock(mu_);
       done_.notify_all();
@@ -149,7 +172,8 @@ class ThreadPool {
   std::atomic<int64_t> next_{0}, pending_{0};
   std::exception_ptr error_;
   uint64_t generation_ = 0;
-  std::atomic<uint64_t> published_{0};  // generation_, readable without the lock (for spinning)
+  std::atomic<uint64_t> published_{0};
+  std::atomic<int64_t> published_ns_{0};  // when the current job was published (steady clock)  // generation_, readable without the lock (for spinning)
   std::atomic<int> active_{0};  // workers inside the current job (taken under mu_)
   bool stop_ = false;
 };
