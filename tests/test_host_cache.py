@@ -1,4 +1,4 @@
-"""Large CPU outputs come from normkit's host cache: buffers return to it only when the last view
+"""CPU outputs of a few hundred KB and more come from normkit's host cache: buffers return to it only when the last view
 dies, are reused for the next output of that size, and the cache honours its limit."""
 
 import gc
@@ -95,3 +95,17 @@ def test_autograd_outputs_from_the_cache():
     torch.nn.functional.layer_norm(xr, (1024,), wr).square().sum().backward()
     torch.testing.assert_close(x.grad, xr.grad, atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(w.grad, wr.grad, atol=1e-2, rtol=1e-4)
+
+
+def test_medium_outputs_take_64k_steps_not_huge_pages():
+    # A 300 KB output (kept alive by autograd in training, so malloc cannot reuse it in place) comes
+    # from the cache, in a buffer rounded up to 64 KB, not to a 2 MB huge page.
+    rows = 75  # float32 [75, 1024]: 300 KB
+    assert rows * 1024 * 4 >= _arrays.CACHED_OUTPUT_BYTES
+    y = F.layer_norm(torch.randn(rows, 1024), 1024)
+    ptr = y.data_ptr()
+    assert ptr % 4096 == 0
+    del y
+    gc.collect()
+    assert _core.host_cache_idle_bytes() == 320 << 10
+    assert F.layer_norm(torch.randn(rows, 1024), 1024).data_ptr() == ptr

@@ -14,9 +14,17 @@
 namespace normkit {
 namespace {
 
-constexpr size_t kAlign = size_t(2) << 20;
+// Buffers of 2 MB and more are whole huge pages; smaller ones (outputs from a few hundred KB up) are
+// page aligned in steps of 64 KB, so that a 300 KB output does not hold a 2 MB buffer.
+constexpr size_t kHuge = size_t(2) << 20;
+constexpr size_t kSmallStep = size_t(64) << 10;
+constexpr size_t kPage = 4096;
 
-size_t rounded(size_t bytes) { return (bytes + kAlign - 1) / kAlign * kAlign; }
+size_t rounded(size_t bytes) {
+  const size_t step = bytes >= kHuge ? kHuge : kSmallStep;
+  return (bytes + step - 1) / step * step;
+}
+size_t alignment(size_t size) { return size >= kHuge ? kHuge : kPage; }
 
 size_t default_limit() {
   if (const char* s = std::getenv("NORMKIT_HOST_CACHE_MB")) return size_t(std::strtoull(s, nullptr, 10)) << 20;
@@ -60,15 +68,15 @@ void* host_cache_acquire(size_t bytes) {
       return p;
     }
   }
-  void* p = std::aligned_alloc(kAlign, size);
+  void* p = std::aligned_alloc(alignment(size), size);
   if (!p) {
     // Idle buffers of other sizes may be what stands in the way.
     host_cache_clear();
-    p = std::aligned_alloc(kAlign, size);
+    p = std::aligned_alloc(alignment(size), size);
     if (!p) throw std::bad_alloc();
   }
 #if defined(__linux__) && defined(MADV_HUGEPAGE)
-  madvise(p, size, MADV_HUGEPAGE);
+  if (size >= kHuge) madvise(p, size, MADV_HUGEPAGE);
 #endif
   return p;
 }
