@@ -112,6 +112,18 @@ void advise_huge_pages(const TensorView& out) {
 #endif
 }
 
+std::shared_ptr<void> device_buffer(const Device& device, size_t bytes, void* stream) {
+  bytes = std::max<size_t>(1, bytes);
+#if defined(NORMKIT_WITH_CUDA)
+  if (device.kind != DeviceKind::CPU) return cuda::allocate(bytes, stream);
+#endif
+  (void)stream;
+  (void)device;
+  std::shared_ptr<void> holder(std::malloc(bytes), std::free);
+  if (!holder) throw RuntimeError(concat("out of host memory for a ", bytes, "-byte buffer"));
+  return holder;
+}
+
 std::shared_ptr<void> compact_copy(const TensorView& t, void* stream) {
   const size_t bytes = std::max<size_t>(1, size_t(t.numel()) * size_t(dtype_size(t.dtype)));
   std::shared_ptr<void> holder;

@@ -65,6 +65,9 @@ void advise_huge_pages(const TensorView& out);
 // A parameter (weight, bias: small) as a compact view: itself, or a compact copy kept in `holder`.
 OptTensor compact_param(const OptTensor& p, std::shared_ptr<void>& holder, void* stream);
 
+// `bytes` (at least 1) of uninitialised memory on `device` (stream-ordered on CUDA), freed with the holder.
+std::shared_ptr<void> device_buffer(const Device& device, size_t bytes, void* stream);
+
 // A compact row-major copy of any view, on the view's device (host or device memory).
 std::shared_ptr<void> compact_copy(const TensorView& t, void* stream);
 

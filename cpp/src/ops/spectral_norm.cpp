@@ -8,8 +8,8 @@
 #include <cmath>
 #include <cstdlib>
 
-#include "cpu/strided_copy.h"
 #include "ops/common.h"
+#include "ops/dim_rows.h"
 
 namespace normkit {
 namespace {
@@ -52,78 +52,6 @@ void check_sigma_array(const TensorView& s, const TensorView& w) {
   ops::check_same_device(s, "sigma", w, "w");
   ops::check_dtype(s, "sigma", acc_dtype(w.dtype));
   check_value(s.numel() == 1, "sigma: expected a single value (shape [] or [1]), got shape ", shape_str(s.shape));
-}
-
-// The view of t with `dim` first (the identity for dim 0).
-TensorView dim_first(const TensorView& t, int64_t dim) {
-  if (dim == 0) return t;
-  TensorView p = t;
-  size_t j = 1;
-  p.shape[0] = t.shape[size_t(dim)];
-  p.strides[0] = t.strides[size_t(dim)];
-  for (size_t i = 0; i < t.shape.size(); ++i) {
-    if (int64_t(i) == dim) continue;
-    p.shape[j] = t.shape[i];
-    p.strides[j] = t.strides[i];
-    ++j;
-  }
-  return p;
-}
-
-// An input in row order: in place when already compact there, otherwise a compact copy in holder.
-const void* rows_in(const TensorView& t, int64_t dim, std::shared_ptr<void>& holder, void* stream) {
-  const TensorView p = dim_first(t, dim);
-  if (p.is_contiguous()) return p.data;
-  holder = ops::compact_copy(p, stream);
-  return holder.get();
-}
-
-// Memory on t's device: `bytes` bytes.
-std::shared_ptr<void> device_scratch(const TensorView& t, size_t bytes, void* stream) {
-  bytes = std::max<size_t>(1, bytes);
-#if defined(NORMKIT_WITH_CUDA)
-  if (t.device.kind != DeviceKind::CPU) return cuda::allocate(bytes, stream);
-#endif
-  (void)stream;
-  std::shared_ptr<void> holder(std::malloc(bytes), std::free);
-  if (!holder) throw RuntimeError(concat("out of host memory for a ", bytes, "-byte buffer"));
-  return holder;
-}
-
-// A compact output of w's shape, seen in row order: written in place when dim is 0, otherwise through
-// `scratch`, which finish_rows copies back into the output's layout.
-void* rows_out(const TensorView& out, int64_t dim, std::shared_ptr<void>& scratch, void* stream) {
-  if (dim == 0) return out.data;
-  scratch = device_scratch(out, size_t(out.numel()) * size_t(dtype_size(out.dtype)), stream);
-  return scratch.get();
-}
-
-void finish_rows(const TensorView& out, int64_t dim, const std::shared_ptr<void>& scratch, void* stream) {
-  if (dim == 0) return;
-  // The scratch holds dim-first compact rows; view it in out's dimension order and copy it compactly.
-  const TensorView first = dim_first(out, dim);
-  std::vector<int64_t> rstrides(first.shape.size());
-  int64_t stride = 1;
-  for (int i = int(first.shape.size()) - 1; i >= 0; --i) {
-    rstrides[size_t(i)] = stride;
-    stride *= first.shape[size_t(i)];
-  }
-  TensorView src = out;
-  src.data = scratch.get();
-  src.strides[size_t(dim)] = rstrides[0];
-  size_t j = 1;
-  for (size_t i = 0; i < out.shape.size(); ++i) {
-    if (int64_t(i) == dim) continue;
-    src.strides[i] = rstrides[j++];
-  }
-  if (out.device.kind == DeviceKind::CPU) {
-    cpu::contiguous_copy(src, out.data);
-  } else {
-#if defined(NORMKIT_WITH_CUDA)
-    cuda::contiguous_copy(src, out.data, stream);
-#endif
-  }
-  (void)stream;
 }
 
 // The sigma the estimate left in the workspace (a device-to-host copy on CUDA).
@@ -175,11 +103,11 @@ void spectral_norm_forward(const TensorView& w, const TensorView& u, const Tenso
   ops::DeviceScope scope(w.device);
   const int64_t work_values = detail::SpectralNormWork{shape.H, shape.K}.size();
   std::shared_ptr<void> w_copy, y_scratch;
-  const std::shared_ptr<void> work = device_scratch(w, size_t(work_values) * size_t(dtype_size(acc_dtype(w.dtype))), stream);
+  const std::shared_ptr<void> work = ops::device_buffer(w.device, size_t(work_values) * size_t(dtype_size(acc_dtype(w.dtype))), stream);
   detail::SpectralNormForwardArgs a{};
   a.dtype = w.dtype;
   a.shape = shape;
-  a.w = rows_in(w, dim, w_copy, stream);
+  a.w = ops::rows_in(w, dim, w_copy, stream);
   a.u = u.data;
   a.v = v.data;
   a.iterations = training ? n_power_iterations : 0;
@@ -194,9 +122,9 @@ void spectral_norm_forward(const TensorView& w, const TensorView& u, const Tenso
                 "u^T W v = ", s, " for w of shape ", shape_str(w.shape),
                 s == 0 ? " (an all-zero weight, or u or v orthogonal to it)" : " (non-finite values in w, u or v)");
   }
-  if (y) a.y = rows_out(*y, dim, y_scratch, stream);
+  if (y) a.y = ops::rows_out(*y, dim, y_scratch, stream);
   NK_RUN_KERNEL(w.device, spectral_norm_apply, a, stream);
-  if (y) finish_rows(*y, dim, y_scratch, stream);
+  if (y) ops::finish_rows(*y, dim, y_scratch, stream);
 }
 
 void spectral_norm_backward(const TensorView& dy, const TensorView& w, const TensorView& u, const TensorView& v,
@@ -217,19 +145,19 @@ void spectral_norm_backward(const TensorView& dy, const TensorView& w, const Ten
   const OptTensor uc = ops::compact_param(u, u_copy, stream);
   const OptTensor vc = ops::compact_param(v, v_copy, stream);
   const OptTensor sc = ops::compact_param(sigma, s_copy, stream);
-  const std::shared_ptr<void> work = device_scratch(w, size_t(shape.H + 1) * size_t(dtype_size(acc_dtype(w.dtype))), stream);
+  const std::shared_ptr<void> work = ops::device_buffer(w.device, size_t(shape.H + 1) * size_t(dtype_size(acc_dtype(w.dtype))), stream);
   detail::SpectralNormBackwardArgs a{};
   a.dtype = w.dtype;
   a.shape = shape;
-  a.dy = rows_in(dy, dim, dy_copy, stream);
-  a.w = rows_in(w, dim, w_copy, stream);
+  a.dy = ops::rows_in(dy, dim, dy_copy, stream);
+  a.w = ops::rows_in(w, dim, w_copy, stream);
   a.u = uc->data;
   a.v = vc->data;
   a.sigma = sc->data;
   a.work = work.get();
-  a.dw = rows_out(dw, dim, dw_scratch, stream);
+  a.dw = ops::rows_out(dw, dim, dw_scratch, stream);
   NK_RUN_KERNEL(w.device, spectral_norm_backward, a, stream);
-  finish_rows(dw, dim, dw_scratch, stream);
+  ops::finish_rows(dw, dim, dw_scratch, stream);
 }
 
 }  // namespace normkit

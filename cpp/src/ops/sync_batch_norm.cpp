@@ -31,22 +31,6 @@ using detail::SyncHeader;
 
 bool on_cpu(const Device& d) { return d.kind == DeviceKind::CPU; }
 
-// Zeroed scratch memory on the device (stream-ordered on CUDA).
-std::shared_ptr<void> scratch(const Device& d, size_t bytes, void* stream) {
-  bytes = std::max<size_t>(bytes, 8);
-  if (on_cpu(d)) {
-    std::shared_ptr<void> p(std::calloc(1, bytes), std::free);
-    if (!p) throw RuntimeError(concat("SyncBatchNorm: out of host memory allocating ", bytes, " bytes"));
-    return p;
-  }
-#if defined(NORMKIT_WITH_CUDA)
-  return cuda::allocate(bytes, stream);
-#else
-  (void)stream;
-  return nullptr;
-#endif
-}
-
 TensorView vector_view(void* data, DType dtype, const Device& d, int64_t n) {
   TensorView v;
   v.data = data;
@@ -225,11 +209,11 @@ void sync_batch_norm_forward(const TensorView& x, const OptTensor& running_mean,
   ops::DeviceScope scope(d);
 
   // Local moments; this validates x, weight, bias, eps, y, save_mean and save_rstd.
-  auto moments = scratch(d, 3 * size_t(C) * size_t(dtype_size(acc)), stream);
+  auto moments = ops::device_buffer(d, 3 * size_t(C) * size_t(dtype_size(acc)), stream);
   ops::batch_norm_local_moments(x, weight, bias, eps, y, save_mean, save_rstd, moments.get(), stream);
 
   const int64_t size = detail::sync_forward_payload_size(C, check.enabled);
-  auto payload_hold = scratch(d, size_t(size) * sizeof(double), stream);
+  auto payload_hold = ops::device_buffer(d, size_t(size) * sizeof(double), stream);
   auto* payload = static_cast<double*>(payload_hold.get());
   const SyncHeader h = make_header(local_count, check, C, 1 + 3 * C);
   pack_forward(d, moments.get(), acc, C, h, payload, stream);
@@ -240,7 +224,7 @@ void sync_batch_norm_forward(const TensorView& x, const OptTensor& running_mean,
   check_value(count < 0 || count > 1, "x: expected more than 1 value per channel over the ", comm.size(),
               " processes when training, got ", count);
 
-  auto stats = scratch(d, 2 * size_t(C) * size_t(dtype_size(acc)), stream);
+  auto stats = ops::device_buffer(d, 2 * size_t(C) * size_t(dtype_size(acc)), stream);
   void* mean = stats.get();
   void* var = static_cast<char*>(stats.get()) + size_t(C) * size_t(dtype_size(acc));
   finish_forward(d, payload, C, acc, momentum, mean, var, running_mean, running_var, stream);
@@ -273,7 +257,7 @@ void sync_batch_norm_backward(const TensorView& dy, const TensorView& x, const T
   ops::DeviceScope scope(d);
 
   const int64_t size = detail::sync_backward_payload_size(C, check.enabled);
-  auto payload_hold = scratch(d, size_t(size) * sizeof(double), stream);
+  auto payload_hold = ops::device_buffer(d, size_t(size) * sizeof(double), stream);
   auto* payload = static_cast<double*>(payload_hold.get());
   // This process's sums of dy and dy * xhat, straight into the payload (validates dy, x, the saved
   // statistics and weight).
@@ -286,7 +270,7 @@ void sync_batch_norm_backward(const TensorView& dy, const TensorView& x, const T
 
   std::shared_ptr<void> weight_copy;
   const OptTensor w = ops::compact_param(weight, weight_copy, stream);
-  auto coefficients = scratch(d, 2 * size_t(C) * size_t(dtype_size(acc)), stream);
+  auto coefficients = ops::device_buffer(d, 2 * size_t(C) * size_t(dtype_size(acc)), stream);
   dx_coefficients(d, payload, C, w, acc, coefficients.get(), stream);
   ops::batch_norm_backward_given_coefficients(dy, x, save_mean, save_rstd, weight, coefficients.get(), *dx, stream);
 }

@@ -3,7 +3,7 @@
 // compact copy); for any other dim, `dim` is brought to the front by a compact copy of a permuted view
 // (weights are small), and the row-ordered results are copied back into the caller's compact outputs.
 #include "ops/common.h"
-#include "cpu/strided_copy.h"
+#include "ops/dim_rows.h"
 
 namespace normkit {
 namespace {
@@ -56,78 +56,6 @@ WeightNormShape shape_of(const TensorView& v, int64_t dim) {
   return s;
 }
 
-// The view of t with `dim` first (the identity for dim <= 0).
-TensorView dim_first(const TensorView& t, int64_t dim) {
-  if (dim <= 0) return t;
-  TensorView p = t;
-  size_t j = 1;
-  p.shape[0] = t.shape[size_t(dim)];
-  p.strides[0] = t.strides[size_t(dim)];
-  for (size_t i = 0; i < t.shape.size(); ++i) {
-    if (int64_t(i) == dim) continue;
-    p.shape[j] = t.shape[i];
-    p.strides[j] = t.strides[i];
-    ++j;
-  }
-  return p;
-}
-
-// An input in row order: in place when already compact there, otherwise a compact copy in holder.
-const void* rows_in(const TensorView& t, int64_t dim, std::shared_ptr<void>& holder, void* stream) {
-  const TensorView p = dim_first(t, dim);
-  if (p.is_contiguous()) return p.data;
-  holder = ops::compact_copy(p, stream);
-  return holder.get();
-}
-
-// Scratch memory of t's size on t's device.
-std::shared_ptr<void> scratch_like(const TensorView& t, void* stream) {
-  const size_t bytes = std::max<size_t>(1, size_t(t.numel()) * size_t(dtype_size(t.dtype)));
-#if defined(NORMKIT_WITH_CUDA)
-  if (t.device.kind != DeviceKind::CPU) return cuda::allocate(bytes, stream);
-#endif
-  (void)stream;
-  std::shared_ptr<void> holder(std::malloc(bytes), std::free);
-  if (!holder) throw RuntimeError(concat("out of host memory for a ", bytes, "-byte buffer"));
-  return holder;
-}
-
-// A compact output of v's shape, seen in row order: written in place when dim <= 0, otherwise
-// through `scratch`, which finish_rows copies back into the output's layout.
-void* rows_out(const TensorView& out, int64_t dim, std::shared_ptr<void>& scratch, void* stream) {
-  if (dim <= 0) return out.data;
-  scratch = scratch_like(out, stream);
-  return scratch.get();
-}
-
-void finish_rows(const TensorView& out, int64_t dim, const std::shared_ptr<void>& scratch, void* stream) {
-  if (dim <= 0) return;
-  // The scratch holds dim-first compact rows; view it in out's dimension order and copy it compactly.
-  const TensorView first = dim_first(out, dim);
-  std::vector<int64_t> rstrides(first.shape.size());
-  int64_t stride = 1;
-  for (int i = int(first.shape.size()) - 1; i >= 0; --i) {
-    rstrides[size_t(i)] = stride;
-    stride *= first.shape[size_t(i)];
-  }
-  TensorView src = out;
-  src.data = scratch.get();
-  src.strides[size_t(dim)] = rstrides[0];
-  size_t j = 1;
-  for (size_t i = 0; i < out.shape.size(); ++i) {
-    if (int64_t(i) == dim) continue;
-    src.strides[i] = rstrides[j++];
-  }
-  if (out.device.kind == DeviceKind::CPU) {
-    cpu::contiguous_copy(src, out.data);
-  } else {
-#if defined(NORMKIT_WITH_CUDA)
-    cuda::contiguous_copy(src, out.data, stream);
-#endif
-  }
-  (void)stream;
-}
-
 void check_compact_like_v(const TensorView& out, const char* arg, const TensorView& v) {
   ops::check_output(out, arg, v.shape, v.dtype, v, "v");
 }
@@ -151,12 +79,12 @@ void weight_norm_forward(const TensorView& v, const TensorView& g, int64_t dim, 
   detail::WeightNormForwardArgs a{};
   a.dtype = v.dtype;
   a.shape = shape;
-  a.v = rows_in(v, dim, v_copy, stream);
+  a.v = ops::rows_in(v, dim, v_copy, stream);
   a.g = gc->data;
-  a.w = rows_out(w, dim, w_scratch, stream);
+  a.w = ops::rows_out(w, dim, w_scratch, stream);
   a.norms = norms.data;
   NK_RUN_KERNEL(v.device, weight_norm_forward, a, stream);
-  finish_rows(w, dim, w_scratch, stream);
+  ops::finish_rows(w, dim, w_scratch, stream);
 }
 
 void weight_norm_backward(const TensorView& dw, const TensorView& v, const TensorView& g,
@@ -182,14 +110,14 @@ void weight_norm_backward(const TensorView& dw, const TensorView& v, const Tenso
   detail::WeightNormBackwardArgs a{};
   a.dtype = v.dtype;
   a.shape = shape;
-  a.dw = rows_in(dw, dim, dw_copy, stream);
-  a.v = rows_in(v, dim, v_copy, stream);
+  a.dw = ops::rows_in(dw, dim, dw_copy, stream);
+  a.v = ops::rows_in(v, dim, v_copy, stream);
   a.g = gc->data;
   a.norms = nc->data;
-  a.dv = rows_out(dv, dim, dv_scratch, stream);
+  a.dv = ops::rows_out(dv, dim, dv_scratch, stream);
   a.dg = dg.data;
   NK_RUN_KERNEL(v.device, weight_norm_backward, a, stream);
-  finish_rows(dv, dim, dv_scratch, stream);
+  ops::finish_rows(dv, dim, dv_scratch, stream);
 }
 
 }  // namespace normkit
