@@ -34,12 +34,13 @@ inline void cpu_relax() {
 #endif
 }
 
-// Spins until pred() holds or ~50 us pass. Back-to-back kernels then hand work to threads that are
-// still awake: a futex wake-up costs tens of microseconds, as much as a whole small normalization.
+// Spinning: back-to-back kernels hand work to threads that are still awake, since a futex wake-up
+// costs tens of microseconds (as much as a whole small normalization), and more inside a VM.
+// NORMKIT_SPIN_US (default 300) bounds it.
 int spin_microseconds() {
   static const int us = [] {
     const char* s = std::getenv("NORMKIT_SPIN_US");
-    return s ? std::max(0, std::atoi(s)) : 50;
+    return s ? std::max(0, std::atoi(s)) : 300;
   }();
   return us;
 }
@@ -49,13 +50,19 @@ int64_t now_ns() {
       .count();
 }
 
+// Spins until pred() holds or the spin time passes. `yield`: give the core to any other runnable
+// thread now and then (an idle worker must not slow down torch's threads that run between normkit
+// calls); a caller waiting for its own job's chunks spins without yielding.
 template <class Pred>
-void spin_briefly(Pred&& pred) {
+void spin_briefly(Pred&& pred, bool yield = false) {
   const auto start = std::chrono::steady_clock::now();
   const auto limit = std::chrono::microseconds(spin_microseconds());
   for (int i = 0; !pred(); ++i) {
     cpu_relax();
-    if ((i & 255) == 255 && std::chrono::steady_clock::now() - start > limit) return;
+    if ((i & 255) == 255) {
+      if (std::chrono::steady_clock::now() - start > limit) return;
+      if (yield) std::this_thread::yield();
+    }
   }
 }
 
@@ -145,7 +152,7 @@ class ThreadPool {
     for (;;) {
       const std::function<void(int64_t)>* job;
       int64_t chunks;
-      if (spin) spin_briefly([&] { return published_.load(std::memory_order_acquire) != seen; });
+      if (spin) spin_briefly([&] { return published_.load(std::memory_order_acquire) != seen; }, true);
       {
         std::unique_lock<std::mutex> lock(mu_);
         wake_.wait(lock, [&] { return stop_ || (generation_ != seen && job_ != nullptr); });
