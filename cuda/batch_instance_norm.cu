@@ -12,6 +12,7 @@
 #include "block_reduce.cuh"
 #include "cuda_check.cuh"
 #include "cuda_ops.h"
+#include "params.cuh"
 #include "normkit/dtype.h"
 #include "normkit/math.h"
 
@@ -23,27 +24,6 @@ using detail::BinForwardArgs;
 using detail::BinShape;
 
 constexpr int kThreads = 256;
-
-template <class A>
-__device__ A param_at(const void* p, DType t, int64_t i, A fallback) {
-  if (!p) return fallback;
-  switch (t) {
-    case DType::Float16: return load<A>(static_cast<const half_t*>(p)[i]);
-    case DType::BFloat16: return load<A>(static_cast<const bfloat16_t*>(p)[i]);
-    case DType::Float32: return load<A>(static_cast<const float*>(p)[i]);
-    default: return load<A>(static_cast<const double*>(p)[i]);
-  }
-}
-
-template <class A>
-__device__ void param_put(void* p, DType t, int64_t i, A v) {
-  switch (t) {
-    case DType::Float16: static_cast<half_t*>(p)[i] = store<half_t>(v); break;
-    case DType::BFloat16: static_cast<bfloat16_t*>(p)[i] = store<bfloat16_t>(v); break;
-    case DType::Float32: static_cast<float*>(p)[i] = store<float>(v); break;
-    default: static_cast<double*>(p)[i] = store<double>(v); break;
-  }
-}
 
 template <class T>
 __global__ void __launch_bounds__(kThreads) forward_kernel(BinForwardArgs a) {

@@ -62,12 +62,12 @@ void switchable_norm_forward(const detail::SnForwardArgs& args, void* stream);
 void switchable_norm_backward(const detail::SnBackwardArgs& args, void* stream);
 
 // SyncBatchNorm's per-channel steps (detail/sync_batch_norm_steps.h); acc is the accumulation dtype.
-void sync_pack_forward(const void* moments, DType acc, int64_t C, const detail::SyncHeader& h, double* payload,
-                       void* stream);
+void sync_pack_forward(const void* moments, DType acc, int64_t C, double count, double* payload, void* stream);
 void sync_finish_forward(const double* payload, int64_t C, DType acc, double momentum, void* mean, void* var,
                          void* running_mean, void* running_var, DType running_dtype, void* stream);
-void sync_pack_backward(int64_t C, const detail::SyncHeader& h, double* payload, void* dweight, void* dbias,
-                        DType grad_dtype, void* stream);
+void sync_write_header(const detail::SyncHeader& h, double* payload, void* stream);
+// out[c] = src[c] for c < C, converted to out_dtype.
+void sync_cast(const double* src, int64_t C, void* out, DType out_dtype, void* stream);
 void sync_dx_coefficients(const double* payload, int64_t C, const void* weight, DType weight_dtype, DType acc,
                           void* coefficients, void* stream);
 

@@ -1,6 +1,6 @@
 // SyncBatchNorm's per-channel steps around the all-reduces on CUDA: one small kernel each, calling the
 // per-channel functions of detail/sync_batch_norm_steps.h that the CPU path calls too. Everything is
-// queued on the caller's stream; the only host synchronisation is copy_to_host, which the dispatch
+// queued on the caller's stream; the only host synchronisation is copy_to_host (runtime.cu), which the dispatch
 // layer uses for the (rare) checks that need a value on the host.
 #include <cuda_runtime.h>
 
@@ -23,9 +23,8 @@ dim3 grid_for(int64_t n) {
 
 template <class A>
 __global__ void __launch_bounds__(kThreads)
-    pack_forward_kernel(const A* __restrict__ moments, int64_t C, detail::SyncHeader h, double* __restrict__ payload) {
-  NK_CHANNEL_LOOP(c, C) detail::sync_pack_moments(c, C, h.count, moments, payload);
-  if (blockIdx.x == 0 && threadIdx.x == 0) detail::sync_write_header(h, payload);
+    pack_forward_kernel(const A* __restrict__ moments, int64_t C, double count, double* __restrict__ payload) {
+  NK_CHANNEL_LOOP(c, C) detail::sync_pack_moments(c, C, count, moments, payload);
 }
 
 template <class A, class P>
@@ -35,12 +34,11 @@ __global__ void __launch_bounds__(kThreads)
   NK_CHANNEL_LOOP(c, C) detail::sync_finish_moments(c, C, payload, momentum, mean, var, rm, rv);
 }
 
+__global__ void header_kernel(detail::SyncHeader h, double* __restrict__ payload) { detail::sync_write_header(h, payload); }
+
 template <class O>
-__global__ void __launch_bounds__(kThreads)
-    pack_backward_kernel(int64_t C, detail::SyncHeader h, double* __restrict__ payload, O* __restrict__ dweight,
-                         O* __restrict__ dbias) {
-  NK_CHANNEL_LOOP(c, C) detail::sync_local_gradients(c, C, payload, dweight, dbias);
-  if (blockIdx.x == 0 && threadIdx.x == 0) detail::sync_write_header(h, payload);
+__global__ void __launch_bounds__(kThreads) cast_kernel(const double* __restrict__ src, int64_t C, O* __restrict__ out) {
+  NK_CHANNEL_LOOP(c, C) out[c] = store<O>(src[c]);
 }
 
 template <class A, class W>
@@ -49,23 +47,13 @@ __global__ void __launch_bounds__(kThreads)
   NK_CHANNEL_LOOP(c, C) detail::sync_dx_coefficients(c, C, payload, w, coef);
 }
 
-// A = float or double (the accumulation dtype).
-template <class Fn>
-void dispatch_acc(DType acc, Fn&& fn) {
-  if (acc == DType::Float64)
-    fn(double{});
-  else
-    fn(float{});
-}
-
 }  // namespace
 
-void sync_pack_forward(const void* moments, DType acc, int64_t C, const detail::SyncHeader& h, double* payload,
-                       void* stream) {
+void sync_pack_forward(const void* moments, DType acc, int64_t C, double count, double* payload, void* stream) {
   auto st = static_cast<cudaStream_t>(stream);
   dispatch_acc(acc, [&](auto a) {
     using A = decltype(a);
-    pack_forward_kernel<A><<<grid_for(C), kThreads, 0, st>>>(static_cast<const A*>(moments), C, h, payload);
+    pack_forward_kernel<A><<<grid_for(C), kThreads, 0, st>>>(static_cast<const A*>(moments), C, count, payload);
   });
   check_launch("sync pack_forward_kernel");
 }
@@ -85,15 +73,18 @@ void sync_finish_forward(const double* payload, int64_t C, DType acc, double mom
   check_launch("sync finish_forward_kernel");
 }
 
-void sync_pack_backward(int64_t C, const detail::SyncHeader& h, double* payload, void* dweight, void* dbias,
-                        DType grad_dtype, void* stream) {
+void sync_write_header(const detail::SyncHeader& h, double* payload, void* stream) {
+  header_kernel<<<1, 1, 0, static_cast<cudaStream_t>(stream)>>>(h, payload);
+  check_launch("sync header_kernel");
+}
+
+void sync_cast(const double* src, int64_t C, void* out, DType out_dtype, void* stream) {
   auto st = static_cast<cudaStream_t>(stream);
-  dispatch_float(grad_dtype, [&](auto o) {
+  dispatch_float(out_dtype, [&](auto o) {
     using O = decltype(o);
-    pack_backward_kernel<O><<<grid_for(C), kThreads, 0, st>>>(C, h, payload, static_cast<O*>(dweight),
-                                                              static_cast<O*>(dbias));
+    cast_kernel<O><<<grid_for(C), kThreads, 0, st>>>(src, C, static_cast<O*>(out));
   });
-  check_launch("sync pack_backward_kernel");
+  check_launch("sync cast_kernel");
 }
 
 void sync_dx_coefficients(const double* payload, int64_t C, const void* weight, DType weight_dtype, DType acc,

@@ -162,6 +162,14 @@ decltype(auto) dispatch_float(DType t, Fn&& fn) {
   return fn(double{});
 }
 
+// Calls fn(A{}) with A the accumulation type named by `acc` (float64 -> double, else float): for
+// buffers that only ever hold accumulation-type values (statistics, coefficients).
+template <class Fn>
+decltype(auto) dispatch_acc(DType acc, Fn&& fn) {
+  if (acc == DType::Float64) return fn(double{});
+  return fn(float{});
+}
+
 // Parameters (weight, bias, running statistics) are stored in the input's dtype or, for mixed
 // precision, in its accumulation dtype; the dispatch layer rejects anything else. Calls fn(P{}).
 template <class T, class Fn>

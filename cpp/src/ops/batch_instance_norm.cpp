@@ -12,16 +12,6 @@ namespace {
 using detail::BinShape;
 using detail::Layout;
 
-BinShape shape_of(const TensorView& x, Layout layout) {
-  BinShape s;
-  s.N = x.shape[0];
-  s.C = x.shape[1];
-  s.S = 1;
-  for (int i = 2; i < x.ndim(); ++i) s.S *= x.shape[size_t(i)];
-  s.layout = layout;
-  return s;
-}
-
 void check_input(const TensorView& x) {
   ops::check_device_supported(x, "x");
   check_value(x.ndim() >= 3, "x: expected at least 3 dimensions [N, C, *spatial], got shape ", shape_str(x.shape));
@@ -58,7 +48,7 @@ void batch_instance_norm_forward(const TensorView& x, const TensorView& rho, con
   check_value(running_mean.has_value() == running_var.has_value(),
               "running_mean, running_var: expected both or neither, got ",
               running_mean ? "running_mean only" : "running_var only");
-  const BinShape s0 = shape_of(x, Layout::NCS);
+  const BinShape s0 = ops::ncs_shape<BinShape>(x, Layout::NCS);
   check_value(training || running_mean.has_value(),
               "running_mean, running_var: expected both in evaluation mode (training=False), got None");
   // The instance branch always normalizes per (n, c), as InstanceNorm does when training.
@@ -75,7 +65,7 @@ void batch_instance_norm_forward(const TensorView& x, const TensorView& rho, con
   check_saved(save_mean_in, "save_mean_in", s0.N * s0.C, x);
   check_saved(save_rstd_in, "save_rstd_in", s0.N * s0.C, x);
 
-  const BinShape shape = shape_of(x, layout);
+  const BinShape shape = ops::ncs_shape<BinShape>(x, layout);
   if (shape.numel() == 0) return;
   ops::DeviceScope scope(x.device);
   std::shared_ptr<void> weight_copy, bias_copy, rho_copy, x_copy;
@@ -120,7 +110,7 @@ void batch_instance_norm_backward(const TensorView& dy, const TensorView& x, con
   ops::check_channel_vector(weight_in, "weight", x);
   const DType param_dtype = ops::check_param_dtypes(weight_in, "weight", std::nullopt, "", x);
   const DType rho_dtype = ops::check_param_dtypes(rho, "rho", std::nullopt, "", x);
-  const BinShape s0 = shape_of(x, Layout::NCS);
+  const BinShape s0 = ops::ncs_shape<BinShape>(x, Layout::NCS);
   check_saved(save_mean_bn, "save_mean_bn", s0.C, x);
   check_saved(save_rstd_bn, "save_rstd_bn", s0.C, x);
   check_saved(save_mean_in, "save_mean_in", s0.N * s0.C, x);
@@ -136,7 +126,7 @@ void batch_instance_norm_backward(const TensorView& dy, const TensorView& x, con
   check_grad(dbias, "dbias", x);
   check_grad(drho, "drho", x);
 
-  const BinShape shape = shape_of(x, layout);
+  const BinShape shape = ops::ncs_shape<BinShape>(x, layout);
   if (shape.numel() == 0) return;
   ops::DeviceScope scope(x.device);
   std::shared_ptr<void> weight_copy, rho_copy, x_copy, dy_copy;

@@ -74,6 +74,19 @@ std::shared_ptr<void> compact_copy(const TensorView& t, void* stream);
 // ---- [N, C, *spatial] arrays in a channel layout (detail::Layout): channels first (NCHW...) or
 // channels last (NHWC, NDHWC). Used by the channel normalizations and LocalResponseNorm.
 
+// The [N, C, S] shape struct (S: the product of the spatial dims) of x = [N, C, *spatial] in `layout`,
+// for the kernels' argument structs that have these four fields.
+template <class NcsShape>
+NcsShape ncs_shape(const TensorView& x, detail::Layout layout) {
+  NcsShape s;
+  s.N = x.shape[0];
+  s.C = x.shape[1];
+  s.S = 1;
+  for (int i = 2; i < x.ndim(); ++i) s.S *= x.shape[size_t(i)];
+  s.layout = layout;
+  return s;
+}
+
 // Whether t is compact in `layout`.
 bool compact_in(const TensorView& t, detail::Layout layout);
 // The layout an output array is compact in (channels first preferred when both hold); ValueError

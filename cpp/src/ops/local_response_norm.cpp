@@ -10,16 +10,6 @@ using detail::Layout;
 using detail::LrnParams;
 using detail::LrnShape;
 
-LrnShape shape_of(const TensorView& x, Layout layout) {
-  LrnShape s;
-  s.N = x.shape[0];
-  s.C = x.shape[1];
-  s.S = 1;
-  for (int i = 2; i < x.ndim(); ++i) s.S *= x.shape[size_t(i)];
-  s.layout = layout;
-  return s;
-}
-
 LrnParams check_params(const TensorView& x, int64_t size, double alpha, double beta, double k) {
   ops::check_device_supported(x, "x");
   check_value(x.ndim() >= 3, "x: expected 3 or more dimensions [N, C, *], got shape ", shape_str(x.shape));
@@ -42,7 +32,7 @@ void local_response_norm_forward(const TensorView& x, int64_t size, double alpha
   const LrnParams p = check_params(x, size, alpha, beta, k);
   const Layout layout = check_output(y, "y", x);
 
-  const LrnShape shape = shape_of(x, layout);
+  const LrnShape shape = ops::ncs_shape<LrnShape>(x, layout);
   if (shape.numel() == 0) return;
   ops::DeviceScope scope(x.device);
   ops::advise_huge_pages(y);
@@ -64,7 +54,7 @@ void local_response_norm_backward(const TensorView& dy, const TensorView& x, int
   ops::check_shape(dy, "dy", x.shape);
   const Layout layout = check_output(dx, "dx", x);
 
-  const LrnShape shape = shape_of(x, layout);
+  const LrnShape shape = ops::ncs_shape<LrnShape>(x, layout);
   if (shape.numel() == 0) return;
   ops::DeviceScope scope(x.device);
   ops::advise_huge_pages(dx);

@@ -11,16 +11,6 @@ namespace {
 using detail::Layout;
 using detail::MobnShape;
 
-MobnShape shape_of(const TensorView& x, Layout layout) {
-  MobnShape s;
-  s.N = x.shape[0];
-  s.C = x.shape[1];
-  s.S = 1;
-  for (int i = 2; i < x.ndim(); ++i) s.S *= x.shape[size_t(i)];
-  s.layout = layout;
-  return s;
-}
-
 void check_input(const TensorView& x, const char* arg) {
   ops::check_device_supported(x, arg);
   check_value(x.ndim() >= 2, arg, ": expected at least 2 dimensions [N, C, *spatial], got shape ",
@@ -39,7 +29,7 @@ void mean_only_batch_norm_forward(const TensorView& x, const OptTensor& running_
   const DType running_dtype = ops::check_param_dtypes(running_mean, "running_mean", std::nullopt, "", x);
   check_value(training || running_mean.has_value(),
               "running_mean: expected an array in evaluation mode (training=False), got None");
-  const MobnShape s0 = shape_of(x, Layout::NCS);
+  const MobnShape s0 = ops::ncs_shape<MobnShape>(x, Layout::NCS);
   check_value(!training || s0.N * s0.S > 0,
               "x: expected at least one value per channel to compute the batch mean, got shape ", shape_str(x.shape));
   check_value(std::isfinite(momentum), "momentum: expected a finite number, got ", momentum);
@@ -49,7 +39,7 @@ void mean_only_batch_norm_forward(const TensorView& x, const OptTensor& running_
   const Layout layout = ops::output_layout(y, "y");
   ops::check_output(save_mean, "save_mean", {s0.C}, acc_dtype(x.dtype), x, "x");
 
-  const MobnShape shape = shape_of(x, layout);
+  const MobnShape shape = ops::ncs_shape<MobnShape>(x, layout);
   if (shape.C == 0) return;
   ops::DeviceScope scope(x.device);
   std::shared_ptr<void> bias_copy, x_copy;
@@ -82,7 +72,7 @@ void mean_only_batch_norm_backward(const TensorView& dy, bool training, const Op
   }
   if (dbias) ops::check_output(*dbias, "dbias", {dy.shape[1]}, dbias->dtype, dy, "dy");
 
-  const MobnShape shape = shape_of(dy, layout);
+  const MobnShape shape = ops::ncs_shape<MobnShape>(dy, layout);
   if (shape.C == 0) return;
   ops::DeviceScope scope(dy.device);
   std::shared_ptr<void> dy_copy;

@@ -12,16 +12,6 @@ using detail::Layout;
 using detail::SnSaved;
 using detail::SnShape;
 
-SnShape shape_of(const TensorView& x, Layout layout) {
-  SnShape s;
-  s.N = x.shape[0];
-  s.C = x.shape[1];
-  s.S = 1;
-  for (int i = 2; i < x.ndim(); ++i) s.S *= x.shape[size_t(i)];
-  s.layout = layout;
-  return s;
-}
-
 void check_input(const TensorView& x) {
   ops::check_device_supported(x, "x");
   check_value(x.ndim() >= 2, "x: expected at least 2 dimensions [N, C, *spatial], got shape ", shape_str(x.shape));
@@ -70,7 +60,7 @@ void switchable_norm_forward(const TensorView& x, const TensorView& mean_weight,
   const Layout layout = ops::output_layout(y, "y");
   check_saved(saved, x);
 
-  const SnShape shape = shape_of(x, layout);
+  const SnShape shape = ops::ncs_shape<SnShape>(x, layout);
   if (shape.numel() == 0) return;
   ops::DeviceScope scope(x.device);
   std::shared_ptr<void> weight_copy, bias_copy, mw_copy, vw_copy, x_copy;
@@ -127,7 +117,7 @@ void switchable_norm_backward(const TensorView& dy, const TensorView& x, const T
   if (dmean_weight) ops::check_output(*dmean_weight, "dmean_weight", {3}, logit_dtype, x, "x");
   if (dvar_weight) ops::check_output(*dvar_weight, "dvar_weight", {3}, logit_dtype, x, "x");
 
-  const SnShape shape = shape_of(x, layout);
+  const SnShape shape = ops::ncs_shape<SnShape>(x, layout);
   if (shape.numel() == 0) return;
   ops::DeviceScope scope(x.device);
   std::shared_ptr<void> weight_copy, mw_copy, vw_copy, x_copy, dy_copy;

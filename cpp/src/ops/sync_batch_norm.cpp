@@ -41,30 +41,20 @@ TensorView vector_view(void* data, DType dtype, const Device& d, int64_t n) {
   return v;
 }
 
-// A = float or double (the accumulation dtype).
-template <class Fn>
-void dispatch_acc(DType acc, Fn&& fn) {
-  if (acc == DType::Float64)
-    fn(double{});
-  else
-    fn(float{});
-}
-
 // ---- the per-channel steps on the tensors' device --------------------------------------------------
 
-void pack_forward(const Device& d, const void* moments, DType acc, int64_t C, const SyncHeader& h, double* payload,
+void pack_forward(const Device& d, const void* moments, DType acc, int64_t C, double count, double* payload,
                   void* stream) {
   if (!on_cpu(d)) {
 #if defined(NORMKIT_WITH_CUDA)
-    cuda::sync_pack_forward(moments, acc, C, h, payload, stream);
+    cuda::sync_pack_forward(moments, acc, C, count, payload, stream);
 #endif
     return;
   }
   dispatch_acc(acc, [&](auto a) {
     using A = decltype(a);
-    for (int64_t c = 0; c < C; ++c) detail::sync_pack_moments(c, C, h.count, static_cast<const A*>(moments), payload);
+    for (int64_t c = 0; c < C; ++c) detail::sync_pack_moments(c, C, count, static_cast<const A*>(moments), payload);
   });
-  detail::sync_write_header(h, payload);
 }
 
 void finish_forward(const Device& d, const double* payload, int64_t C, DType acc, double momentum, void* mean,
@@ -89,30 +79,28 @@ void finish_forward(const Device& d, const double* payload, int64_t C, DType acc
   });
 }
 
-void pack_backward(const Device& d, int64_t C, const SyncHeader& h, double* payload, const OptTensor& dweight,
-                   const OptTensor& dbias, void* stream) {
-  for (const OptTensor* out : {&dweight, &dbias}) {
-    if (!*out) continue;
-    void* dw = out == &dweight ? (*out)->data : nullptr;
-    void* db = out == &dbias ? (*out)->data : nullptr;
-    if (!on_cpu(d)) {
-#if defined(NORMKIT_WITH_CUDA)
-      cuda::sync_pack_backward(C, h, payload, dw, db, (*out)->dtype, stream);
-#endif
-      continue;
-    }
-    dispatch_float((*out)->dtype, [&](auto o) {
-      using O = decltype(o);
-      for (int64_t c = 0; c < C; ++c) detail::sync_local_gradients(c, C, payload, static_cast<O*>(dw), static_cast<O*>(db));
-    });
-  }
+void write_header(const Device& d, const SyncHeader& h, double* payload, void* stream) {
   if (!on_cpu(d)) {
 #if defined(NORMKIT_WITH_CUDA)
-    if (!dweight && !dbias) cuda::sync_pack_backward(C, h, payload, nullptr, nullptr, DType::Float32, stream);
+    cuda::sync_write_header(h, payload, stream);
 #endif
     return;
   }
   detail::sync_write_header(h, payload);
+}
+
+// out = the C float64 values at src, in out's dtype.
+void cast_to(const Device& d, const double* src, int64_t C, const TensorView& out, void* stream) {
+  if (!on_cpu(d)) {
+#if defined(NORMKIT_WITH_CUDA)
+    cuda::sync_cast(src, C, out.data, out.dtype, stream);
+#endif
+    return;
+  }
+  dispatch_float(out.dtype, [&](auto o) {
+    using O = decltype(o);
+    for (int64_t c = 0; c < C; ++c) static_cast<O*>(out.data)[c] = store<O>(src[c]);
+  });
 }
 
 void dx_coefficients(const Device& d, const double* payload, int64_t C, const OptTensor& weight, DType acc,
@@ -216,7 +204,8 @@ void sync_batch_norm_forward(const TensorView& x, const OptTensor& running_mean,
   auto payload_hold = ops::device_buffer(d, size_t(size) * sizeof(double), stream);
   auto* payload = static_cast<double*>(payload_hold.get());
   const SyncHeader h = make_header(local_count, check, C, 1 + 3 * C);
-  pack_forward(d, moments.get(), acc, C, h, payload, stream);
+  pack_forward(d, moments.get(), acc, C, h.count, payload, stream);
+  write_header(d, h, payload, stream);
   // A process with two or more values knows the global count is at least two: on CUDA only the others
   // wait for the device to read it.
   const double count =
@@ -264,8 +253,11 @@ void sync_batch_norm_backward(const TensorView& dy, const TensorView& x, const T
   batch_norm_backward(dy, x, save_mean, save_rstd, weight, false, std::nullopt,
                       vector_view(payload + 1 + C, DType::Float64, d, C), vector_view(payload + 1, DType::Float64, d, C),
                       stream);
+  // Those sums are also this process's dweight and dbias.
+  if (dweight) cast_to(d, payload + 1 + C, C, *dweight, stream);
+  if (dbias) cast_to(d, payload + 1, C, *dbias, stream);
   const SyncHeader h = make_header(local_count, check, C, 1 + 2 * C);
-  pack_backward(d, C, h, payload, dweight, dbias, stream);
+  write_header(d, h, payload, stream);
   allreduce_and_check(comm, d, payload, size, h, "backward", false, stream);
 
   std::shared_ptr<void> weight_copy;

@@ -305,10 +305,7 @@ def sync_batch_norm(input, running_mean, running_var, weight=None, bias=None, mo
                     check=None):
     """SyncBatchNorm in training (see :func:`normkit.functional.sync_batch_norm_forward`): BatchNorm over
     the batches of all processes of ``comm``; the backward all-reduces once. Every process must call it."""
-    if comm is None:
-        from normkit.distributed import default_communicator
-
-        comm = default_communicator()
+    comm = _F._communicator(comm)  # resolved once, for the forward and the backward
     if not _needs_autograd(input, weight, bias):
         return _F.sync_batch_norm_forward(input, running_mean, running_var, weight, bias, float(momentum), float(eps),
                                           comm, check)[0]

@@ -306,16 +306,20 @@ def weight_norm(module: torch.nn.Module, name: str = "weight", dim: int | None =
     return module
 
 
-class BatchNormXd(_BatchNormForward, torch.nn.modules.batchnorm._BatchNorm):
-    """BatchNorm for inputs of any rank >= 2 ([N, C, *]): what ``revert_sync_batchnorm`` turns a
-    SyncBatchNorm (which does not know its input rank) into. State dict as torch's BatchNormNd."""
+class _AnyRank:
+    """Inputs of any rank >= 2 ([N, C, *]), as torch.nn.SyncBatchNorm takes them."""
 
     def _check_input_dim(self, input):
         if input.dim() < 2:
             raise ValueError(f"expected at least 2D input (got {input.dim()}D input)")
 
 
-class SyncBatchNorm(_BatchNormForward, torch.nn.modules.batchnorm._BatchNorm):
+class BatchNormXd(_AnyRank, _BatchNormForward, torch.nn.modules.batchnorm._BatchNorm):
+    """BatchNorm for inputs of any rank >= 2 ([N, C, *]): what ``revert_sync_batchnorm`` turns a
+    SyncBatchNorm (which does not know its input rank) into. State dict as torch's BatchNormNd."""
+
+
+class SyncBatchNorm(_AnyRank, _BatchNormForward, torch.nn.modules.batchnorm._BatchNorm):
     """``torch.nn.SyncBatchNorm`` backed by normkit, on CPU and CUDA tensors.
 
     In training, the statistics cover the batches of all processes of ``comm`` (a
@@ -334,10 +338,6 @@ class SyncBatchNorm(_BatchNormForward, torch.nn.modules.batchnorm._BatchNorm):
         self.process_group = process_group
         self.comm = comm
         self._sync = SyncIdentity(check_enabled(sync_check))
-
-    def _check_input_dim(self, input):
-        if input.dim() < 2:
-            raise ValueError(f"expected at least 2D input (got {input.dim()}D input)")
 
     def _communicator(self):
         if self.comm is None:

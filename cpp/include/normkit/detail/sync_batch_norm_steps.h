@@ -48,15 +48,6 @@ NK_HD void sync_write_header(const SyncHeader& h, double* payload) {
     for (int64_t i = 0; i < kSyncCheckValues; ++i) payload[h.check_offset + i] = h.check[i];
 }
 
-// Backward, before the all-reduce: the payload holds this process's sums of dy and dy * xhat (from the
-// BatchNorm backward kernel); they are also this process's dbias and dweight (data-parallel training
-// averages those itself).
-template <class O>
-NK_HD void sync_local_gradients(int64_t c, int64_t C, const double* payload, O* dweight, O* dbias) {
-  if (dbias) dbias[c] = store<O>(payload[1 + c]);
-  if (dweight) dweight[c] = store<O>(payload[1 + C + c]);
-}
-
 // Forward, before the all-reduce: channel c's terms from the local moments (hi[C], lo[C], m2[C]).
 template <class A>
 NK_HD void sync_pack_moments(int64_t c, int64_t C, double count, const A* moments, double* payload) {
