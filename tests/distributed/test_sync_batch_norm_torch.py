@@ -10,7 +10,7 @@ import copy
 import normkit.torch as nkt
 import pytest
 import torch
-from world import COMM, RANK, SIZE, local_part, seed_for, summed, uneven_counts
+from world import COMM, SIZE, local_part, seed_for, summed, uneven_counts
 
 TOL = {torch.float32: dict(rtol=1e-5, atol=3e-5), torch.bfloat16: dict(rtol=2e-2, atol=3e-2),
        torch.float16: dict(rtol=3e-3, atol=5e-3)}
@@ -109,15 +109,12 @@ def test_convert_and_revert_keep_parameters_and_buffers():
     assert [type(m) for m in from_torch_sync.modules()].count(nkt.BatchNormXd) == 3
 
 
-def test_training_with_averaged_gradients_equals_single_process_training():
-    """Data-parallel steps (each process: its part of the batch, gradients averaged over processes as
-    DDP does) with SyncBatchNorm give the parameters of single-process training on the whole batch."""
-    single = _resnet_like()
-    model = nkt.convert_sync_batchnorm(copy.deepcopy(single), comm=COMM)
+def assert_trains_like_single_process(single, model, forward, counts, seed, sync_grads=None):
+    """Three SGD steps of `model` -- `forward` on this process's part of each batch, then `sync_grads`
+    (if given) -- end with the parameters and buffers of `single` trained on the whole batches."""
     opt_single = torch.optim.SGD(single.parameters(), lr=0.1, momentum=0.9)
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
-    g = torch.Generator().manual_seed(seed_for("ddp_like"))
-    counts = [2] * SIZE
+    g = torch.Generator().manual_seed(seed)
     for _ in range(3):
         x = torch.randn(sum(counts), 3, 6, 6, generator=g)
         target = torch.randn(sum(counts), 4, generator=g)
@@ -125,12 +122,24 @@ def test_training_with_averaged_gradients_equals_single_process_training():
         torch.nn.functional.mse_loss(single(x), target).backward()
         opt_single.step()
         opt.zero_grad()
-        torch.nn.functional.mse_loss(model(local_part(x, counts)), local_part(target, counts)).backward()
-        for p in model.parameters():  # DDP's gradient averaging
-            p.grad.copy_(torch.from_numpy(summed(COMM, p.grad.numpy())).float() / SIZE)
+        torch.nn.functional.mse_loss(forward(local_part(x, counts)), local_part(target, counts)).backward()
+        if sync_grads is not None:
+            sync_grads()
         opt.step()
     for (name, p), q in zip(model.named_parameters(), single.parameters()):
         torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-5, msg=name)
     for (name, b), c in zip(model.named_buffers(), single.buffers()):
         torch.testing.assert_close(b, c, rtol=1e-4, atol=1e-5, msg=name)
-    assert RANK < SIZE
+
+
+def test_training_with_averaged_gradients_equals_single_process_training():
+    """Data-parallel steps (each process: its part of the batch, gradients averaged over processes as
+    DDP does) with SyncBatchNorm give the parameters of single-process training on the whole batch."""
+    single = _resnet_like()
+    model = nkt.convert_sync_batchnorm(copy.deepcopy(single), comm=COMM)
+
+    def average_grads():  # DDP's gradient averaging
+        for p in model.parameters():
+            p.grad.copy_(torch.from_numpy(summed(COMM, p.grad.numpy())).float() / SIZE)
+
+    assert_trains_like_single_process(single, model, model, [2] * SIZE, seed_for("ddp_like"), average_grads)

@@ -12,7 +12,7 @@ import pytest
 import torch
 import torch.distributed as dist
 from normkit.distributed import TorchCommunicator, default_communicator
-from test_sync_batch_norm_torch import _resnet_like
+from test_sync_batch_norm_torch import _resnet_like, assert_trains_like_single_process
 from world import COMM, HAVE_MPI, RANK, SIZE, local_part, seed_for, uneven_counts
 
 
@@ -60,23 +60,7 @@ def test_ddp_training_with_converted_layers_equals_single_process_training(gloo)
     single = _resnet_like()
     model = nkt.convert_sync_batchnorm(copy.deepcopy(single), process_group=gloo)
     ddp = torch.nn.parallel.DistributedDataParallel(model)
-    opt_single = torch.optim.SGD(single.parameters(), lr=0.1, momentum=0.9)
-    opt = torch.optim.SGD(ddp.parameters(), lr=0.1, momentum=0.9)
-    g = torch.Generator().manual_seed(seed_for("ddp"))
-    counts = [3] * SIZE
-    for _ in range(3):
-        x = torch.randn(sum(counts), 3, 6, 6, generator=g)
-        target = torch.randn(sum(counts), 4, generator=g)
-        opt_single.zero_grad()
-        torch.nn.functional.mse_loss(single(x), target).backward()
-        opt_single.step()
-        opt.zero_grad()
-        torch.nn.functional.mse_loss(ddp(local_part(x, counts)), local_part(target, counts)).backward()
-        opt.step()
-    for (name, p), q in zip(model.named_parameters(), single.parameters()):
-        torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-5, msg=name)
-    for (name, b), c in zip(model.named_buffers(), single.buffers()):
-        torch.testing.assert_close(b, c, rtol=1e-4, atol=1e-5, msg=name)
+    assert_trains_like_single_process(single, model, ddp, [3] * SIZE, seed_for("ddp"))
     # Every process holds the same parameters.
     for p in model.parameters():
         gathered = [torch.empty_like(p) for _ in range(SIZE)]

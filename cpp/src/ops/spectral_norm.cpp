@@ -57,28 +57,19 @@ void check_sigma_array(const TensorView& s, const TensorView& w) {
 // The sigma the estimate left in the workspace (a device-to-host copy on CUDA).
 double read_sigma(const TensorView& w, const void* work, const SpectralNormShape& s, void* stream) {
   const int64_t at = detail::SpectralNormWork{s.H, s.K}.sigma();
-  if (acc_dtype(w.dtype) == DType::Float64) {
-    double v = 0;
-    const double* p = static_cast<const double*>(work) + at;
+  return dispatch_acc(acc_dtype(w.dtype), [&](auto tag) -> double {
+    using A = decltype(tag);
+    const A* p = static_cast<const A*>(work) + at;
 #if defined(NORMKIT_WITH_CUDA)
     if (w.device.kind != DeviceKind::CPU) {
+      A v = 0;
       cuda::copy_to_host(&v, p, sizeof v, stream);
-      return v;
+      return double(v);
     }
 #endif
     (void)stream;
-    return *p;
-  }
-  float v = 0;
-  const float* p = static_cast<const float*>(work) + at;
-#if defined(NORMKIT_WITH_CUDA)
-  if (w.device.kind != DeviceKind::CPU) {
-    cuda::copy_to_host(&v, p, sizeof v, stream);
-    return v;
-  }
-#endif
-  (void)stream;
-  return *p;
+    return double(*p);
+  });
 }
 
 }  // namespace
