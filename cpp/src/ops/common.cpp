@@ -202,6 +202,20 @@ Layout output_layout(const TensorView& out, const char* arg) {
   return Layout::NSC;
 }
 
+TensorView in_layout(const TensorView& t, Layout layout, std::shared_ptr<void>& holder, void* stream) {
+  if (compact_in(t, layout)) return t;
+  const std::vector<int> order = dim_order(t.ndim(), layout);
+  holder = compact_copy(permuted(t, order), stream);
+  TensorView c = t;
+  c.data = holder.get();
+  int64_t stride = 1;
+  for (size_t i = order.size(); i-- > 0;) {
+    c.strides[size_t(order[i])] = stride;
+    stride *= t.shape[size_t(order[i])];
+  }
+  return c;
+}
+
 const void* data_in(const TensorView& t, Layout layout, std::shared_ptr<void>& holder, void* stream) {
   if (compact_in(t, layout)) return t.data;
   holder = compact_copy(permuted(t, dim_order(t.ndim(), layout)), stream);

@@ -92,6 +92,9 @@ bool compact_in(const TensorView& t, detail::Layout layout);
 // The layout an output array is compact in (channels first preferred when both hold); ValueError
 // naming `arg` when it is neither.
 detail::Layout output_layout(const TensorView& out, const char* arg);
+// t as a view compact in `layout`: t itself when it already is, otherwise a view of a compact copy kept
+// in holder (for ops that hand the same input to several kernels: copied once, not per kernel).
+TensorView in_layout(const TensorView& t, detail::Layout layout, std::shared_ptr<void>& holder, void* stream);
 // t's data in `layout`: in place when already compact in it, otherwise a compact copy kept in holder.
 const void* data_in(const TensorView& t, detail::Layout layout, std::shared_ptr<void>& holder, void* stream);
 

@@ -195,10 +195,13 @@ void sync_batch_norm_forward(const TensorView& x, const OptTensor& running_mean,
   const DType acc = acc_dtype(x.dtype);
   const Device d = x.device;
   ops::DeviceScope scope(d);
+  // Both BatchNorm passes below read x in y's layout: a strided x is copied once, here.
+  std::shared_ptr<void> x_copy;
+  const TensorView xs = ops::in_layout(x, ops::output_layout(y, "y"), x_copy, stream);
 
   // Local moments; this validates x, weight, bias, eps, y, save_mean and save_rstd.
   auto moments = ops::device_buffer(d, 3 * size_t(C) * size_t(dtype_size(acc)), stream);
-  ops::batch_norm_local_moments(x, weight, bias, eps, y, save_mean, save_rstd, moments.get(), stream);
+  ops::batch_norm_local_moments(xs, weight, bias, eps, y, save_mean, save_rstd, moments.get(), stream);
 
   const int64_t size = detail::sync_forward_payload_size(C, check.enabled);
   auto payload_hold = ops::device_buffer(d, size_t(size) * sizeof(double), stream);
@@ -218,7 +221,7 @@ void sync_batch_norm_forward(const TensorView& x, const OptTensor& running_mean,
   void* var = static_cast<char*>(stats.get()) + size_t(C) * size_t(dtype_size(acc));
   finish_forward(d, payload, C, acc, momentum, mean, var, running_mean, running_var, stream);
   // Normalization with the global statistics: BatchNorm's evaluation pass, given them as "running".
-  batch_norm_forward(x, vector_view(mean, acc, d, C), vector_view(var, acc, d, C), weight, bias, false, 0.0, eps, y,
+  batch_norm_forward(xs, vector_view(mean, acc, d, C), vector_view(var, acc, d, C), weight, bias, false, 0.0, eps, y,
                      save_mean, save_rstd, stream);
 }
 
@@ -239,18 +242,23 @@ void sync_batch_norm_backward(const TensorView& dy, const TensorView& x, const T
   ops::check_same_device(*dx, "dx", x, "x");
   ops::check_dtype(*dx, "dx", x.dtype);
   ops::check_shape(*dx, "dx", x.shape);
-  ops::output_layout(*dx, "dx");
+  const detail::Layout layout = ops::output_layout(*dx, "dx");
+  ops::check_same_device(dy, "dy", x, "x");
   const int64_t local_count = C > 0 ? x.numel() / C : 0;
   const DType acc = acc_dtype(x.dtype);
   const Device d = x.device;
   ops::DeviceScope scope(d);
+  // Both BatchNorm passes below read dy and x in dx's layout: strided ones are copied once, here.
+  std::shared_ptr<void> dy_copy, x_copy;
+  const TensorView dys = ops::in_layout(dy, layout, dy_copy, stream);
+  const TensorView xs = ops::in_layout(x, layout, x_copy, stream);
 
   const int64_t size = detail::sync_backward_payload_size(C, check.enabled);
   auto payload_hold = ops::device_buffer(d, size_t(size) * sizeof(double), stream);
   auto* payload = static_cast<double*>(payload_hold.get());
   // This process's sums of dy and dy * xhat, straight into the payload (validates dy, x, the saved
   // statistics and weight).
-  batch_norm_backward(dy, x, save_mean, save_rstd, weight, false, std::nullopt,
+  batch_norm_backward(dys, xs, save_mean, save_rstd, weight, false, std::nullopt,
                       vector_view(payload + 1 + C, DType::Float64, d, C), vector_view(payload + 1, DType::Float64, d, C),
                       stream);
   // Those sums are also this process's dweight and dbias.
@@ -264,7 +272,7 @@ void sync_batch_norm_backward(const TensorView& dy, const TensorView& x, const T
   const OptTensor w = ops::compact_param(weight, weight_copy, stream);
   auto coefficients = ops::device_buffer(d, 2 * size_t(C) * size_t(dtype_size(acc)), stream);
   dx_coefficients(d, payload, C, w, acc, coefficients.get(), stream);
-  ops::batch_norm_backward_given_coefficients(dy, x, save_mean, save_rstd, weight, coefficients.get(), *dx, stream);
+  ops::batch_norm_backward_given_coefficients(dys, xs, save_mean, save_rstd, weight, coefficients.get(), *dx, stream);
 }
 
 }  // namespace normkit
