@@ -4,9 +4,9 @@
 
 namespace normkit {
 
-std::string device_str(const Device& d) {
-  return concat(d.kind == DeviceKind::CPU ? "cpu" : "cuda", d.kind == DeviceKind::CPU ? "" : ":",
-                d.kind == DeviceKind::CPU ? std::string() : std::to_string(d.index));
+std::ostream& operator<<(std::ostream& os, const DeviceText& t) {
+  if (t.device.kind == DeviceKind::CPU) return os << "cpu";
+  return os << "cuda:" << t.device.index;
 }
 
 namespace {

@@ -2,6 +2,7 @@
 // boundary (from_dlpack validates dtype and device); everything after works on TensorView.
 #pragma once
 #include <cstdint>
+#include <iosfwd>
 #include <optional>
 #include <vector>
 
@@ -19,7 +20,12 @@ struct Device {
   bool operator!=(const Device& o) const { return !(*this == o); }
 };
 
-std::string device_str(const Device& d);
+// "cpu" or "cuda:1" when streamed into a message (built only when a check fails, like ShapeText).
+struct DeviceText {
+  Device device;
+};
+inline DeviceText device_str(const Device& d) { return {d}; }
+std::ostream& operator<<(std::ostream& os, const DeviceText& t);
 
 struct TensorView {
   void* data = nullptr;

@@ -16,8 +16,9 @@ namespace normkit::ops {
 void check_device_supported(const TensorView& t, const char* arg) {
   if (t.device.kind == DeviceKind::CPU) return;
 #if defined(NORMKIT_WITH_CUDA)
-  check_type(t.device.index < cuda::device_count(), arg, ": expected a usable device, got ",
-             device_str(t.device), " but only ", cuda::device_count(), " CUDA device(s) are available");
+  const int count = cuda::device_count();
+  check_type(t.device.index < count, arg, ": expected a usable device, got ", device_str(t.device), " but only ",
+             count, " CUDA device(s) are available");
 #else
   throw TypeError(concat(arg, ": expected a CPU array (normkit was built without CUDA), got ",
                          device_str(t.device)));
@@ -64,7 +65,7 @@ DType check_param_dtypes(const OptTensor& a, const char* a_arg, const OptTensor&
   for (const auto& [p, arg] : {std::pair<const OptTensor&, const char*>{a, a_arg}, {b, b_arg}}) {
     if (!p) continue;
     check_type(p->dtype == x.dtype || p->dtype == acc, arg, ": expected dtype ", dtype_name(x.dtype),
-               x.dtype == acc ? "" : concat(" or ", dtype_name(acc)), " (for x of dtype ", dtype_name(x.dtype),
+               x.dtype == acc ? "" : " or ", x.dtype == acc ? "" : dtype_name(acc), " (for x of dtype ", dtype_name(x.dtype),
                "), got ", dtype_name(p->dtype));
   }
   if (a && b) {
