@@ -71,6 +71,7 @@ class _TorchKind:
         import torch
 
         self.torch = torch
+        self.dtypes = {name: getattr(torch, name) for name in _ITEMSIZE}
 
     def shape(self, x):
         return tuple(x.shape)
@@ -85,15 +86,18 @@ class _TorchKind:
         return str(x.dtype).removeprefix("torch.")
 
     def empty(self, shape, dtype_name, like):
-        if like.device.type == "cpu" and _large(shape, dtype_name):
+        # (is_cpu / is_cuda rather than like.device.type: a device object costs more than the checks.)
+        if like.is_cpu and _large(shape, dtype_name):
             return _core.empty_cached(shape, dtype_name, "torch")
-        return like.new_empty(shape, dtype=getattr(self.torch, dtype_name))
+        # (Other dtypes too: the core then raises its TypeError naming the argument.)
+        dtype = self.dtypes.get(dtype_name) or getattr(self.torch, dtype_name)
+        return like.new_empty(shape, dtype=dtype)
 
     def wrap(self, out):
         return out
 
     def stream(self, x):
-        if x.device.type == "cuda":
+        if x.is_cuda:
             return self.torch.cuda.current_stream(x.device).cuda_stream
         return 0
 
