@@ -38,12 +38,17 @@ def _dtype_name(t):
     return None if t is None else str(t.dtype).removeprefix("torch.")
 
 
-class _LayerNorm(torch.autograd.Function):
+class _AffineNorm(torch.autograd.Function):
+    """The pattern of LayerNorm, GroupNorm, BatchNorm, InstanceNorm and SyncBatchNorm:
+    ``forward_op(x, weight, bias) -> (y, mean, rstd)`` and
+    ``backward_op(dy, x, mean, rstd, weight, output_mask, bias_dtype) -> (dx, dweight, dbias)``, the ops'
+    other arguments bound in the two closures (they need no gradient)."""
+
     @staticmethod
-    def forward(ctx, x, weight, bias, normalized_shape, eps):
-        y, mean, rstd = _F.layer_norm_forward(x, normalized_shape, weight, bias, eps)
+    def forward(ctx, x, weight, bias, forward_op, backward_op):
+        y, mean, rstd = forward_op(x, weight, bias)
         ctx.save_for_backward(x, weight, mean, rstd)
-        ctx.normalized_shape = normalized_shape
+        ctx.backward_op = backward_op
         ctx.bias_dtype = _dtype_name(bias)
         return y
 
@@ -51,11 +56,7 @@ class _LayerNorm(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, dy):
         x, weight, mean, rstd = ctx.saved_tensors
-        need_x, need_w, need_b = ctx.needs_input_grad[:3]
-        dx, dw, db = _F.layer_norm_backward(
-            dy, x, ctx.normalized_shape, mean, rstd, weight,
-            output_mask=(need_x, need_w, need_b), bias_dtype=ctx.bias_dtype,
-        )
+        dx, dw, db = ctx.backward_op(dy, x, mean, rstd, weight, tuple(ctx.needs_input_grad[:3]), ctx.bias_dtype)
         return dx, dw, db, None, None
 
 
@@ -81,7 +82,12 @@ def layer_norm(input, normalized_shape, weight=None, bias=None, eps=1e-5):
     shape = normalized_shape_tuple(normalized_shape)
     if not _needs_autograd(input, weight, bias):
         return _F.layer_norm(input, shape, weight, bias, eps)
-    return _LayerNorm.apply(input, weight, bias, shape, eps)
+    return _AffineNorm.apply(
+        input, weight, bias,
+        lambda x, w, b: _F.layer_norm_forward(x, shape, w, b, eps),
+        lambda dy, x, mean, rstd, w, mask, bias_dtype: _F.layer_norm_backward(
+            dy, x, shape, mean, rstd, w, output_mask=mask, bias_dtype=bias_dtype),
+    )
 
 
 def rms_norm(input, normalized_shape, weight=None, eps=None):
@@ -92,59 +98,19 @@ def rms_norm(input, normalized_shape, weight=None, eps=None):
     return _RMSNorm.apply(input, weight, shape, eps)
 
 
-class _RunningStatsNorm(torch.autograd.Function):
-    """BatchNorm and InstanceNorm: the same arguments, with `ops` = their (forward, backward) pair."""
-
-    @staticmethod
-    def forward(ctx, x, weight, bias, ops, running_mean, running_var, batch_stats, momentum, eps):
-        forward_op, ctx.backward_op = ops
-        y, mean, rstd = forward_op(x, running_mean, running_var, weight, bias, batch_stats, momentum, eps)
-        ctx.save_for_backward(x, weight, mean, rstd)
-        ctx.batch_stats = batch_stats
-        ctx.bias_dtype = _dtype_name(bias)
-        return y
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, dy):
-        x, weight, mean, rstd = ctx.saved_tensors
-        need_x, need_w, need_b = ctx.needs_input_grad[:3]
-        dx, dw, db = ctx.backward_op(dy, x, mean, rstd, weight, ctx.batch_stats,
-                                     output_mask=(need_x, need_w, need_b), bias_dtype=ctx.bias_dtype)
-        return dx, dw, db, None, None, None, None, None, None
-
-
-_BATCH_NORM_OPS = (_F.batch_norm_forward, _F.batch_norm_backward)
-_INSTANCE_NORM_OPS = (_F.instance_norm_forward, _F.instance_norm_backward)
-
-
-class _GroupNorm(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, weight, bias, num_groups, eps):
-        y, mean, rstd = _F.group_norm_forward(x, num_groups, weight, bias, eps)
-        ctx.save_for_backward(x, weight, mean, rstd)
-        ctx.num_groups = num_groups
-        ctx.bias_dtype = _dtype_name(bias)
-        return y
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, dy):
-        x, weight, mean, rstd = ctx.saved_tensors
-        need_x, need_w, need_b = ctx.needs_input_grad[:3]
-        dx, dw, db = _F.group_norm_backward(dy, x, ctx.num_groups, mean, rstd, weight,
-                                            output_mask=(need_x, need_w, need_b), bias_dtype=ctx.bias_dtype)
-        return dx, dw, db, None, None
-
-
 def batch_norm(input, running_mean, running_var, weight=None, bias=None, training=False, momentum=0.1,
                eps=1e-5):
     """Like ``torch.nn.functional.batch_norm`` (running statistics updated in place when training)."""
     if not _needs_autograd(input, weight, bias):
         return _F.batch_norm(input, running_mean, running_var, weight, bias, bool(training), float(momentum),
                              float(eps))
-    return _RunningStatsNorm.apply(input, weight, bias, _BATCH_NORM_OPS, running_mean, running_var, bool(training),
-                                   float(momentum), float(eps))
+    training, momentum, eps = bool(training), float(momentum), float(eps)
+    return _AffineNorm.apply(
+        input, weight, bias,
+        lambda x, w, b: _F.batch_norm_forward(x, running_mean, running_var, w, b, training, momentum, eps),
+        lambda dy, x, mean, rstd, w, mask, bias_dtype: _F.batch_norm_backward(
+            dy, x, mean, rstd, w, training, output_mask=mask, bias_dtype=bias_dtype),
+    )
 
 
 def instance_norm(input, running_mean=None, running_var=None, weight=None, bias=None, use_input_stats=True,
@@ -153,15 +119,26 @@ def instance_norm(input, running_mean=None, running_var=None, weight=None, bias=
     if not _needs_autograd(input, weight, bias):
         return _F.instance_norm(input, running_mean, running_var, weight, bias, bool(use_input_stats),
                                 float(momentum), float(eps))
-    return _RunningStatsNorm.apply(input, weight, bias, _INSTANCE_NORM_OPS, running_mean, running_var,
-                                   bool(use_input_stats), float(momentum), float(eps))
+    use_input_stats, momentum, eps = bool(use_input_stats), float(momentum), float(eps)
+    return _AffineNorm.apply(
+        input, weight, bias,
+        lambda x, w, b: _F.instance_norm_forward(x, running_mean, running_var, w, b, use_input_stats, momentum, eps),
+        lambda dy, x, mean, rstd, w, mask, bias_dtype: _F.instance_norm_backward(
+            dy, x, mean, rstd, w, use_input_stats, output_mask=mask, bias_dtype=bias_dtype),
+    )
 
 
 def group_norm(input, num_groups, weight=None, bias=None, eps=1e-5):
     """Like ``torch.nn.functional.group_norm``."""
     if not _needs_autograd(input, weight, bias):
         return _F.group_norm(input, int(num_groups), weight, bias, float(eps))
-    return _GroupNorm.apply(input, weight, bias, int(num_groups), float(eps))
+    num_groups, eps = int(num_groups), float(eps)
+    return _AffineNorm.apply(
+        input, weight, bias,
+        lambda x, w, b: _F.group_norm_forward(x, num_groups, w, b, eps),
+        lambda dy, x, mean, rstd, w, mask, bias_dtype: _F.group_norm_backward(
+            dy, x, num_groups, mean, rstd, w, output_mask=mask, bias_dtype=bias_dtype),
+    )
 
 
 class _BatchInstanceNorm(torch.autograd.Function):
@@ -281,26 +258,6 @@ def weight_norm(v, g, dim=0):
     return _WeightNorm.apply(v, g, dim)
 
 
-class _SyncBatchNorm(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, weight, bias, running_mean, running_var, momentum, eps, comm, check):
-        y, mean, rstd = _F.sync_batch_norm_forward(x, running_mean, running_var, weight, bias, momentum, eps, comm,
-                                                   check)
-        ctx.save_for_backward(x, weight, mean, rstd)
-        ctx.comm, ctx.check = comm, check
-        ctx.bias_dtype = _dtype_name(bias)
-        return y
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, dy):
-        x, weight, mean, rstd = ctx.saved_tensors
-        need_x, need_w, need_b = ctx.needs_input_grad[:3]
-        dx, dw, db = _F.sync_batch_norm_backward(dy, x, mean, rstd, weight, ctx.comm, ctx.check,
-                                                 output_mask=(need_x, need_w, need_b), bias_dtype=ctx.bias_dtype)
-        return dx, dw, db, None, None, None, None, None, None
-
-
 def sync_batch_norm(input, running_mean, running_var, weight=None, bias=None, momentum=0.1, eps=1e-5, comm=None,
                     check=None):
     """SyncBatchNorm in training (see :func:`normkit.functional.sync_batch_norm_forward`): BatchNorm over
@@ -309,8 +266,13 @@ def sync_batch_norm(input, running_mean, running_var, weight=None, bias=None, mo
     if not _needs_autograd(input, weight, bias):
         return _F.sync_batch_norm_forward(input, running_mean, running_var, weight, bias, float(momentum), float(eps),
                                           comm, check)[0]
-    return _SyncBatchNorm.apply(input, weight, bias, running_mean, running_var, float(momentum), float(eps), comm,
-                                check)
+    momentum, eps = float(momentum), float(eps)
+    return _AffineNorm.apply(
+        input, weight, bias,
+        lambda x, w, b: _F.sync_batch_norm_forward(x, running_mean, running_var, w, b, momentum, eps, comm, check),
+        lambda dy, x, mean, rstd, w, mask, bias_dtype: _F.sync_batch_norm_backward(
+            dy, x, mean, rstd, w, comm, check, output_mask=mask, bias_dtype=bias_dtype),
+    )
 
 
 class _SpectralNorm(torch.autograd.Function):
