@@ -50,6 +50,7 @@ FUNC_SHAPES = [
     ((1, 4, 5, 3), "cl"),
     ((3, 1, 4, 4), "nc"),  # C = 1
     ((2, 512, 3, 3), "cl"),  # large C
+    ((2, 40, 3, 2), "cl"),  # whole register tiles of channels plus a remainder
     ((2, 3, 3, 4, 5), "cl"),
     ((2, 5, 2, 1), "nc"),  # 2 spatial elements
     ((3, 6, 1, 9), "cl"),

@@ -32,6 +32,7 @@
 #include <cmath>
 #include <vector>
 
+#include "cpu/column_sums.h"
 #include "cpu/kernels.h"
 #include "cpu/lanes.h"
 #include "cpu/params.h"
@@ -181,13 +182,7 @@ void row_block_moments(const Problem& p, const T* x, int64_t rows, const A* sh, 
   A* mref = sc.b.data();
   A* sq = sc.c.data();
   // Pass 1: per-channel sums, then each group's mean estimate.
-#pragma omp simd
-  for (int64_t c = 0; c < C; ++c) acc[c] = 0;
-  for (int64_t r = 0; r < rows; ++r) {
-    const T* xr = x + r * C;
-#pragma omp simd
-    for (int64_t c = 0; c < C; ++c) acc[c] += load<A>(xr[c]) - sh[c];
-  }
+  column_sum(C, rows, acc, [&](int64_t r, int64_t c) { return load<A>(x[r * C + c]) - sh[c]; });
   const A inv_rows = A(1) / A(rows);
   for (int64_t g = 0; g < G; ++g) {
     A s = 0;
@@ -196,17 +191,10 @@ void row_block_moments(const Problem& p, const T* x, int64_t rows, const A* sh, 
     for (int64_t c = g * cpg; c < (g + 1) * cpg; ++c) mref[c] = mg;
   }
   // Pass 2: per-channel sums of d and d^2 around the group's estimate.
-#pragma omp simd
-  for (int64_t c = 0; c < C; ++c) acc[c] = sq[c] = 0;
-  for (int64_t r = 0; r < rows; ++r) {
-    const T* xr = x + r * C;
-#pragma omp simd
-    for (int64_t c = 0; c < C; ++c) {
-      const A d = (load<A>(xr[c]) - sh[c]) - mref[c];
-      acc[c] += d;
-      sq[c] += d * d;
-    }
-  }
+  column_sum2(C, rows, acc, sq, [&](int64_t r, int64_t c, A& d, A& d2) {
+    d = (load<A>(x[r * C + c]) - sh[c]) - mref[c];
+    d2 = d * d;
+  });
   for (int64_t g = 0; g < G; ++g) {
     A sd = 0, s2 = 0;
     for (int64_t c = g * cpg; c < (g + 1) * cpg; ++c) {
@@ -619,18 +607,12 @@ void backward_nsc(const Problem& p, const ChannelNormBackwardArgs& a, const Back
   auto block_sums = [&](int64_t k, int64_t r0, int64_t rows, A* sd, A* sdx) {
     const A* mk = &me[size_t(k * C)];
     const A* rk = &re[size_t(k * C)];
-#pragma omp simd
-    for (int64_t c = 0; c < C; ++c) sd[c] = sdx[c] = 0;
-    for (int64_t r = r0; r < r0 + rows; ++r) {
-      const T* dyr = dy + (k * R + r) * C;
-      const T* xr = x + (k * R + r) * C;
-#pragma omp simd
-      for (int64_t c = 0; c < C; ++c) {
-        const A d = load<A>(dyr[c]);
-        sd[c] += d;
-        sdx[c] += d * ((load<A>(xr[c]) - mk[c]) * rk[c]);
-      }
-    }
+    const T* dyb = dy + (k * R + r0) * C;
+    const T* xb = x + (k * R + r0) * C;
+    column_sum2(C, rows, sd, sdx, [&](int64_t r, int64_t c, A& d, A& dxh) {
+      d = load<A>(dyb[r * C + c]);
+      dxh = d * ((load<A>(xb[r * C + c]) - mk[c]) * rk[c]);
+    });
   };
   auto rows_dx = [&](int64_t k, int64_t r0, int64_t r1) {
     const A* mk = &me[size_t(k * C)];
