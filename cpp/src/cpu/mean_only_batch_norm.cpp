@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <vector>
 
+#include "cpu/column_sums.h"
 #include "cpu/kernels.h"
 #include "cpu/lanes.h"
 #include "cpu/params.h"
@@ -54,14 +55,9 @@ std::vector<A> channel_sums(const T* t, const MobnShape& sh) {
   std::vector<A> partial(static_cast<size_t>(chunks * C));
   parallel_for(chunks, grain_of(rpc * C), [&](int64_t k0, int64_t k1) {
     for (int64_t k = k0; k < k1; ++k) {
-      A* p = partial.data() + k * C;
-      std::fill(p, p + C, A(0));
-      const int64_t r1 = std::min(rows, (k + 1) * rpc);
-      for (int64_t r = k * rpc; r < r1; ++r) {
-        const T* row = t + r * C;
-#pragma omp simd
-        for (int64_t c = 0; c < C; ++c) p[c] += load<A>(row[c]);
-      }
+      const int64_t r0 = k * rpc, r1 = std::min(rows, r0 + rpc);
+      const T* block = t + r0 * C;
+      column_sum(C, r1 - r0, partial.data() + k * C, [&](int64_t r, int64_t c) { return load<A>(block[r * C + c]); });
     }
   });
   for (int64_t k = 0; k < chunks; ++k) {
