@@ -191,9 +191,8 @@ void row_block_moments(const Problem& p, const T* x, int64_t rows, const A* sh, 
     for (int64_t c = g * cpg; c < (g + 1) * cpg; ++c) mref[c] = mg;
   }
   // Pass 2: per-channel sums of d and d^2 around the group's estimate.
-  column_sum2(C, rows, acc, sq, [&](int64_t r, int64_t c, A& d, A& d2) {
-    d = (load<A>(x[r * C + c]) - sh[c]) - mref[c];
-    d2 = d * d;
+  column_sum2(C, rows, acc, sq, [&](int64_t r, int64_t c, A& d, A& d_again) {
+    d = d_again = (load<A>(x[r * C + c]) - sh[c]) - mref[c];
   });
   for (int64_t g = 0; g < G; ++g) {
     A sd = 0, s2 = 0;
@@ -609,9 +608,9 @@ void backward_nsc(const Problem& p, const ChannelNormBackwardArgs& a, const Back
     const A* rk = &re[size_t(k * C)];
     const T* dyb = dy + (k * R + r0) * C;
     const T* xb = x + (k * R + r0) * C;
-    column_sum2(C, rows, sd, sdx, [&](int64_t r, int64_t c, A& d, A& dxh) {
+    column_sum2(C, rows, sd, sdx, [&](int64_t r, int64_t c, A& d, A& xhat) {
       d = load<A>(dyb[r * C + c]);
-      dxh = d * ((load<A>(xb[r * C + c]) - mk[c]) * rk[c]);
+      xhat = (load<A>(xb[r * C + c]) - mk[c]) * rk[c];
     });
   };
   auto rows_dx = [&](int64_t k, int64_t r0, int64_t r1) {

@@ -1,12 +1,13 @@
-// Per-channel sums over the rows of a channels-last block (row r, channel c at r * C + c), with the
-// accumulators in registers. The plain loop `acc[c] += term(r, c)` over a run-time C loads and stores
-// every accumulator once per row (the compiler cannot keep a run-time-length array in registers),
-// which made the channels-last statistics store-bound. Here channels go in tiles of a compile-time
-// width whose accumulators live in registers across all rows; the channels past the last whole tile
-// use the plain loop.
+// Per-column sums over the rows of a block (channels-last rows of C channels; LocalResponseNorm's
+// window of channel rows), with the accumulators in registers. The plain loop `s[c] += term(r, c)`
+// over a run-time number of columns loads and stores every accumulator once per row, and each row
+// then waits for the previous row's store: that made these sums latency-bound. Here columns go in
+// tiles of a compile-time width whose accumulators stay in registers across all rows; the columns
+// past the last whole tile use the plain loop.
 //
-// Every channel's sum still starts at zero and adds the rows in order, so the result is bitwise that
-// of the plain loop: the tiling changes the speed, never a value.
+// Each sum starts at zero and adds the rows in order, products fused into the add exactly where the
+// plain loop `s1[c] += a * b` fuses them (-ffp-contract=fast), so the results are bitwise those of
+// the plain loop: the tiling changes the speed, never a value.
 #pragma once
 #include <cstdint>
 #include <cstring>
@@ -14,77 +15,83 @@
 // Per-ISA namespace (see lanes.h).
 namespace normkit::cpu::NK_ISA {
 
-// The accumulators of a tile: two 64-byte vectors (GCC/Clang vector extension, lowered to the ISA's
-// registers: 2 zmm, 4 ymm or 8 xmm). A plain `A acc[W]` array indexed inside the vectorized loop stays
-// in memory, and each row then waits for the previous row's store. Each row's terms go through a
-// small array that the compiler keeps in registers too.
-template <class A> struct ColumnTile {
+// Two 64-byte vectors per accumulator (GCC/Clang vector extension, lowered to the ISA's registers:
+// 2 zmm, 4 ymm or 8 xmm). A plain `A acc[W]` indexed inside a vectorized loop stays in memory; the
+// terms of a row pass through a small array that the compiler keeps in registers too.
+template <class A>
+struct ColumnTile {
   typedef A Vec __attribute__((vector_size(64)));
   static constexpr int64_t kLanes = 64 / sizeof(A), kVecs = 2, kWidth = kLanes * kVecs;
-  Vec acc[kVecs] = {};
-  void add(const A* t) {
-    for (int v = 0; v < kVecs; ++v) {
-      Vec tv;
-      std::memcpy(&tv, t + v * kLanes, sizeof(Vec));
-      acc[v] += tv;
-    }
+  Vec sum[kVecs] = {}, dot[kVecs] = {};
+
+  static Vec at(const A* t, int v) {
+    Vec r;
+    std::memcpy(&r, t + v * kLanes, sizeof(Vec));
+    return r;
   }
-  void store(A* out) const { std::memcpy(out, acc, sizeof(acc)); }
+  void add(const A* a) {
+    for (int v = 0; v < kVecs; ++v) sum[v] += at(a, v);
+  }
+  void add_product(const A* a, const A* b) {
+    for (int v = 0; v < kVecs; ++v) dot[v] += at(a, v) * at(b, v);
+  }
 };
 
-// s[c] = sum over r in [0, rows) of term(r, c), for c in [0, C).
-template <class A, class Term>
-inline void column_sum(int64_t C, int64_t rows, A* s, Term&& term) {
-  constexpr int64_t W = ColumnTile<A>::kWidth;
+// The kernel of column_sum / column_dot / column_sum2: for c in [0, C), over r in [0, rows),
+// s0[c] = sum of a (kSum) and s1[c] = sum of a * b (kDot), with term(r, c, a, b).
+template <bool kSum, bool kDot, class A, class Term>
+inline void column_sums(int64_t C, int64_t rows, A* s0, A* s1, Term&& term) {
+  using Tile = ColumnTile<A>;
+  constexpr int64_t W = Tile::kWidth;
   int64_t c0 = 0;
   for (; c0 + W <= C; c0 += W) {
-    ColumnTile<A> tile;
+    Tile tile;
     for (int64_t r = 0; r < rows; ++r) {
-      alignas(64) A t[W];
+      alignas(64) A ta[W], tb[W];
 #pragma omp simd
-      for (int64_t j = 0; j < W; ++j) t[j] = term(r, c0 + j);
-      tile.add(t);
+      for (int64_t j = 0; j < W; ++j) term(r, c0 + j, ta[j], tb[j]);
+      if constexpr (kSum) tile.add(ta);
+      if constexpr (kDot) tile.add_product(ta, tb);
     }
-    tile.store(s + c0);
+    if constexpr (kSum) std::memcpy(s0 + c0, tile.sum, sizeof(tile.sum));
+    if constexpr (kDot) std::memcpy(s1 + c0, tile.dot, sizeof(tile.dot));
   }
   if (c0 == C) return;
 #pragma omp simd
-  for (int64_t c = c0; c < C; ++c) s[c] = 0;
-  for (int64_t r = 0; r < rows; ++r) {
-#pragma omp simd
-    for (int64_t c = c0; c < C; ++c) s[c] += term(r, c);
+  for (int64_t c = c0; c < C; ++c) {
+    if constexpr (kSum) s0[c] = 0;
+    if constexpr (kDot) s1[c] = 0;
   }
-}
-
-// Two sums in one pass: term(r, c, a, b) returns its two terms through a and b.
-template <class A, class Term>
-inline void column_sum2(int64_t C, int64_t rows, A* s0, A* s1, Term&& term) {
-  constexpr int64_t W = ColumnTile<A>::kWidth;
-  int64_t c0 = 0;
-  for (; c0 + W <= C; c0 += W) {
-    ColumnTile<A> tile0, tile1;
-    for (int64_t r = 0; r < rows; ++r) {
-      alignas(64) A t0[W], t1[W];
-#pragma omp simd
-      for (int64_t j = 0; j < W; ++j) term(r, c0 + j, t0[j], t1[j]);
-      tile0.add(t0);
-      tile1.add(t1);
-    }
-    tile0.store(s0 + c0);
-    tile1.store(s1 + c0);
-  }
-  if (c0 == C) return;
-#pragma omp simd
-  for (int64_t c = c0; c < C; ++c) s0[c] = s1[c] = 0;
   for (int64_t r = 0; r < rows; ++r) {
 #pragma omp simd
     for (int64_t c = c0; c < C; ++c) {
       A a, b;
       term(r, c, a, b);
-      s0[c] += a;
-      s1[c] += b;
+      if constexpr (kSum) s0[c] += a;
+      if constexpr (kDot) s1[c] += a * b;
     }
   }
+}
+
+// s[c] = sum over r of term(r, c).
+template <class A, class Term>
+inline void column_sum(int64_t C, int64_t rows, A* s, Term&& term) {
+  column_sums<true, false>(C, rows, s, static_cast<A*>(nullptr), [&](int64_t r, int64_t c, A& a, A& b) {
+    a = term(r, c);
+    b = A(0);
+  });
+}
+
+// s[c] = sum over r of a * b, with term(r, c, a, b).
+template <class A, class Term>
+inline void column_dot(int64_t C, int64_t rows, A* s, Term&& term) {
+  column_sums<false, true>(C, rows, static_cast<A*>(nullptr), s, term);
+}
+
+// Both: s0[c] = sum of a and s1[c] = sum of a * b, in one pass.
+template <class A, class Term>
+inline void column_sum2(int64_t C, int64_t rows, A* s0, A* s1, Term&& term) {
+  column_sums<true, true>(C, rows, s0, s1, term);
 }
 
 }  // namespace normkit::cpu::NK_ISA
