@@ -815,3 +815,26 @@ def test_mixed_precision_half_input_float32_params(dtype, fmt):
     assert ya.dtype == yt.dtype == x.dtype
     R.assert_close("module y vs torch", ya, yt, 2 * tol, 4.0)
     R.assert_close("module running_var vs torch", a.running_var, t.running_var, 2 * f32, 1.0)
+
+
+@pytest.mark.parametrize("dtype", ("float32", "float64", "bfloat16"))
+def test_channels_last_sums_same_in_register_tile_and_remainder(dtype):
+    # The channels-last sums keep whole tiles of channels in registers and the channels past the last
+    # whole tile in memory (cpu/column_sums.h); both must add the same terms in the same order. Channel
+    # 0 (in the first tile) and channel C - 1 (past it for C = 41) get the same values, weight and bias,
+    # so every per-channel result must be bitwise equal between them.
+    c = 41
+    x = R.make_torch((6, c, 5, 7), dtype, 5, 3.0, 2.0)
+    dy = R.make_torch((6, c, 5, 7), dtype, 6, 1.0, 0.0)
+    x[:, c - 1], dy[:, c - 1] = x[:, 0], dy[:, 0]
+    x, dy = CR.to_channels_last_torch(x), CR.to_channels_last_torch(dy)
+    acc = torch.float64 if dtype == "float64" else torch.float32
+    w = torch.linspace(0.5, 1.5, c, dtype=acc)
+    b = torch.linspace(-1.0, 1.0, c, dtype=acc)
+    w[c - 1], b[c - 1] = w[0], b[0]
+    y, mean, rstd = nkF.batch_norm_forward(x, None, None, w, b, True, 0.1, EPS)
+    dx, dw, db = nkF.batch_norm_backward(dy, x, mean, rstd, w, True)
+    for name, t in (("mean", mean), ("rstd", rstd), ("dweight", dw), ("dbias", db)):
+        R.assert_bitwise_equal(f"{name}: channel {c - 1} vs channel 0", t[c - 1:], t[:1])
+    for name, t in (("y", y), ("dx", dx)):
+        R.assert_bitwise_equal(f"{name}: channel {c - 1} vs channel 0", t[:, c - 1], t[:, 0])
