@@ -102,49 +102,6 @@ void forward(const RowNormForwardArgs& a) {
 // Row blocks for the parameter-gradient partials: a function of the row count only.
 int64_t row_blocks(int64_t rows) { return std::clamp<int64_t>(rows / 32, 1, 64); }
 
-// Rows whose dx is computed together, so that the parameter-gradient partials are loaded and stored
-// once per group instead of once per row (their read-modify-write was half the backward's time).
-constexpr int kRowGroup = 4;
-
-// One row of the backward: its inputs, where its dx goes, and its per-row coefficients.
-template <class T, class A>
-struct BackwardRow {
-  const T* x;
-  const T* dy;
-  T* dx;
-  A mean, rstd, mean_g, mean_gx;
-};
-
-// dx of NR rows, and (kW, kB) their terms added to the partials pw += dy * xhat, pb += dy. Each partial
-// adds the rows in order, exactly as one row at a time would: the grouping never changes a value.
-template <int NR, bool kW, bool kB, class T, class A>
-void rows_dx(const BackwardRow<T, A>* rows, int64_t n, const A* wp, A* pw, A* pb) {
-#pragma omp simd
-  for (int64_t i = 0; i < n; ++i) {
-    A sw = kW ? pw[i] : A(0), sb = kB ? pb[i] : A(0);
-    for (int q = 0; q < NR; ++q) {
-      const BackwardRow<T, A>& rq = rows[q];
-      const A d = load<A>(rq.dy[i]), xh = (load<A>(rq.x[i]) - rq.mean) * rq.rstd;
-      rq.dx[i] = store<T>(math::row_norm_dx(d * wp[i], xh, rq.rstd, rq.mean_g, rq.mean_gx));
-      if constexpr (kW) sw += d * xh;
-      if constexpr (kB) sb += d;
-    }
-    if constexpr (kW) pw[i] = sw;
-    if constexpr (kB) pb[i] = sb;
-  }
-}
-
-template <bool kW, bool kB, class T, class A>
-void rows_dx(const BackwardRow<T, A>* rows, int nr, int64_t n, const A* wp, A* pw, A* pb) {
-  static_assert(kRowGroup == 4, "one case per group size");
-  switch (nr) {
-    case 1: return rows_dx<1, kW, kB>(rows, n, wp, pw, pb);
-    case 2: return rows_dx<2, kW, kB>(rows, n, wp, pw, pb);
-    case 3: return rows_dx<3, kW, kB>(rows, n, wp, pw, pb);
-    default: return rows_dx<4, kW, kB>(rows, n, wp, pw, pb);
-  }
-}
-
 template <class T>
 void backward(const RowNormBackwardArgs& a) {
   using A = acc_t<T>;
@@ -160,17 +117,53 @@ void backward(const RowNormBackwardArgs& a) {
   const bool streaming = want_dx && size_t(rows * n) * sizeof(T) >= kStreamingOutputBytes;
 
   parallel_for(blocks, 1, [&](int64_t b0, int64_t b1) {
-    std::vector<T> staging(streaming ? size_t(kRowGroup * n) : 0);
+    std::vector<T> staging(streaming ? size_t(n) : 0);
     for (int64_t blk = b0; blk < b1; ++blk) {
       A* pw = want_params ? part_w.data() + blk * n : nullptr;
       A* pb = part_b.empty() ? nullptr : part_b.data() + blk * n;
       const int64_t r_begin = rows * blk / blocks, r_end = rows * (blk + 1) / blocks;
-      if (!want_dx) {
-        for (int64_t r = r_begin; pw && r < r_end; ++r) {
-          const T* x = static_cast<const T*>(a.x) + r * a.x_row_stride;
-          const T* dy = static_cast<const T*>(a.dy) + r * a.dy_row_stride;
-          const A mean = a.mean ? static_cast<const A*>(a.mean)[r] : A(0);
-          const A rs = static_cast<const A*>(a.rstd)[r];
+      for (int64_t r = r_begin; r < r_end; ++r) {
+        const T* x = static_cast<const T*>(a.x) + r * a.x_row_stride;
+        const T* dy = static_cast<const T*>(a.dy) + r * a.dy_row_stride;
+        const A mean = a.mean ? static_cast<const A*>(a.mean)[r] : A(0);
+        const A rs = static_cast<const A*>(a.rstd)[r];
+        if (want_dx) {
+          A sum_g = 0, sum_gx = 0;
+          if (a.center) {
+            std::tie(sum_g, sum_gx) = lane_sum2<A>(n, [&](int64_t i, A& g, A& gx) {
+              g = load<A>(dy[i]) * wp[i];
+              gx = g * ((load<A>(x[i]) - mean) * rs);
+            });
+          } else {
+            sum_gx = lane_sum<A>(n, [&](int64_t i) { return load<A>(dy[i]) * wp[i] * (load<A>(x[i]) * rs); });
+          }
+          const A mean_g = sum_g * inv_n, mean_gx = sum_gx * inv_n;
+          T* dx_out = static_cast<T*>(a.dx) + r * n;
+          T* dx = streaming ? staging.data() : dx_out;
+          if (pw && pb) {
+#pragma omp simd
+            for (int64_t i = 0; i < n; ++i) {
+              const A d = load<A>(dy[i]), xh = (load<A>(x[i]) - mean) * rs;
+              dx[i] = store<T>(math::row_norm_dx(d * wp[i], xh, rs, mean_g, mean_gx));
+              pw[i] += d * xh;
+              pb[i] += d;
+            }
+          } else if (pw) {
+#pragma omp simd
+            for (int64_t i = 0; i < n; ++i) {
+              const A d = load<A>(dy[i]), xh = (load<A>(x[i]) - mean) * rs;
+              dx[i] = store<T>(math::row_norm_dx(d * wp[i], xh, rs, mean_g, mean_gx));
+              pw[i] += d * xh;
+            }
+          } else {
+#pragma omp simd
+            for (int64_t i = 0; i < n; ++i) {
+              const A xh = (load<A>(x[i]) - mean) * rs;
+              dx[i] = store<T>(math::row_norm_dx(load<A>(dy[i]) * wp[i], xh, rs, mean_g, mean_gx));
+            }
+          }
+          if (streaming) stream_copy(dx_out, dx, size_t(n) * sizeof(T));
+        } else if (pw) {
 #pragma omp simd
           for (int64_t i = 0; i < n; ++i) {
             const A d = load<A>(dy[i]);
@@ -178,37 +171,6 @@ void backward(const RowNormBackwardArgs& a) {
             if (pb) pb[i] += d;
           }
         }
-        continue;
-      }
-      for (int64_t r0 = r_begin; r0 < r_end; r0 += kRowGroup) {
-        const int nr = int(std::min<int64_t>(kRowGroup, r_end - r0));
-        BackwardRow<T, A> group[kRowGroup];
-        for (int q = 0; q < nr; ++q) {
-          const int64_t r = r0 + q;
-          BackwardRow<T, A>& g = group[q];
-          g.x = static_cast<const T*>(a.x) + r * a.x_row_stride;
-          g.dy = static_cast<const T*>(a.dy) + r * a.dy_row_stride;
-          g.dx = streaming ? staging.data() + q * n : static_cast<T*>(a.dx) + r * n;
-          g.mean = a.mean ? static_cast<const A*>(a.mean)[r] : A(0);
-          g.rstd = static_cast<const A*>(a.rstd)[r];
-          A sum_g = 0, sum_gx = 0;
-          if (a.center) {
-            std::tie(sum_g, sum_gx) = lane_sum2<A>(n, [&](int64_t i, A& gi, A& gx) {
-              gi = load<A>(g.dy[i]) * wp[i];
-              gx = gi * ((load<A>(g.x[i]) - g.mean) * g.rstd);
-            });
-          } else {
-            sum_gx = lane_sum<A>(n, [&](int64_t i) { return load<A>(g.dy[i]) * wp[i] * (load<A>(g.x[i]) * g.rstd); });
-          }
-          g.mean_g = sum_g * inv_n;
-          g.mean_gx = sum_gx * inv_n;
-        }
-        if (pw && pb) rows_dx<true, true>(group, nr, n, wp, pw, pb);
-        else if (pw) rows_dx<true, false>(group, nr, n, wp, pw, pb);
-        else rows_dx<false, false>(group, nr, n, wp, pw, pb);
-        if (streaming)
-          for (int q = 0; q < nr; ++q)
-            stream_copy(static_cast<T*>(a.dx) + (r0 + q) * n, group[q].dx, size_t(n) * sizeof(T));
       }
     }
     if (streaming) stream_fence();
