@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from normkit import functional as nkF
+from strided_rows import strided_layouts, torch_row_views, x_and_dy
 
 EPS = 1e-5
 HALF = ("float16", "bfloat16")
@@ -416,23 +417,10 @@ def test_non_contiguous_parameters(ns, lib, dtype):
     assert not failures, "non-contiguous parameters rejected:\n" + "\n".join(failures)
 
 
-def _torch_views(dtype):
-    mk = lambda shape, seed: R.make_torch(shape, dtype, seed)  # noqa: E731
-    return [
-        ("t()", mk((24, 5), 71).t(), (24,)),
-        ("narrow-last", mk((6, 50), 72).narrow(1, 3, 40), (40,)),
-        ("narrow-rows", mk((9, 32), 73).narrow(0, 2, 5), (32,)),
-        ("step-slice", mk((6, 60), 74)[:, ::3], (20,)),
-        ("expand-rows", mk((1, 48), 75).expand(6, 48), (48,)),
-        ("expand-inside-row", mk((4, 1, 16), 76).expand(4, 3, 16), (3, 16)),
-        ("permute", mk((5, 3, 7), 77).permute(1, 2, 0), (7, 5)),
-    ]
-
-
 @pytest.mark.parametrize("dtype", R.DTYPES)
 @pytest.mark.parametrize("which", range(7))
 def test_torch_non_contiguous(which, dtype):
-    name, xv, ns = _torch_views(dtype)[which]
+    name, xv, ns = torch_row_views(dtype)[which]
     assert not xv.is_contiguous() or name == "narrow-rows"
     w = R.make_torch((2,) + tuple(ns), dtype, 78, 0.5, 1.0)[1]  # a view with a storage offset
     b = R.make_torch(ns, dtype, 79)
@@ -457,41 +445,16 @@ def test_torch_non_contiguous(which, dtype):
 
 @st.composite
 def strided_cases(draw):
-    k = draw(st.integers(1, 2))
-    # zero-size batches have their own test (test_zero_size_leading_dims)
-    lead = draw(st.lists(st.integers(1, 4), min_size=0, max_size=2))
-    norm = draw(st.lists(st.integers(1, 12), min_size=k, max_size=k))
-    shape = tuple(lead + norm)
-    steps = tuple(draw(st.lists(st.sampled_from([1, 2, 3, -1, -2]), min_size=len(shape), max_size=len(shape))))
-    perm = tuple(draw(st.permutations(range(len(shape)))))
-    return dict(
-        shape=shape,
-        ns=tuple(norm),
-        steps=steps,
-        perm=perm,
-        dtype=draw(st.sampled_from(["float32", "float64"])),
-        affine=draw(st.sampled_from(AFFINE)),
-        eps=draw(st.sampled_from([1e-5, 1e-3, 0.5])),
-        seed=draw(st.integers(0, 2**31 - 1)),
-    )
-
-
-def strided_view(shape, steps, perm, dtype, seed):
-    """A view of `shape` whose memory order is `perm` and whose dims are sliced with `steps`."""
-    t_shape = [shape[p] for p in perm]
-    t_steps = [steps[p] for p in perm]
-    base = R.make_numpy([n * abs(s) for n, s in zip(t_shape, t_steps)], dtype, seed)
-    v = base[tuple(slice(None, None, s) for s in t_steps)].transpose(np.argsort(perm))
-    assert v.shape == tuple(shape), (v.shape, shape)
-    return v
+    case = draw(strided_layouts())
+    case.update(affine=draw(st.sampled_from(AFFINE)), eps=draw(st.sampled_from([1e-5, 1e-3, 0.5])))
+    return case
 
 
 @settings(max_examples=HYPOTHESIS_EXAMPLES, deadline=None)
 @given(case=strided_cases())
 def test_hypothesis_strided(case):
-    shape, ns, dtype = case["shape"], case["ns"], case["dtype"]
-    xv = strided_view(shape, case["steps"], case["perm"], dtype, case["seed"])
-    dyv = strided_view(shape, case["steps"][::-1], case["perm"][::-1], dtype, case["seed"] + 1)
+    ns, dtype = case["ns"], case["dtype"]
+    xv, dyv = x_and_dy(case)
     w, b = make_params(ns, dtype, case["affine"], case["seed"], lib="numpy")
     snap = R.snapshot(xv, w, b, dyv)
     y, mean, rstd = nkF.layer_norm_forward(xv, ns, w, b, case["eps"])
