@@ -122,7 +122,7 @@ struct Problem {
   }
   bool empty() const { return N * S == 0 || C == 0; }
   // Whether outputs of elem_size-byte elements are large enough for streaming stores.
-  bool streams(size_t elem_size) const { return size_t(N * C * S) * elem_size >= kStreamingOutputBytes; }
+  bool streams(size_t elem_size) const { return streams_output(size_t(N * C * S) * elem_size); }
   int64_t stat(int64_t n, int64_t c) const { return (per_sample ? n * G : 0) + c / cpg; }
   // Channels last: row groups (samples, or one group of all rows) and their blocks of rows.
   int64_t row_groups() const { return per_sample ? N : 1; }

@@ -68,7 +68,7 @@ void forward(const RowNormForwardArgs& a) {
   const A eps = A(a.eps);
   const A* wp = w.data();
   const A* bp = b.data();
-  const bool streaming = size_t(a.rows * n) * sizeof(T) >= kStreamingOutputBytes;
+  const bool streaming = streams_output(size_t(a.rows * n) * sizeof(T));
   parallel_for(a.rows, std::max<int64_t>(1, kTaskElements / std::max<int64_t>(n, 1)),
                [&](int64_t r0, int64_t r1) {
     std::vector<T> staging(streaming ? size_t(n) : 0);
@@ -114,7 +114,7 @@ void backward(const RowNormBackwardArgs& a) {
   std::vector<A> part_w(want_params ? size_t(blocks * n) : 0, A(0));
   std::vector<A> part_b(want_params && a.dbias ? size_t(blocks * n) : 0, A(0));
   const A inv_n = A(1) / A(n);
-  const bool streaming = want_dx && size_t(rows * n) * sizeof(T) >= kStreamingOutputBytes;
+  const bool streaming = want_dx && streams_output(size_t(rows * n) * sizeof(T));
 
   parallel_for(blocks, 1, [&](int64_t b0, int64_t b1) {
     std::vector<T> staging(streaming ? size_t(n) : 0);
