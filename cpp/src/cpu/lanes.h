@@ -12,11 +12,19 @@ namespace normkit::cpu::NK_ISA {
 template <class A> constexpr int kLanes = 64;       // float: 4 zmm / 8 ymm accumulators
 template <> constexpr int kLanes<double> = 32;
 
+// acc[0] after the pairwise folds acc[j] += acc[j + w] for w = L/2, L/4, ..., 1. One level per
+// instantiation: each level is a fixed-length loop the compiler vectorizes (a nested loop over w
+// compiled to ~60 scalar adds with their loop control, which cost more than summing a short row).
 template <class A, int L>
 inline A tree_sum(A (&acc)[L]) {
-  for (int w = L / 2; w > 0; w /= 2)
-    for (int j = 0; j < w; ++j) acc[j] += acc[j + w];
-  return acc[0];
+  if constexpr (L == 1) {
+    return acc[0];
+  } else {
+    static_assert(L % 2 == 0, "lane counts are powers of two");
+#pragma omp simd
+    for (int j = 0; j < L / 2; ++j) acc[j] += acc[j + L / 2];
+    return tree_sum<A, L / 2>(reinterpret_cast<A(&)[L / 2]>(acc));
+  }
 }
 
 // Sum of f(i) for i in [0, n). The tail goes to its own accumulator: indexing the lane array with a
