@@ -40,6 +40,12 @@
 #include "normkit/math.h"
 #include "normkit/parallel.h"
 
+// The reductions that two code paths share (fused and unfused statistics, masked and full
+// backward) are compiled once, not inlined: with -ffp-contract=fast, whether a product is fused into
+// the following add can depend on the inlining context, and both paths must round alike (the fused
+// choice depends on the thread count; a masked call must equal the full one bitwise).
+#define NK_SHARED_REDUCTION __attribute__((noinline))
+
 namespace normkit::cpu::NK_ISA {
 namespace {
 
@@ -90,7 +96,7 @@ Moments<A> corrected_moments(int64_t n, A mhat, A sd, A sq) {
 
 // Moments of the `len` contiguous values x - shift: two-pass blocks of kStatBlock merged in order.
 template <class T, class A = acc_t<T>>
-Moments<A> contiguous_moments(const T* x, int64_t len, A shift) {
+NK_SHARED_REDUCTION Moments<A> contiguous_moments(const T* x, int64_t len, A shift) {
   Moments<A> m;
   for (int64_t s = 0; s < len; s += kStatBlock) {
     const int64_t n = std::min(kStatBlock, len - s);
@@ -176,7 +182,8 @@ struct RowScratch {
 // Moments of x - shift of each of the G groups over `rows` rows of C channels starting at x, with
 // sh[c] the shift of channel c's group.
 template <class T, class A>
-void row_block_moments(const Problem& p, const T* x, int64_t rows, const A* sh, RowScratch<A>& sc, Moments<A>* out) {
+NK_SHARED_REDUCTION void row_block_moments(const Problem& p, const T* x, int64_t rows, const A* sh, RowScratch<A>& sc,
+                                           Moments<A>* out) {
   const int64_t C = p.C, G = p.G, cpg = p.cpg;
   A* acc = sc.a.data();
   A* mref = sc.b.data();
@@ -505,7 +512,7 @@ void dx_run(const T* dy, const T* x, T* dx, int64_t n, A mean, A rstd, A w, A mg
 
 // Sums of dy and dy * xhat over n contiguous values.
 template <class T, class A>
-std::pair<A, A> run_sums(const T* dy, const T* x, int64_t n, A mean, A rstd) {
+NK_SHARED_REDUCTION std::pair<A, A> run_sums(const T* dy, const T* x, int64_t n, A mean, A rstd) {
   return lane_sum2<A>(n, [&](int64_t i, A& d, A& dx) {
     d = load<A>(dy[i]);
     dx = d * ((load<A>(x[i]) - mean) * rstd);
@@ -603,7 +610,7 @@ void backward_nsc(const Problem& p, const ChannelNormBackwardArgs& a, const Back
     expand_groups(p, k, &gxe[size_t(k * C)], [&](int64_t s) { return bp.batch_stats ? mgx[s] : A(0); });
   };
   // Per-channel sums of a block of rows.
-  auto block_sums = [&](int64_t k, int64_t r0, int64_t rows, A* sd, A* sdx) {
+  auto block_sums = [&](int64_t k, int64_t r0, int64_t rows, A* sd, A* sdx) NK_SHARED_REDUCTION {
     const A* mk = &me[size_t(k * C)];
     const A* rk = &re[size_t(k * C)];
     const T* dyb = dy + (k * R + r0) * C;

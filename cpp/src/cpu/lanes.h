@@ -27,11 +27,11 @@ inline A tree_sum(A (&acc)[L]) {
   }
 }
 
-// Sum of f(i) for i in [0, n). The tail goes to its own accumulator: indexing the lane array with a
-// run-time index would make the compiler keep it in memory instead of registers.
-template <class A, class F>
-inline A lane_sum(int64_t n, F&& f) {
-  constexpr int L = kLanes<A>;
+// Sum of f(i) for i in [0, n) over L lanes: term i < n - n % L goes to lane i % L, the lanes are
+// folded by tree_sum, and the remainder is added in order to its own accumulator (indexing the lane
+// array with a run-time index would make the compiler keep it in memory instead of registers).
+template <class A, int L, class F>
+inline A lane_sum_over(int64_t n, F&& f) {
   A acc[L] = {};
   int64_t i = 0;
   for (; i + L <= n; i += L) {
@@ -43,10 +43,8 @@ inline A lane_sum(int64_t n, F&& f) {
   return tree_sum(acc) + tail;
 }
 
-// Two sums in one pass: f(i, &a, &b) returns its two terms through a and b.
-template <class A, class F>
-inline std::pair<A, A> lane_sum2(int64_t n, F&& f) {
-  constexpr int L = kLanes<A>;
+template <class A, int L, class F>
+inline std::pair<A, A> lane_sum2_over(int64_t n, F&& f) {
   A acc0[L] = {}, acc1[L] = {};
   int64_t i = 0;
   for (; i + L <= n; i += L) {
@@ -66,6 +64,23 @@ inline std::pair<A, A> lane_sum2(int64_t n, F&& f) {
     tail1 += b;
   }
   return {tree_sum(acc0) + tail0, tree_sum(acc1) + tail1};
+}
+
+// Short runs (fewer than 4 kLanes values: a 7x7 or 10x10 plane, a short row) use a quarter of the
+// lanes, one 64-byte vector, so that at most 15 values go to the scalar remainder, a chain of
+// dependent adds (with 64 lanes, all 49 values of a 7x7 plane did). The lane count is a function of n
+// alone, so results still never depend on the thread count.
+template <class A, class F>
+inline A lane_sum(int64_t n, F&& f) {
+  constexpr int L = kLanes<A>;
+  return n >= 4 * L ? lane_sum_over<A, L>(n, f) : lane_sum_over<A, L / 4>(n, f);
+}
+
+// Two sums in one pass: f(i, &a, &b) returns its two terms through a and b.
+template <class A, class F>
+inline std::pair<A, A> lane_sum2(int64_t n, F&& f) {
+  constexpr int L = kLanes<A>;
+  return n >= 4 * L ? lane_sum2_over<A, L>(n, f) : lane_sum2_over<A, L / 4>(n, f);
 }
 
 }  // namespace normkit::cpu::NK_ISA
