@@ -252,6 +252,9 @@ def channel_norm_cases() -> list[Case]:
             (torch.float32, torch.bfloat16), bn, channels_last=cl)
     add("BatchNorm2d eval", "batchnorm2d-eval", (32, 64, 56, 56), (torch.float32,), bn, channels_last=False,
         train=False)
+    # A ResNet's last stage: many short planes (49 values), where per-plane overheads show.
+    bn512 = lambda: (_nk_modules().BatchNorm2d(512), torch.nn.BatchNorm2d(512))  # noqa: E731
+    add("BatchNorm2d train", "batchnorm2d-train", (32, 512, 7, 7), (torch.float32,), bn512, channels_last=False)
     inorm = lambda: (_nk_modules().InstanceNorm2d(64, affine=True), torch.nn.InstanceNorm2d(64, affine=True))  # noqa: E731
     add("InstanceNorm2d", "instancenorm2d", (32, 64, 56, 56), (torch.float32,), inorm, channels_last=False)
     gn = lambda: (_nk_modules().GroupNorm(32, 256), torch.nn.GroupNorm(32, 256))  # noqa: E731
