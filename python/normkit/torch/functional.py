@@ -98,34 +98,32 @@ def rms_norm(input, normalized_shape, weight=None, eps=None):
     return _RMSNorm.apply(input, weight, shape, eps)
 
 
+def _running_stats_norm(forward_op, backward_op, input, running_mean, running_var, weight, bias, batch_stats,
+                        momentum, eps):
+    """BatchNorm and InstanceNorm: the same arguments, `batch_stats` being training / use_input_stats."""
+    batch_stats, momentum, eps = bool(batch_stats), float(momentum), float(eps)
+    if not _needs_autograd(input, weight, bias):
+        return forward_op(input, running_mean, running_var, weight, bias, batch_stats, momentum, eps)[0]
+    return _AffineNorm.apply(
+        input, weight, bias,
+        lambda x, w, b: forward_op(x, running_mean, running_var, w, b, batch_stats, momentum, eps),
+        lambda dy, x, mean, rstd, w, mask, bias_dtype: backward_op(
+            dy, x, mean, rstd, w, batch_stats, output_mask=mask, bias_dtype=bias_dtype),
+    )
+
+
 def batch_norm(input, running_mean, running_var, weight=None, bias=None, training=False, momentum=0.1,
                eps=1e-5):
     """Like ``torch.nn.functional.batch_norm`` (running statistics updated in place when training)."""
-    if not _needs_autograd(input, weight, bias):
-        return _F.batch_norm(input, running_mean, running_var, weight, bias, bool(training), float(momentum),
-                             float(eps))
-    training, momentum, eps = bool(training), float(momentum), float(eps)
-    return _AffineNorm.apply(
-        input, weight, bias,
-        lambda x, w, b: _F.batch_norm_forward(x, running_mean, running_var, w, b, training, momentum, eps),
-        lambda dy, x, mean, rstd, w, mask, bias_dtype: _F.batch_norm_backward(
-            dy, x, mean, rstd, w, training, output_mask=mask, bias_dtype=bias_dtype),
-    )
+    return _running_stats_norm(_F.batch_norm_forward, _F.batch_norm_backward, input, running_mean, running_var,
+                               weight, bias, training, momentum, eps)
 
 
 def instance_norm(input, running_mean=None, running_var=None, weight=None, bias=None, use_input_stats=True,
                   momentum=0.1, eps=1e-5):
     """Like ``torch.nn.functional.instance_norm``."""
-    if not _needs_autograd(input, weight, bias):
-        return _F.instance_norm(input, running_mean, running_var, weight, bias, bool(use_input_stats),
-                                float(momentum), float(eps))
-    use_input_stats, momentum, eps = bool(use_input_stats), float(momentum), float(eps)
-    return _AffineNorm.apply(
-        input, weight, bias,
-        lambda x, w, b: _F.instance_norm_forward(x, running_mean, running_var, w, b, use_input_stats, momentum, eps),
-        lambda dy, x, mean, rstd, w, mask, bias_dtype: _F.instance_norm_backward(
-            dy, x, mean, rstd, w, use_input_stats, output_mask=mask, bias_dtype=bias_dtype),
-    )
+    return _running_stats_norm(_F.instance_norm_forward, _F.instance_norm_backward, input, running_mean,
+                               running_var, weight, bias, use_input_stats, momentum, eps)
 
 
 def group_norm(input, num_groups, weight=None, bias=None, eps=1e-5):
