@@ -96,6 +96,17 @@ class _TorchKind:
     def wrap(self, out):
         return out
 
+    def empty_like_dense(self, x):
+        """torch.empty_like(x) (same strides) for an x laid out contiguously or channels-last whose
+        output is too small for the host cache; None otherwise. One C++ call instead of the layout
+        checks and a new_empty (~1 us against ~4 us: it matters for small inputs)."""
+        torch = self.torch
+        if x.is_cpu and x.numel() * x.element_size() >= CACHED_OUTPUT_BYTES:
+            return None
+        if x.is_contiguous() or x.is_contiguous(memory_format=torch.channels_last):
+            return torch.empty_like(x)
+        return None
+
     def stream(self, x):
         if x.is_cuda:
             return self.torch.cuda.current_stream(x.device).cuda_stream
@@ -191,6 +202,11 @@ def is_channels_last(kind, x) -> bool:
 
 def empty_like_layout(kind, x, dtype_name=None):
     """An uninitialised array like x, channels-last when x is, channels-first otherwise."""
+    fast = getattr(kind, "empty_like_dense", None)
+    if fast is not None and dtype_name is None:
+        out = fast(x)
+        if out is not None:
+            return out
     shape, dt = kind.shape(x), dtype_name or kind.dtype_name(x)
     if not is_channels_last(kind, x):
         return kind.empty(shape, dt, x)
