@@ -41,19 +41,4 @@ inline Buffer buffer_of(const nanobind::ndarray<>& a) {
   return b;
 }
 
-// The core's exception types as Python's, for modules other than _core.
-inline void register_normkit_exceptions() {
-  nanobind::register_exception_translator([](const std::exception_ptr& p, void*) {
-    try {
-      std::rethrow_exception(p);
-    } catch (const TypeError& e) {
-      PyErr_SetString(PyExc_TypeError, e.what());
-    } catch (const ValueError& e) {
-      PyErr_SetString(PyExc_ValueError, e.what());
-    } catch (const RuntimeError& e) {
-      PyErr_SetString(PyExc_RuntimeError, e.what());
-    }
-  });
-}
-
 }  // namespace normkit::bindings

@@ -1,7 +1,7 @@
 // The _core extension module: one export function per topic, and the exception mapping.
 #include <nanobind/nanobind.h>
 
-#include "normkit/error.h"
+#include "exceptions.h"
 
 namespace nb = nanobind;
 
@@ -24,17 +24,7 @@ NB_MODULE(_core, m) {
   m.doc() = "normkit's C++ core: normalization kernels over DLPack arrays.";
   // Layers (torch modules, NumPy objects) may hold communicators until interpreter shutdown.
   nb::set_leak_warnings(false);
-  nb::register_exception_translator([](const std::exception_ptr& p, void*) {
-    try {
-      std::rethrow_exception(p);
-    } catch (const normkit::TypeError& e) {
-      PyErr_SetString(PyExc_TypeError, e.what());
-    } catch (const normkit::ValueError& e) {
-      PyErr_SetString(PyExc_ValueError, e.what());
-    } catch (const normkit::RuntimeError& e) {
-      PyErr_SetString(PyExc_RuntimeError, e.what());
-    }
-  });
+  normkit::bindings::register_normkit_exceptions();
   normkit::bindings::export_info(m);
   normkit::bindings::export_row_norm(m);
   normkit::bindings::export_channel_norm(m);

@@ -6,6 +6,7 @@
 #include <nanobind/stl/string.h>
 
 #include "buffer.h"
+#include "exceptions.h"
 #include "comm/mpi_communicator.h"
 
 namespace nb = nanobind;

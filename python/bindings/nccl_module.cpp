@@ -11,6 +11,7 @@
 
 #include "convert.h"
 #include "nccl_communicator.h"
+#include "exceptions.h"
 #include "normkit/error.h"
 
 namespace nb = nanobind;
@@ -97,16 +98,6 @@ void export_nccl(nb::module_& m) {
 
 NB_MODULE(_nccl, m) {
   m.doc() = "normkit's NCCL communicator (NCCL loaded at run time).";
-  nb::register_exception_translator([](const std::exception_ptr& p, void*) {
-    try {
-      std::rethrow_exception(p);
-    } catch (const normkit::TypeError& e) {
-      PyErr_SetString(PyExc_TypeError, e.what());
-    } catch (const normkit::ValueError& e) {
-      PyErr_SetString(PyExc_ValueError, e.what());
-    } catch (const normkit::RuntimeError& e) {
-      PyErr_SetString(PyExc_RuntimeError, e.what());
-    }
-  });
+  normkit::bindings::register_normkit_exceptions();
   normkit::bindings::export_nccl(m);
 }
