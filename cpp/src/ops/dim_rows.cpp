@@ -5,6 +5,13 @@
 
 namespace normkit::ops {
 
+int64_t normalize_dim(const TensorView& t, const char* t_arg, int64_t dim) {
+  const int64_t nd = t.ndim();
+  check_value(dim >= -nd && dim < nd, "dim: expected a dimension in [", -nd, ", ", nd - 1, "] for ", t_arg,
+              " of shape ", shape_str(t.shape), ", got ", dim);
+  return dim < 0 ? dim + nd : dim;
+}
+
 TensorView dim_first(const TensorView& t, int64_t dim) {
   if (dim <= 0) return t;
   TensorView p = t;

@@ -9,6 +9,9 @@
 
 namespace normkit::ops {
 
+// `dim` in [-ndim, ndim) (negatives count from the end) as an index in [0, ndim); a ValueError naming
+// t_arg and its shape otherwise.
+int64_t normalize_dim(const TensorView& t, const char* t_arg, int64_t dim);
 // The view of t with `dim` first (the identity for dim <= 0).
 TensorView dim_first(const TensorView& t, int64_t dim);
 // An input in row order: in place when already compact there, otherwise a compact copy in holder.

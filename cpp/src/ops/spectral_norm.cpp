@@ -16,13 +16,6 @@ namespace {
 
 using detail::SpectralNormShape;
 
-int64_t check_dim(const TensorView& w, int64_t dim) {
-  const int64_t nd = w.ndim();
-  check_value(dim >= -nd && dim < nd, "dim: expected a dimension in [", -nd, ", ", nd - 1, "] for w of shape ",
-              shape_str(w.shape), ", got ", dim);
-  return dim < 0 ? dim + nd : dim;
-}
-
 void check_weight(const TensorView& w) {
   ops::check_device_supported(w, "w");
   check_value(w.ndim() >= 2, "w: expected 2 or more dimensions (a 1-D weight needs no power iteration: "
@@ -78,7 +71,7 @@ void spectral_norm_forward(const TensorView& w, const TensorView& u, const Tenso
                            int64_t n_power_iterations, double eps, bool training, bool check_sigma,
                            const OptTensor& y, const OptTensor& sigma, void* stream) {
   check_weight(w);
-  dim = check_dim(w, dim);
+  dim = ops::normalize_dim(w, "w", dim);
   const SpectralNormShape shape = shape_of(w, dim);
   check_value(n_power_iterations >= 1, "n_power_iterations: expected a positive number, got ", n_power_iterations);
   ops::check_eps(eps);
@@ -121,7 +114,7 @@ void spectral_norm_forward(const TensorView& w, const TensorView& u, const Tenso
 void spectral_norm_backward(const TensorView& dy, const TensorView& w, const TensorView& u, const TensorView& v,
                             int64_t dim, const TensorView& sigma, const TensorView& dw, void* stream) {
   check_weight(w);
-  dim = check_dim(w, dim);
+  dim = ops::normalize_dim(w, "w", dim);
   const SpectralNormShape shape = shape_of(w, dim);
   ops::check_same_device(dy, "dy", w, "w");
   ops::check_dtype(dy, "dy", w.dtype);

@@ -13,11 +13,8 @@ using detail::WeightNormShape;
 // dim in torch's convention: -1 is the whole tensor (returned as -1), other negatives count from the
 // end; returns the dim in [0, ndim) otherwise.
 int64_t check_dim(const TensorView& v, int64_t dim) {
-  const int64_t nd = v.ndim();
-  check_value(dim >= -nd && dim < nd, "dim: expected a dimension in [", -nd, ", ", nd - 1, "] for v of shape ",
-              shape_str(v.shape), ", got ", dim);
-  if (dim == -1) return -1;
-  return dim < 0 ? dim + nd : dim;
+  const int64_t d = ops::normalize_dim(v, "v", dim);
+  return dim == -1 ? -1 : d;
 }
 
 // The shape g (and norms, dg) must have: v's with size 1 on every dim but `dim`.
