@@ -207,11 +207,16 @@ def empty_like_layout(kind, x, dtype_name=None):
         out = fast(x)
         if out is not None:
             return out
-    shape, dt = kind.shape(x), dtype_name or kind.dtype_name(x)
-    if not is_channels_last(kind, x):
-        return kind.empty(shape, dt, x)
+    return empty_in_layout(kind, kind.shape(x), dtype_name or kind.dtype_name(x), x, is_channels_last(kind, x))
+
+
+def empty_in_layout(kind, shape, dtype_name, like, channels_last: bool):
+    """An uninitialised [N, C, *spatial] array of `shape`, stored channels-last (NHWC, NDHWC) when
+    `channels_last` and it has spatial dims, channels-first otherwise."""
+    if not channels_last or len(shape) <= 2:
+        return kind.empty(shape, dtype_name, like)
     nd = len(shape)
-    stored = kind.empty((shape[0], *shape[2:], shape[1]), dt, x)
+    stored = kind.empty((shape[0], *shape[2:], shape[1]), dtype_name, like)
     return kind.permute(stored, (0, nd - 1, *range(1, nd - 1)))
 
 

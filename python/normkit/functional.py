@@ -13,7 +13,7 @@ Each layer has three functions:
 from __future__ import annotations
 
 from normkit import _core
-from normkit._arrays import acc_dtype_name, empty_like_layout, kind_of, normalized_shape_tuple, to_core
+from normkit._arrays import acc_dtype_name, empty_in_layout, empty_like_layout, kind_of, normalized_shape_tuple, to_core
 
 __all__ = [
     "batch_instance_norm",
@@ -621,14 +621,6 @@ def mean_only_batch_norm(x, running_mean, bias=None, training=False, momentum=0.
     return mean_only_batch_norm_forward(x, running_mean, bias, training, momentum)[0]
 
 
-def _empty_in_layout(kind, shape, dtype_name, like, channels_last: bool):
-    if not channels_last or len(shape) <= 2:
-        return kind.empty(shape, dtype_name, like)
-    nd = len(shape)
-    stored = kind.empty((shape[0], *shape[2:], shape[1]), dtype_name, like)
-    return kind.permute(stored, (0, nd - 1, *range(1, nd - 1)))
-
-
 def mean_only_batch_norm_backward(dy, training=True, output_mask=(True, True), bias_dtype=None, channels_last=None):
     """Gradients of mean-only BatchNorm: ``(dx, dbias)``. training=True: ``dx = dy - mean_c(dy)`` (the batch
     mean depends on x); training=False: ``dx = dy``. ``dbias = sum dy`` over every dim but the channels.
@@ -641,7 +633,7 @@ def mean_only_batch_norm_backward(dy, training=True, output_mask=(True, True), b
         if channels_last is None:
             dx = empty_like_layout(kind, dy)
         else:
-            dx = _empty_in_layout(kind, kind.shape(dy), dt, dy, bool(channels_last))
+            dx = empty_in_layout(kind, kind.shape(dy), dt, dy, bool(channels_last))
     db = kind.empty((_channels(kind, dy),), bias_dtype or dt, dy) if output_mask[1] else None
     _core.mean_only_batch_norm_backward(to_core(dy, "dy"), bool(training), to_core(dx, "dx"), to_core(db, "dbias"),
                                         kind.stream(dy))
