@@ -67,7 +67,7 @@ inline void stream_fence() {
 
 // Elements of T per stage: 8 KB, which stays in L1 beside the inputs being read until its copy.
 // (16 KB stages were evicted first: channels-last BatchNorm [32,64,56,56] eval forward ran 10-40%
-// slower with them, at parity with torch with 8 KB.)
+// slower with them in interleaved A/B runs.)
 template <class T>
 constexpr int64_t kStageElements = int64_t(8192 / sizeof(T));
 
