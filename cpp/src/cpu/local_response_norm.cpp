@@ -5,13 +5,14 @@
 // order, no running sums), so results never depend on the thread count or the work partition.
 //
 // Channels first (NCS): a unit of work is a block of B contiguous positions of one sample; per
-// channel, the window's rows are summed element-wise into a B-wide accumulator (vectorized over the
-// positions; the `size` rows stay in L1). The backward keeps p = s^-beta and t = g a p / s for all C
+// channel, the window's rows are summed element-wise, vectorized over the positions with the sums of
+// a tile of positions in registers (the `size` rows stay in L1). The backward keeps p = s^-beta and t = g a p / s for all C
 // channels of the block (2 C B values, about 64 KB) and then sums t over the transposed windows.
 // Channels last (NSC): a unit is a run of positions; per position, the C channels are loaded into a
 // zero-padded buffer so that every window sum is a fixed-length, vectorizable loop over channels
 // (the zeros of the padding leave the sums exact: x + 0 == x).
 #include <algorithm>
+#include <cstring>
 #include <vector>
 
 #include "cpu/kernels.h"
@@ -59,19 +60,57 @@ inline void twindow(int64_t j, int64_t size, int64_t C, int64_t& lo, int64_t& hi
   hi = std::min<int64_t>(C - 1, math::lrn_twindow_hi(j, size));
 }
 
-// sum[i] = sum over channels lo..hi (ascending) of x[c * stride + i]^2, i < len.
-template <class T, class A>
-inline void window_sq_sum(const T* x, int64_t stride, int64_t lo, int64_t hi, int64_t len, A* sum) {
-#pragma omp simd
-  for (int64_t i = 0; i < len; ++i) sum[i] = A(0);
+// Window sums over channels lo..hi, added in ascending channel order starting from zero, of
+// x[c * stride + i]^2 (kSquare) or x[c * stride + i], for kWidth positions at a time whose sums stay
+// in registers (a sum array in memory, stored and reloaded once per window channel, made the sums
+// cost more than the rest of the op). Positions past the last whole tile take the scalar loop with
+// the same sequence of operations, so every position rounds alike.
+template <class A>
+struct WindowTile {
+  typedef A Vec __attribute__((vector_size(64)));
+  static constexpr int64_t kLanes = 64 / sizeof(A), kVecs = 4, kWidth = kLanes * kVecs;
+};
+
+template <bool kSquare, class T, class A>
+inline void tile_window_sum(const T* x, int64_t stride, int64_t lo, int64_t hi, A* out) {
+  using Tile = WindowTile<A>;
+  typename Tile::Vec sum[Tile::kVecs] = {};
   for (int64_t c = lo; c <= hi; ++c) {
     const T* xr = x + c * stride;
+    alignas(64) A v[Tile::kWidth];
 #pragma omp simd
-    for (int64_t i = 0; i < len; ++i) {
-      const A v = load<A>(xr[i]);
-      sum[i] += v * v;
+    for (int64_t j = 0; j < Tile::kWidth; ++j) v[j] = load<A>(xr[j]);
+    for (int q = 0; q < Tile::kVecs; ++q) {
+      typename Tile::Vec t;
+      std::memcpy(&t, v + q * Tile::kLanes, sizeof(t));
+      sum[q] += kSquare ? t * t : t;
     }
   }
+  std::memcpy(out, sum, sizeof(sum));
+}
+
+template <bool kSquare, class T, class A>
+inline A window_sum_at(const T* x, int64_t stride, int64_t lo, int64_t hi, int64_t i) {
+  A sum = 0;
+  for (int64_t c = lo; c <= hi; ++c) {
+    const A v = load<A>(x[c * stride + i]);
+    sum += kSquare ? v * v : v;
+  }
+  return sum;
+}
+
+// fn(i, sum_i) for i < len, sum_i the window sum at position i.
+template <bool kSquare, class T, class A, class Fn>
+inline void for_window_sums(const T* x, int64_t stride, int64_t lo, int64_t hi, int64_t len, Fn&& fn) {
+  constexpr int64_t W = WindowTile<A>::kWidth;
+  int64_t i0 = 0;
+  for (; i0 + W <= len; i0 += W) {
+    alignas(64) A sum[W];
+    tile_window_sum<kSquare>(x + i0, stride, lo, hi, sum);
+#pragma omp simd
+    for (int64_t j = 0; j < W; ++j) fn(i0 + j, sum[j]);
+  }
+  for (int64_t i = i0; i < len; ++i) fn(i, window_sum_at<kSquare, T, A>(x, stride, lo, hi, i));
 }
 
 // ---- channels first -----------------------------------------------------------------------------
@@ -83,8 +122,6 @@ void forward_ncs(const LrnForwardArgs& a) {
   const Coeffs<A> k(a.p);
   const int64_t C = sh.C, S = sh.S, size = a.p.size, B = ncs_block(sh), blocks = ceil_div(S, B);
   parallel_for(sh.N * blocks, std::max<int64_t>(1, kTaskElements / (C * B)), [&](int64_t u0, int64_t u1) {
-    std::vector<A> acc(static_cast<size_t>(B));
-    A* sum = acc.data();
     for (int64_t u = u0; u < u1; ++u) {
       const int64_t n = u / blocks, s0 = (u % blocks) * B, len = std::min(B, S - s0);
       const T* x = static_cast<const T*>(a.x) + n * C * S + s0;
@@ -92,14 +129,12 @@ void forward_ncs(const LrnForwardArgs& a) {
       for (int64_t c = 0; c < C; ++c) {
         int64_t lo, hi;
         window(c, size, C, lo, hi);
-        window_sq_sum(x, S, lo, hi, len, sum);
         const T* xc = x + c * S;
         T* yc = y + c * S;
-#pragma omp simd
-        for (int64_t i = 0; i < len; ++i) {
-          const A s = math::lrn_scale(sum[i], k.alpha_over_size, k.k);
+        for_window_sums<true, T, A>(x, S, lo, hi, len, [&](int64_t i, A sum) {
+          const A s = math::lrn_scale(sum, k.alpha_over_size, k.k);
           yc[i] = store<T>(math::lrn_apply(load<A>(xc[i]), math::lrn_pow_neg(s, k.beta, kFast)));
-        }
+        });
       }
     }
   });
@@ -112,8 +147,7 @@ void backward_ncs(const LrnBackwardArgs& a) {
   const Coeffs<A> k(a.p);
   const int64_t C = sh.C, S = sh.S, size = a.p.size, B = ncs_block(sh), blocks = ceil_div(S, B);
   parallel_for(sh.N * blocks, std::max<int64_t>(1, kTaskElements / (C * B)), [&](int64_t u0, int64_t u1) {
-    std::vector<A> acc(static_cast<size_t>(B)), pbuf(static_cast<size_t>(C * B)), tbuf(static_cast<size_t>(C * B));
-    A* sum = acc.data();
+    std::vector<A> pbuf(static_cast<size_t>(C * B)), tbuf(static_cast<size_t>(C * B));
     for (int64_t u = u0; u < u1; ++u) {
       const int64_t n = u / blocks, s0 = (u % blocks) * B, len = std::min(B, S - s0);
       const T* x = static_cast<const T*>(a.x) + n * C * S + s0;
@@ -123,37 +157,28 @@ void backward_ncs(const LrnBackwardArgs& a) {
       for (int64_t c = 0; c < C; ++c) {
         int64_t lo, hi;
         window(c, size, C, lo, hi);
-        window_sq_sum(x, S, lo, hi, len, sum);
         const T* xc = x + c * S;
         const T* gc = dy + c * S;
         A* pc = pbuf.data() + c * B;
         A* tc = tbuf.data() + c * B;
-#pragma omp simd
-        for (int64_t i = 0; i < len; ++i) {
-          const A s = math::lrn_scale(sum[i], k.alpha_over_size, k.k);
+        for_window_sums<true, T, A>(x, S, lo, hi, len, [&](int64_t i, A sum) {
+          const A s = math::lrn_scale(sum, k.alpha_over_size, k.k);
           const A p = math::lrn_pow_neg(s, k.beta, kFast);
           pc[i] = p;
           tc[i] = math::lrn_backward_term(load<A>(gc[i]), load<A>(xc[i]), p, s);
-        }
+        });
       }
       // Pass 2: dx_j = g_j p_j - coef a_j * (sum of t over the channels whose window holds j).
       for (int64_t j = 0; j < C; ++j) {
         int64_t lo, hi;
         twindow(j, size, C, lo, hi);
-#pragma omp simd
-        for (int64_t i = 0; i < len; ++i) sum[i] = A(0);
-        for (int64_t c = lo; c <= hi; ++c) {
-          const A* tc = tbuf.data() + c * B;
-#pragma omp simd
-          for (int64_t i = 0; i < len; ++i) sum[i] += tc[i];
-        }
         const T* xj = x + j * S;
         const T* gj = dy + j * S;
         const A* pj = pbuf.data() + j * B;
         T* dxj = dx + j * S;
-#pragma omp simd
-        for (int64_t i = 0; i < len; ++i)
-          dxj[i] = store<T>(math::lrn_dx(load<A>(gj[i]), load<A>(xj[i]), pj[i], k.coef, sum[i]));
+        for_window_sums<false, A, A>(tbuf.data(), B, lo, hi, len, [&](int64_t i, A tsum) {
+          dxj[i] = store<T>(math::lrn_dx(load<A>(gj[i]), load<A>(xj[i]), pj[i], k.coef, tsum));
+        });
       }
     }
   });
