@@ -188,6 +188,7 @@ NK_SHARED_REDUCTION void row_block_moments(const Problem& p, const T* x, int64_t
   A* acc = sc.a.data();
   A* mref = sc.b.data();
   A* sq = sc.c.data();
+  prefetch_block(x, rows * C * int64_t(sizeof(T)));
   // Pass 1: per-channel sums, then each group's mean estimate.
   column_sum(C, rows, acc, [&](int64_t r, int64_t c) { return load<A>(x[r * C + c]) - sh[c]; });
   const A inv_rows = A(1) / A(rows);
