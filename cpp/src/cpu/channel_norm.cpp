@@ -9,9 +9,11 @@
 // ~kRowBlock values in whole rows (channels last), small enough to stay in cache for a second pass.
 // All values of a statistic are shifted by its first value (so block means are small numbers whose
 // rounding does not spoil the merges; a float channel with mean 1e4 and std 0.1 keeps ~1e-6 relative
-// variance error), then per block:
+// variance error). Channels-first blocks take one pass of sums of d = x - shift and d^2 while
+// that is as accurate as two, else the corrected two-pass (cpu/shifted_moments.h). Channels-last
+// blocks always take the corrected two-pass:
 //   pass 1: mean estimate m^ = mean(x - shift),
-//   pass 2: sd = sum(x - shift - m^), sq = sum((x - shift - m^)^2)   (corrected two-pass),
+//   pass 2: sd = sum(x - shift - m^), sq = sum((x - shift - m^)^2),
 // giving mean = m^ + sd / n and M2 = sq - sd^2 / n. Blocks are merged with Chan's formula
 // (math::chan_merge), in block order, into chunks, then segments, then statistics.
 //
@@ -33,6 +35,7 @@
 #include <vector>
 
 #include "cpu/column_sums.h"
+#include "cpu/shifted_moments.h"
 #include "cpu/kernels.h"
 #include "cpu/lanes.h"
 #include "cpu/params.h"
@@ -53,7 +56,7 @@ using detail::ChannelNormBackwardArgs;
 using detail::ChannelNormForwardArgs;
 using detail::Layout;
 
-constexpr int64_t kStatBlock = 4096;        // contiguous values per two-pass block (L1)
+constexpr int64_t kStatBlock = 4096;        // contiguous values per statistics block (L1)
 constexpr int64_t kChunk = 8 * kStatBlock;  // channels first: values per unit of parallel work
 constexpr int64_t kRowBlock = 16384;        // channels last: values per block of rows (L2)
 constexpr int64_t kTaskElements = 1 << 15;  // elements per parallel task, to amortise the hand-off
@@ -94,20 +97,13 @@ Moments<A> corrected_moments(int64_t n, A mhat, A sd, A sq) {
   return math::block_moments(n, mhat + sd * inv_n, m2 > A(0) ? m2 : A(0));
 }
 
-// Moments of the `len` contiguous values x - shift: two-pass blocks of kStatBlock merged in order.
+// Moments of the `len` contiguous values x - shift: blocks of kStatBlock (shifted_block_moments)
+// merged in order.
 template <class T, class A = acc_t<T>>
 NK_SHARED_REDUCTION Moments<A> contiguous_moments(const T* x, int64_t len, A shift) {
   Moments<A> m;
-  for (int64_t s = 0; s < len; s += kStatBlock) {
-    const int64_t n = std::min(kStatBlock, len - s);
-    const T* xb = x + s;
-    const A mhat = lane_sum<A>(n, [&](int64_t i) { return load<A>(xb[i]) - shift; }) / A(n);
-    const auto sums = lane_sum2<A>(n, [&](int64_t i, A& d, A& d2) {
-      d = (load<A>(xb[i]) - shift) - mhat;
-      d2 = d * d;
-    });
-    m = math::chan_merge(m, corrected_moments(n, mhat, sums.first, sums.second));
-  }
+  for (int64_t s = 0; s < len; s += kStatBlock)
+    m = math::chan_merge(m, shifted_block_moments(x + s, std::min(kStatBlock, len - s), shift));
   return m;
 }
 

@@ -7,6 +7,7 @@
 #include "cpu/kernels.h"
 #include "cpu/lanes.h"
 #include "cpu/params.h"
+#include "cpu/shifted_moments.h"
 #include "cpu/stream_store.h"
 #include "normkit/math.h"
 #include "normkit/parallel.h"
@@ -23,38 +24,14 @@ constexpr int64_t kStatBlock = 4096;
 // Rows per parallel task: enough elements per task to amortise the hand-off.
 constexpr int64_t kTaskElements = 1 << 15;
 
-// Moments of a row. Every block works on x - K, K the row's first value: the block means are then
-// small numbers, so rounding them does not spoil Chan's merges across blocks, and x - K is exact
-// for values near K. Per block, one pass sums d = x - K and d^2: M2 = S2 - S1^2 / len, whose rounding
-// error is about eps * S2 = eps * len * (var + dbar^2) (dbar = block mean of d), so while
-// dbar^2 <= 4 var the relative error of M2 stays within a few eps, as good as two passes. Blocks where
-// K is far from their mean take the corrected two-pass route while the block is in L1: an estimate m
-// of the mean of d, then sums of e = d - m and e^2, M2 = sum(e^2) - sum(e)^2 / len (which also undoes
-// the rounding of m).
+// Moments of a row: blocks of kStatBlock values (shifted_block_moments around K, the row's first
+// value: x - K is exact for values near K) merged with Chan's formula.
 template <class T, class A = acc_t<T>>
 math::Moments<A> row_moments(const T* x, int64_t n) {
   math::Moments<A> m;
   const A shift = n > 0 ? load<A>(x[0]) : A(0);
-  for (int64_t s = 0; s < n; s += kStatBlock) {
-    const int64_t len = std::min(kStatBlock, n - s);
-    const T* xb = x + s;
-    const auto [s1, s2] = lane_sum2<A>(len, [&](int64_t i, A& d, A& d2) {
-      d = load<A>(xb[i]) - shift;
-      d2 = d * d;
-    });
-    A mean = s1 / A(len);
-    A m2 = s2 - s1 * mean;
-    if (!(mean * mean * A(len) <= A(4) * m2)) {  // also taken for m2 <= 0 and NaN
-      const A estimate = lane_sum<A>(len, [&](int64_t i) { return load<A>(xb[i]) - shift; }) / A(len);
-      const auto [se, se2] = lane_sum2<A>(len, [&](int64_t i, A& e, A& e2) {
-        e = (load<A>(xb[i]) - shift) - estimate;
-        e2 = e * e;
-      });
-      mean = estimate + se / A(len);
-      m2 = se2 - se * (se / A(len));
-    }
-    m = math::chan_merge(m, math::block_moments(len, mean, m2));
-  }
+  for (int64_t s = 0; s < n; s += kStatBlock)
+    m = math::chan_merge(m, shifted_block_moments(x + s, std::min(kStatBlock, n - s), shift));
   m.mean += shift;
   return m;
 }

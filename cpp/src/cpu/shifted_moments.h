@@ -1,0 +1,44 @@
+// Moments of one cache-resident block of contiguous values, shared by the row norms (LayerNorm) and
+// the channel norms (BatchNorm, InstanceNorm, GroupNorm) on channels-first data.
+#pragma once
+#include <cstdint>
+
+#include "cpu/kernels.h"
+#include "cpu/lanes.h"
+#include "normkit/math.h"
+
+// Per-ISA namespace (see lanes.h).
+namespace normkit::cpu::NK_ISA {
+
+// Moments of the n values d = x - shift (n at most a few thousand: the block stays in L1). The
+// caller picks the shift (a value of the statistic), so d's mean is small next to x's and the
+// block means merge across blocks without losing the variance.
+//
+// One pass sums d and d^2: M2 = S2 - S1^2 / n, whose rounding error is about eps * S2 =
+// eps * n * (var + dbar^2) (dbar = mean of d), so while dbar^2 <= 4 var the relative error of M2
+// stays within a few eps, as good as two passes. Blocks where the shift is far from their mean
+// (and M2 <= 0 or NaN) take the corrected two-pass route while the block is in L1: an estimate m
+// of the mean of d, then sums of e = d - m and e^2, M2 = sum(e^2) - sum(e)^2 / n (which also undoes
+// the rounding of m).
+template <class T, class A>
+inline math::Moments<A> shifted_block_moments(const T* x, int64_t n, A shift) {
+  const auto [s1, s2] = lane_sum2<A>(n, [&](int64_t i, A& d, A& d2) {
+    d = load<A>(x[i]) - shift;
+    d2 = d * d;
+  });
+  A mean = s1 / A(n);
+  A m2 = s2 - s1 * mean;
+  if (!(mean * mean * A(n) <= A(4) * m2)) {
+    const A estimate = lane_sum<A>(n, [&](int64_t i) { return load<A>(x[i]) - shift; }) / A(n);
+    const auto [se, se2] = lane_sum2<A>(n, [&](int64_t i, A& e, A& e2) {
+      e = (load<A>(x[i]) - shift) - estimate;
+      e2 = e * e;
+    });
+    mean = estimate + se / A(n);
+    m2 = se2 - se * (se / A(n));
+    if (!(m2 > A(0))) m2 = m2 == m2 ? A(0) : m2;  // rounding below zero; NaN stays NaN
+  }
+  return math::block_moments(n, mean, m2);
+}
+
+}  // namespace normkit::cpu::NK_ISA
