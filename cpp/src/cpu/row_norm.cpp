@@ -2,6 +2,7 @@
 // gradients sum over rows in fixed row blocks (partials per block, then a column-wise sum of the
 // partials in block order), which keeps them bitwise independent of the thread count.
 #include <algorithm>
+#include <type_traits>
 #include <vector>
 
 #include "cpu/kernels.h"
@@ -93,28 +94,85 @@ void backward(const RowNormBackwardArgs& a) {
   const A inv_n = A(1) / A(n);
   const bool streaming = want_dx && streams_output(size_t(rows * n) * sizeof(T));
 
+  // Pass 1 of row r: its statistics and the means of g = dy * w and g * xhat.
+  struct Row {
+    const T* x;
+    const T* dy;
+    A mean, rs, mean_g, mean_gx;
+  };
+  auto row_pass1 = [&](int64_t r) {
+    Row o{static_cast<const T*>(a.x) + r * a.x_row_stride, static_cast<const T*>(a.dy) + r * a.dy_row_stride,
+          a.mean ? static_cast<const A*>(a.mean)[r] : A(0), static_cast<const A*>(a.rstd)[r], A(0), A(0)};
+    if (!want_dx) return o;
+    const T* x = o.x;
+    const T* dy = o.dy;
+    A sum_g = 0, sum_gx = 0;
+    if (a.center) {
+      std::tie(sum_g, sum_gx) = lane_sum2<A>(n, [&](int64_t i, A& g, A& gx) {
+        g = load<A>(dy[i]) * wp[i];
+        gx = g * ((load<A>(x[i]) - o.mean) * o.rs);
+      });
+    } else {
+      sum_gx = lane_sum<A>(n, [&](int64_t i) { return load<A>(dy[i]) * wp[i] * (load<A>(x[i]) * o.rs); });
+    }
+    o.mean_g = sum_g * inv_n;
+    o.mean_gx = sum_gx * inv_n;
+    return o;
+  };
+
+  // dx of two rows and their terms of the block partials in one pass: the partials are loaded and
+  // stored once per pair instead of once per row (0-15% faster in interleaved runs, most on
+  // [64, 4096]; no loss measured beyond the noise). Each partial still adds row r's term, then row
+  // r + 1's: the same operations in the same order as one row at a time, so results are bitwise
+  // those of single rows.
+  auto pair_pass2 = [&](const Row& u, const Row& v, T* dxu, T* dxv, A* pw, A* pb) {
+    auto body = [&](auto with_bias) {
+#pragma omp simd
+      for (int64_t i = 0; i < n; ++i) {
+        const A gu = load<A>(u.dy[i]), xu = (load<A>(u.x[i]) - u.mean) * u.rs;
+        const A gv = load<A>(v.dy[i]), xv = (load<A>(v.x[i]) - v.mean) * v.rs;
+        dxu[i] = store<T>(math::row_norm_dx(gu * wp[i], xu, u.rs, u.mean_g, u.mean_gx));
+        dxv[i] = store<T>(math::row_norm_dx(gv * wp[i], xv, v.rs, v.mean_g, v.mean_gx));
+        A sw = pw[i];
+        sw += gu * xu;
+        sw += gv * xv;
+        pw[i] = sw;
+        if constexpr (decltype(with_bias)::value) {
+          A sb = pb[i];
+          sb += gu;
+          sb += gv;
+          pb[i] = sb;
+        }
+      }
+    };
+    if (pb) {
+      body(std::true_type{});
+    } else {
+      body(std::false_type{});
+    }
+  };
+
   parallel_for(blocks, 1, [&](int64_t b0, int64_t b1) {
-    std::vector<T> staging(streaming ? size_t(n) : 0);
+    std::vector<T> staging(streaming ? size_t(2 * n) : 0);
     for (int64_t blk = b0; blk < b1; ++blk) {
       A* pw = want_params ? part_w.data() + blk * n : nullptr;
       A* pb = part_b.empty() ? nullptr : part_b.data() + blk * n;
       const int64_t r_begin = rows * blk / blocks, r_end = rows * (blk + 1) / blocks;
-      for (int64_t r = r_begin; r < r_end; ++r) {
-        const T* x = static_cast<const T*>(a.x) + r * a.x_row_stride;
-        const T* dy = static_cast<const T*>(a.dy) + r * a.dy_row_stride;
-        const A mean = a.mean ? static_cast<const A*>(a.mean)[r] : A(0);
-        const A rs = static_cast<const A*>(a.rstd)[r];
+      for (int64_t r = r_begin; r < r_end;) {
+        if (want_dx && pw && r + 1 < r_end) {
+          const Row u = row_pass1(r), v = row_pass1(r + 1);
+          T* out = static_cast<T*>(a.dx) + r * n;
+          T* dx = streaming ? staging.data() : out;
+          pair_pass2(u, v, dx, dx + n, pw, pb);
+          if (streaming) stream_copy(out, dx, size_t(2 * n) * sizeof(T));
+          r += 2;
+          continue;
+        }
+        const Row o = row_pass1(r);
+        const T* x = o.x;
+        const T* dy = o.dy;
+        const A mean = o.mean, rs = o.rs, mean_g = o.mean_g, mean_gx = o.mean_gx;
         if (want_dx) {
-          A sum_g = 0, sum_gx = 0;
-          if (a.center) {
-            std::tie(sum_g, sum_gx) = lane_sum2<A>(n, [&](int64_t i, A& g, A& gx) {
-              g = load<A>(dy[i]) * wp[i];
-              gx = g * ((load<A>(x[i]) - mean) * rs);
-            });
-          } else {
-            sum_gx = lane_sum<A>(n, [&](int64_t i) { return load<A>(dy[i]) * wp[i] * (load<A>(x[i]) * rs); });
-          }
-          const A mean_g = sum_g * inv_n, mean_gx = sum_gx * inv_n;
           T* dx_out = static_cast<T*>(a.dx) + r * n;
           T* dx = streaming ? staging.data() : dx_out;
           if (pw && pb) {
@@ -148,6 +206,7 @@ void backward(const RowNormBackwardArgs& a) {
             if (pb) pb[i] += d;
           }
         }
+        ++r;
       }
     }
     if (streaming) stream_fence();
