@@ -356,3 +356,21 @@ def test_thread_count_determinism(dtype, cl):
     for y, dx in results[1:]:
         R.assert_bitwise_equal("y", y, results[0][0])
         R.assert_bitwise_equal("dx", dx, results[0][1])
+
+
+@pytest.mark.parametrize("beta", (0.75, 1.3))
+@pytest.mark.parametrize("dtype", ("float32", "float64", "bfloat16"))
+def test_window_sums_same_in_register_tile_and_remainder(dtype, beta):
+    # Channels first, the window sums of a tile of positions stay in registers and the positions
+    # past the last whole tile (64 for float accumulation, 32 for float64) take a scalar loop; both
+    # must add the same terms in the same order. Position `tail` (past the tile) gets the column of
+    # channels of position 0 (in it), so y and dx must be bitwise equal between the two.
+    tile = 32 if dtype == "float64" else 64
+    tail = tile + 1
+    x = R.make_torch((2, 9, tail + 1), dtype, 71, 3.0, 0.5)
+    dy = R.make_torch((2, 9, tail + 1), dtype, 72, 1.0, 0.0)
+    x[:, :, tail], dy[:, :, tail] = x[:, :, 0], dy[:, :, 0]
+    y = nkF.local_response_norm(x, 5, ALPHA, beta, K)
+    dx = nkF.local_response_norm_backward(dy, x, 5, ALPHA, beta, K)
+    R.assert_bitwise_equal(f"y: position {tail} vs 0", y[:, :, tail], y[:, :, 0])
+    R.assert_bitwise_equal(f"dx: position {tail} vs 0", dx[:, :, tail], dx[:, :, 0])
