@@ -159,7 +159,8 @@ def _reps_done(rows) -> str:
 def full_markdown(result: dict) -> str:
     parts = [header_markdown(result["title"], result["environment"], result.get("bandwidth")),
              "",
-             f"Settings: reps={result['settings']['reps']}, min repetition time="
+             f"Settings: reps={result['settings']['reps']} per pass,"
+             f" passes over all cases={result['settings'].get('runs', 1)} (repetitions pooled), min repetition time="
              f"{result['settings']['min_time_s'] * 1e3:.0f} ms, warmup={result['settings']['warmup']},"
              f" cap per case={result['settings'].get('max_time_per_case_s')} s"
              f" (reps actually done: {_reps_done(result['cases'])})",

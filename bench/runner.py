@@ -33,9 +33,28 @@ def _setup_threads(threads: int | None) -> int:
     return n
 
 
+def _run_case(case, row, *, reps, min_time, warmup, max_time, first: bool):
+    """One timed pass of ``case``; on the first pass also compare the two sides' outputs."""
+    nk_fn = th_fn = None
+    try:
+        nk_fn, th_fn = case.factory()
+        if first:
+            cmp = compare_outputs(nk_fn(), th_fn())
+            row["max_rel_err"], row["worst_output"] = cmp["max"], cmp["worst"]
+            row["rel_err_per_output"] = cmp["per_output"]
+        return time_pair(nk_fn, th_fn, reps=reps, min_time=min_time, warmup=warmup, max_time=max_time)
+    finally:
+        nk_fn = th_fn = None
+        gc.collect()
+
+
 def run_cases(case_list, *, threads=None, reps, min_time, warmup, bw_reps, max_time=None, measure_bw_after=True,
-              progress=False, title="normkit benchmark", log=None) -> dict:
-    """Run ``case_list`` and return the result dict (JSON-serialisable)."""
+              progress=False, title="normkit benchmark", log=None, runs: int = 1) -> dict:
+    """Run ``case_list`` and return the result dict (JSON-serialisable).
+
+    ``runs`` > 1 goes over the whole list that many times and pools each case's repetitions: on a
+    machine whose speed drifts over minutes (a shared VM), a case's statistics then span the run
+    instead of the few seconds one pass at it takes."""
     import normkit
     from tqdm import tqdm
 
@@ -48,34 +67,41 @@ def run_cases(case_list, *, threads=None, reps, min_time, warmup, bw_reps, max_t
 
     bw = measure_bandwidth(reps=bw_reps)
 
-    rows = []
+    rows = [{"name": case.name, "family": case.family, "shape": case.shape_str,
+             "dtype": case.dtype_name, "mode": case.mode, "tensor_bytes": case.tensor_bytes,
+             "min_bytes": case.min_bytes, "error": None} for case in case_list]
+    pooled = [None] * len(case_list)  # per case: the PairTiming with every pass's repetitions
     # progress: True = always, False = never, None = only when stderr is a TTY.
     disable = None if progress is None else not progress
-    bar = tqdm(case_list, desc="bench", unit="case", file=sys.stderr, disable=disable,
+    bar = tqdm(total=len(case_list) * runs, desc="bench", unit="case", file=sys.stderr, disable=disable,
                dynamic_ncols=True, leave=False)
-    for case in bar:
-        bar.set_postfix_str(case.name)
-        row = {"name": case.name, "family": case.family, "shape": case.shape_str,
-               "dtype": case.dtype_name, "mode": case.mode, "tensor_bytes": case.tensor_bytes,
-               "min_bytes": case.min_bytes, "error": None}
-        try:
-            nk_fn, th_fn = case.factory()
-            cmp = compare_outputs(nk_fn(), th_fn())
-            row["max_rel_err"], row["worst_output"] = cmp["max"], cmp["worst"]
-            row["rel_err_per_output"] = cmp["per_output"]
-            pt = time_pair(nk_fn, th_fn, reps=reps, min_time=min_time, warmup=warmup, max_time=max_time)
-            row["normkit"] = pt.normkit.as_dict()
-            row["torch"] = pt.torch.as_dict()
-            row["speedup"] = pt.speedup
-        except Exception as e:  # noqa: BLE001  -- report and continue with other cases
-            row["error"] = f"{type(e).__name__}: {e}".splitlines()[0][:200]
-            if log:
-                log(f"[bench] {case.name}: {row['error']}")
-        finally:
-            nk_fn = th_fn = None
-            gc.collect()
-        rows.append(row)
+    for run in range(runs):
+        for i, case in enumerate(case_list):
+            bar.set_postfix_str(case.name)
+            bar.update(1)
+            row = rows[i]
+            if row["error"]:
+                continue
+            try:
+                pt = _run_case(case, row, reps=reps, min_time=min_time, warmup=warmup, max_time=max_time,
+                               first=run == 0)
+            except Exception as e:  # noqa: BLE001  -- report and continue with other cases
+                row["error"] = f"{type(e).__name__}: {e}".splitlines()[0][:200]
+                if log:
+                    log(f"[bench] {case.name}: {row['error']}")
+                continue
+            if pooled[i] is None:
+                pooled[i] = pt
+            else:
+                pooled[i].normkit.samples.extend(pt.normkit.samples)
+                pooled[i].torch.samples.extend(pt.torch.samples)
     bar.close()
+    for row, pt in zip(rows, pooled):
+        if row["error"] or pt is None:
+            continue
+        row["normkit"] = pt.normkit.as_dict()
+        row["torch"] = pt.torch.as_dict()
+        row["speedup"] = pt.speedup
 
     if measure_bw_after and case_list:
         # Pool a second bandwidth measurement taken after the cases, so the
@@ -95,8 +121,8 @@ def run_cases(case_list, *, threads=None, reps, min_time, warmup, bw_reps, max_t
     return {
         "title": title,
         "environment": env,
-        "settings": {"reps": reps, "min_time_s": min_time, "warmup": warmup, "bandwidth_reps": bw_reps,
-                     "max_time_per_case_s": max_time,
+        "settings": {"reps": reps, "runs": runs, "min_time_s": min_time, "warmup": warmup,
+                     "bandwidth_reps": bw_reps, "max_time_per_case_s": max_time,
                      "threads": n_threads, "interleaved": True, "statistic": "median"},
         "bandwidth": bw.as_dict(),
         "cases": rows,
@@ -145,6 +171,8 @@ def _parse(argv):
                    help="minimum seconds per repetition (overrides preset)")
     p.add_argument("--max-time", type=float, default=None,
                    help="cap on timed seconds per case, <= 0 for none (overrides preset)")
+    p.add_argument("--runs", type=int, default=1,
+                   help="passes over all the cases, repetitions pooled per case (default 1)")
     p.add_argument("--no-progress", action="store_true", help="disable the progress bar")
     p.add_argument("--list", action="store_true", help="list the selected cases and exit")
     return p.parse_args(argv)
@@ -173,7 +201,8 @@ def main(argv=None) -> int:
     res = run_cases(sel, threads=args.threads, reps=preset["reps"], min_time=preset["min_time"],
                     warmup=preset["warmup"], bw_reps=preset["bw_reps"], max_time=preset["max_time"],
                     progress=False if (args.no_progress or args.quick) else None,
-                    title=f"normkit benchmark: {name}", log=lambda m: print(m, file=sys.stderr))
+                    title=f"normkit benchmark: {name}", log=lambda m: print(m, file=sys.stderr),
+                    runs=max(1, args.runs))
     res["name"] = name
     res["argv"] = sys.argv if argv is None else list(argv)
     jpath, mpath = write_results(res, args.out, name)
