@@ -17,12 +17,9 @@ using ops::compact_in;
 using ops::data_in;
 using ops::output_layout;
 
+// (The layout is set once the output's is known.)
 ChannelNormShape shape_of(const TensorView& x, int64_t groups, bool per_sample) {
-  ChannelNormShape s;
-  s.N = x.shape[0];
-  s.C = x.shape[1];
-  s.S = 1;
-  for (int i = 2; i < x.ndim(); ++i) s.S *= x.shape[size_t(i)];
+  ChannelNormShape s = ops::ncs_shape<ChannelNormShape>(x, Layout::NCS);
   s.groups = groups;
   s.per_sample = per_sample;
   return s;
