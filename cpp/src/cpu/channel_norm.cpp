@@ -89,14 +89,6 @@ bool fuse_stats(int64_t bytes, int64_t tasks) {
   return bytes <= budget && tasks >= 2 * threads;
 }
 
-// Block moments from the corrected two-pass sums around the estimate `mhat`.
-template <class A>
-Moments<A> corrected_moments(int64_t n, A mhat, A sd, A sq) {
-  const A inv_n = A(1) / A(n);
-  const A m2 = sq - sd * sd * inv_n;
-  return math::block_moments(n, mhat + sd * inv_n, m2 > A(0) ? m2 : A(0));
-}
-
 // Moments of the `len` contiguous values x - shift: blocks of kStatBlock (shifted_block_moments)
 // merged in order.
 template <class T, class A = acc_t<T>>

@@ -10,6 +10,16 @@
 // Per-ISA namespace (see lanes.h).
 namespace normkit::cpu::NK_ISA {
 
+// Block moments of n values d from the corrected two-pass sums around an estimate m of their mean:
+// se = sum(d - m), se2 = sum((d - m)^2). M2 = se2 - se^2 / n also undoes the rounding of m; a result
+// rounded below zero becomes zero (NaN stays NaN).
+template <class A>
+inline math::Moments<A> corrected_moments(int64_t n, A estimate, A se, A se2) {
+  A m2 = se2 - se * (se / A(n));
+  if (!(m2 > A(0)) && m2 == m2) m2 = A(0);
+  return math::block_moments(n, estimate + se / A(n), m2);
+}
+
 // Moments of the n values d = x - shift (n at most a few thousand: the block stays in L1). The
 // caller picks the shift (a value of the statistic), so d's mean is small next to x's and the
 // block means merge across blocks without losing the variance.
@@ -26,19 +36,16 @@ inline math::Moments<A> shifted_block_moments(const T* x, int64_t n, A shift) {
     d = load<A>(x[i]) - shift;
     d2 = d * d;
   });
-  A mean = s1 / A(n);
-  A m2 = s2 - s1 * mean;
-  if (!(mean * mean * A(n) <= A(4) * m2)) {
-    const A estimate = lane_sum<A>(n, [&](int64_t i) { return load<A>(x[i]) - shift; }) / A(n);
-    const auto [se, se2] = lane_sum2<A>(n, [&](int64_t i, A& e, A& e2) {
-      e = (load<A>(x[i]) - shift) - estimate;
-      e2 = e * e;
-    });
-    mean = estimate + se / A(n);
-    m2 = se2 - se * (se / A(n));
-    if (!(m2 > A(0))) m2 = m2 == m2 ? A(0) : m2;  // rounding below zero; NaN stays NaN
-  }
-  return math::block_moments(n, mean, m2);
+  const A mean = s1 / A(n);
+  const A m2 = s2 - s1 * mean;
+  if (mean * mean * A(n) <= A(4) * m2) return math::block_moments(n, mean, m2);
+  // Also taken for m2 <= 0 and NaN.
+  const A estimate = lane_sum<A>(n, [&](int64_t i) { return load<A>(x[i]) - shift; }) / A(n);
+  const auto [se, se2] = lane_sum2<A>(n, [&](int64_t i, A& e, A& e2) {
+    e = (load<A>(x[i]) - shift) - estimate;
+    e2 = e * e;
+  });
+  return corrected_moments(n, estimate, se, se2);
 }
 
 }  // namespace normkit::cpu::NK_ISA
