@@ -175,21 +175,19 @@ void backward(const RowNormBackwardArgs& a) {
         if (want_dx) {
           T* dx_out = static_cast<T*>(a.dx) + r * n;
           T* dx = streaming ? staging.data() : dx_out;
+          auto with_partials = [&](auto with_bias) {
+#pragma omp simd
+            for (int64_t i = 0; i < n; ++i) {
+              const A d = load<A>(dy[i]), xh = (load<A>(x[i]) - mean) * rs;
+              dx[i] = store<T>(math::row_norm_dx(d * wp[i], xh, rs, mean_g, mean_gx));
+              pw[i] += d * xh;
+              if constexpr (decltype(with_bias)::value) pb[i] += d;
+            }
+          };
           if (pw && pb) {
-#pragma omp simd
-            for (int64_t i = 0; i < n; ++i) {
-              const A d = load<A>(dy[i]), xh = (load<A>(x[i]) - mean) * rs;
-              dx[i] = store<T>(math::row_norm_dx(d * wp[i], xh, rs, mean_g, mean_gx));
-              pw[i] += d * xh;
-              pb[i] += d;
-            }
+            with_partials(std::true_type{});
           } else if (pw) {
-#pragma omp simd
-            for (int64_t i = 0; i < n; ++i) {
-              const A d = load<A>(dy[i]), xh = (load<A>(x[i]) - mean) * rs;
-              dx[i] = store<T>(math::row_norm_dx(d * wp[i], xh, rs, mean_g, mean_gx));
-              pw[i] += d * xh;
-            }
+            with_partials(std::false_type{});
           } else {
 #pragma omp simd
             for (int64_t i = 0; i < n; ++i) {
