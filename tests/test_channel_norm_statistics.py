@@ -1,7 +1,8 @@
-"""Channels-first statistics (BatchNorm, InstanceNorm, GroupNorm) take one pass per block around the
-statistic's first value when that value is near the block's mean, and the corrected two-pass route
-otherwise. Both routes must give the float64 variance of the same float32 data to a few ulps, whatever
-the first value is, in statistics of one block and of several."""
+"""BatchNorm, InstanceNorm and GroupNorm statistics are sums around the statistic's first value. On
+channels-first data a block takes one pass when that value is near the block's mean and the corrected
+two-pass route otherwise; channels-last blocks take the corrected two passes. Every route must give the
+float64 variance of the same float32 data to a few ulps, whatever the first value is, in statistics of
+one block and of several."""
 
 import numpy as np
 import pytest
@@ -14,15 +15,18 @@ def _var_from_rstd(rstd):
     return 1.0 / rstd.astype(np.float64) ** 2 - EPS
 
 
-def _data(shape, first, seed):
+def _data(shape, first, seed, layout):
     """float32 values 1e4 + 0.1 N(0, 1), the first value of every (n, c) plane `first` standard
-    deviations away; planes of more than 4096 values also get that of their second block."""
+    deviations away; planes of more than 4096 values also get that of their second block. Stored
+    channels first or channels last (the same values)."""
     rng = np.random.default_rng(seed)
     x = (1e4 + 0.1 * rng.standard_normal(shape)).astype(np.float32)
     planes = x.reshape(shape[0], shape[1], -1)
     planes[:, :, 0] = np.float32(1e4 + 0.1 * first)
     if planes.shape[2] > 4096:
         planes[:, :, 4096] = np.float32(1e4 - 0.1 * first)
+    if layout == "cl":
+        x = np.ascontiguousarray(x.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2)
     return x
 
 
@@ -35,31 +39,35 @@ def _check(var, mean, x64_groups):
 
 
 FIRSTS = [0.0, 1.9, 3.0, 1e3, -1e6]  # the first value, in standard deviations from the mean
-SPATIAL = [(5, 7), (64, 64), (70, 71)]  # one short block, exactly one, two per plane
+SPATIAL = [(5, 7), (64, 64), (70, 71)]  # channels first: one short block, exactly one, two per plane
+LAYOUTS = ["cf", "cl"]  # channels last: blocks of 16384 // C rows, so several per statistic here
 
 
+@pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("first", FIRSTS)
 @pytest.mark.parametrize("hw", SPATIAL)
-def test_batch_norm_variance_accurate_whatever_the_first_value(first, hw):
-    x = _data((3, 2, *hw), first, seed=hw[0])
+def test_batch_norm_variance_accurate_whatever_the_first_value(first, hw, layout):
+    x = _data((3, 2, *hw), first, seed=hw[0], layout=layout)
     _, mean, rstd = F.batch_norm_forward(x, None, None, training=True, eps=EPS)
     groups = x.astype(np.float64).transpose(1, 0, 2, 3).reshape(2, -1)
     _check(_var_from_rstd(rstd), mean, groups)
 
 
+@pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("first", FIRSTS)
 @pytest.mark.parametrize("hw", SPATIAL)
-def test_instance_norm_variance_accurate_whatever_the_first_value(first, hw):
-    x = _data((2, 3, *hw), first, seed=hw[1])
+def test_instance_norm_variance_accurate_whatever_the_first_value(first, hw, layout):
+    x = _data((2, 3, *hw), first, seed=hw[1], layout=layout)
     _, mean, rstd = F.instance_norm_forward(x, eps=EPS)
     groups = x.astype(np.float64).reshape(2, 3, -1)
     _check(_var_from_rstd(rstd).reshape(2, 3), mean.reshape(2, 3), groups)
 
 
+@pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("first", FIRSTS)
 @pytest.mark.parametrize("hw", SPATIAL)
-def test_group_norm_variance_accurate_whatever_the_first_value(first, hw):
-    x = _data((2, 4, *hw), first, seed=hw[0] + hw[1])
+def test_group_norm_variance_accurate_whatever_the_first_value(first, hw, layout):
+    x = _data((2, 4, *hw), first, seed=hw[0] + hw[1], layout=layout)
     _, mean, rstd = F.group_norm_forward(x, 2, eps=EPS)
     groups = x.astype(np.float64).reshape(2, 2, -1)
     _check(_var_from_rstd(rstd).reshape(2, 2), mean.reshape(2, 2), groups)
