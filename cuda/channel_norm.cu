@@ -80,6 +80,11 @@ struct Problem {
   int64_t K, R;              // channels last: row groups and rows per group
 
   NK_HD int64_t stat(int64_t k, int64_t c) const { return (per_sample ? k * G : 0) + c / cpg; }
+  // Index of the first value of statistic s (the CPU's Problem::first_index): its shift.
+  NK_HD int64_t first_index(int64_t s) const {
+    const int64_t k = per_sample ? s / G : 0, c = (s % G) * cpg;
+    return layout == Layout::NCS ? (k * C + c) * S : k * R * C + c;
+  }
 };
 
 Problem make_problem(const ChannelNormShape& s) {
@@ -281,11 +286,22 @@ __device__ __forceinline__ A param(const P* __restrict__ p, int64_t c, A dflt) {
 }
 
 // ---- forward: statistics ----------------------------------------------------------------------------
+// As on the CPU, the moments of statistic s are those of x - shift(s), shift(s) = its first value, so
+// the means the merges see are small numbers whose rounding does not spoil M2 (a float channel with
+// mean 1e4 and std 0.1 keeps ~1e-7 relative variance error instead of ~1e-4). Every unit of s reads
+// the same shift; the merge kernel adds it back to the mean.
 
-// Channels first: moments of unit u = (segment, chunk), stored at partial[u].
+// Shift of statistic s; 0 where it has no values (an empty batch), so x is not read.
+template <class A, class T>
+__device__ __forceinline__ A stat_shift(const T* __restrict__ x, const Problem& p, int64_t s) {
+  return p.count > 0 ? load<A>(x[p.first_index(s)]) : A(0);
+}
+
+// Channels first: moments of unit u = (segment, chunk) around its statistic's shift, stored at
+// partial[u].
 template <class T, bool kWarp>
 __global__ void __launch_bounds__(kThreads)
-    ncs_moments_kernel(const T* __restrict__ x, int64_t units, int64_t seg_len, ChunkPlan cp,
+    ncs_moments_kernel(const T* __restrict__ x, Problem p, int64_t units, int64_t seg_len, ChunkPlan cp,
                        Moments<acc_t<T>>* __restrict__ partial) {
   using A = acc_t<T>;
   using G = Team<kWarp>;
@@ -293,15 +309,16 @@ __global__ void __launch_bounds__(kThreads)
     const int64_t seg = u / cp.chunks, start = (u % cp.chunks) * cp.chunk_len;
     const int64_t len = cp.chunk_len < seg_len - start ? cp.chunk_len : seg_len - start;
     const T* __restrict__ xs = x + seg * seg_len + start;
+    const A shift = stat_shift<A>(x, p, p.stat(seg / p.G, (seg % p.G) * p.cpg));  // segment (n, g)
     Moments<A> m;
-    for (int64_t i = G::rank(); i < len; i += G::size()) math::welford_push(m, load<A>(xs[i]));
+    for (int64_t i = G::rank(); i < len; i += G::size()) math::welford_push(m, load<A>(xs[i]) - shift);
     m = G::moments(m);
     if (G::rank() == 0) partial[u] = m;
   }
 }
 
-// Channels last: moments of (row group k, row block rb, channel c), stored at
-// partial[(k * nb + rb) * C + c].
+// Channels last: moments of (row group k, row block rb, channel c) around its statistic's shift,
+// stored at partial[(k * nb + rb) * C + c].
 template <class T>
 __global__ void __launch_bounds__(kThreads)
     nsc_moments_kernel(const T* __restrict__ x, Problem p, TilePlan tp, Moments<acc_t<T>>* __restrict__ partial) {
@@ -311,7 +328,8 @@ __global__ void __launch_bounds__(kThreads)
     Moments<A> m;
     if (t.c < p.C) {
       const T* __restrict__ xc = x + t.k * p.R * p.C + t.c;
-      for (int64_t r = t.r0 + t.ty; r < t.r1; r += t.TY) math::welford_push(m, load<A>(xc[r * p.C]));
+      const A shift = stat_shift<A>(x, p, p.stat(t.k, t.c));
+      for (int64_t r = t.r0 + t.ty; r < t.r1; r += t.TY) math::welford_push(m, load<A>(xc[r * p.C]) - shift);
     }
     m = column_moments(m, t);
     if (t.ty == 0 && t.c < p.C) partial[(t.k * tp.nb + t.rb) * p.C + t.c] = m;
@@ -331,18 +349,30 @@ struct UnitMap {
   }
 };
 
-// Per statistic: the fixed-order merge of its units, then mean and rstd (and its moments for the
-// running update). No units (an empty batch) gives mean 0 and a NaN rstd, as on the CPU.
-template <class A, bool kWarp>
+// Per statistic: the fixed-order merge of its units (moments around its shift), then mean = shift +
+// merged mean and rstd (and its un-shifted moments for the running update). With `local`
+// (SyncBatchNorm's local phase), what the CPU writes: hi = shift, lo = merged mean, m2. No units (an
+// empty batch) gives mean 0 and a NaN rstd (local: zeros), as on the CPU.
+template <class T, bool kWarp>
 __global__ void __launch_bounds__(kThreads)
-    merge_moments_kernel(const Moments<A>* __restrict__ partial, UnitMap map, int64_t num_stats, A eps,
-                         A* __restrict__ mean, A* __restrict__ rstd, Moments<A>* __restrict__ stat_m) {
+    merge_moments_kernel(const T* __restrict__ x, Problem p, const Moments<acc_t<T>>* __restrict__ partial,
+                         UnitMap map, acc_t<T> eps, acc_t<T>* __restrict__ mean, acc_t<T>* __restrict__ rstd,
+                         Moments<acc_t<T>>* __restrict__ stat_m, acc_t<T>* __restrict__ local) {
+  using A = acc_t<T>;
   using G = Team<kWarp>;
-  for (int64_t s = G::first(); s < num_stats; s += G::step()) {
+  const int64_t ns = p.num_stats;
+  for (int64_t s = G::first(); s < ns; s += G::step()) {
     Moments<A> m;
     for (int64_t j = G::rank(); j < map.per_stat; j += G::size()) m = math::chan_merge(m, partial[map.index(s, j)]);
     m = G::moments(m);
     if (G::rank() == 0) {
+      const A shift = stat_shift<A>(x, p, s);
+      if (local) {
+        local[s] = shift;
+        local[ns + s] = m.mean;
+        local[2 * ns + s] = m.m2;
+      }
+      m.mean += shift;  // M2 (so rstd and the unbiased variance) does not depend on the shift
       mean[s] = m.mean;
       rstd[s] = math::rstd_from_var(math::biased_var(m), eps);
       if (stat_m) stat_m[s] = m;
@@ -370,18 +400,6 @@ __global__ void __launch_bounds__(kThreads)
     }
     rm[c] = store<P>(math::running_update(load<A>(rm[c]), bm, momentum));
     rv[c] = store<P>(math::running_update(load<A>(rv[c]), bv, momentum));
-  }
-}
-
-// SyncBatchNorm's local phase: hi (0: the Welford mean is not shifted), lo = mean, m2 per statistic.
-template <class A>
-__global__ void __launch_bounds__(kThreads)
-    local_moments_kernel(const Moments<A>* __restrict__ stat_m, int64_t num_stats, A* __restrict__ out) {
-  for (int64_t s = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; s < num_stats;
-       s += int64_t(gridDim.x) * blockDim.x) {
-    out[s] = A(0);
-    out[num_stats + s] = stat_m[s].mean;
-    out[2 * num_stats + s] = stat_m[s].m2;
   }
 }
 
@@ -464,9 +482,10 @@ void launch_batch_stats(const ChannelNormForwardArgs& a, const Problem& p, acc_t
       partial_hold = allocate(size_t(units) * sizeof(Moments<A>), st);
       auto* part = static_cast<Moments<A>*>(partial_hold.get());
       if (cp.warp)
-        ncs_moments_kernel<T, true><<<grid_for(units, kWarpsPerBlock), kThreads, 0, st>>>(x, units, len, cp, part);
+        ncs_moments_kernel<T, true>
+            <<<grid_for(units, kWarpsPerBlock), kThreads, 0, st>>>(x, p, units, len, cp, part);
       else
-        ncs_moments_kernel<T, false><<<grid_for(units, 1), kThreads, 0, st>>>(x, units, len, cp, part);
+        ncs_moments_kernel<T, false><<<grid_for(units, 1), kThreads, 0, st>>>(x, p, units, len, cp, part);
       check_launch("ncs_moments_kernel");
       // Statistic s = (k, g): chunks of segment (n, g) for n = k (per sample) or every n (BatchNorm).
       map.per_stat = (p.per_sample ? 1 : p.N) * cp.chunks;
@@ -492,21 +511,18 @@ void launch_batch_stats(const ChannelNormForwardArgs& a, const Problem& p, acc_t
   }
   const bool update_running =
       a.training && !a.local_moments && a.running_mean && a.running_var && p.G == p.C && p.count > 0;
-  const auto stat_hold =
-      update_running || a.local_moments ? allocate(size_t(ns) * sizeof(Moments<A>), st) : nullptr;
+  const auto stat_hold = update_running ? allocate(size_t(ns) * sizeof(Moments<A>), st) : nullptr;
   auto* stat_m = static_cast<Moments<A>*>(stat_hold.get());
+  auto* local = static_cast<A*>(a.local_moments);
   const auto* part = static_cast<const Moments<A>*>(partial_hold.get());
   const A eps = A(a.eps);
   if (map.per_stat <= kWarpMaxTerms)
-    merge_moments_kernel<A, true>
-        <<<grid_for(ns, kWarpsPerBlock), kThreads, 0, st>>>(part, map, ns, eps, mean, rstd, stat_m);
+    merge_moments_kernel<T, true>
+        <<<grid_for(ns, kWarpsPerBlock), kThreads, 0, st>>>(x, p, part, map, eps, mean, rstd, stat_m, local);
   else
-    merge_moments_kernel<A, false><<<grid_for(ns, 1), kThreads, 0, st>>>(part, map, ns, eps, mean, rstd, stat_m);
+    merge_moments_kernel<T, false>
+        <<<grid_for(ns, 1), kThreads, 0, st>>>(x, p, part, map, eps, mean, rstd, stat_m, local);
   check_launch("merge_moments_kernel");
-  if (a.local_moments) {
-    local_moments_kernel<A><<<grid_for(ns, kThreads), kThreads, 0, st>>>(stat_m, ns, static_cast<A*>(a.local_moments));
-    check_launch("local_moments_kernel");
-  }
   if (update_running) {
     dispatch_param<T>(a.running_dtype, [&](auto tag) {
       using P = decltype(tag);
@@ -549,10 +565,14 @@ void forward(const ChannelNormForwardArgs& a, cudaStream_t st) {
   const int64_t ns = p.num_stats;
   const bool eval = !a.training && a.running_mean && a.running_var;
   const size_t stat_bytes = size_t(ns) * sizeof(A);
-  const auto mean_hold = a.save_mean ? nullptr : allocate(stat_bytes, st);
-  const auto rstd_hold = a.save_rstd ? nullptr : allocate(stat_bytes, st);
-  A* mean = a.save_mean ? static_cast<A*>(a.save_mean) : static_cast<A*>(mean_hold.get());
-  A* rstd = a.save_rstd ? static_cast<A*>(a.save_rstd) : static_cast<A*>(rstd_hold.get());
+  // SyncBatchNorm's local phase leaves the caller's save_mean / save_rstd alone, as on the CPU (its
+  // global checks may still fail): its local statistics go to scratch.
+  void* save_mean = a.local_moments ? nullptr : a.save_mean;
+  void* save_rstd = a.local_moments ? nullptr : a.save_rstd;
+  const auto mean_hold = save_mean ? nullptr : allocate(stat_bytes, st);
+  const auto rstd_hold = save_rstd ? nullptr : allocate(stat_bytes, st);
+  A* mean = save_mean ? static_cast<A*>(save_mean) : static_cast<A*>(mean_hold.get());
+  A* rstd = save_rstd ? static_cast<A*>(save_rstd) : static_cast<A*>(rstd_hold.get());
   if (eval) {
     // Running statistics per channel (groups == C, shared by all n), written even for an empty batch.
     if (ns > 0) {

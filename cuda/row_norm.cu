@@ -98,10 +98,13 @@ __global__ void __launch_bounds__(kRowThreads) row_norm_forward_kernel(ForwardPa
     A mean = A(0), rstd;
     if (p.center) {
       // Welford per thread + Chan merges: stable when |mean| >> std, unlike sum/sum-of-squares.
+      // Moments of x - K with K the row's first value, as the CPU's row_moments: the means merged
+      // are small numbers whose rounding does not spoil M2. Every thread of the row uses the same K.
+      const A K = p.cols > 0 ? load<A>(xr[0]) : A(0);
       math::Moments<A> m;
-      for (int64_t j = rank; j < p.cols; j += nthreads) math::welford_push(m, load<A>(xr[j]));
+      for (int64_t j = rank; j < p.cols; j += nthreads) math::welford_push(m, load<A>(xr[j]) - K);
       m = G::moments(m);
-      mean = m.mean;
+      mean = m.mean + K;  // M2 (so rstd) does not depend on the shift
       rstd = math::rstd_from_var(math::biased_var(m), p.eps);
     } else {
       A ss = A(0);
