@@ -40,6 +40,10 @@ std::shared_ptr<void> allocate(size_t bytes, void* stream);
 // before on `stream`): the one host synchronisation some checks need.
 void copy_to_host(void* dst, const void* src, size_t bytes, void* stream);
 
+// Sets `count` elements of `dtype` at dst to `value` (stream-ordered). Any float dtype for 0;
+// float32 and float64 for other values.
+void fill(void* dst, DType dtype, int64_t count, double value, void* stream);
+
 // Copies any strided view into compact row-major memory `dst` (same dtype, same device).
 void contiguous_copy(const TensorView& src, void* dst, void* stream);
 

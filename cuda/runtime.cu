@@ -56,6 +56,33 @@ void copy_to_host(void* dst, const void* src, size_t bytes, void* stream) {
 
 namespace {
 
+template <class E>
+__global__ void __launch_bounds__(256) fill_kernel(E* __restrict__ dst, int64_t n, E value) {
+  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x)
+    dst[i] = value;
+}
+
+}  // namespace
+
+void fill(void* dst, DType dtype, int64_t count, double value, void* stream) {
+  if (count <= 0) return;
+  cudaStream_t s = static_cast<cudaStream_t>(stream);
+  if (value == 0.0) {  // +0 is all-zero bits in every float dtype
+    check_cuda(cudaMemsetAsync(dst, 0, size_t(count) * dtype_size(dtype), s), "fill: cudaMemsetAsync");
+    return;
+  }
+  const unsigned blocks = unsigned(std::min<int64_t>((count + 255) / 256, int64_t(1) << 16));
+  if (dtype == DType::Float32)
+    fill_kernel<float><<<blocks, 256, 0, s>>>(static_cast<float*>(dst), count, float(value));
+  else if (dtype == DType::Float64)
+    fill_kernel<double><<<blocks, 256, 0, s>>>(static_cast<double*>(dst), count, value);
+  else
+    throw RuntimeError("fill: a non-zero value needs a float32 or float64 buffer");
+  check_cuda(cudaGetLastError(), "fill_kernel");
+}
+
+namespace {
+
 constexpr int kMaxCopyDims = 8;
 
 struct StridedLayout {

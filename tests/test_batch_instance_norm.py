@@ -431,3 +431,45 @@ def test_empty_batch():
     x = torch.zeros((0, 3, 4))
     y = nkF.batch_instance_norm(x, torch.ones(3), torch.zeros(3), torch.ones(3), training=False)
     assert y.shape == x.shape
+
+
+def _dirty_small_arrays():
+    """Frees a few small arrays full of 7s, so that np.empty outputs the op forgets to write are
+    likely to hold 7s rather than zeros."""
+    for _ in range(8):
+        del_me = np.full(16, 7.0, np.float32)  # noqa: F841
+        del del_me
+
+
+@pytest.mark.parametrize("shape", [(0, 3, 4), (2, 3, 0)])
+def test_empty_batch_statistics_and_gradients(shape):
+    """An empty input (no values per statistic) saves the statistics of nothing, mean 0 and rstd
+    NaN, as BatchNorm does; its parameter gradients are sums over nothing, 0; running statistics are
+    not updated."""
+    x = np.zeros(shape, np.float32)
+    rho, w, b = np.full(3, 0.5, np.float32), np.ones(3, np.float32), np.zeros(3, np.float32)
+    rm, rv = np.full(3, 0.25, np.float32), np.full(3, 2.0, np.float32)
+    _dirty_small_arrays()
+    y, mb, sb, mi, si = nkF.batch_instance_norm_forward(x, rho, rm, rv, w, b, training=True)
+    assert y.shape == shape
+    np.testing.assert_array_equal(mb, np.zeros(3))
+    assert np.isnan(sb).all()
+    np.testing.assert_array_equal(mi, np.zeros((shape[0], 3)))
+    assert mi.shape == si.shape == (shape[0], 3) and np.isnan(si).all()
+    np.testing.assert_array_equal(rm, np.full(3, 0.25))
+    np.testing.assert_array_equal(rv, np.full(3, 2.0))
+    _dirty_small_arrays()
+    dx, dw, db, drho = nkF.batch_instance_norm_backward(x, x, rho, mb, sb, mi, si, w, training=True)
+    assert dx.shape == shape
+    for g in (dw, db, drho):
+        np.testing.assert_array_equal(g, np.zeros(3))
+
+
+def test_empty_batch_torch_gradients_are_zero():
+    layer = nkt.BatchInstanceNorm1d(3)
+    x = torch.zeros((0, 3, 4), requires_grad=True)
+    layer(x).sum().backward()
+    for p in (layer.weight, layer.bias, layer.rho):
+        torch.testing.assert_close(p.grad, torch.zeros(3), rtol=0, atol=0)
+    torch.testing.assert_close(layer.running_mean, torch.zeros(3), rtol=0, atol=0)
+    torch.testing.assert_close(layer.running_var, torch.ones(3), rtol=0, atol=0)

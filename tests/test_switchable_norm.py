@@ -422,3 +422,48 @@ def test_empty_batch():
     x = torch.zeros((0, 3, 4))
     y = nkF.switchable_norm(x, torch.zeros(3), torch.zeros(3), torch.zeros(3), torch.ones(3), training=False)
     assert y.shape == x.shape
+
+
+def _dirty_small_arrays():
+    """Frees a few small arrays full of 7s, so that np.empty outputs the op forgets to write are
+    likely to hold 7s rather than zeros."""
+    for _ in range(8):
+        del_me = np.full(64, 7.0, np.float32)  # noqa: F841
+        del del_me
+
+
+@pytest.mark.parametrize("shape", [(0, 3, 4), (2, 3, 0)])
+def test_empty_batch_statistics_and_gradients(shape):
+    """An empty input saves the statistics of nothing (every mean 0, every variance and rstd NaN),
+    its parameter and logit gradients are sums over nothing, 0, and running statistics stay."""
+    n, c = shape[:2]
+    x = np.zeros(shape, np.float32)
+    logits = np.zeros(3, np.float32)
+    rm, rv = np.full(c, 0.25, np.float32), np.full(c, 2.0, np.float32)
+    w, b = np.ones(c, np.float32), np.zeros(c, np.float32)
+    _dirty_small_arrays()
+    y, saved = nkF.switchable_norm_forward(x, logits, logits, rm, rv, w, b, training=True)
+    assert y.shape == shape
+    nc = n * c
+    means = np.concatenate([saved[:nc], saved[2 * nc:3 * nc], saved[4 * nc:4 * nc + n],
+                            saved[4 * nc + 2 * n:4 * nc + 2 * n + c]])
+    spreads = np.concatenate([saved[nc:2 * nc], saved[3 * nc:4 * nc], saved[4 * nc + n:4 * nc + 2 * n],
+                              saved[4 * nc + 2 * n + c:]])
+    assert saved.size == 4 * nc + 2 * n + 2 * c
+    np.testing.assert_array_equal(means, np.zeros_like(means))
+    assert np.isnan(spreads).all()
+    np.testing.assert_array_equal(rm, np.full(c, 0.25))
+    np.testing.assert_array_equal(rv, np.full(c, 2.0))
+    _dirty_small_arrays()
+    dx, dw, db, dmw, dvw = nkF.switchable_norm_backward(x, x, logits, logits, saved, w, training=True)
+    assert dx.shape == shape
+    for g in (dw, db, dmw, dvw):
+        np.testing.assert_array_equal(g, np.zeros(3))
+
+
+def test_empty_batch_torch_gradients_are_zero():
+    layer = nkt.SwitchableNorm1d(3)
+    x = torch.zeros((0, 3, 4), requires_grad=True)
+    layer(x).sum().backward()
+    for p in (layer.weight, layer.bias, layer.mean_weight, layer.var_weight):
+        torch.testing.assert_close(p.grad, torch.zeros(3), rtol=0, atol=0)

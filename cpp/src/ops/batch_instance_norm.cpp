@@ -66,7 +66,16 @@ void batch_instance_norm_forward(const TensorView& x, const TensorView& rho, con
   check_saved(save_rstd_in, "save_rstd_in", s0.N * s0.C, x);
 
   const BinShape shape = ops::ncs_shape<BinShape>(x, layout);
-  if (shape.numel() == 0) return;
+  if (shape.numel() == 0) {
+    // No values: the statistics of nothing (mean 0, rstd NaN, as BatchNorm's); running statistics
+    // are not updated.
+    ops::DeviceScope scope(x.device);
+    ops::fill(save_mean_bn, 0.0, stream);
+    ops::fill(save_rstd_bn, std::nan(""), stream);
+    ops::fill(save_mean_in, 0.0, stream);
+    ops::fill(save_rstd_in, std::nan(""), stream);
+    return;
+  }
   ops::DeviceScope scope(x.device);
   std::shared_ptr<void> weight_copy, bias_copy, rho_copy, x_copy;
   const OptTensor weight = ops::compact_param(weight_in, weight_copy, stream);
@@ -127,7 +136,14 @@ void batch_instance_norm_backward(const TensorView& dy, const TensorView& x, con
   check_grad(drho, "drho", x);
 
   const BinShape shape = ops::ncs_shape<BinShape>(x, layout);
-  if (shape.numel() == 0) return;
+  if (shape.numel() == 0) {
+    // Sums over no values.
+    ops::DeviceScope scope(x.device);
+    ops::fill(dweight, 0.0, stream);
+    ops::fill(dbias, 0.0, stream);
+    ops::fill(drho, 0.0, stream);
+    return;
+  }
   ops::DeviceScope scope(x.device);
   std::shared_ptr<void> weight_copy, rho_copy, x_copy, dy_copy;
   const OptTensor weight = ops::compact_param(weight_in, weight_copy, stream);

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdlib>
+#include <cstring>
 #include <vector>
 
 #include "cpu/strided_copy.h"
@@ -123,6 +124,30 @@ std::shared_ptr<void> device_buffer(const Device& device, size_t bytes, void* st
   std::shared_ptr<void> holder(std::malloc(bytes), std::free);
   if (!holder) throw RuntimeError(concat("out of host memory for a ", bytes, "-byte buffer"));
   return holder;
+}
+
+void fill(const TensorView& t, double value, void* stream) {
+  const int64_t n = t.numel();
+  if (n == 0) return;
+  if (t.device.kind != DeviceKind::CPU) {
+#if defined(NORMKIT_WITH_CUDA)
+    cuda::fill(t.data, t.dtype, n, value, stream);
+#endif
+    return;
+  }
+  (void)stream;
+  if (t.dtype == DType::Float32) {
+    std::fill_n(static_cast<float*>(t.data), n, float(value));
+  } else if (t.dtype == DType::Float64) {
+    std::fill_n(static_cast<double*>(t.data), n, value);
+  } else {
+    if (value != 0.0) throw RuntimeError("fill: a non-zero value needs a float32 or float64 array");
+    std::memset(t.data, 0, size_t(n) * size_t(dtype_size(t.dtype)));  // +0 is all-zero bits
+  }
+}
+
+void fill(const OptTensor& t, double value, void* stream) {
+  if (t) fill(*t, value, stream);
 }
 
 std::shared_ptr<void> compact_copy(const TensorView& t, void* stream) {

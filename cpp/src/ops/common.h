@@ -71,6 +71,12 @@ std::shared_ptr<void> device_buffer(const Device& device, size_t bytes, void* st
 // A compact row-major copy of any view, on the view's device (host or device memory).
 std::shared_ptr<void> compact_copy(const TensorView& t, void* stream);
 
+// Sets every element of a contiguous output to `value` (0 for any float dtype; other values for
+// float32/float64 outputs, i.e. statistics in the accumulation dtype).
+void fill(const TensorView& t, double value, void* stream);
+// fill() for an optional output.
+void fill(const OptTensor& t, double value, void* stream);
+
 // ---- [N, C, *spatial] arrays in a channel layout (detail::Layout): channels first (NCHW...) or
 // channels last (NHWC, NDHWC). Used by the channel normalizations and LocalResponseNorm.
 

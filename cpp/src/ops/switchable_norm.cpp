@@ -31,6 +31,29 @@ void check_saved(const TensorView& s, const TensorView& x) {
               " contiguous values, got shape ", shape_str(s.shape));
 }
 
+// The saved buffer of an empty input (see SnSaved): means 0; variances and rstd NaN.
+void fill_saved_of_nothing(const TensorView& saved, const SnShape& shape, void* stream) {
+  const SnSaved sv{shape.N, shape.C};
+  const size_t elem = size_t(dtype_size(saved.dtype));
+  auto part = [&](int64_t offset, int64_t count, double value) {
+    TensorView v = saved;
+    v.data = static_cast<char*>(saved.data) + size_t(offset) * elem;
+    v.shape = {count};
+    v.strides = {1};
+    ops::fill(v, value, stream);
+  };
+  const double nan = std::nan("");
+  const int64_t nc = shape.N * shape.C;
+  part(sv.mean(), nc, 0.0);
+  part(sv.rstd(), nc, nan);
+  part(sv.pmean(), nc, 0.0);
+  part(sv.pvar(), nc, nan);
+  part(sv.ln_mean(), shape.N, 0.0);
+  part(sv.ln_var(), shape.N, nan);
+  part(sv.bn_mean(), shape.C, 0.0);
+  part(sv.bn_var(), shape.C, nan);
+}
+
 }  // namespace
 
 void switchable_norm_forward(const TensorView& x, const TensorView& mean_weight, const TensorView& var_weight,
@@ -61,7 +84,13 @@ void switchable_norm_forward(const TensorView& x, const TensorView& mean_weight,
   check_saved(saved, x);
 
   const SnShape shape = ops::ncs_shape<SnShape>(x, layout);
-  if (shape.numel() == 0) return;
+  if (shape.numel() == 0) {
+    // No values: every saved mean is 0 and every variance and rstd NaN (the statistics of
+    // nothing, as BatchNorm's); running statistics are not updated.
+    ops::DeviceScope scope(x.device);
+    fill_saved_of_nothing(saved, shape, stream);
+    return;
+  }
   ops::DeviceScope scope(x.device);
   std::shared_ptr<void> weight_copy, bias_copy, mw_copy, vw_copy, x_copy;
   const OptTensor weight = ops::compact_param(weight_in, weight_copy, stream);
@@ -118,7 +147,15 @@ void switchable_norm_backward(const TensorView& dy, const TensorView& x, const T
   if (dvar_weight) ops::check_output(*dvar_weight, "dvar_weight", {3}, logit_dtype, x, "x");
 
   const SnShape shape = ops::ncs_shape<SnShape>(x, layout);
-  if (shape.numel() == 0) return;
+  if (shape.numel() == 0) {
+    // Sums over no values.
+    ops::DeviceScope scope(x.device);
+    ops::fill(dweight, 0.0, stream);
+    ops::fill(dbias, 0.0, stream);
+    ops::fill(dmean_weight, 0.0, stream);
+    ops::fill(dvar_weight, 0.0, stream);
+    return;
+  }
   ops::DeviceScope scope(x.device);
   std::shared_ptr<void> weight_copy, mw_copy, vw_copy, x_copy, dy_copy;
   const OptTensor weight = ops::compact_param(weight_in, weight_copy, stream);
