@@ -148,3 +148,40 @@ def test_sync_batch_norm_global_count_error_on_cuda():
 
     with pytest.raises(ValueError, match="more than 1 value per channel"):
         normkit.functional.sync_batch_norm_forward(torch.ones(1, 3, device="cuda"), comm=LocalCommunicator())
+
+
+def test_sync_batch_norm_failing_global_check_leaves_caller_buffers_untouched_on_cuda():
+    """As the CPU test in test_sync_batch_norm_local.py: the local phase writes nothing of the caller's."""
+    from normkit import _core
+    from normkit._arrays import to_core
+    from normkit.distributed import LocalCommunicator
+
+    x = torch.full((1, 3), 2.0, device="cuda")
+    bufs = [torch.full(s, v, device="cuda") for s, v in (((3,), 0.5), ((3,), 3.0), ((1, 3), 7.0), ((3,), 9.0),
+                                                         ((3,), 11.0))]
+    before = [b.clone() for b in bufs]
+    with pytest.raises(ValueError, match="more than 1 value per channel"):
+        _core.sync_batch_norm_forward(to_core(x), to_core(bufs[0]), to_core(bufs[1]), None, None, 0.1, 1e-5,
+                                      LocalCommunicator(), None, to_core(bufs[2]), to_core(bufs[3]),
+                                      to_core(bufs[4]), torch.cuda.current_stream().cuda_stream)
+    for got, want in zip(bufs, before):
+        torch.testing.assert_close(got, want, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("layer", ["batch", "group"])
+def test_channel_norm_stable_variance(layer, channels_last):
+    """float32 statistics with mean 1e4 and std 0.1: variance within 1e-4 of float64 (the CPU's
+    shifted moments give ~1e-6; unshifted ones ~1e-4 to 1e-3)."""
+    x = (torch.randn(8, 16, 32, 32, dtype=torch.float64) * 0.1 + 1e4).float()
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    xg = x.cuda()
+    if layer == "batch":
+        _, _, rstd = normkit.functional.batch_norm_forward(xg, None, None, training=True)
+        want = x.double().transpose(0, 1).reshape(16, -1).var(-1, unbiased=False)
+    else:
+        _, _, rstd = normkit.functional.group_norm_forward(xg, 4)
+        want = x.double().reshape(8, 4, -1).var(-1, unbiased=False).reshape(-1)
+    var = 1 / rstd.double().cpu().reshape(-1) ** 2 - 1e-5
+    torch.testing.assert_close(var, want, rtol=1e-4, atol=0)

@@ -116,3 +116,26 @@ def test_one_process_equals_batch_norm_for_any_shape(n, c, spatial, channels_las
     for got, want in [(y_s, y_b), (m_s, m_b), (r_s, r_b), (rm_s, rm_b), (rv_s, rv_b), *zip(g_s, g_b)]:
         np.testing.assert_allclose(got, want, **tol)
     assert y_s.strides == x.strides or not channels_last
+
+
+def _core_forward_into(x, rm, rv, y, save_mean, save_rstd):
+    """sync_batch_norm_forward of the core into the caller's buffers (the functional form allocates
+    its own, so this is how a failing call's writes can be seen)."""
+    from normkit import _core
+    from normkit._arrays import to_core
+
+    _core.sync_batch_norm_forward(to_core(x), to_core(rm), to_core(rv), None, None, 0.1, 1e-5, LocalCommunicator(),
+                                  None, to_core(y), to_core(save_mean), to_core(save_rstd), 0)
+
+
+def test_failing_global_check_leaves_every_caller_buffer_untouched():
+    """One value per channel over all processes raises after the local phase; nothing of the
+    caller's (outputs, saved statistics, running statistics) may have been written by then."""
+    x = np.full((1, 3), 2.0, np.float32)
+    bufs = {k: np.full(3 if k != "y" else (1, 3), v, np.float32)
+            for k, v in (("rm", 0.5), ("rv", 3.0), ("y", 7.0), ("save_mean", 9.0), ("save_rstd", 11.0))}
+    before = {k: v.copy() for k, v in bufs.items()}
+    with pytest.raises(ValueError, match="more than 1 value per channel"):
+        _core_forward_into(x, bufs["rm"], bufs["rv"], bufs["y"], bufs["save_mean"], bufs["save_rstd"])
+    for k, v in bufs.items():
+        np.testing.assert_array_equal(v, before[k], err_msg=k)
