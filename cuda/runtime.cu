@@ -36,10 +36,35 @@ DeviceGuard::~DeviceGuard() {
   if (previous_ >= 0 && cudaSetDevice(previous_) != cudaSuccess) (void)cudaGetLastError();
 }
 
+namespace {
+
+// Whether the current device has stream-ordered allocation (cudaMallocAsync): CUDA 11.2+ drivers
+// on most devices, but not every platform (some virtualised or older setups report 0).
+bool memory_pools_supported() {
+  int device = 0;
+  check_cuda(cudaGetDevice(&device), "cudaGetDevice");
+  int supported = 0;
+  if (cudaDeviceGetAttribute(&supported, cudaDevAttrMemoryPoolsSupported, device) != cudaSuccess) {
+    (void)cudaGetLastError();
+    return false;
+  }
+  return supported != 0;
+}
+
+}  // namespace
+
 std::shared_ptr<void> allocate(size_t bytes, void* stream) {
   if (bytes == 0) return nullptr;
   cudaStream_t s = static_cast<cudaStream_t>(stream);
   void* p = nullptr;
+  if (!memory_pools_supported()) {
+    // Fallback: a plain allocation, freed once the work queued on `s` is done (a host wait that
+    // only devices without memory pools pay).
+    check_cuda(cudaMalloc(&p, bytes), "cudaMalloc");
+    return std::shared_ptr<void>(p, [s](void* q) {
+      if (cudaStreamSynchronize(s) != cudaSuccess || cudaFree(q) != cudaSuccess) (void)cudaGetLastError();
+    });
+  }
   check_cuda(cudaMallocAsync(&p, bytes, s), "cudaMallocAsync");
   // The free is ordered after all work queued on `s` before the holder dies, so kernels still
   // reading the buffer finish first.
