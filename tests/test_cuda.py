@@ -185,3 +185,22 @@ def test_channel_norm_stable_variance(layer, channels_last):
         want = x.double().reshape(8, 4, -1).var(-1, unbiased=False).reshape(-1)
     var = 1 / rstd.double().cpu().reshape(-1) ** 2 - 1e-5
     torch.testing.assert_close(var, want, rtol=1e-4, atol=0)
+
+
+@pytest.mark.parametrize("shape", [(0, 3, 4), (2, 3, 0)])
+def test_empty_batch_instance_and_switchable_norm_on_cuda(shape):
+    """The CPU tests' empty-input contract on the device (ops::fill): saved statistics of nothing
+    (mean 0, variance/rstd NaN) and zero gradients."""
+    x = torch.zeros(shape, device="cuda")
+    ones, zeros = torch.ones(3, device="cuda"), torch.zeros(3, device="cuda")
+    _, mb, sb, mi, si = normkit.functional.batch_instance_norm_forward(x, ones, zeros.clone(), ones.clone(), ones,
+                                                                       zeros, training=True)
+    assert (mb.cpu() == 0).all() and sb.isnan().all() and (mi.cpu() == 0).all() and si.isnan().all()
+    for g in normkit.functional.batch_instance_norm_backward(x, x, ones, mb, sb, mi, si, ones, training=True)[1:]:
+        torch.testing.assert_close(g.cpu(), torch.zeros(3), rtol=0, atol=0)
+    _, saved = normkit.functional.switchable_norm_forward(x, zeros, zeros, zeros.clone(), ones.clone(), ones, zeros,
+                                                          training=True)
+    n = shape[0]
+    assert (saved[: 3 * n].cpu() == 0).all() and saved[3 * n: 6 * n].isnan().all()
+    for g in normkit.functional.switchable_norm_backward(x, x, zeros, zeros, saved, ones, training=True)[1:]:
+        torch.testing.assert_close(g.cpu(), torch.zeros(3), rtol=0, atol=0)
