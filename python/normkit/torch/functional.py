@@ -90,9 +90,22 @@ def layer_norm(input, normalized_shape, weight=None, bias=None, eps=1e-5):
     )
 
 
+_HALF = (torch.float16, torch.bfloat16)
+
+
+def _rms_weight(input, weight):
+    """torch's rms_norm takes a weight of any float dtype (it computes in the wider of the two and
+    returns input's dtype); the core takes input's dtype or, for half inputs, float32. Other weights
+    are cast to input's accumulation dtype (float32, float64 for float64); autograd flows through."""
+    if weight is None or weight.dtype == input.dtype or (weight.dtype == torch.float32 and input.dtype in _HALF):
+        return weight
+    return weight.to(torch.float64 if input.dtype == torch.float64 else torch.float32)
+
+
 def rms_norm(input, normalized_shape, weight=None, eps=None):
     """Like ``torch.nn.functional.rms_norm`` (``eps=None``: machine epsilon of the accumulation type)."""
     shape = normalized_shape_tuple(normalized_shape)
+    weight = _rms_weight(input, weight)
     if not _needs_autograd(input, weight):
         return _F.rms_norm(input, shape, weight, eps)
     return _RMSNorm.apply(input, weight, shape, eps)

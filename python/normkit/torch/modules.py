@@ -55,25 +55,39 @@ class RMSNorm(torch.nn.RMSNorm):
         return F.rms_norm(x, self.normalized_shape, self.weight, self.eps)
 
 
+def _counting_batch(module, updating: bool, run):
+    """run(factor) with num_batches_tracked advanced first when `updating`, as torch's BatchNorm does (a
+    forward that activation checkpointing recomputes then counts its batch again, as its running
+    statistics do), and taken back if run rejects the input (TypeError, ValueError), so a rejected input
+    leaves every buffer as it was. (Other exceptions pass: checkpointing stops a recomputation by
+    raising once it has what it needs, and torch's count stands then.) `factor` is the new batch's
+    weight in the running statistics (0.0 when they are not updated)."""
+    updating = updating and module.num_batches_tracked is not None
+    factor = batch_weight(module.momentum, module.num_batches_tracked, updating)
+    if updating:
+        module.num_batches_tracked.add_(1)
+    try:
+        return run(factor)
+    except (TypeError, ValueError):
+        if updating:
+            module.num_batches_tracked.sub_(1)
+        raise
+
+
 class _BatchNormForward:
-    """torch's _BatchNorm.forward with a normkit batch_norm. num_batches_tracked advances only after
-    the op succeeded, so a rejected input leaves every buffer as it was."""
+    """torch's _BatchNorm.forward with a normkit batch_norm."""
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         self._check_input_dim(input)
-        updating = self.training and self.track_running_stats and self.num_batches_tracked is not None
-        factor = batch_weight(self.momentum, self.num_batches_tracked, updating)
         batch_stats = self.training or (self.running_mean is None and self.running_var is None)
         use_running = not self.training or self.track_running_stats
-        y = F.batch_norm(
+        updating = self.training and self.track_running_stats
+        return _counting_batch(self, updating, lambda factor: F.batch_norm(
             input,
             self.running_mean if use_running else None,
             self.running_var if use_running else None,
             self.weight, self.bias, batch_stats, factor, self.eps,
-        )
-        if updating:
-            self.num_batches_tracked.add_(1)
-        return y
+        ))
 
 
 class BatchNorm1d(_BatchNormForward, torch.nn.BatchNorm1d):
@@ -171,12 +185,9 @@ class _BatchInstanceNorm(torch.nn.Module):
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         self._check_input_dim(input)
-        factor = batch_weight(self.momentum, self.num_batches_tracked, self.training)
-        y = F.batch_instance_norm(input, self.rho, self.running_mean, self.running_var, self.weight, self.bias,
-                                  self.training, factor, self.eps)
-        if self.training:
-            self.num_batches_tracked.add_(1)
-        return y
+        return _counting_batch(self, self.training, lambda factor: F.batch_instance_norm(
+            input, self.rho, self.running_mean, self.running_var, self.weight, self.bias, self.training, factor,
+            self.eps))
 
 
 class BatchInstanceNorm1d(_BatchInstanceNorm):
@@ -217,6 +228,8 @@ class _SwitchableNorm(torch.nn.Module):
 
     def __init__(self, num_features, eps=1e-5, momentum=0.003, affine=True, device=None, dtype=None):
         super().__init__()
+        if momentum is None:  # no num_batches_tracked here, so no cumulative average
+            raise ValueError("momentum: expected a number (the new batch's weight), got None")
         factory = {"device": device, "dtype": dtype}
         self.num_features, self.eps, self.momentum, self.affine = num_features, eps, momentum, affine
         if affine:
@@ -333,10 +346,11 @@ class SyncBatchNorm(_AnyRank, _BatchNormForward, torch.nn.modules.batchnorm._Bat
     """
 
     def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=True, track_running_stats=True,
-                 process_group=None, comm=None, sync_check=None, device=None, dtype=None):
+                 process_group=None, device=None, dtype=None, *, comm=None, sync_check=None):
         super().__init__(num_features, eps, momentum, affine, track_running_stats, device, dtype)
         self.process_group = process_group
         self.comm = comm
+        self._comm_resolved = False  # comm=None: resolved at the first training call
         self._sync = SyncIdentity(check_enabled(sync_check))
 
     def _communicator(self):
@@ -344,19 +358,30 @@ class SyncBatchNorm(_AnyRank, _BatchNormForward, torch.nn.modules.batchnorm._Bat
             from normkit.distributed import default_communicator
 
             self.comm = default_communicator(self.process_group)
+            self._comm_resolved = True
         return self.comm
+
+    def __getstate__(self):
+        # A resolved default communicator belongs to this process (and does not pickle): a copy
+        # resolves its own. (A communicator given as `comm` is the caller's and stays.)
+        state = super().__getstate__()
+        if state.get("_comm_resolved"):
+            state["comm"], state["_comm_resolved"] = None, False
+        return state
+
+    @classmethod
+    def convert_sync_batchnorm(cls, module: torch.nn.Module, process_group=None) -> torch.nn.Module:
+        """As ``torch.nn.SyncBatchNorm.convert_sync_batchnorm`` (see :func:`convert_sync_batchnorm`)."""
+        return convert_sync_batchnorm(module, process_group=process_group)
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         if not self.training:
             return _BatchNormForward.forward(self, input)
         self._check_input_dim(input)
-        updating = self.track_running_stats and self.num_batches_tracked is not None
-        factor = batch_weight(self.momentum, self.num_batches_tracked, updating)
-        y = F.sync_batch_norm(input, self.running_mean, self.running_var, self.weight, self.bias, factor, self.eps,
-                              self._communicator(), self._sync.next_call())
-        if updating:
-            self.num_batches_tracked.add_(1)
-        return y
+        # As torch: running statistics only while track_running_stats (it may be switched off later).
+        rm, rv = (self.running_mean, self.running_var) if self.track_running_stats else (None, None)
+        return _counting_batch(self, self.track_running_stats, lambda factor: F.sync_batch_norm(
+            input, rm, rv, self.weight, self.bias, factor, self.eps, self._communicator(), self._sync.next_call()))
 
 
 def _moved_state(src: torch.nn.Module, dst: torch.nn.Module) -> torch.nn.Module:
@@ -381,7 +406,8 @@ def convert_sync_batchnorm(module: torch.nn.Module, comm=None, process_group=Non
     out = module
     if isinstance(module, torch.nn.modules.batchnorm._BatchNorm) and not isinstance(module, SyncBatchNorm):
         out = _moved_state(module, SyncBatchNorm(module.num_features, module.eps, module.momentum, module.affine,
-                                                 module.track_running_stats, process_group, comm, sync_check))
+                                                 module.track_running_stats, process_group, comm=comm,
+                                                 sync_check=sync_check))
     for name, child in module.named_children():
         out.add_module(name, convert_sync_batchnorm(child, comm, process_group, sync_check))
     return out
@@ -478,11 +504,8 @@ class _MeanOnlyBatchNorm(torch.nn.Module):
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         self._check_input_dim(input)
-        factor = batch_weight(self.momentum, self.num_batches_tracked, self.training)
-        y = F.mean_only_batch_norm(input, self.running_mean, self.bias, self.training, factor)
-        if self.training:
-            self.num_batches_tracked.add_(1)
-        return y
+        return _counting_batch(self, self.training, lambda factor: F.mean_only_batch_norm(
+            input, self.running_mean, self.bias, self.training, factor))
 
 
 class MeanOnlyBatchNorm1d(_MeanOnlyBatchNorm):

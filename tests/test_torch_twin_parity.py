@@ -1,0 +1,98 @@
+"""Behaviours of the torch twins that users meet outside a plain forward/backward: copying and pickling,
+activation checkpointing, switching track_running_stats, torch's constructor signatures, mixed
+weight/input dtypes, and convert_model's independence from the replaced layer."""
+
+from __future__ import annotations
+
+import copy
+import pickle
+import warnings
+
+import normkit.torch as nt
+import pytest
+import torch
+from normkit.torch import convert_model
+from torch.utils.checkpoint import checkpoint
+
+
+def test_sync_batch_norm_copies_and_pickles_after_training():
+    layer = nt.SyncBatchNorm(3)
+    layer(torch.randn(4, 3))  # resolves the default communicator
+    for clone in (copy.deepcopy(layer), pickle.loads(pickle.dumps(layer))):
+        torch.testing.assert_close(clone.running_mean, layer.running_mean, rtol=0, atol=0)
+        clone(torch.randn(4, 3))
+        assert int(clone.num_batches_tracked) == 2
+
+
+def test_sync_batch_norm_signature_and_classmethod_as_torch():
+    layer = nt.SyncBatchNorm(3, 1e-3, 0.2, True, True, None, "cpu", torch.float64)
+    assert layer.weight.dtype == torch.float64 and layer.eps == 1e-3 and layer.momentum == 0.2
+    model = nt.SyncBatchNorm.convert_sync_batchnorm(torch.nn.Sequential(torch.nn.BatchNorm2d(3)))
+    assert isinstance(model[0], nt.SyncBatchNorm)
+
+
+@pytest.mark.parametrize("cls", [nt.BatchNorm1d, nt.SyncBatchNorm])
+def test_running_stats_follow_track_running_stats_switched_later(cls):
+    ours, theirs = cls(3), torch.nn.BatchNorm1d(3)
+    ours.track_running_stats = theirs.track_running_stats = False
+    x = torch.randn(8, 3) * 2 + 1
+    torch.testing.assert_close(ours(x), theirs(x))
+    for name in ("running_mean", "running_var", "num_batches_tracked"):
+        torch.testing.assert_close(getattr(ours, name), getattr(theirs, name), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("momentum", [0.1, None])
+def test_batch_norm_under_activation_checkpointing_counts_as_torch(momentum):
+    """Non-reentrant checkpointing recomputes the forward (torch's counts the batch again there, and
+    updates its running statistics again): the twin must end in the same state."""
+    g = torch.Generator().manual_seed(0)
+    ours, theirs = nt.BatchNorm2d(3, momentum=momentum), torch.nn.BatchNorm2d(3, momentum=momentum)
+    for _ in range(3):
+        x = (torch.randn(4, 3, 5, 5, generator=g) * 2 + 1).requires_grad_()
+        for layer in (ours, theirs):
+            checkpoint(layer, x, use_reentrant=False).sum().backward()
+    for name in ("running_mean", "running_var", "num_batches_tracked"):
+        torch.testing.assert_close(getattr(ours, name), getattr(theirs, name), rtol=1e-6, atol=1e-6)
+
+
+def test_rejected_batch_leaves_the_count_alone():
+    layer = nt.BatchNorm1d(3)
+    with pytest.raises(ValueError, match="more than 1 value per channel"):
+        layer(torch.randn(1, 3))
+    assert int(layer.num_batches_tracked) == 0
+
+
+@pytest.mark.parametrize("module_dtype,input_dtype", [(torch.float32, torch.float64), (torch.float16, torch.float32),
+                                                      (torch.bfloat16, torch.float16), (torch.float64, torch.float32)])
+def test_rms_norm_mixed_weight_and_input_dtypes_as_torch(module_dtype, input_dtype):
+    ours, theirs = nt.RMSNorm(8).to(module_dtype), torch.nn.RMSNorm(8).to(module_dtype)
+    with torch.no_grad():
+        ours.weight.uniform_(0.5, 1.5)
+        theirs.weight.copy_(ours.weight)
+    x = torch.randn(4, 8, generator=torch.Generator().manual_seed(1)).to(input_dtype)
+    xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch warns about the mismatch
+        ya, yb = ours(xa), theirs(xb)
+        ya.sum().backward()
+        yb.sum().backward()
+    assert ya.dtype == yb.dtype == input_dtype
+    tol = 1e-2 if torch.float16 in (module_dtype, input_dtype) or torch.bfloat16 in (module_dtype, input_dtype) else 1e-6
+    torch.testing.assert_close(ya, yb, rtol=tol, atol=tol)
+    torch.testing.assert_close(xa.grad, xb.grad, rtol=tol, atol=tol)
+    assert ours.weight.grad.dtype == module_dtype
+    torch.testing.assert_close(ours.weight.grad, theirs.weight.grad, rtol=tol, atol=tol)
+
+
+def test_switchable_norm_rejects_momentum_none():
+    with pytest.raises(ValueError, match="momentum: expected a number"):
+        nt.SwitchableNorm2d(3, momentum=None)
+
+
+def test_convert_model_twin_is_independent_of_the_old_layer():
+    old = torch.nn.BatchNorm1d(3)
+    twin = convert_model(old)
+    assert twin.weight is old.weight  # the same Parameter objects are kept
+    old.weight = torch.nn.Parameter(torch.zeros(3))
+    old.register_buffer("extra", torch.ones(1))
+    assert twin.weight is not old.weight and "extra" not in dict(twin.named_buffers())
