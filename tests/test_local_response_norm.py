@@ -313,8 +313,10 @@ _INT_MESSAGE = "expected dtype float16, bfloat16, float32 or float64, got int"
         (lambda: torch.randn(2, 3), 3, ValueError, "x: expected 3 or more dimensions [N, C, *], got shape [2, 3]"),
         (lambda: torch.ones(2, 3, 4, dtype=torch.int32), 3, TypeError, _INT_MESSAGE),
         (lambda: np.ones((2, 3, 4), np.int64), 3, TypeError, _INT_MESSAGE),
+        (lambda: torch.randn(2, 3, 4), 2.5, TypeError, "size: expected an int, got float 2.5"),
+        (lambda: torch.randn(2, 3, 4), True, TypeError, "size: expected an int, got bool True"),
     ],
-    ids=("size0", "size-negative", "rank2", "int-torch", "int-numpy"),
+    ids=("size0", "size-negative", "rank2", "int-torch", "int-numpy", "size-float", "size-bool"),
 )
 def test_bad_inputs(make, size, exc, message):
     x = make()

@@ -7,6 +7,7 @@ array-API libraries), otherwise they are NumPy arrays.
 
 from __future__ import annotations
 
+import operator
 import sys
 
 import numpy as np
@@ -22,6 +23,17 @@ CACHED_OUTPUT_BYTES = 256 << 10
 _ITEMSIZE = {"float16": 2, "bfloat16": 2, "float32": 4, "float64": 8}
 
 _ACC = {"float16": "float32", "bfloat16": "float32", "float32": "float32", "float64": "float64"}
+
+
+def int_arg(value, arg: str) -> int:
+    """value as an int (Python and NumPy integers; bool and float are a TypeError naming `arg`, as
+    torch rejects them: truncating 2.5 to 2 would hide a mistake)."""
+    if isinstance(value, bool):
+        raise TypeError(f"{arg}: expected an int, got bool {value!r}")
+    try:
+        return operator.index(value)
+    except TypeError:
+        raise TypeError(f"{arg}: expected an int, got {type(value).__name__} {value!r}") from None
 
 
 def acc_dtype_name(dtype_name: str) -> str:

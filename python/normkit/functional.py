@@ -13,7 +13,9 @@ Each layer has three functions:
 from __future__ import annotations
 
 from normkit import _core
-from normkit._arrays import acc_dtype_name, empty_in_layout, empty_like_layout, kind_of, normalized_shape_tuple, to_core
+from normkit._arrays import (
+    acc_dtype_name, empty_in_layout, empty_like_layout, int_arg, kind_of, normalized_shape_tuple, to_core,
+)
 
 __all__ = [
     "batch_instance_norm",
@@ -425,7 +427,7 @@ def local_response_norm(x, size, alpha=1e-4, beta=0.75, k=1.0):
     kind = kind_of(x)
     y = empty_like_layout(kind, x)
     _core.local_response_norm_forward(
-        to_core(x), int(size), float(alpha), float(beta), float(k), to_core(y), kind.stream(x)
+        to_core(x), int_arg(size, "size"), float(alpha), float(beta), float(k), to_core(y), kind.stream(x)
     )
     return kind.wrap(y)
 
@@ -436,7 +438,7 @@ def local_response_norm_backward(dy, x, size, alpha=1e-4, beta=0.75, k=1.0):
     kind = kind_of(x)
     dx = empty_like_layout(kind, x)
     _core.local_response_norm_backward(
-        to_core(dy, "dy"), to_core(x), int(size), float(alpha), float(beta), float(k), to_core(dx),
+        to_core(dy, "dy"), to_core(x), int_arg(size, "size"), float(alpha), float(beta), float(k), to_core(dx),
         kind.stream(x),
     )
     return kind.wrap(dx)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 
 from normkit import functional as F
-from normkit._arrays import is_channels_last, kind_of, normalized_shape_tuple
+from normkit._arrays import int_arg, is_channels_last, kind_of, normalized_shape_tuple
 from normkit._momentum import batch_weight
 from normkit._sync import SyncIdentity, check_enabled
 
@@ -470,7 +470,7 @@ class LocalResponseNorm(Module):
 
     def __init__(self, size, alpha=1e-4, beta=0.75, k=1.0):
         super().__init__()
-        self.size, self.alpha, self.beta, self.k = int(size), float(alpha), float(beta), float(k)
+        self.size, self.alpha, self.beta, self.k = int_arg(size, "size"), float(alpha), float(beta), float(k)
         self._saved = None
 
     def forward(self, x):

@@ -7,7 +7,7 @@ from torch.autograd.function import once_differentiable
 from torch.autograd.graph import increment_version
 
 from normkit import functional as _F
-from normkit._arrays import is_channels_last, kind_of, normalized_shape_tuple
+from normkit._arrays import int_arg, is_channels_last, kind_of, normalized_shape_tuple
 
 __all__ = [
     "batch_instance_norm",
@@ -239,8 +239,8 @@ class _LocalResponseNorm(torch.autograd.Function):
 def local_response_norm(input, size, alpha=1e-4, beta=0.75, k=1.0):
     """Like ``torch.nn.functional.local_response_norm``."""
     if not _needs_autograd(input):
-        return _F.local_response_norm(input, int(size), float(alpha), float(beta), float(k))
-    return _LocalResponseNorm.apply(input, int(size), float(alpha), float(beta), float(k))
+        return _F.local_response_norm(input, int_arg(size, "size"), float(alpha), float(beta), float(k))
+    return _LocalResponseNorm.apply(input, int_arg(size, "size"), float(alpha), float(beta), float(k))
 
 
 class _WeightNorm(torch.autograd.Function):
