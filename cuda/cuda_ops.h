@@ -44,6 +44,9 @@ void copy_to_host(void* dst, const void* src, size_t bytes, void* stream);
 // float32 and float64 for other values.
 void fill(void* dst, DType dtype, int64_t count, double value, void* stream);
 
+// Copies `bytes` bytes of device memory to device memory (stream-ordered).
+void copy_on_device(void* dst, const void* src, size_t bytes, void* stream);
+
 // Copies any strided view into compact row-major memory `dst` (same dtype, same device).
 void contiguous_copy(const TensorView& src, void* dst, void* stream);
 

@@ -73,6 +73,12 @@ std::shared_ptr<void> allocate(size_t bytes, void* stream) {
   });
 }
 
+void copy_on_device(void* dst, const void* src, size_t bytes, void* stream) {
+  if (bytes == 0) return;
+  check_cuda(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, static_cast<cudaStream_t>(stream)),
+             "cudaMemcpyAsync(device to device)");
+}
+
 void copy_to_host(void* dst, const void* src, size_t bytes, void* stream) {
   cudaStream_t s = static_cast<cudaStream_t>(stream);
   check_cuda(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, s), "cudaMemcpyAsync(device to host)");

@@ -8,6 +8,7 @@
 #include <condition_variable>
 #include <cstdlib>
 #include <exception>
+#include <system_error>
 #include <memory>
 #include <mutex>
 #include <thread>
@@ -66,11 +67,14 @@ void spin_briefly(Pred&& pred, bool yield = false) {
   }
 }
 
+// More threads than this is a mistake (a typo, a count of something else), not a machine.
+constexpr int kMaxThreads = 1024;
+
 int default_threads() {
   for (const char* var : {"NORMKIT_NUM_THREADS", "OMP_NUM_THREADS"}) {
     if (const char* s = std::getenv(var)) {
       const int n = std::atoi(s);
-      if (n > 0) return n;
+      if (n > 0) return std::min(n, kMaxThreads);
     }
   }
   return std::max(1u, std::thread::hardware_concurrency());
@@ -81,17 +85,28 @@ int default_threads() {
 class ThreadPool {
  public:
   explicit ThreadPool(int workers) {
-    for (int i = 0; i < workers; ++i) threads_.emplace_back([this] { worker_loop(); });
+    try {
+      for (int i = 0; i < workers; ++i) threads_.emplace_back([this] { worker_loop(); });
+    } catch (const std::system_error& e) {
+      // The system would not start another thread (a pids or memory limit): stop the ones that
+      // started (a thrown constructor runs no destructor) and say so.
+      stop_all();
+      throw RuntimeError(concat("cannot start ", workers, " worker threads (", e.what(), "); set fewer with ",
+                                "normkit.set_num_threads or NORMKIT_NUM_THREADS"));
+    }
   }
-  ~ThreadPool() {
+  ~ThreadPool() { stop_all(); }
+  int workers() const { return int(threads_.size()); }
+
+  void stop_all() {
     {
       std::lock_guard<std::mutex> lock(mu_);
       stop_ = true;
     }
     wake_.notify_all();
     for (auto& t : threads_) t.join();
+    threads_.clear();
   }
-  int workers() const { return int(threads_.size()); }
 
   void run(int64_t chunks, const std::function<void(int64_t)>& chunk_fn) {
     std::lock_guard<std::mutex> serial(run_mu_);  // one job at a time from different callers
@@ -201,8 +216,10 @@ ThreadPool* pool_for(int threads) {
   static bool atfork_registered = (pthread_atfork(nullptr, nullptr, after_fork_in_child), true);
   (void)atfork_registered;
   if (!g_pool || g_pool->workers() != threads - 1) {
+    // The old pool goes only once the new one exists: a pool that cannot start leaves g_pool valid.
+    ThreadPool* fresh = new ThreadPool(threads - 1);
     delete g_pool;
-    g_pool = new ThreadPool(threads - 1);
+    g_pool = fresh;
   }
   return g_pool;
 }
@@ -216,7 +233,7 @@ int get_num_threads() {
 }
 
 void set_num_threads(int n) {
-  check_value(n >= 1, "set_num_threads: expected n >= 1, got ", n);
+  check_value(n >= 1 && n <= kMaxThreads, "set_num_threads: expected 1 <= n <= ", kMaxThreads, ", got ", n);
   std::lock_guard<std::mutex> lock(g_pool_mu);
   g_num_threads = n;
 }

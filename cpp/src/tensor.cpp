@@ -46,6 +46,21 @@ TensorView TensorView::from_dlpack(const dlpack::Tensor& t, const char* arg) {
   }
   v.data = static_cast<char*>(t.data) + t.byte_offset;
   v.shape.assign(t.shape, t.shape + t.ndim);
+  // Sizes whose element count does not fit int64 (no real array has them, a hand-made DLPack
+  // tensor can) would wrap every count and offset below.
+  bool empty = false;
+  for (int64_t d : v.shape) {
+    check_value(d >= 0, arg, ": expected sizes >= 0, got ", shape_str(v.shape));
+    empty = empty || d == 0;
+  }
+  if (!empty) {
+    int64_t n = 1;
+    for (int64_t d : v.shape) {
+      check_value(n <= (int64_t(1) << 62) / d, arg, ": expected fewer than 2^62 elements, got shape ",
+                  shape_str(v.shape));
+      n *= d;
+    }
+  }
   v.strides.resize(t.ndim);
   int64_t expected = 1;
   for (int i = t.ndim - 1; i >= 0; --i) {

@@ -1,16 +1,30 @@
 // The local communicator class and the Python-callback communicator (see communicator.h).
 #include "communicator.h"
 
+#include <string>
+
 namespace normkit::bindings {
+
+namespace {
+
+// obj.<name> as an int; a TypeError naming comm otherwise (not nanobind's bare bad_cast).
+int int_attribute(nb::handle obj, const char* name) {
+  int value = 0;
+  if (!nb::try_cast(obj.attr(name), value))
+    throw TypeError(concat("comm: expected an int ", name, ", got ", nb::str(obj.attr(name).type()).c_str()));
+  return value;
+}
+
+}  // namespace
 
 int PythonCommunicator::rank() const {
   nb::gil_scoped_acquire gil;
-  return nb::cast<int>(obj_.attr("rank"));
+  return int_attribute(obj_, "rank");
 }
 
 int PythonCommunicator::size() const {
   nb::gil_scoped_acquire gil;
-  return nb::cast<int>(obj_.attr("size"));
+  return int_attribute(obj_, "size");
 }
 
 void PythonCommunicator::allreduce_sum(void* data, int64_t count, DType dtype, Device device, void*) {
@@ -30,8 +44,16 @@ void PythonCommunicator::allreduce_sum(void* data, int64_t count, DType dtype, D
 }
 
 Communicator& communicator_of(nb::handle comm, std::optional<PythonCommunicator>& holder) {
-  if (nb::hasattr(comm, "_nk_handle"))
-    return *reinterpret_cast<Communicator*>(nb::cast<uintptr_t>(comm.attr("_nk_handle")));
+  if (nb::hasattr(comm, "_nk_handle")) {
+    // The address of a C++ object: taken from normkit's own communicator classes only, so that a
+    // stray attribute of that name cannot hand the core an arbitrary pointer.
+    const std::string module = nb::str(comm.type().attr("__module__")).c_str();
+    uintptr_t handle = 0;
+    if (module.rfind("normkit.", 0) != 0 || !nb::try_cast(comm.attr("_nk_handle"), handle) || handle == 0)
+      throw TypeError(concat("comm: expected a normkit communicator or an object with rank, size and allreduce(array), "
+                             "got ", nb::str(comm.type()).c_str(), " with an _nk_handle attribute"));
+    return *reinterpret_cast<Communicator*>(handle);
+  }
   if (!(nb::hasattr(comm, "allreduce") && nb::hasattr(comm, "rank") && nb::hasattr(comm, "size")))
     throw TypeError(concat("comm: expected a communicator (rank, size, allreduce(array)), got ",
                            nb::str(comm.type()).c_str()));

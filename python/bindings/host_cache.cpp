@@ -27,10 +27,19 @@ nb::object empty_cached(const std::vector<int64_t>& shape, const std::string& dt
   const nb::dlpack::dtype dt = dlpack_dtype(dtype);
   std::vector<size_t> dims;
   size_t count = 1;
+  // Byte counts past 2^62 are no allocation a machine can make, and keep the product from wrapping.
+  constexpr size_t kMaxBytes = size_t(1) << 62;
   for (int64_t d : shape) {
     check_value(d >= 0, "shape: expected sizes >= 0, got ", shape_str(shape));
     dims.push_back(size_t(d));
-    count *= size_t(d);
+  }
+  for (size_t d : dims) {
+    if (d == 0) {
+      count = 0;
+      break;
+    }
+    check_value(count <= kMaxBytes / 8 / d, "shape: expected an array of at most 2^62 bytes, got ", shape_str(shape));
+    count *= d;
   }
   const size_t bytes = count * dt.bits / 8;
   auto* block = new Block{host_cache_acquire(bytes), bytes};

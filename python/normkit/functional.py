@@ -63,6 +63,16 @@ def _leading(shape, normalized_shape):
     return tuple(shape[: len(shape) - k]) if len(shape) >= k else ()
 
 
+def _grad_shape(normalized_shape, x_shape):
+    """The shape of dweight/dbias: normalized_shape when it is x's trailing dims, the only one the core
+    accepts; an empty placeholder otherwise, so that the core raises its error about normalized_shape
+    before a huge normalized_shape becomes a huge allocation."""
+    k = len(normalized_shape)
+    if 0 < k <= len(x_shape) and tuple(x_shape[len(x_shape) - k:]) == tuple(normalized_shape):
+        return normalized_shape
+    return (0,)
+
+
 def _dtype_name(a):
     return kind_of(a).dtype_name(a)
 
@@ -107,8 +117,9 @@ def layer_norm_backward(dy, x, normalized_shape, mean, rstd, weight=None, output
     xs, dt = kind.shape(x), kind.dtype_name(x)
     pdt = _dtype_name(weight) if weight is not None else dt
     dx = kind.empty(xs, dt, x) if output_mask[0] else None
-    dw = kind.empty(shape, pdt, x) if output_mask[1] and weight is not None else None
-    db = kind.empty(shape, bias_dtype or pdt, x) if output_mask[2] else None
+    gs = _grad_shape(shape, xs)
+    dw = kind.empty(gs, pdt, x) if output_mask[1] and weight is not None else None
+    db = kind.empty(gs, bias_dtype or pdt, x) if output_mask[2] else None
     _core.layer_norm_backward(
         to_core(dy, "dy"), to_core(x), shape, to_core(mean, "mean"), to_core(rstd, "rstd"),
         to_core(weight, "weight"), to_core(dx), to_core(dw), to_core(db), kind.stream(x),
@@ -148,7 +159,7 @@ def rms_norm_backward(dy, x, normalized_shape, rstd, weight=None, output_mask=(T
     shape = normalized_shape_tuple(normalized_shape)
     xs, dt = kind.shape(x), kind.dtype_name(x)
     dx = kind.empty(xs, dt, x) if output_mask[0] else None
-    dw = kind.empty(shape, _dtype_name(weight), x) if output_mask[1] and weight is not None else None
+    dw = kind.empty(_grad_shape(shape, xs), _dtype_name(weight), x) if output_mask[1] and weight is not None else None
     _core.rms_norm_backward(
         to_core(dy, "dy"), to_core(x), shape, to_core(rstd, "rstd"), to_core(weight, "weight"),
         to_core(dx), to_core(dw), kind.stream(x),
@@ -255,9 +266,13 @@ def group_norm_forward(x, num_groups, weight=None, bias=None, eps=1e-5):
     """GroupNorm over x = [N, C, *]; returns ``(y, mean, rstd)`` shaped [N, num_groups]."""
     kind = kind_of(x)
     shape = kind.shape(x)
-    y, sm, sr = _channel_outputs(kind, x, (shape[0] if shape else 0, int(num_groups)))
+    groups = int_arg(num_groups, "num_groups")
+    # Statistics of that shape only for a num_groups the core can accept (it raises otherwise): a
+    # huge num_groups must not become a huge allocation first.
+    stat_groups = groups if 1 <= groups <= (shape[1] if len(shape) > 1 else 0) else 0
+    y, sm, sr = _channel_outputs(kind, x, (shape[0] if shape else 0, stat_groups))
     _core.group_norm_forward(
-        to_core(x), int(num_groups), to_core(weight, "weight"), to_core(bias, "bias"), float(eps),
+        to_core(x), groups, to_core(weight, "weight"), to_core(bias, "bias"), float(eps),
         to_core(y), to_core(sm), to_core(sr), kind.stream(x),
     )
     return kind.wrap(y), kind.wrap(sm), kind.wrap(sr)
@@ -274,7 +289,7 @@ def group_norm_backward(dy, x, num_groups, mean, rstd, weight=None, output_mask=
     kind = kind_of(x)
     dx, dw, db = _channel_grads(kind, x, weight, output_mask, bias_dtype)
     _core.group_norm_backward(
-        to_core(dy, "dy"), to_core(x), int(num_groups), to_core(mean, "mean"), to_core(rstd, "rstd"),
+        to_core(dy, "dy"), to_core(x), int_arg(num_groups, "num_groups"), to_core(mean, "mean"), to_core(rstd, "rstd"),
         to_core(weight, "weight"), to_core(dx), to_core(dw), to_core(db), kind.stream(x),
     )
     return tuple(None if a is None else kind.wrap(a) for a in (dx, dw, db))
@@ -560,7 +575,7 @@ def spectral_norm_forward(w, u, v, n_power_iterations=1, eps=1e-12, dim=0, train
     y = kind.empty(ws, dt, w)
     sigma = kind.empty((), acc_dtype_name(dt), w)
     _core.spectral_norm_forward(
-        to_core(w, "w"), to_core(u, "u"), to_core(v, "v"), _spectral_norm_dim(dim), int(n_power_iterations),
+        to_core(w, "w"), to_core(u, "u"), to_core(v, "v"), _spectral_norm_dim(dim), int_arg(n_power_iterations, "n_power_iterations"),
         float(eps), bool(training), bool(check_sigma), to_core(y, "y"), to_core(sigma, "sigma"), kind.stream(w),
     )
     return kind.wrap(y), kind.wrap(sigma)
@@ -577,7 +592,7 @@ def spectral_norm_power_iteration(w, u, v, n_power_iterations=1, eps=1e-12, dim=
     steps when it registers the parametrization) and returns ``(u, v)``."""
     kind = kind_of(w, "w")
     _core.spectral_norm_forward(
-        to_core(w, "w"), to_core(u, "u"), to_core(v, "v"), _spectral_norm_dim(dim), int(n_power_iterations),
+        to_core(w, "w"), to_core(u, "u"), to_core(v, "v"), _spectral_norm_dim(dim), int_arg(n_power_iterations, "n_power_iterations"),
         float(eps), True, bool(check_sigma), None, None, kind.stream(w),
     )
     return u, v

@@ -625,7 +625,7 @@ class SpectralNorm(Module):
         if not -nd <= dim < nd:
             raise ValueError(f"dim: expected a dimension in [{-nd}, {nd - 1}] for weight of shape {w.shape}, "
                              f"got {dim}")
-        if int(n_power_iterations) < 1:
+        if int_arg(n_power_iterations, "n_power_iterations") < 1:
             raise ValueError(f"n_power_iterations: expected a positive number, got {n_power_iterations}")
         self.dim, self.n_power_iterations, self.eps = dim % nd, int(n_power_iterations), float(eps)
         h = w.shape[self.dim]

@@ -207,3 +207,33 @@ def test_bad_arguments_raise_before_any_communication():
     with pytest.raises(ValueError, match="x: expected at least 2 dimensions"):
         F.sync_batch_norm_forward(np.ones(3, np.float32), comm=counting)
     assert counting.calls == 0
+
+
+def _x_and_stats():
+    x = np.ones((2, 3), np.float32) + np.arange(2, dtype=np.float32)[:, None]
+    _, mean, rstd = F.sync_batch_norm_forward(x, comm=COMM)
+    return x, mean, rstd
+
+
+@multi_process
+def test_backward_mismatch_raises_everywhere_and_writes_no_gradient():
+    """The gradients of a backward whose check fails are not written (they are cast from this
+    process's sums only once the check has passed)."""
+    from normkit import _core
+
+    x, mean, rstd = _x_and_stats()
+    dx, dw, db = (np.full(s, 7.0, np.float32) for s in (x.shape, 3, 3))
+    with pytest.raises(ValueError, match="disagree on the call"):
+        _core.sync_batch_norm_backward(x, x, mean, rstd, np.ones(3, np.float32), COMM, (5, 10 + RANK % 2), dx, dw, db)
+    for g in (dx, dw, db):
+        np.testing.assert_array_equal(g, np.full(g.shape, 7.0, np.float32))
+
+
+def test_check_agrees_for_call_numbers_of_a_long_run():
+    """Call numbers far past 2^26 (a long training run) agree on every process: no false mismatch."""
+    x = np.ones((2, 3), np.float32) + np.arange(2, dtype=np.float32)[:, None]
+    for call in (2**26 - 1, 3 * 2**26 + 5, 2**40 + 7):
+        y, _, _ = F.sync_batch_norm_forward(x, comm=COMM, check=(2**33 + 1, call))
+        assert np.isfinite(y).all()
+        F.sync_batch_norm_backward(x, x, *F.sync_batch_norm_forward(x, comm=COMM, check=(7, call))[1:], comm=COMM,
+                                   check=(7, call))

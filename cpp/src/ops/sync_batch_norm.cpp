@@ -123,6 +123,19 @@ void dx_coefficients(const Device& d, const double* payload, int64_t C, const Op
   });
 }
 
+// n float64 values from src to dst, both on d.
+void copy_values(const Device& d, double* dst, const double* src, int64_t n, void* stream) {
+  if (on_cpu(d)) {
+    std::memcpy(dst, src, size_t(n) * sizeof(double));
+    return;
+  }
+#if defined(NORMKIT_WITH_CUDA)
+  cuda::copy_on_device(dst, src, size_t(n) * sizeof(double), stream);
+#else
+  (void)stream;
+#endif
+}
+
 // n payload values at `src` on the host (waits for the device on CUDA).
 void read_to_host(const Device& d, double* dst, const double* src, int64_t n, void* stream) {
   if (on_cpu(d)) {
@@ -256,17 +269,19 @@ void sync_batch_norm_backward(const TensorView& dy, const TensorView& x, const T
   const int64_t size = detail::sync_backward_payload_size(C, check.enabled);
   auto payload_hold = ops::device_buffer(d, size_t(size) * sizeof(double), stream);
   auto* payload = static_cast<double*>(payload_hold.get());
-  // This process's sums of dy and dy * xhat, straight into the payload (validates dy, x, the saved
-  // statistics and weight).
+  // This process's sums of dy and dy * xhat [sum_dy[C], sum_dy_xhat[C]] (validates dy, x, the saved
+  // statistics and weight), copied into the payload: the all-reduce sums the payload in place, and
+  // these local sums are this process's dbias and dweight, written only once the check has passed.
+  auto local_hold = ops::device_buffer(d, 2 * size_t(C) * sizeof(double), stream);
+  auto* local = static_cast<double*>(local_hold.get());
   batch_norm_backward(dys, xs, save_mean, save_rstd, weight, false, std::nullopt,
-                      vector_view(payload + 1 + C, DType::Float64, d, C), vector_view(payload + 1, DType::Float64, d, C),
-                      stream);
-  // Those sums are also this process's dweight and dbias.
-  if (dweight) cast_to(d, payload + 1 + C, C, *dweight, stream);
-  if (dbias) cast_to(d, payload + 1, C, *dbias, stream);
+                      vector_view(local + C, DType::Float64, d, C), vector_view(local, DType::Float64, d, C), stream);
+  copy_values(d, payload + 1, local, 2 * C, stream);
   const SyncHeader h = make_header(local_count, check, C, 1 + 2 * C);
   write_header(d, h, payload, stream);
   allreduce_and_check(comm, d, payload, size, h, "backward", false, stream);
+  if (dweight) cast_to(d, local + C, C, *dweight, stream);
+  if (dbias) cast_to(d, local, C, *dbias, stream);
 
   std::shared_ptr<void> weight_copy;
   const OptTensor w = ops::compact_param(weight, weight_copy, stream);

@@ -142,8 +142,8 @@ def instance_norm(input, running_mean=None, running_var=None, weight=None, bias=
 def group_norm(input, num_groups, weight=None, bias=None, eps=1e-5):
     """Like ``torch.nn.functional.group_norm``."""
     if not _needs_autograd(input, weight, bias):
-        return _F.group_norm(input, int(num_groups), weight, bias, float(eps))
-    num_groups, eps = int(num_groups), float(eps)
+        return _F.group_norm(input, num_groups, weight, bias, float(eps))
+    num_groups, eps = int_arg(num_groups, "num_groups"), float(eps)
     return _AffineNorm.apply(
         input, weight, bias,
         lambda x, w, b: _F.group_norm_forward(x, num_groups, w, b, eps),
@@ -311,10 +311,10 @@ def spectral_norm(weight, u, v, n_power_iterations=1, eps=1e-12, dim=0, training
     are constants. As in torch, a zero sigma gives inf/nan (no check, which would synchronize CUDA)."""
     dim = 0 if dim is None else int(dim)
     if not _needs_autograd(weight):
-        y = _F.spectral_norm_forward(weight, u, v, int(n_power_iterations), float(eps), dim, bool(training),
+        y = _F.spectral_norm_forward(weight, u, v, int_arg(n_power_iterations, "n_power_iterations"), float(eps), dim, bool(training),
                                      check_sigma=False)[0]
     else:
-        y = _SpectralNorm.apply(weight, u, v, dim, int(n_power_iterations), float(eps), bool(training))
+        y = _SpectralNorm.apply(weight, u, v, dim, int_arg(n_power_iterations, "n_power_iterations"), float(eps), bool(training))
     if training:
         # written through DLPack: tell autograd, as torch's in-place update (out=_u) does
         increment_version((u, v))

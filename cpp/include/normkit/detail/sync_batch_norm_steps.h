@@ -18,11 +18,16 @@ constexpr int64_t kSyncCheckValues = 6;
 inline int64_t sync_forward_payload_size(int64_t C, bool check) { return 1 + 3 * C + (check ? kSyncCheckValues : 0); }
 inline int64_t sync_backward_payload_size(int64_t C, bool check) { return 1 + 2 * C + (check ? kSyncCheckValues : 0); }
 
-// Mismatch detection through a sum: each process adds v and v^2 for v in (layer id, call, channels).
-// After the sum, all W processes agree on v iff W * sum(v^2) == sum(v)^2 (Cauchy-Schwarz), exact in
-// float64 for integers below 2^26; every process evaluates the same sums, so all raise or none does.
+// Mismatch detection through a sum: each process adds v and v^2 for v in (layer id, call, channels),
+// each taken modulo 2^20. After the sum, all W processes agree on v iff W * sum(v^2) == sum(v)^2
+// (Cauchy-Schwarz); with v < 2^20 every term stays below W * 2^40, exact in float64 up to 8192
+// processes however long training runs (the call counter grows without bound). Values that differ
+// by a multiple of 2^20 pass unnoticed: processes out of step differ by a few calls, not a million.
+// Every process evaluates the same sums, so all raise or none does.
+constexpr int64_t kSyncCheckModulus = int64_t(1) << 20;
 inline void sync_check_values(double* out, int64_t layer_id, int64_t call, int64_t channels) {
-  const double v[3] = {double(layer_id), double(call), double(channels)};
+  auto reduced = [](int64_t v) { return double(((v % kSyncCheckModulus) + kSyncCheckModulus) % kSyncCheckModulus); };
+  const double v[3] = {reduced(layer_id), reduced(call), reduced(channels)};
   for (int i = 0; i < 3; ++i) {
     out[2 * i] = v[i];
     out[2 * i + 1] = v[i] * v[i];
