@@ -74,3 +74,15 @@ def test_counts_must_be_ints(value):
     w, u, v = np.ones((3, 4)), np.ones(3), np.ones(4)
     with pytest.raises(TypeError, match="n_power_iterations: expected an int"):
         F.spectral_norm(w, u, v, n_power_iterations=value)
+
+
+def test_read_only_running_statistics_are_a_value_error_naming_them():
+    x = np.random.default_rng(0).normal(size=(4, 3, 5)).astype(np.float32)
+    rm, rv = np.zeros(3, np.float32), np.ones(3, np.float32)
+    rm.flags.writeable = False
+    with pytest.raises(ValueError, match="running_mean: expected a writable array"):
+        F.batch_norm_forward(x, rm, rv, training=True)
+    u = np.ones(3)
+    u.flags.writeable = False
+    with pytest.raises(ValueError, match="u: expected a writable array"):
+        F.spectral_norm(np.ones((3, 4)), u, np.ones(4))

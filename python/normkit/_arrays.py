@@ -177,11 +177,17 @@ def kind_of(x, arg: str = "x"):
     )
 
 
-def to_core(x, arg: str = "x"):
+def to_core(x, arg: str = "x", written: bool = False):
     """What the extension accepts for x: NumPy arrays as they are, torch tensors as a DLPack capsule
     (detached: the autograd graph is the torch adapter's business), None as None. Called for every
-    argument of every op, so the common cases come first."""
-    if x is None or type(x) is np.ndarray:
+    argument of every op, so the common cases come first. `written`: the op updates x in place
+    (running statistics, power-iteration vectors), so a read-only NumPy array is a ValueError naming
+    `arg` (the extension would only say that no overload matched)."""
+    if x is None:
+        return x
+    if type(x) is np.ndarray:
+        if written and not x.flags.writeable:
+            raise ValueError(f"{arg}: expected a writable array (it is updated in place), got a read-only one")
         return x
     torch = sys.modules.get("torch")
     if torch is not None and isinstance(x, torch.Tensor):

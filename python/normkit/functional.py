@@ -73,6 +73,11 @@ def _grad_shape(normalized_shape, x_shape):
     return (0,)
 
 
+def _in_place(a, arg):
+    """to_core for an argument the op updates in place (a read-only NumPy array is a ValueError)."""
+    return to_core(a, arg, written=True)
+
+
 def _dtype_name(a):
     return kind_of(a).dtype_name(a)
 
@@ -201,7 +206,7 @@ def batch_norm_forward(x, running_mean, running_var, weight=None, bias=None, tra
     kind = kind_of(x)
     y, sm, sr = _channel_outputs(kind, x, (_channels(kind, x),))
     _core.batch_norm_forward(
-        to_core(x), to_core(running_mean, "running_mean"), to_core(running_var, "running_var"),
+        to_core(x), _in_place(running_mean, "running_mean"), _in_place(running_var, "running_var"),
         to_core(weight, "weight"), to_core(bias, "bias"), bool(training), float(momentum), float(eps),
         to_core(y), to_core(sm), to_core(sr), kind.stream(x),
     )
@@ -236,7 +241,7 @@ def instance_norm_forward(x, running_mean=None, running_var=None, weight=None, b
     saved = tuple(shape[:2]) if use_input_stats else (_channels(kind, x),)
     y, sm, sr = _channel_outputs(kind, x, saved)
     _core.instance_norm_forward(
-        to_core(x), to_core(running_mean, "running_mean"), to_core(running_var, "running_var"),
+        to_core(x), _in_place(running_mean, "running_mean"), _in_place(running_var, "running_var"),
         to_core(weight, "weight"), to_core(bias, "bias"), bool(use_input_stats), float(momentum), float(eps),
         to_core(y), to_core(sm), to_core(sr), kind.stream(x),
     )
@@ -323,7 +328,7 @@ def batch_instance_norm_forward(x, rho, running_mean, running_var, weight=None, 
     mi, si = kind.empty(nc, acc, x), kind.empty(nc, acc, x)
     _core.batch_instance_norm_forward(
         to_core(x), to_core(rho, "rho"), to_core(weight, "weight"), to_core(bias, "bias"),
-        to_core(running_mean, "running_mean"), to_core(running_var, "running_var"), bool(training),
+        _in_place(running_mean, "running_mean"), _in_place(running_var, "running_var"), bool(training),
         float(momentum), float(eps), to_core(y), to_core(mb), to_core(sb), to_core(mi), to_core(si),
         kind.stream(x),
     )
@@ -392,8 +397,8 @@ def switchable_norm_forward(x, mean_weight, var_weight, running_mean, running_va
     saved = kind.empty((4 * n * c + 2 * n + 2 * c,), acc, x)
     _core.switchable_norm_forward(
         to_core(x), to_core(mean_weight, "mean_weight"), to_core(var_weight, "var_weight"),
-        to_core(weight, "weight"), to_core(bias, "bias"), to_core(running_mean, "running_mean"),
-        to_core(running_var, "running_var"), bool(training), float(momentum), float(eps), to_core(y),
+        to_core(weight, "weight"), to_core(bias, "bias"), _in_place(running_mean, "running_mean"),
+        _in_place(running_var, "running_var"), bool(training), float(momentum), float(eps), to_core(y),
         to_core(saved), kind.stream(x),
     )
     return kind.wrap(y), kind.wrap(saved)
@@ -529,7 +534,7 @@ def sync_batch_norm_forward(x, running_mean=None, running_var=None, weight=None,
     kind = kind_of(x)
     y, sm, sr = _channel_outputs(kind, x, (_channels(kind, x),))
     _core.sync_batch_norm_forward(
-        to_core(x), to_core(running_mean, "running_mean"), to_core(running_var, "running_var"),
+        to_core(x), _in_place(running_mean, "running_mean"), _in_place(running_var, "running_var"),
         to_core(weight, "weight"), to_core(bias, "bias"), float(momentum), float(eps), _communicator(comm),
         check, to_core(y), to_core(sm), to_core(sr), kind.stream(x),
     )
@@ -575,7 +580,8 @@ def spectral_norm_forward(w, u, v, n_power_iterations=1, eps=1e-12, dim=0, train
     y = kind.empty(ws, dt, w)
     sigma = kind.empty((), acc_dtype_name(dt), w)
     _core.spectral_norm_forward(
-        to_core(w, "w"), to_core(u, "u"), to_core(v, "v"), _spectral_norm_dim(dim), int_arg(n_power_iterations, "n_power_iterations"),
+        to_core(w, "w"), _in_place(u, "u"), _in_place(v, "v"), _spectral_norm_dim(dim),
+        int_arg(n_power_iterations, "n_power_iterations"),
         float(eps), bool(training), bool(check_sigma), to_core(y, "y"), to_core(sigma, "sigma"), kind.stream(w),
     )
     return kind.wrap(y), kind.wrap(sigma)
@@ -592,7 +598,8 @@ def spectral_norm_power_iteration(w, u, v, n_power_iterations=1, eps=1e-12, dim=
     steps when it registers the parametrization) and returns ``(u, v)``."""
     kind = kind_of(w, "w")
     _core.spectral_norm_forward(
-        to_core(w, "w"), to_core(u, "u"), to_core(v, "v"), _spectral_norm_dim(dim), int_arg(n_power_iterations, "n_power_iterations"),
+        to_core(w, "w"), _in_place(u, "u"), _in_place(v, "v"), _spectral_norm_dim(dim),
+        int_arg(n_power_iterations, "n_power_iterations"),
         float(eps), True, bool(check_sigma), None, None, kind.stream(w),
     )
     return u, v
@@ -627,7 +634,7 @@ def mean_only_batch_norm_forward(x, running_mean, bias=None, training=False, mom
     y = empty_like_layout(kind, x)
     sm = kind.empty((_channels(kind, x),), acc, x)
     _core.mean_only_batch_norm_forward(
-        to_core(x), to_core(running_mean, "running_mean"), to_core(bias, "bias"), bool(training), float(momentum),
+        to_core(x), _in_place(running_mean, "running_mean"), to_core(bias, "bias"), bool(training), float(momentum),
         to_core(y), to_core(sm), kind.stream(x),
     )
     return kind.wrap(y), kind.wrap(sm)

@@ -310,11 +310,11 @@ def spectral_norm(weight, u, v, n_power_iterations=1, eps=1e-12, dim=0, training
     ``sigma = u^T W v`` on ``W = weight.movedim(dim, 0).flatten(1)``. The gradient is torch's: u and v
     are constants. As in torch, a zero sigma gives inf/nan (no check, which would synchronize CUDA)."""
     dim = 0 if dim is None else int(dim)
+    iterations = int_arg(n_power_iterations, "n_power_iterations")
     if not _needs_autograd(weight):
-        y = _F.spectral_norm_forward(weight, u, v, int_arg(n_power_iterations, "n_power_iterations"), float(eps), dim, bool(training),
-                                     check_sigma=False)[0]
+        y = _F.spectral_norm_forward(weight, u, v, iterations, float(eps), dim, bool(training), check_sigma=False)[0]
     else:
-        y = _SpectralNorm.apply(weight, u, v, dim, int_arg(n_power_iterations, "n_power_iterations"), float(eps), bool(training))
+        y = _SpectralNorm.apply(weight, u, v, dim, iterations, float(eps), bool(training))
     if training:
         # written through DLPack: tell autograd, as torch's in-place update (out=_u) does
         increment_version((u, v))
