@@ -211,17 +211,23 @@ void backward(const RowNormBackwardArgs& a) {
   });
   if (!want_params) return;
 
-  // Column-wise sum of the block partials in block order.
+  // Column-wise sum of the block partials in block order. The blocks go in the outer loop, so each
+  // pass reads a block's row of partials in address order (vectorized); a column at a time read
+  // them with a stride of a whole row, one cache line per value, which cost as much as the dx pass
+  // (LayerNorm [2048,1024] backward: 1.27 ms with the parameter gradients, 0.51 ms without). Each
+  // column still adds its blocks in order, from zero: the same sums.
   auto reduce_into = [&](const std::vector<A>& part, void* out, DType out_dtype) {
     dispatch_float(out_dtype, [&](auto tag) {
       using P = decltype(tag);
       P* o = static_cast<P*>(out);
       parallel_for(n, std::max<int64_t>(1024, kTaskElements / blocks), [&](int64_t c0, int64_t c1) {
-        for (int64_t c = c0; c < c1; ++c) {
-          A s = 0;
-          for (int64_t blk = 0; blk < blocks; ++blk) s += part[size_t(blk * n + c)];
-          o[c] = store<P>(s);
+        std::vector<A> s(size_t(c1 - c0), A(0));
+        for (int64_t blk = 0; blk < blocks; ++blk) {
+          const A* row = part.data() + blk * n + c0;
+#pragma omp simd
+          for (int64_t c = 0; c < c1 - c0; ++c) s[size_t(c)] += row[c];
         }
+        for (int64_t c = c0; c < c1; ++c) o[c] = store<P>(s[size_t(c - c0)]);
       });
     });
   };
