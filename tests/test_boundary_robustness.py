@@ -86,3 +86,31 @@ def test_read_only_running_statistics_are_a_value_error_naming_them():
     u.flags.writeable = False
     with pytest.raises(ValueError, match="u: expected a writable array"):
         F.spectral_norm(np.ones((3, 4)), u, np.ones(4))
+
+
+def test_outputs_that_alias_an_input_or_each_other_are_a_value_error():
+    """An op reads its inputs while it writes its outputs: aliased arrays would give silently wrong
+    values, so they are rejected before anything is written."""
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(2, 6, 5)).astype(np.float32)
+    snap = x.copy()
+    with pytest.raises(ValueError, match="y: expected an output that shares no memory with x"):
+        _core.local_response_norm_forward(x, 3, 1e-4, 0.75, 1.0, x)
+    s = np.empty(2, np.float32)
+    with pytest.raises(ValueError, match="mean: expected an output that shares no memory with rstd"):
+        _core.layer_norm_forward(x.reshape(2, 30), (30,), None, None, 1e-5, np.empty((2, 30), np.float32), s, s)
+    buf = np.zeros(6, np.float32)
+    with pytest.raises(ValueError, match="save_mean: expected an output that shares no memory with running_mean"):
+        _core.batch_norm_forward(x, buf, np.ones(6, np.float32), None, None, True, 0.1, 1e-5,
+                                 np.empty_like(x), buf, np.empty(6, np.float32))
+    shifted = np.empty(x.size + 1, np.float32)
+    with pytest.raises(ValueError, match="y: expected an output that shares no memory with x"):
+        src = shifted[1:].reshape(x.shape)
+        src[...] = x
+        _core.batch_norm_forward(src, None, None, None, None, True, 0.1, 1e-5, shifted[:-1].reshape(x.shape),
+                                 np.empty(6, np.float32), np.empty(6, np.float32))
+    u = np.ones(3)
+    with pytest.raises(ValueError, match="u: expected an output that shares no memory with v"):
+        F.spectral_norm(np.ones((3, 3)), u, u)
+    np.testing.assert_array_equal(x, snap)
+    np.testing.assert_array_equal(buf, np.zeros(6, np.float32))

@@ -126,6 +126,38 @@ std::shared_ptr<void> device_buffer(const Device& device, size_t bytes, void* st
   return holder;
 }
 
+namespace {
+
+// [lo, hi) bytes a view touches; lo == hi for an empty one.
+std::pair<uintptr_t, uintptr_t> byte_range(const TensorView& t) {
+  const auto base = reinterpret_cast<uintptr_t>(t.data);
+  if (t.numel() == 0) return {base, base};
+  int64_t lo = 0, hi = 0;  // element offsets of the extreme elements
+  for (int i = 0; i < t.ndim(); ++i) {
+    const int64_t span = (t.shape[i] - 1) * t.strides[i];
+    (span < 0 ? lo : hi) += span;
+  }
+  const int64_t elem = dtype_size(t.dtype);
+  return {base + uintptr_t(lo * elem), base + uintptr_t((hi + 1) * elem)};
+}
+
+}  // namespace
+
+void check_no_overlap(std::initializer_list<Named> outputs, std::initializer_list<Named> inputs) {
+  auto check_pair = [](const Named& out, const Named& other) {
+    if (!out.view || !other.view || out.view->device != other.view->device) return;
+    const auto [a0, a1] = byte_range(*out.view);
+    const auto [b0, b1] = byte_range(*other.view);
+    const bool disjoint = a0 == a1 || b0 == b1 || a1 <= b0 || b1 <= a0;
+    check_value(disjoint, out.arg, ": expected an output that shares no memory with ", other.arg,
+                ", got overlapping arrays");
+  };
+  for (auto o = outputs.begin(); o != outputs.end(); ++o) {
+    for (auto p = o + 1; p != outputs.end(); ++p) check_pair(*o, *p);
+    for (const Named& in : inputs) check_pair(*o, in);
+  }
+}
+
 void fill(const TensorView& t, double value, void* stream) {
   const int64_t n = t.numel();
   if (n == 0) return;

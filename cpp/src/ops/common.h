@@ -1,6 +1,7 @@
 // Shared by every op's validate-then-dispatch entry: argument checks with messages that name the
 // argument, the device scope, and the row view of an input.
 #pragma once
+#include <initializer_list>
 #include <memory>
 
 #include "normkit/error.h"
@@ -70,6 +71,21 @@ std::shared_ptr<void> device_buffer(const Device& device, size_t bytes, void* st
 
 // A compact row-major copy of any view, on the view's device (host or device memory).
 std::shared_ptr<void> compact_copy(const TensorView& t, void* stream);
+
+// An argument for check_no_overlap: a view (null when absent) and its name.
+struct Named {
+  const TensorView* view;
+  const char* arg;
+};
+inline Named named(const TensorView& t, const char* arg) { return {&t, arg}; }
+inline Named named(const OptTensor& t, const char* arg) { return {t ? &*t : nullptr, arg}; }
+inline Named named(const TensorView* t, const char* arg) { return {t, arg}; }
+
+// Every output (anything the op writes, running statistics included) must share no memory with any
+// other argument: an op reads its inputs after it has begun writing, so an aliased output gives
+// silently wrong values. Byte ranges are compared (a conservative test: interleaved views of one
+// buffer count as overlapping). ValueError naming both arguments.
+void check_no_overlap(std::initializer_list<Named> outputs, std::initializer_list<Named> inputs);
 
 // Sets every element of a contiguous output to `value` (0 for any float dtype; other values for
 // float32/float64 outputs, i.e. statistics in the accumulation dtype).

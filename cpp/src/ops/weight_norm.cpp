@@ -68,6 +68,8 @@ void weight_norm_forward(const TensorView& v, const TensorView& g, int64_t dim, 
   check_compact_like_v(w, "w", v);
   check_param_output(norms, "norms", v, dim, acc_dtype(v.dtype));
 
+  ops::check_no_overlap({ops::named(w, "w"), ops::named(norms, "norms")},
+                        {ops::named(v, "v"), ops::named(g, "g")});
   const WeightNormShape shape = shape_of(v, dim);
   if (shape.D == 0) return;  // rows of no values still get their norm (0)
   ops::DeviceScope scope(v.device);
@@ -98,6 +100,8 @@ void weight_norm_backward(const TensorView& dw, const TensorView& v, const Tenso
   check_compact_like_v(dv, "dv", v);
   check_param_output(dg, "dg", v, dim, v.dtype);
 
+  ops::check_no_overlap({ops::named(dv, "dv"), ops::named(dg, "dg")},
+                        {ops::named(dw, "dw"), ops::named(v, "v"), ops::named(g, "g"), ops::named(norms, "norms")});
   const WeightNormShape shape = shape_of(v, dim);
   if (shape.D == 0) return;  // rows of no values still get their norm (0)
   ops::DeviceScope scope(v.device);
