@@ -123,28 +123,20 @@ void dx_coefficients(const Device& d, const double* payload, int64_t C, const Op
   });
 }
 
-// n float64 values from src to dst, both on d.
-void copy_values(const Device& d, double* dst, const double* src, int64_t n, void* stream) {
+// n float64 values from src (on d) to dst: on d too, or on the host when `to_host` (which then waits
+// for the device on CUDA).
+void copy_values(const Device& d, double* dst, const double* src, int64_t n, bool to_host, void* stream) {
   if (on_cpu(d)) {
     std::memcpy(dst, src, size_t(n) * sizeof(double));
     return;
   }
 #if defined(NORMKIT_WITH_CUDA)
-  cuda::copy_on_device(dst, src, size_t(n) * sizeof(double), stream);
+  if (to_host)
+    cuda::copy_to_host(dst, src, size_t(n) * sizeof(double), stream);
+  else
+    cuda::copy_on_device(dst, src, size_t(n) * sizeof(double), stream);
 #else
-  (void)stream;
-#endif
-}
-
-// n payload values at `src` on the host (waits for the device on CUDA).
-void read_to_host(const Device& d, double* dst, const double* src, int64_t n, void* stream) {
-  if (on_cpu(d)) {
-    std::memcpy(dst, src, size_t(n) * sizeof(double));
-    return;
-  }
-#if defined(NORMKIT_WITH_CUDA)
-  cuda::copy_to_host(dst, src, size_t(n) * sizeof(double), stream);
-#else
+  (void)to_host;
   (void)stream;
 #endif
 }
@@ -171,7 +163,7 @@ double allreduce_and_check(Communicator& comm, const Device& d, double* payload,
   if (h.check_offset >= 0) {
     comm.allreduce_sum(payload + h.check_offset, detail::kSyncCheckValues, DType::Float64, d, stream);
     double summed[detail::kSyncCheckValues];
-    read_to_host(d, summed, payload + h.check_offset, detail::kSyncCheckValues, stream);
+    copy_values(d, summed, payload + h.check_offset, detail::kSyncCheckValues, true, stream);
     const int bad = detail::sync_check_mismatch(summed, comm.size());
     static const char* const names[] = {"layer id", "call number", "channel count"};
     if (bad >= 0)
@@ -184,7 +176,7 @@ double allreduce_and_check(Communicator& comm, const Device& d, double* payload,
   comm.allreduce_sum(payload, size, DType::Float64, d, stream);
   if (!need_count) return -1;
   double count = 0;
-  read_to_host(d, &count, payload, 1, stream);
+  copy_values(d, &count, payload, 1, true, stream);
   return count;
 }
 
@@ -276,7 +268,7 @@ void sync_batch_norm_backward(const TensorView& dy, const TensorView& x, const T
   auto* local = static_cast<double*>(local_hold.get());
   batch_norm_backward(dys, xs, save_mean, save_rstd, weight, false, std::nullopt,
                       vector_view(local + C, DType::Float64, d, C), vector_view(local, DType::Float64, d, C), stream);
-  copy_values(d, payload + 1, local, 2 * C, stream);
+  copy_values(d, payload + 1, local, 2 * C, false, stream);
   const SyncHeader h = make_header(local_count, check, C, 1 + 2 * C);
   write_header(d, h, payload, stream);
   allreduce_and_check(comm, d, payload, size, h, "backward", false, stream);
