@@ -1,7 +1,11 @@
-"""Inputs that once crashed the process or hung it: absurd sizes and counts, a fake communicator handle,
-non-integer counts. Each must be a clear TypeError/ValueError naming the argument."""
+"""Inputs that once crashed the process, hung it or gave silently wrong values: absurd sizes and counts,
+a fake communicator handle, non-integer counts, aliased outputs, read-only in-place arguments, a
+thread pool that cannot start. Each must be a clear exception naming what is wrong."""
 
 from __future__ import annotations
+
+import subprocess
+import sys
 
 import normkit
 import numpy as np
@@ -114,3 +118,34 @@ def test_outputs_that_alias_an_input_or_each_other_are_a_value_error():
         F.spectral_norm(np.ones((3, 3)), u, u)
     np.testing.assert_array_equal(x, snap)
     np.testing.assert_array_equal(buf, np.zeros(6, np.float32))
+
+
+_THREADS_THAT_CANNOT_START = """
+import resource
+import numpy as np
+import normkit
+from normkit import functional as F
+x = np.random.default_rng(0).normal(size=(64, 4096)).astype(np.float32)
+F.layer_norm(x, (4096,))  # the default pool starts
+used = int(open("/proc/self/statm").read().split()[0]) * resource.getpagesize()
+resource.setrlimit(resource.RLIMIT_AS, (used + (512 << 20), resource.getrlimit(resource.RLIMIT_AS)[1]))
+normkit.set_num_threads(1000)  # 999 workers' stacks do not fit in 512 MB more address space
+try:
+    F.layer_norm(x, (4096,))
+    print("no error")
+except RuntimeError as e:
+    print("RuntimeError:", e)
+normkit.set_num_threads(2)
+print("after:", bool(np.isfinite(F.layer_norm(x, (4096,))).all()))
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="uses /proc and RLIMIT_AS")
+def test_a_pool_that_cannot_start_its_threads_raises_and_the_old_one_still_works():
+    """Thread creation failing (here: no address space for the stacks) used to hang the process while
+    the half-built pool unwound; now the call raises and the previous pool keeps working."""
+    done = subprocess.run([sys.executable, "-c", _THREADS_THAT_CANNOT_START], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "RuntimeError: cannot start 999 worker threads" in done.stdout
+    assert "after: True" in done.stdout
