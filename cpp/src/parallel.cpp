@@ -8,9 +8,9 @@
 #include <condition_variable>
 #include <cstdlib>
 #include <exception>
-#include <system_error>
 #include <memory>
 #include <mutex>
+#include <system_error>
 #include <thread>
 #include <vector>
 

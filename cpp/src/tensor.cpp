@@ -48,19 +48,9 @@ TensorView TensorView::from_dlpack(const dlpack::Tensor& t, const char* arg) {
   v.shape.assign(t.shape, t.shape + t.ndim);
   // Sizes whose element count does not fit int64 (no real array has them, a hand-made DLPack
   // tensor can) would wrap every count and offset below.
-  bool empty = false;
-  for (int64_t d : v.shape) {
-    check_value(d >= 0, arg, ": expected sizes >= 0, got ", shape_str(v.shape));
-    empty = empty || d == 0;
-  }
-  if (!empty) {
-    int64_t n = 1;
-    for (int64_t d : v.shape) {
-      check_value(n <= (int64_t(1) << 62) / d, arg, ": expected fewer than 2^62 elements, got shape ",
-                  shape_str(v.shape));
-      n *= d;
-    }
-  }
+  for (int64_t d : v.shape) check_value(d >= 0, arg, ": expected sizes >= 0, got ", shape_str(v.shape));
+  check_value(bounded_numel(v.shape, int64_t(1) << 62) >= 0, arg, ": expected fewer than 2^62 elements, got shape ",
+              shape_str(v.shape));
   v.strides.resize(t.ndim);
   int64_t expected = 1;
   for (int i = t.ndim - 1; i >= 0; --i) {
@@ -68,6 +58,17 @@ TensorView TensorView::from_dlpack(const dlpack::Tensor& t, const char* arg) {
     expected *= t.shape[i];
   }
   return v;
+}
+
+int64_t bounded_numel(const std::vector<int64_t>& shape, int64_t limit) {
+  for (int64_t d : shape)
+    if (d == 0) return 0;
+  int64_t n = 1;
+  for (int64_t d : shape) {
+    if (n > limit / d) return -1;
+    n *= d;
+  }
+  return n;
 }
 
 int64_t TensorView::numel() const {

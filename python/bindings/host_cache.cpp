@@ -26,22 +26,14 @@ nb::dlpack::dtype dlpack_dtype(const std::string& name) {
 nb::object empty_cached(const std::vector<int64_t>& shape, const std::string& dtype, const std::string& framework) {
   const nb::dlpack::dtype dt = dlpack_dtype(dtype);
   std::vector<size_t> dims;
-  size_t count = 1;
-  // Byte counts past 2^62 are no allocation a machine can make, and keep the product from wrapping.
-  constexpr size_t kMaxBytes = size_t(1) << 62;
   for (int64_t d : shape) {
     check_value(d >= 0, "shape: expected sizes >= 0, got ", shape_str(shape));
     dims.push_back(size_t(d));
   }
-  for (size_t d : dims) {
-    if (d == 0) {
-      count = 0;
-      break;
-    }
-    check_value(count <= kMaxBytes / 8 / d, "shape: expected an array of at most 2^62 bytes, got ", shape_str(shape));
-    count *= d;
-  }
-  const size_t bytes = count * dt.bits / 8;
+  // Byte counts past 2^62 (2^59 elements of up to 8 bytes) are no allocation a machine can make.
+  const int64_t count = bounded_numel(shape, int64_t(1) << 59);
+  check_value(count >= 0, "shape: expected an array of at most 2^62 bytes, got ", shape_str(shape));
+  const size_t bytes = size_t(count) * dt.bits / 8;
   auto* block = new Block{host_cache_acquire(bytes), bytes};
   nb::capsule owner(block, [](void* p) noexcept {
     auto* b = static_cast<Block*>(p);

@@ -625,9 +625,10 @@ class SpectralNorm(Module):
         if not -nd <= dim < nd:
             raise ValueError(f"dim: expected a dimension in [{-nd}, {nd - 1}] for weight of shape {w.shape}, "
                              f"got {dim}")
-        if int_arg(n_power_iterations, "n_power_iterations") < 1:
+        iterations = int_arg(n_power_iterations, "n_power_iterations")
+        if iterations < 1:
             raise ValueError(f"n_power_iterations: expected a positive number, got {n_power_iterations}")
-        self.dim, self.n_power_iterations, self.eps = dim % nd, int(n_power_iterations), float(eps)
+        self.dim, self.n_power_iterations, self.eps = dim % nd, iterations, float(eps)
         h = w.shape[self.dim]
         k = w.size // h if h else 0
         rng = np.random.default_rng(seed)

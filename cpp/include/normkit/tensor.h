@@ -46,6 +46,10 @@ struct TensorView {
 
 using OptTensor = std::optional<TensorView>;
 
+// The element count of `shape` (sizes >= 0) when it is at most `limit`, else -1, computed without
+// overflow (a hand-made shape can multiply past int64).
+int64_t bounded_numel(const std::vector<int64_t>& shape, int64_t limit);
+
 // x seen as a matrix of `rows` x `cols` where a row is the trailing `row_dims` dimensions. The kernels
 // need each row contiguous and the rows evenly spaced (row_stride); leading dimensions that collapse
 // into one stride (a sliced batch, for instance) qualify without a copy.

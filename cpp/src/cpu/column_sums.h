@@ -92,9 +92,13 @@ inline void column_sums(int64_t C, int64_t rows, A* s0, A* s1, Term&& term) {
   c0 = column_tiles<2, kSum, kDot>(c0, C, rows, s0, s1, term);
   c0 = column_tiles<1, kSum, kDot>(c0, C, rows, s0, s1, term);
   if (c0 == C) return;
-  // Fewer channels than one vector: the plain loop, chunked as the tiles.
+  // Fewer channels than one vector: the plain loop, chunked as the tiles (sums of no rows are 0).
   constexpr int64_t kMax = ColumnTile<A, 1>::kWidth;
   const int64_t n = C - c0;
+  for (int64_t c = c0; c < C; ++c) {
+    if constexpr (kSum) s0[c] = 0;
+    if constexpr (kDot) s1[c] = 0;
+  }
   A part0[kMax], part1[kMax];
   for (int64_t r0 = 0; r0 < rows; r0 += kChunkRows) {
     for (int64_t c = 0; c < n; ++c) part0[c] = part1[c] = A(0);
@@ -110,12 +114,6 @@ inline void column_sums(int64_t C, int64_t rows, A* s0, A* s1, Term&& term) {
     for (int64_t c = 0; c < n; ++c) {
       if constexpr (kSum) s0[c0 + c] = r0 == 0 ? part0[c] : s0[c0 + c] + part0[c];
       if constexpr (kDot) s1[c0 + c] = r0 == 0 ? part1[c] : s1[c0 + c] + part1[c];
-    }
-  }
-  if (rows == 0) {
-    for (int64_t c = c0; c < C; ++c) {
-      if constexpr (kSum) s0[c] = 0;
-      if constexpr (kDot) s1[c] = 0;
     }
   }
 }

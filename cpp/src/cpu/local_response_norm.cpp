@@ -6,8 +6,9 @@
 //
 // Channels first (NCS): a unit of work is a block of B contiguous positions of one sample; per
 // channel, the window's rows are summed element-wise, vectorized over the positions with the sums of
-// a tile of positions in registers (the `size` rows stay in L1). The backward keeps p = s^-beta and t = g a p / s for all C
-// channels of the block (2 C B values, about 64 KB) and then sums t over the transposed windows.
+// a tile of positions in registers (the `size` rows stay in L1). The backward keeps p = s^-beta and
+// t = g a p / s for all C channels of the block (2 C B values, about 64 KB) and then sums t over the
+// transposed windows.
 // Channels last (NSC): a unit is a run of positions; per position, the C channels are loaded into a
 // zero-padded buffer so that every window sum is a fixed-length, vectorizable loop over channels
 // (the zeros of the padding leave the sums exact: x + 0 == x).

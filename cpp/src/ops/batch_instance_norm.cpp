@@ -65,12 +65,10 @@ void batch_instance_norm_forward(const TensorView& x, const TensorView& rho, con
   check_saved(save_mean_in, "save_mean_in", s0.N * s0.C, x);
   check_saved(save_rstd_in, "save_rstd_in", s0.N * s0.C, x);
 
-  ops::check_no_overlap({ops::named(y, "y"), ops::named(save_mean_bn, "save_mean_bn"),
-                         ops::named(save_rstd_bn, "save_rstd_bn"), ops::named(save_mean_in, "save_mean_in"),
-                         ops::named(save_rstd_in, "save_rstd_in"), ops::named(running_mean, "running_mean"),
-                         ops::named(running_var, "running_var")},
-                        {ops::named(x, "x"), ops::named(rho, "rho"), ops::named(weight_in, "weight"),
-                         ops::named(bias_in, "bias")});
+  ops::check_no_overlap({{y, "y"}, {save_mean_bn, "save_mean_bn"}, {save_rstd_bn, "save_rstd_bn"},
+                         {save_mean_in, "save_mean_in"}, {save_rstd_in, "save_rstd_in"}, {running_mean, "running_mean"},
+                         {running_var, "running_var"}},
+                        {{x, "x"}, {rho, "rho"}, {weight_in, "weight"}, {bias_in, "bias"}});
   const BinShape shape = ops::ncs_shape<BinShape>(x, layout);
   if (shape.numel() == 0) {
     // No values: the statistics of nothing (mean 0, rstd NaN, as BatchNorm's); running statistics
@@ -141,12 +139,10 @@ void batch_instance_norm_backward(const TensorView& dy, const TensorView& x, con
   check_grad(dbias, "dbias", x);
   check_grad(drho, "drho", x);
 
-  ops::check_no_overlap({ops::named(dx, "dx"), ops::named(dweight, "dweight"), ops::named(dbias, "dbias"),
-                         ops::named(drho, "drho")},
-                        {ops::named(dy, "dy"), ops::named(x, "x"), ops::named(rho, "rho"),
-                         ops::named(weight_in, "weight"), ops::named(save_mean_bn, "save_mean_bn"),
-                         ops::named(save_rstd_bn, "save_rstd_bn"), ops::named(save_mean_in, "save_mean_in"),
-                         ops::named(save_rstd_in, "save_rstd_in")});
+  ops::check_no_overlap({{dx, "dx"}, {dweight, "dweight"}, {dbias, "dbias"}, {drho, "drho"}},
+                        {{dy, "dy"}, {x, "x"}, {rho, "rho"}, {weight_in, "weight"}, {save_mean_bn, "save_mean_bn"},
+                         {save_rstd_bn, "save_rstd_bn"}, {save_mean_in, "save_mean_in"},
+                         {save_rstd_in, "save_rstd_in"}});
   const BinShape shape = ops::ncs_shape<BinShape>(x, layout);
   if (shape.numel() == 0) {
     // Sums over no values.

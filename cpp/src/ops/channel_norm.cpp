@@ -66,9 +66,9 @@ void forward(const TensorView& x, ChannelNormShape shape, const Running& running
   check_saved(save_mean, "save_mean", saved_shape, x);
   check_saved(save_rstd, "save_rstd", saved_shape, x);
 
-  ops::check_no_overlap({ops::named(y, "y"), ops::named(save_mean, "save_mean"), ops::named(save_rstd, "save_rstd"),
-                         ops::named(running.mean, "running_mean"), ops::named(running.var, "running_var")},
-                        {ops::named(x, "x"), ops::named(weight_in, "weight"), ops::named(bias_in, "bias")});
+  ops::check_no_overlap({{y, "y"}, {save_mean, "save_mean"}, {save_rstd, "save_rstd"}, {running.mean, "running_mean"},
+                         {running.var, "running_var"}},
+                        {{x, "x"}, {weight_in, "weight"}, {bias_in, "bias"}});
 
   ops::DeviceScope scope(x.device);
   std::shared_ptr<void> weight_copy, bias_copy, x_copy;
@@ -119,9 +119,9 @@ void backward(const TensorView& dy, const TensorView& x, ChannelNormShape shape,
   if (dweight) ops::check_output(*dweight, "dweight", channels, dweight->dtype, x, "x");
   if (dbias) ops::check_output(*dbias, "dbias", channels, dbias->dtype, x, "x");
 
-  ops::check_no_overlap({ops::named(dx, "dx"), ops::named(dweight, "dweight"), ops::named(dbias, "dbias")},
-                        {ops::named(dy, "dy"), ops::named(x, "x"), ops::named(save_mean, "save_mean"),
-                         ops::named(save_rstd, "save_rstd"), ops::named(weight_in, "weight")});
+  ops::check_no_overlap({{dx, "dx"}, {dweight, "dweight"}, {dbias, "dbias"}},
+                        {{dy, "dy"}, {x, "x"}, {save_mean, "save_mean"}, {save_rstd, "save_rstd"},
+                         {weight_in, "weight"}});
 
   ops::DeviceScope scope(x.device);
   std::shared_ptr<void> weight_copy, x_copy, dy_copy;

@@ -72,14 +72,14 @@ std::shared_ptr<void> device_buffer(const Device& device, size_t bytes, void* st
 // A compact row-major copy of any view, on the view's device (host or device memory).
 std::shared_ptr<void> compact_copy(const TensorView& t, void* stream);
 
-// An argument for check_no_overlap: a view (null when absent) and its name.
+// An argument for check_no_overlap, written {view, "name"}: a view (null when absent) and its name.
 struct Named {
+  Named(const TensorView& t, const char* a) : view(&t), arg(a) {}
+  Named(const OptTensor& t, const char* a) : view(t ? &*t : nullptr), arg(a) {}
+  Named(const TensorView* t, const char* a) : view(t), arg(a) {}
   const TensorView* view;
   const char* arg;
 };
-inline Named named(const TensorView& t, const char* arg) { return {&t, arg}; }
-inline Named named(const OptTensor& t, const char* arg) { return {t ? &*t : nullptr, arg}; }
-inline Named named(const TensorView* t, const char* arg) { return {t, arg}; }
 
 // Every output (anything the op writes, running statistics included) must share no memory with any
 // other argument: an op reads its inputs after it has begun writing, so an aliased output gives

@@ -32,8 +32,7 @@ void local_response_norm_forward(const TensorView& x, int64_t size, double alpha
   const LrnParams p = check_params(x, size, alpha, beta, k);
   const Layout layout = check_output(y, "y", x);
 
-  ops::check_no_overlap({ops::named(y, "y")},
-                        {ops::named(x, "x")});
+  ops::check_no_overlap({{y, "y"}}, {{x, "x"}});
   const LrnShape shape = ops::ncs_shape<LrnShape>(x, layout);
   if (shape.numel() == 0) return;
   ops::DeviceScope scope(x.device);
@@ -56,8 +55,7 @@ void local_response_norm_backward(const TensorView& dy, const TensorView& x, int
   ops::check_shape(dy, "dy", x.shape);
   const Layout layout = check_output(dx, "dx", x);
 
-  ops::check_no_overlap({ops::named(dx, "dx")},
-                        {ops::named(dy, "dy"), ops::named(x, "x")});
+  ops::check_no_overlap({{dx, "dx"}}, {{dy, "dy"}, {x, "x"}});
   const LrnShape shape = ops::ncs_shape<LrnShape>(x, layout);
   if (shape.numel() == 0) return;
   ops::DeviceScope scope(x.device);

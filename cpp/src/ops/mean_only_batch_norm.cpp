@@ -39,9 +39,8 @@ void mean_only_batch_norm_forward(const TensorView& x, const OptTensor& running_
   const Layout layout = ops::output_layout(y, "y");
   ops::check_output(save_mean, "save_mean", {s0.C}, acc_dtype(x.dtype), x, "x");
 
-  ops::check_no_overlap({ops::named(y, "y"), ops::named(save_mean, "save_mean"),
-                         ops::named(running_mean, "running_mean")},
-                        {ops::named(x, "x"), ops::named(bias_in, "bias")});
+  ops::check_no_overlap({{y, "y"}, {save_mean, "save_mean"}, {running_mean, "running_mean"}},
+                        {{x, "x"}, {bias_in, "bias"}});
   const MobnShape shape = ops::ncs_shape<MobnShape>(x, layout);
   if (shape.C == 0) return;
   ops::DeviceScope scope(x.device);
@@ -75,8 +74,7 @@ void mean_only_batch_norm_backward(const TensorView& dy, bool training, const Op
   }
   if (dbias) ops::check_output(*dbias, "dbias", {dy.shape[1]}, dbias->dtype, dy, "dy");
 
-  ops::check_no_overlap({ops::named(dx, "dx"), ops::named(dbias, "dbias")},
-                        {ops::named(dy, "dy")});
+  ops::check_no_overlap({{dx, "dx"}, {dbias, "dbias"}}, {{dy, "dy"}});
   const MobnShape shape = ops::ncs_shape<MobnShape>(dy, layout);
   if (shape.C == 0) return;
   ops::DeviceScope scope(dy.device);

@@ -33,8 +33,8 @@ void forward(const TensorView& x, const Shape& normalized_shape, const OptTensor
   if (mean) check_stats(*mean, "mean", rows, x);
   check_stats(rstd, "rstd", rows, x);
 
-  ops::check_no_overlap({ops::named(y, "y"), ops::named(mean, "mean"), ops::named(rstd, "rstd")},
-                        {ops::named(x, "x"), ops::named(weight_in, "weight"), ops::named(bias_in, "bias")});
+  ops::check_no_overlap({{y, "y"}, {mean, "mean"}, {rstd, "rstd"}},
+                        {{x, "x"}, {weight_in, "weight"}, {bias_in, "bias"}});
 
   ops::DeviceScope scope(x.device);
   std::shared_ptr<void> weight_copy, bias_copy;
@@ -78,9 +78,8 @@ void backward(const TensorView& dy, const TensorView& x, const Shape& normalized
   if (dweight) ops::check_output(*dweight, "dweight", normalized_shape, dweight->dtype, x, "x");
   if (dbias) ops::check_output(*dbias, "dbias", normalized_shape, dbias->dtype, x, "x");
 
-  ops::check_no_overlap({ops::named(dx, "dx"), ops::named(dweight, "dweight"), ops::named(dbias, "dbias")},
-                        {ops::named(dy, "dy"), ops::named(x, "x"), ops::named(mean, "mean"), ops::named(rstd, "rstd"),
-                         ops::named(weight_in, "weight")});
+  ops::check_no_overlap({{dx, "dx"}, {dweight, "dweight"}, {dbias, "dbias"}},
+                        {{dy, "dy"}, {x, "x"}, {mean, "mean"}, {rstd, "rstd"}, {weight_in, "weight"}});
 
   ops::DeviceScope scope(x.device);
   std::shared_ptr<void> weight_copy;

@@ -84,8 +84,7 @@ void spectral_norm_forward(const TensorView& w, const TensorView& u, const Tenso
                 shape_str(sigma->strides));
   }
 
-  ops::check_no_overlap({ops::named(u, "u"), ops::named(v, "v"), ops::named(y, "y"), ops::named(sigma, "sigma")},
-                        {ops::named(w, "w")});
+  ops::check_no_overlap({{u, "u"}, {v, "v"}, {y, "y"}, {sigma, "sigma"}}, {{w, "w"}});
   ops::DeviceScope scope(w.device);
   const int64_t work_values = detail::SpectralNormWork{shape.H, shape.K}.size();
   std::shared_ptr<void> w_copy, y_scratch;
@@ -126,9 +125,7 @@ void spectral_norm_backward(const TensorView& dy, const TensorView& w, const Ten
   check_sigma_array(sigma, w);
   ops::check_output(dw, "dw", w.shape, w.dtype, w, "w");
 
-  ops::check_no_overlap({ops::named(dw, "dw")},
-                        {ops::named(dy, "dy"), ops::named(w, "w"), ops::named(u, "u"), ops::named(v, "v"),
-                         ops::named(sigma, "sigma")});
+  ops::check_no_overlap({{dw, "dw"}}, {{dy, "dy"}, {w, "w"}, {u, "u"}, {v, "v"}, {sigma, "sigma"}});
   ops::DeviceScope scope(w.device);
   std::shared_ptr<void> w_copy, dy_copy, u_copy, v_copy, s_copy, dw_scratch;
   const OptTensor uc = ops::compact_param(u, u_copy, stream);

@@ -83,11 +83,9 @@ void switchable_norm_forward(const TensorView& x, const TensorView& mean_weight,
   const Layout layout = ops::output_layout(y, "y");
   check_saved(saved, x);
 
-  ops::check_no_overlap({ops::named(y, "y"), ops::named(saved, "saved"), ops::named(running_mean, "running_mean"),
-                         ops::named(running_var, "running_var")},
-                        {ops::named(x, "x"), ops::named(mean_weight, "mean_weight"),
-                         ops::named(var_weight, "var_weight"), ops::named(weight_in, "weight"),
-                         ops::named(bias_in, "bias")});
+  ops::check_no_overlap({{y, "y"}, {saved, "saved"}, {running_mean, "running_mean"}, {running_var, "running_var"}},
+                        {{x, "x"}, {mean_weight, "mean_weight"}, {var_weight, "var_weight"}, {weight_in, "weight"},
+                         {bias_in, "bias"}});
   const SnShape shape = ops::ncs_shape<SnShape>(x, layout);
   if (shape.numel() == 0) {
     // No values: every saved mean is 0 and every variance and rstd NaN (the statistics of
@@ -151,11 +149,10 @@ void switchable_norm_backward(const TensorView& dy, const TensorView& x, const T
   if (dmean_weight) ops::check_output(*dmean_weight, "dmean_weight", {3}, logit_dtype, x, "x");
   if (dvar_weight) ops::check_output(*dvar_weight, "dvar_weight", {3}, logit_dtype, x, "x");
 
-  ops::check_no_overlap({ops::named(dx, "dx"), ops::named(dweight, "dweight"), ops::named(dbias, "dbias"),
-                         ops::named(dmean_weight, "dmean_weight"), ops::named(dvar_weight, "dvar_weight")},
-                        {ops::named(dy, "dy"), ops::named(x, "x"), ops::named(mean_weight, "mean_weight"),
-                         ops::named(var_weight, "var_weight"), ops::named(weight_in, "weight"),
-                         ops::named(saved, "saved")});
+  ops::check_no_overlap({{dx, "dx"}, {dweight, "dweight"}, {dbias, "dbias"}, {dmean_weight, "dmean_weight"},
+                         {dvar_weight, "dvar_weight"}},
+                        {{dy, "dy"}, {x, "x"}, {mean_weight, "mean_weight"}, {var_weight, "var_weight"},
+                         {weight_in, "weight"}, {saved, "saved"}});
   const SnShape shape = ops::ncs_shape<SnShape>(x, layout);
   if (shape.numel() == 0) {
     // Sums over no values.

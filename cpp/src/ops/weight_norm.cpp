@@ -68,8 +68,7 @@ void weight_norm_forward(const TensorView& v, const TensorView& g, int64_t dim, 
   check_compact_like_v(w, "w", v);
   check_param_output(norms, "norms", v, dim, acc_dtype(v.dtype));
 
-  ops::check_no_overlap({ops::named(w, "w"), ops::named(norms, "norms")},
-                        {ops::named(v, "v"), ops::named(g, "g")});
+  ops::check_no_overlap({{w, "w"}, {norms, "norms"}}, {{v, "v"}, {g, "g"}});
   const WeightNormShape shape = shape_of(v, dim);
   if (shape.D == 0) return;  // rows of no values still get their norm (0)
   ops::DeviceScope scope(v.device);
@@ -100,8 +99,7 @@ void weight_norm_backward(const TensorView& dw, const TensorView& v, const Tenso
   check_compact_like_v(dv, "dv", v);
   check_param_output(dg, "dg", v, dim, v.dtype);
 
-  ops::check_no_overlap({ops::named(dv, "dv"), ops::named(dg, "dg")},
-                        {ops::named(dw, "dw"), ops::named(v, "v"), ops::named(g, "g"), ops::named(norms, "norms")});
+  ops::check_no_overlap({{dv, "dv"}, {dg, "dg"}}, {{dw, "dw"}, {v, "v"}, {g, "g"}, {norms, "norms"}});
   const WeightNormShape shape = shape_of(v, dim);
   if (shape.D == 0) return;  // rows of no values still get their norm (0)
   ops::DeviceScope scope(v.device);

@@ -31,9 +31,8 @@ TWINS = {
 
 def _twin_of(layer: torch.nn.Module, twin_cls):
     # The twin shares the layer's state: the same Parameter and buffer objects (device, dtype,
-    # optimizer references and hooks stay valid).
-    # The registries (_parameters, _buffers, hooks...) are copied, not shared, so that registering or
-    # rebinding on one module later does not change the other.
+    # optimizer references and hooks stay valid), in copies of its registries (_parameters,
+    # _buffers, hooks...), so that registering or rebinding on one module later leaves the other.
     twin = twin_cls.__new__(twin_cls)
     twin.__dict__.update({k: v.copy() if isinstance(v, dict) else v for k, v in layer.__dict__.items()})
     return twin

@@ -238,9 +238,10 @@ class _LocalResponseNorm(torch.autograd.Function):
 
 def local_response_norm(input, size, alpha=1e-4, beta=0.75, k=1.0):
     """Like ``torch.nn.functional.local_response_norm``."""
+    size, alpha, beta, k = int_arg(size, "size"), float(alpha), float(beta), float(k)
     if not _needs_autograd(input):
-        return _F.local_response_norm(input, int_arg(size, "size"), float(alpha), float(beta), float(k))
-    return _LocalResponseNorm.apply(input, int_arg(size, "size"), float(alpha), float(beta), float(k))
+        return _F.local_response_norm(input, size, alpha, beta, k)
+    return _LocalResponseNorm.apply(input, size, alpha, beta, k)
 
 
 class _WeightNorm(torch.autograd.Function):
