@@ -52,6 +52,9 @@ FUNC_CASES = [
     ((2, 6, 3, 2, 5), 3, "nc"),  # 3-D spatial
     ((2, 6, 3, 2, 5), 3, "cl"),
     ((1, 12, 1, 3, 1), 6, "cl"),
+    # samples larger than one task's cache budget (float32: 4.5 MiB of dy and x each): the backward
+    # goes sample by sample with all threads on one sample
+    ((2, 64, 96, 96), 32, "cl"),
 ]
 
 
@@ -284,7 +287,10 @@ def test_numpy_layer(case, dtype, affine):
 
 @pytest.mark.parametrize("dtype", ("float32", "float16"))
 @pytest.mark.parametrize("shape,g,fmt", [((4, 64, 24, 25), 8, "nc"), ((4, 64, 24, 25), 8, "cl"),
-                                         ((64, 32, 7, 7), 32, "cl"), ((2, 16, 8, 9, 10), 4, "nc")])
+                                         ((64, 32, 7, 7), 32, "cl"), ((2, 16, 8, 9, 10), 4, "nc"),
+                                         # 1 thread: a sample per task; 2 threads: too few samples for
+                                         # that, all threads on one sample at a time
+                                         ((3, 32, 16, 20), 8, "cl")])
 def test_threads_bitwise_identical(shape, g, fmt, dtype):
     c = shape[1]
     x = layout(R.make_torch(shape, dtype, 1), fmt)

@@ -656,6 +656,26 @@ void backward_nsc(const Problem& p, const ChannelNormBackwardArgs& a, const Back
     });
     return;
   }
+  if (bp.want_dx && bp.need_sums && p.per_sample) {
+    // Samples too large for one task each: sample by sample, all threads on one sample (its block
+    // sums, then its dx from the last row back), so that the dx pass finds what the sums read in the
+    // last-level cache (GroupNorm [8,256,64,64] float32, 8 MiB of dy and x per sample: 11% faster
+    // than the block sums of all samples followed by all of dx; the same arithmetic).
+    std::vector<A> pd(size_t(nb * C)), pdx(size_t(nb * C));
+    for (int64_t k = 0; k < K; ++k) {
+      parallel_for(nb, std::max<int64_t>(1, kTaskElements / (Rb * C)), [&](int64_t b0, int64_t b1) {
+        for (int64_t blk = b0; blk < b1; ++blk)
+          block_sums(k, blk * Rb, std::min(Rb, R - blk * Rb), &pd[size_t(blk * C)], &pdx[size_t(blk * C)]);
+      });
+      group_sums(k, pd.data(), pdx.data());
+      for (int64_t g = 0; g < G; ++g) stat_coefficients(p, k * G + g, sum_dy, sum_dyx, w, mg, mgx);
+      expand_coef(k);
+      parallel_for_from_end(R, std::max<int64_t>(1, kTaskElements / C), [&](int64_t r0, int64_t r1) {
+        rows_dx(k, r0, r1);
+      });
+    }
+    return;
+  }
   if (bp.need_sums) {
     const int64_t units = K * nb;
     std::vector<A> pd(size_t(units * C)), pdx(size_t(units * C));
