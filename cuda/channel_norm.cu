@@ -28,6 +28,7 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <memory>
 
@@ -561,7 +562,15 @@ template <class T>
 void forward(const ChannelNormForwardArgs& a, cudaStream_t st) {
   using A = acc_t<T>;
   const Problem p = make_problem(a.shape);
-  if (p.C == 0 || p.G == 0) return;
+  if (p.C == 0 || p.G == 0) {
+    // Statistics of no values (GroupNorm with C == 0 has N * G of them): mean 0 and rstd NaN, as on
+    // the CPU.
+    if (p.num_stats > 0 && !a.local_moments) {
+      if (a.save_mean) fill(a.save_mean, dtype_of<A>::value, p.num_stats, 0.0, st);
+      if (a.save_rstd) fill(a.save_rstd, dtype_of<A>::value, p.num_stats, NAN, st);
+    }
+    return;
+  }
   const int64_t ns = p.num_stats;
   const bool eval = !a.training && a.running_mean && a.running_var;
   const size_t stat_bytes = size_t(ns) * sizeof(A);

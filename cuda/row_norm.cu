@@ -402,13 +402,14 @@ void row_norm_backward(const RowNormBackwardArgs& args, void* stream) {
   }
   dispatch_float(args.dtype, [&](auto t_tag) {
     using T = decltype(t_tag);
+    // Parameter gradients first: their scratch allocation may fail, and then nothing is written.
+    if (args.dweight || args.dbias) launch_param_grads<T>(args, s);
     if (args.dx) {
       dispatch_param<T>(args.weight_dtype, [&](auto w_tag) {
         using W = decltype(w_tag);
         launch_dx<T, W>(args, s);
       });
     }
-    if (args.dweight || args.dbias) launch_param_grads<T>(args, s);
   });
 }
 

@@ -139,3 +139,45 @@ def test_failing_global_check_leaves_every_caller_buffer_untouched():
         _core_forward_into(x, bufs["rm"], bufs["rv"], bufs["y"], bufs["save_mean"], bufs["save_rstd"])
     for k, v in bufs.items():
         np.testing.assert_array_equal(v, before[k], err_msg=k)
+
+
+@pytest.mark.parametrize("alias", ("running_var is running_mean", "running_mean in x"))
+def test_running_statistics_that_overlap_another_argument_are_refused_untouched(alias):
+    """The running statistics are updated in place before x is normalized: running_mean sharing
+    memory with running_var or with x is a ValueError, as for BatchNorm, and nothing is written."""
+    rng = np.random.default_rng(3)
+    x = (rng.normal(size=(6, 4)) + 5).astype(np.float32)
+    rv = np.ones(4, np.float32)
+    rm = rv if alias == "running_var is running_mean" else x[0]
+    x_before, rv_before = x.copy(), rv.copy()
+    other = "running_var" if rm is rv else "x"
+    with pytest.raises(ValueError, match=f"running_mean: expected an output that shares no memory with {other}"):
+        F.sync_batch_norm_forward(x, rm, rv, momentum=0.5, comm=LocalCommunicator())
+    np.testing.assert_array_equal(x, x_before)
+    np.testing.assert_array_equal(rv, rv_before)
+
+
+@pytest.mark.parametrize("alias", ("dx is dy", "dweight is weight"))
+def test_gradients_that_overlap_an_input_are_refused_before_anything_is_written(alias):
+    """dweight and dbias are written after the all-reduce, before the dx pass reads dy, x and weight:
+    an output sharing memory with an input is a ValueError naming both, and no output is written."""
+    from normkit import _core
+    from normkit._arrays import to_core
+    from normkit.functional import _communicator
+
+    rng = np.random.default_rng(4)
+    x = rng.normal(size=(8, 4, 5))
+    w = np.linspace(0.5, 1.5, 4)
+    _, sm, sr = F.sync_batch_norm_forward(x, weight=w, comm=LocalCommunicator())
+    dy = rng.normal(size=x.shape)
+    dx = dy if alias == "dx is dy" else np.full_like(x, 5.0)
+    dw = w if alias == "dweight is weight" else np.full(4, 123.0)
+    db = np.full(4, 456.0)
+    before = {k: v.copy() for k, v in (("dy", dy), ("w", w), ("dx", dx), ("dw", dw), ("db", db))}
+    out, inp = ("dx", "dy") if alias == "dx is dy" else ("dweight", "weight")
+    with pytest.raises(ValueError, match=f"{out}: expected an output that shares no memory with {inp}"):
+        _core.sync_batch_norm_backward(to_core(dy, "dy"), to_core(x), to_core(sm), to_core(sr), to_core(w),
+                                       _communicator(LocalCommunicator()), None, to_core(dx), to_core(dw),
+                                       to_core(db), 0)
+    for k, v in (("dy", dy), ("w", w), ("dx", dx), ("dw", dw), ("db", db)):
+        np.testing.assert_array_equal(v, before[k], err_msg=k)

@@ -195,6 +195,11 @@ void sync_batch_norm_forward(const TensorView& x, const OptTensor& running_mean,
               "running_mean, running_var: expected both or neither, got ",
               running_mean ? "running_mean only" : "running_var only");
   check_value(std::isfinite(momentum), "momentum: expected a finite number, got ", momentum);
+  // (The BatchNorm calls below never see the running statistics, which are updated in place before
+  // x, weight and bias are read for the normalization: checked here.)
+  ops::check_no_overlap({{y, "y"}, {save_mean, "save_mean"}, {save_rstd, "save_rstd"}, {running_mean, "running_mean"},
+                         {running_var, "running_var"}},
+                        {{x, "x"}, {weight, "weight"}, {bias, "bias"}});
   const int64_t C = x.shape[1];
   const int64_t local_count = C > 0 ? x.numel() / C : 0;
   const DType acc = acc_dtype(x.dtype);
@@ -239,6 +244,10 @@ void sync_batch_norm_backward(const TensorView& dy, const TensorView& x, const T
   const int64_t C = x.shape[1];
   if (dweight) ops::check_output(*dweight, "dweight", {C}, dweight->dtype, x, "x");
   if (dbias) ops::check_output(*dbias, "dbias", {C}, dbias->dtype, x, "x");
+  // Before anything is written: dweight and dbias are written after the all-reduce and before the dx
+  // pass reads dy, x and weight.
+  ops::check_no_overlap({{dx, "dx"}, {dweight, "dweight"}, {dbias, "dbias"}},
+                        {{dy, "dy"}, {x, "x"}, {save_mean, "save_mean"}, {save_rstd, "save_rstd"}, {weight, "weight"}});
   if (!dx) {
     // dweight and dbias are this process's sums: no communication.
     batch_norm_backward(dy, x, save_mean, save_rstd, weight, false, std::nullopt, dweight, dbias, stream);
