@@ -3,11 +3,13 @@
 // partials in block order), which keeps them bitwise independent of the thread count.
 #include <algorithm>
 #include <type_traits>
+#include <utility>
 #include <vector>
 
 #include "cpu/kernels.h"
 #include "cpu/lanes.h"
 #include "cpu/params.h"
+#include "cpu/prefetch_ahead.h"
 #include "cpu/shifted_moments.h"
 #include "cpu/stream_store.h"
 #include "normkit/math.h"
@@ -47,6 +49,7 @@ void forward(const RowNormForwardArgs& a) {
   const A* wp = w.data();
   const A* bp = b.data();
   const bool streaming = streams_output(size_t(a.rows * n) * sizeof(T));
+  const int64_t ahead = rows_ahead(a.rows, n * int64_t(sizeof(T)));
   parallel_for(a.rows, std::max<int64_t>(1, kTaskElements / std::max<int64_t>(n, 1)),
                [&](int64_t r0, int64_t r1) {
     std::vector<T> staging(streaming ? size_t(n) : 0);
@@ -66,9 +69,12 @@ void forward(const RowNormForwardArgs& a) {
         }) / A(n);
       }
       const A rstd = math::rstd_from_var(var, eps);
+      const T* next[1] = {ahead && r + ahead < a.rows ? x + ahead * a.x_row_stride : nullptr};
+      segments_with_prefetch(n, next, [&](int64_t i0, int64_t i1) {
 #pragma omp simd
-      for (int64_t i = 0; i < n; ++i)
-        y[i] = store<T>(math::row_norm_apply(load<A>(x[i]), mean, rstd, wp[i], bp[i]));
+        for (int64_t i = i0; i < i1; ++i)
+          y[i] = store<T>(math::row_norm_apply(load<A>(x[i]), mean, rstd, wp[i], bp[i]));
+      });
       if (streaming) stream_copy(y_out, y, size_t(n) * sizeof(T));
       if (a.mean) static_cast<A*>(a.mean)[r] = mean;
       static_cast<A*>(a.rstd)[r] = rstd;
@@ -93,6 +99,15 @@ void backward(const RowNormBackwardArgs& a) {
   std::vector<A> part_b(want_params && a.dbias ? size_t(blocks * n) : 0, A(0));
   const A inv_n = A(1) / A(n);
   const bool streaming = want_dx && streams_output(size_t(rows * n) * sizeof(T));
+  // The dx passes over row r request the x and dy of row r + ahead; those over rows r and r + 1, of
+  // rows r + 2 * ahead and the next (prefetch_ahead.h).
+  const int64_t ahead = rows_ahead(rows, n * int64_t(sizeof(T)));
+  auto x_row = [&](int64_t r) { return static_cast<const T*>(a.x) + r * a.x_row_stride; };
+  auto dy_row = [&](int64_t r) { return static_cast<const T*>(a.dy) + r * a.dy_row_stride; };
+  auto ahead_of = [&](int64_t r, int64_t d) {
+    const bool ok = ahead && r + d < rows;
+    return std::pair<const T*, const T*>{ok ? x_row(r + d) : nullptr, ok ? dy_row(r + d) : nullptr};
+  };
 
   // Pass 1 of row r: its statistics and the means of g = dy * w and g * xhat.
   struct Row {
@@ -101,7 +116,7 @@ void backward(const RowNormBackwardArgs& a) {
     A mean, rs, mean_g, mean_gx;
   };
   auto row_pass1 = [&](int64_t r) {
-    Row o{static_cast<const T*>(a.x) + r * a.x_row_stride, static_cast<const T*>(a.dy) + r * a.dy_row_stride,
+    Row o{x_row(r), dy_row(r),
           a.mean ? static_cast<const A*>(a.mean)[r] : A(0), static_cast<const A*>(a.rstd)[r], A(0), A(0)};
     if (!want_dx) return o;
     const T* x = o.x;
@@ -125,25 +140,30 @@ void backward(const RowNormBackwardArgs& a) {
   // [64, 4096]; no loss measured beyond the noise). Each partial still adds row r's term, then row
   // r + 1's: the same operations in the same order as one row at a time, so results are bitwise
   // those of single rows.
-  auto pair_pass2 = [&](const Row& u, const Row& v, T* dxu, T* dxv, A* pw, A* pb) {
+  auto pair_pass2 = [&](int64_t r, const Row& u, const Row& v, T* dxu, T* dxv, A* pw, A* pb) {
+    const auto [x0, dy0] = ahead_of(r, 2 * ahead);
+    const auto [x1, dy1] = ahead_of(r, 2 * ahead + 1);
+    const T* next[4] = {x0, dy0, x1, dy1};
     auto body = [&](auto with_bias) {
+      segments_with_prefetch(n, next, [&](int64_t i0, int64_t i1) {
 #pragma omp simd
-      for (int64_t i = 0; i < n; ++i) {
-        const A gu = load<A>(u.dy[i]), xu = (load<A>(u.x[i]) - u.mean) * u.rs;
-        const A gv = load<A>(v.dy[i]), xv = (load<A>(v.x[i]) - v.mean) * v.rs;
-        dxu[i] = store<T>(math::row_norm_dx(gu * wp[i], xu, u.rs, u.mean_g, u.mean_gx));
-        dxv[i] = store<T>(math::row_norm_dx(gv * wp[i], xv, v.rs, v.mean_g, v.mean_gx));
-        A sw = pw[i];
-        sw += gu * xu;
-        sw += gv * xv;
-        pw[i] = sw;
-        if constexpr (decltype(with_bias)::value) {
-          A sb = pb[i];
-          sb += gu;
-          sb += gv;
-          pb[i] = sb;
+        for (int64_t i = i0; i < i1; ++i) {
+          const A gu = load<A>(u.dy[i]), xu = (load<A>(u.x[i]) - u.mean) * u.rs;
+          const A gv = load<A>(v.dy[i]), xv = (load<A>(v.x[i]) - v.mean) * v.rs;
+          dxu[i] = store<T>(math::row_norm_dx(gu * wp[i], xu, u.rs, u.mean_g, u.mean_gx));
+          dxv[i] = store<T>(math::row_norm_dx(gv * wp[i], xv, v.rs, v.mean_g, v.mean_gx));
+          A sw = pw[i];
+          sw += gu * xu;
+          sw += gv * xv;
+          pw[i] = sw;
+          if constexpr (decltype(with_bias)::value) {
+            A sb = pb[i];
+            sb += gu;
+            sb += gv;
+            pb[i] = sb;
+          }
         }
-      }
+      });
     };
     if (pb) {
       body(std::true_type{});
@@ -163,7 +183,7 @@ void backward(const RowNormBackwardArgs& a) {
           const Row u = row_pass1(r), v = row_pass1(r + 1);
           T* out = static_cast<T*>(a.dx) + r * n;
           T* dx = streaming ? staging.data() : out;
-          pair_pass2(u, v, dx, dx + n, pw, pb);
+          pair_pass2(r, u, v, dx, dx + n, pw, pb);
           if (streaming) stream_copy(out, dx, size_t(2 * n) * sizeof(T));
           r += 2;
           continue;
@@ -175,25 +195,31 @@ void backward(const RowNormBackwardArgs& a) {
         if (want_dx) {
           T* dx_out = static_cast<T*>(a.dx) + r * n;
           T* dx = streaming ? staging.data() : dx_out;
+          const auto [x_next, dy_next] = ahead_of(r, ahead);
+          const T* next[2] = {x_next, dy_next};
           auto with_partials = [&](auto with_bias) {
+            segments_with_prefetch(n, next, [&](int64_t i0, int64_t i1) {
 #pragma omp simd
-            for (int64_t i = 0; i < n; ++i) {
-              const A d = load<A>(dy[i]), xh = (load<A>(x[i]) - mean) * rs;
-              dx[i] = store<T>(math::row_norm_dx(d * wp[i], xh, rs, mean_g, mean_gx));
-              pw[i] += d * xh;
-              if constexpr (decltype(with_bias)::value) pb[i] += d;
-            }
+              for (int64_t i = i0; i < i1; ++i) {
+                const A d = load<A>(dy[i]), xh = (load<A>(x[i]) - mean) * rs;
+                dx[i] = store<T>(math::row_norm_dx(d * wp[i], xh, rs, mean_g, mean_gx));
+                pw[i] += d * xh;
+                if constexpr (decltype(with_bias)::value) pb[i] += d;
+              }
+            });
           };
           if (pw && pb) {
             with_partials(std::true_type{});
           } else if (pw) {
             with_partials(std::false_type{});
           } else {
+            segments_with_prefetch(n, next, [&](int64_t i0, int64_t i1) {
 #pragma omp simd
-            for (int64_t i = 0; i < n; ++i) {
-              const A xh = (load<A>(x[i]) - mean) * rs;
-              dx[i] = store<T>(math::row_norm_dx(load<A>(dy[i]) * wp[i], xh, rs, mean_g, mean_gx));
-            }
+              for (int64_t i = i0; i < i1; ++i) {
+                const A xh = (load<A>(x[i]) - mean) * rs;
+                dx[i] = store<T>(math::row_norm_dx(load<A>(dy[i]) * wp[i], xh, rs, mean_g, mean_gx));
+              }
+            });
           }
           if (streaming) stream_copy(dx_out, dx, size_t(n) * sizeof(T));
         } else if (pw) {
