@@ -38,6 +38,12 @@ inline int64_t rows_ahead(int64_t rows, int64_t row_bytes) {
 // [i0, i1) of each row in `ahead` (null: none) are requested into L2.
 template <class T, int K, class Body>
 inline void segments_with_prefetch(int64_t n, const T* const (&ahead)[K], Body&& body) {
+  bool any = false;
+  for (int k = 0; k < K; ++k) any = any || ahead[k] != nullptr;
+  if (!any) {  // nothing to request: one loop, as without prefetching
+    body(0, n);
+    return;
+  }
   for (int64_t i0 = 0; i0 < n; i0 += kAheadSegment) {
     const int64_t i1 = std::min(n, i0 + kAheadSegment);
     for (int k = 0; k < K; ++k) {
