@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import torch
-from torch.autograd.function import once_differentiable
+import torch.nn.functional as TF
 from torch.autograd.graph import increment_version
 
 from normkit import functional as _F
+from normkit.torch import _higher_order as _H
 from normkit._arrays import int_arg, is_channels_last, kind_of, normalized_shape_tuple
 
 __all__ = [
@@ -42,22 +43,29 @@ class _AffineNorm(torch.autograd.Function):
     """The pattern of LayerNorm, GroupNorm, BatchNorm, InstanceNorm and SyncBatchNorm:
     ``forward_op(x, weight, bias) -> (y, mean, rstd)`` and
     ``backward_op(dy, x, mean, rstd, weight, output_mask, bias_dtype) -> (dx, dweight, dbias)``, the ops'
-    other arguments bound in the two closures (they need no gradient)."""
+    other arguments bound in the two closures (they need no gradient); ``composite(x, weight, bias,
+    mean, rstd)``, the same forward in differentiable torch operations, for gradients of gradients
+    (see _higher_order.py)."""
 
     @staticmethod
-    def forward(ctx, x, weight, bias, forward_op, backward_op):
+    def forward(ctx, x, weight, bias, forward_op, backward_op, composite):
         y, mean, rstd = forward_op(x, weight, bias)
-        ctx.save_for_backward(x, weight, mean, rstd)
+        ctx.save_for_backward(x, weight, bias, mean, rstd)
         ctx.backward_op = backward_op
+        ctx.composite = composite
         ctx.bias_dtype = _dtype_name(bias)
         return y
 
     @staticmethod
-    @once_differentiable
     def backward(ctx, dy):
-        x, weight, mean, rstd = ctx.saved_tensors
-        dx, dw, db = ctx.backward_op(dy, x, mean, rstd, weight, tuple(ctx.needs_input_grad[:3]), ctx.bias_dtype)
-        return dx, dw, db, None, None
+        x, weight, bias, mean, rstd = ctx.saved_tensors
+        needs = tuple(ctx.needs_input_grad[:3])
+        if _H.wants_graph():
+            dx, dw, db, _, _ = _H.differentiable_grads(ctx.composite, (x, weight, bias, mean, rstd),
+                                                       (*needs, False, False), dy)
+        else:
+            dx, dw, db = ctx.backward_op(dy, x, mean, rstd, weight, needs, ctx.bias_dtype)
+        return dx, dw, db, None, None, None
 
 
 class _RMSNorm(torch.autograd.Function):
@@ -65,15 +73,18 @@ class _RMSNorm(torch.autograd.Function):
     def forward(ctx, x, weight, normalized_shape, eps):
         y, rstd = _F.rms_norm_forward(x, normalized_shape, weight, eps)
         ctx.save_for_backward(x, weight, rstd)
-        ctx.normalized_shape = normalized_shape
+        ctx.normalized_shape, ctx.eps = normalized_shape, eps
         return y
 
     @staticmethod
-    @once_differentiable
     def backward(ctx, dy):
         x, weight, rstd = ctx.saved_tensors
         need_x, need_w = ctx.needs_input_grad[:2]
-        dx, dw = _F.rms_norm_backward(dy, x, ctx.normalized_shape, rstd, weight, output_mask=(need_x, need_w))
+        if _H.wants_graph():
+            dx, dw = _H.differentiable_grads(lambda x, w: TF.rms_norm(x, ctx.normalized_shape, w, ctx.eps),
+                                             (x, weight), (need_x, need_w), dy)
+        else:
+            dx, dw = _F.rms_norm_backward(dy, x, ctx.normalized_shape, rstd, weight, output_mask=(need_x, need_w))
         return dx, dw, None, None
 
 
@@ -87,6 +98,7 @@ def layer_norm(input, normalized_shape, weight=None, bias=None, eps=1e-5):
         lambda x, w, b: _F.layer_norm_forward(x, shape, w, b, eps),
         lambda dy, x, mean, rstd, w, mask, bias_dtype: _F.layer_norm_backward(
             dy, x, shape, mean, rstd, w, output_mask=mask, bias_dtype=bias_dtype),
+        lambda x, w, b, mean, rstd: TF.layer_norm(x, shape, w, b, eps),
     )
 
 
@@ -111,31 +123,37 @@ def rms_norm(input, normalized_shape, weight=None, eps=None):
     return _RMSNorm.apply(input, weight, shape, eps)
 
 
-def _running_stats_norm(forward_op, backward_op, input, running_mean, running_var, weight, bias, batch_stats,
-                        momentum, eps):
-    """BatchNorm and InstanceNorm: the same arguments, `batch_stats` being training / use_input_stats."""
+def _running_stats_norm(forward_op, backward_op, composite, input, running_mean, running_var, weight, bias,
+                        batch_stats, momentum, eps):
+    """BatchNorm and InstanceNorm: the same arguments, `batch_stats` being training / use_input_stats;
+    `composite(uses_batch_statistics, eps)` gives the differentiable form (_higher_order.py)."""
     batch_stats, momentum, eps = bool(batch_stats), float(momentum), float(eps)
     if not _needs_autograd(input, weight, bias):
         return forward_op(input, running_mean, running_var, weight, bias, batch_stats, momentum, eps)[0]
+    # (Without running statistics the batch's are used whatever `batch_stats` says, as in the core.)
+    uses_batch = batch_stats or running_mean is None or running_var is None
     return _AffineNorm.apply(
         input, weight, bias,
         lambda x, w, b: forward_op(x, running_mean, running_var, w, b, batch_stats, momentum, eps),
         lambda dy, x, mean, rstd, w, mask, bias_dtype: backward_op(
             dy, x, mean, rstd, w, batch_stats, output_mask=mask, bias_dtype=bias_dtype),
+        composite(uses_batch, eps),
     )
 
 
 def batch_norm(input, running_mean, running_var, weight=None, bias=None, training=False, momentum=0.1,
                eps=1e-5):
     """Like ``torch.nn.functional.batch_norm`` (running statistics updated in place when training)."""
-    return _running_stats_norm(_F.batch_norm_forward, _F.batch_norm_backward, input, running_mean, running_var,
+    return _running_stats_norm(_F.batch_norm_forward, _F.batch_norm_backward, _H.batch_norm, input, running_mean,
+                               running_var,
                                weight, bias, training, momentum, eps)
 
 
 def instance_norm(input, running_mean=None, running_var=None, weight=None, bias=None, use_input_stats=True,
                   momentum=0.1, eps=1e-5):
     """Like ``torch.nn.functional.instance_norm``."""
-    return _running_stats_norm(_F.instance_norm_forward, _F.instance_norm_backward, input, running_mean,
+    return _running_stats_norm(_F.instance_norm_forward, _F.instance_norm_backward, _H.instance_norm, input,
+                               running_mean,
                                running_var, weight, bias, use_input_stats, momentum, eps)
 
 
@@ -149,6 +167,7 @@ def group_norm(input, num_groups, weight=None, bias=None, eps=1e-5):
         lambda x, w, b: _F.group_norm_forward(x, num_groups, w, b, eps),
         lambda dy, x, mean, rstd, w, mask, bias_dtype: _F.group_norm_backward(
             dy, x, num_groups, mean, rstd, w, output_mask=mask, bias_dtype=bias_dtype),
+        lambda x, w, b, mean, rstd: TF.group_norm(x, num_groups, w, b, eps),
     )
 
 
@@ -163,8 +182,9 @@ class _BatchInstanceNorm(torch.autograd.Function):
         return y
 
     @staticmethod
-    @once_differentiable
     def backward(ctx, dy):
+        if _H.wants_graph():
+            _H.unsupported("BatchInstanceNorm")()
         x, rho, weight, *stats = ctx.saved_tensors
         need_x, need_r, need_w, need_b = ctx.needs_input_grad[:4]
         dx, dw, db, dr = _F.batch_instance_norm_backward(
@@ -197,8 +217,9 @@ class _SwitchableNorm(torch.autograd.Function):
         return y
 
     @staticmethod
-    @once_differentiable
     def backward(ctx, dy):
+        if _H.wants_graph():
+            _H.unsupported("SwitchableNorm")()
         x, mean_weight, var_weight, weight, saved = ctx.saved_tensors
         need_x, need_m, need_v, need_w, need_b = ctx.needs_input_grad[:5]
         dx, dw, db, dm, dv = _F.switchable_norm_backward(
@@ -229,10 +250,14 @@ class _LocalResponseNorm(torch.autograd.Function):
         return y
 
     @staticmethod
-    @once_differentiable
     def backward(ctx, dy):
         (x,) = ctx.saved_tensors
-        dx = _F.local_response_norm_backward(dy, x, *ctx.params) if ctx.needs_input_grad[0] else None
+        if not ctx.needs_input_grad[0]:
+            return None, None, None, None, None
+        if _H.wants_graph():
+            (dx,) = _H.differentiable_grads(lambda x: TF.local_response_norm(x, *ctx.params), (x,), (True,), dy)
+        else:
+            dx = _F.local_response_norm_backward(dy, x, *ctx.params)
         return dx, None, None, None, None
 
 
@@ -253,11 +278,14 @@ class _WeightNorm(torch.autograd.Function):
         return w
 
     @staticmethod
-    @once_differentiable
     def backward(ctx, dw):
         v, g, norms = ctx.saved_tensors
-        dv, dg = _F.weight_norm_backward(dw, v, g, norms, ctx.dim)
-        return (dv if ctx.needs_input_grad[0] else None), (dg if ctx.needs_input_grad[1] else None), None
+        need_v, need_g = ctx.needs_input_grad[:2]
+        if _H.wants_graph():
+            dv, dg = _H.differentiable_grads(_H.weight_norm(ctx.dim), (v, g), (need_v, need_g), dw)
+        else:
+            dv, dg = _F.weight_norm_backward(dw, v, g, norms, ctx.dim)
+        return (dv if need_v else None), (dg if need_g else None), None
 
 
 def weight_norm(v, g, dim=0):
@@ -284,6 +312,7 @@ def sync_batch_norm(input, running_mean, running_var, weight=None, bias=None, mo
         lambda x, w, b: _F.sync_batch_norm_forward(x, running_mean, running_var, w, b, momentum, eps, comm, check),
         lambda dy, x, mean, rstd, w, mask, bias_dtype: _F.sync_batch_norm_backward(
             dy, x, mean, rstd, w, comm, check, output_mask=mask, bias_dtype=bias_dtype),
+        _H.unsupported("SyncBatchNorm"),
     )
 
 
@@ -297,10 +326,14 @@ class _SpectralNorm(torch.autograd.Function):
         return y
 
     @staticmethod
-    @once_differentiable
     def backward(ctx, dy):
         w, u, v, sigma = ctx.saved_tensors
-        dw = _F.spectral_norm_backward(dy, w, u, v, sigma, ctx.dim) if ctx.needs_input_grad[0] else None
+        if not ctx.needs_input_grad[0]:
+            return None, None, None, None, None, None, None
+        if _H.wants_graph():
+            (dw,) = _H.differentiable_grads(_H.spectral_norm(u, v, ctx.dim), (w,), (True,), dy)
+        else:
+            dw = _F.spectral_norm_backward(dy, w, u, v, sigma, ctx.dim)
         return dw, None, None, None, None, None, None
 
 
@@ -328,13 +361,19 @@ class _MeanOnlyBatchNorm(torch.autograd.Function):
         y, _ = _F.mean_only_batch_norm_forward(x, running_mean, bias, training, momentum)
         ctx.training = training
         ctx.bias_dtype = _dtype_name(bias)
+        ctx.bias_torch_dtype = None if bias is None else bias.dtype
         ctx.channels_last = is_channels_last(_TORCH_KIND, x)  # dx keeps x's memory format
         return y
 
     @staticmethod
-    @once_differentiable
     def backward(ctx, dy):
         need_x, need_b = ctx.needs_input_grad[:2]
+        if _H.wants_graph():
+            # The gradients are linear in dy: the same formulas in torch operations.
+            dims = [d for d in range(dy.dim()) if d != 1]
+            dx = (dy - dy.mean(dim=dims, keepdim=True) if ctx.training else dy) if need_x else None
+            db = dy.sum(dim=dims).to(ctx.bias_torch_dtype) if need_b else None
+            return dx, db, None, None, None
         dx, db = _F.mean_only_batch_norm_backward(dy, ctx.training, output_mask=(need_x, need_b),
                                                   bias_dtype=ctx.bias_dtype, channels_last=ctx.channels_last)
         return dx, db, None, None, None
