@@ -610,3 +610,44 @@ def test_cuda_module_matches_torch(kind):
         y.sum().backward()
     g_ref = ref.parametrizations.weight.original.grad.cpu()
     R.assert_close("grad", g_ref, nk.parametrizations.weight.original.grad.cpu(), 1e-12, g_ref.abs().max().item())
+
+
+# ---- torch's runtime behaviour past registration (found by a review against torch) -------------------
+
+
+def test_twin_follows_torch_for_counts_set_after_registration():
+    """torch checks n_power_iterations when registering only: 0 set afterwards runs no step (the stored
+    vectors), True counts as 1."""
+    for setting in (0, True):
+        outs = []
+        for f in (P.spectral_norm, nkt.spectral_norm):
+            torch.manual_seed(0)
+            m = f(torch.nn.Linear(4, 3))
+            m.parametrizations.weight[0].n_power_iterations = setting
+            outs.append((m(torch.ones(1, 4)).detach(), m.parametrizations.weight[0]._u.clone()))
+        torch.testing.assert_close(outs[1][0], outs[0][0], rtol=1e-6, atol=1e-6)
+        torch.testing.assert_close(outs[1][1], outs[0][1], rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.filterwarnings("ignore:Initializing zero-element tensors")
+def test_twin_takes_an_empty_weight_and_strided_vectors_in_eval():
+    for f in (P.spectral_norm, nkt.spectral_norm):
+        assert f(torch.nn.Linear(0, 3))(torch.ones(2, 0)).shape == (2, 3)
+    outs = []
+    for f in (P.spectral_norm, nkt.spectral_norm):
+        torch.manual_seed(0)
+        m = f(torch.nn.Linear(4, 3)).eval()
+        m.parametrizations.weight[0]._u = torch.tensor(0.5).expand(3)  # stride 0: never written in eval
+        outs.append(m(torch.ones(1, 4)).detach())
+    torch.testing.assert_close(outs[1], outs[0], rtol=1e-6, atol=1e-6)
+
+
+def test_functional_eval_reads_read_only_vectors():
+    w = R.make_numpy((4, 3), "float32", 1)
+    u = ref_normalize(R.random_f64((4,), 2), 1e-12).astype(np.float32)
+    v = ref_normalize(R.random_f64((3,), 3), 1e-12).astype(np.float32)
+    want = nkF.spectral_norm(w, u.copy(), v.copy(), training=False)
+    u.flags.writeable = v.flags.writeable = False
+    np.testing.assert_array_equal(nkF.spectral_norm(w, u, v, training=False), want)
+    with pytest.raises(ValueError, match="u: expected a writable array"):
+        nkF.spectral_norm(w, u, v, training=True)

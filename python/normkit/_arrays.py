@@ -185,9 +185,11 @@ def to_core(x, arg: str = "x", written: bool = False):
     `arg` (the extension would only say that no overload matched)."""
     if x is None:
         return x
-    if type(x) is np.ndarray:
+    if isinstance(x, np.ndarray):  # (subclasses too: np.memmap)
         if written and not x.flags.writeable:
             raise ValueError(f"{arg}: expected a writable array (it is updated in place), got a read-only one")
+        if not x.dtype.isnative:
+            raise TypeError(f"{arg}: expected an array in the machine's byte order, got dtype {x.dtype.str}")
         return x
     torch = sys.modules.get("torch")
     if torch is not None and isinstance(x, torch.Tensor):
@@ -240,11 +242,11 @@ def empty_in_layout(kind, shape, dtype_name, like, channels_last: bool):
 
 def normalized_shape_tuple(normalized_shape) -> tuple:
     """torch accepts an int or a sequence of ints for normalized_shape."""
-    if isinstance(normalized_shape, (int, np.integer)):
+    if isinstance(normalized_shape, (int, np.integer)) and not isinstance(normalized_shape, bool):
         return (int(normalized_shape),)
-    try:
-        return tuple(int(s) for s in normalized_shape)
-    except TypeError:
+    if isinstance(normalized_shape, (str, bytes)) or not hasattr(normalized_shape, "__iter__"):
         raise TypeError(
             f"normalized_shape: expected an int or a sequence of ints, got {type(normalized_shape).__name__}"
-        ) from None
+        )
+    # (Each one an int: torch refuses 2.5 rather than truncating it.)
+    return tuple(int_arg(s, "normalized_shape") for s in normalized_shape)

@@ -579,8 +579,17 @@ def spectral_norm_forward(w, u, v, n_power_iterations=1, eps=1e-12, dim=0, train
     ws, dt = kind.shape(w), kind.dtype_name(w)
     y = kind.empty(ws, dt, w)
     sigma = kind.empty((), acc_dtype_name(dt), w)
+    # u and v are written only when training: in evaluation any u and v will do (the core compacts
+    # strided ones; a read-only NumPy one is copied, the extension takes only writable arrays there).
+    def vector(a, arg):
+        if training:
+            return _in_place(a, arg)
+        if getattr(a, "flags", None) is not None and not a.flags.writeable:  # (NumPy)
+            a = a.copy()
+        return to_core(a, arg)
+
     _core.spectral_norm_forward(
-        to_core(w, "w"), _in_place(u, "u"), _in_place(v, "v"), _spectral_norm_dim(dim),
+        to_core(w, "w"), vector(u, "u"), vector(v, "v"), _spectral_norm_dim(dim),
         int_arg(n_power_iterations, "n_power_iterations"),
         float(eps), bool(training), bool(check_sigma), to_core(y, "y"), to_core(sigma, "sigma"), kind.stream(w),
     )

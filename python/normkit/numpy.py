@@ -4,6 +4,9 @@ and ``state_dict()``/``load_state_dict()`` use torch.nn's keys, so weights move 
 
 from __future__ import annotations
 
+from collections import namedtuple
+from collections.abc import Mapping
+
 import numpy as np
 
 from normkit import functional as F
@@ -38,6 +41,10 @@ __all__ = [
 ]
 
 
+# What load_state_dict returns (torch's _IncompatibleKeys has the same two fields).
+IncompatibleKeys = namedtuple("IncompatibleKeys", ["missing_keys", "unexpected_keys"])
+
+
 class Module:
     """Base class: parameters and buffers by name, train/eval, state_dict."""
 
@@ -49,8 +56,8 @@ class Module:
         self.training = True
         self.grads: dict = {}
 
-    def __call__(self, x):
-        return self.forward(x)
+    def __call__(self, *args, **kwargs):
+        return self.forward(*args, **kwargs)
 
     def _check_input_dim(self, x):
         if np.ndim(x) not in self._expected_dims:
@@ -58,7 +65,9 @@ class Module:
             raise ValueError(f"x: expected {dims} input, got {np.ndim(x)}D input")
 
     def train(self, mode: bool = True):
-        self.training = bool(mode)
+        if not isinstance(mode, bool):
+            raise ValueError(f"train: training mode is expected to be boolean, got {type(mode).__name__} {mode!r}")
+        self.training = mode
         return self
 
     def eval(self):
@@ -76,21 +85,34 @@ class Module:
     def state_dict(self) -> dict:
         return {name: np.array(value, copy=True) for name, value in self._entries()}
 
-    def load_state_dict(self, state: dict, strict: bool = True):
-        """Copies arrays (NumPy, or anything np.asarray takes, e.g. CPU torch tensors) into place."""
+    def load_state_dict(self, state, strict: bool = True):
+        """Copies arrays (NumPy, or anything np.asarray takes, e.g. CPU torch tensors) into place, as
+        torch.nn.Module.load_state_dict: RuntimeError for missing or unexpected keys (when `strict`) and
+        for shape mismatches (always), nothing copied then; returns ``(missing_keys, unexpected_keys)``.
+        A state without ``num_batches_tracked`` (checkpoints older than that buffer) keeps the current
+        count, as torch does for them."""
+        if not isinstance(state, Mapping):
+            raise TypeError(f"state_dict: expected a mapping (e.g. a dict), got {type(state).__name__}")
         own = dict(self._entries())
-        missing = [k for k in own if k not in state]
+        missing = [k for k in own if k not in state and k != "num_batches_tracked"]
         unexpected = [k for k in state if k not in own]
-        if strict and (missing or unexpected):
-            raise KeyError(f"state_dict: missing keys {missing}, unexpected keys {unexpected}")
+        errors = []
+        if strict and unexpected:
+            errors.append("Unexpected key(s) in state_dict: " + ", ".join(f'"{k}"' for k in unexpected))
+        if strict and missing:
+            errors.append("Missing key(s) in state_dict: " + ", ".join(f'"{k}"' for k in missing))
+        values = {}
         for name, target in own.items():
-            if name not in state:
-                continue
-            value = np.asarray(state[name])
-            if value.shape != target.shape:
-                raise ValueError(f"state_dict[{name!r}]: expected shape {target.shape}, got {value.shape}")
-            target[...] = value
-        return self
+            if name in state:
+                values[name] = np.asarray(state[name])
+                if values[name].shape != target.shape:
+                    errors.append(f"size mismatch for {name}: copying a param with shape {values[name].shape} from "
+                                  f"checkpoint, the shape in current model is {target.shape}")
+        if errors:
+            raise RuntimeError(f"Error(s) in loading state_dict for {type(self).__name__}:\n\t" + "\n\t".join(errors))
+        for name, value in values.items():
+            own[name][...] = value
+        return IncompatibleKeys(missing, unexpected)
 
 
 class LayerNorm(Module):
@@ -506,7 +528,7 @@ class WeightNorm(Module):
         v = np.array(weight, copy=True)
         if np.issubdtype(v.dtype, np.integer) or v.dtype == np.bool_:
             raise TypeError(f"weight: expected a floating-point array, got {v.dtype}")
-        self.dim = -1 if dim is None else int(dim)
+        self.dim = -1 if dim is None else int_arg(dim, "dim")
         nd = v.ndim
         if not -nd <= self.dim < nd:
             raise ValueError(f"dim: expected a dimension in [{-nd}, {nd - 1}] for weight of shape {v.shape}, "
@@ -621,7 +643,7 @@ class SpectralNorm(Module):
         if nd < 2:
             raise ValueError(f"weight: expected 2 or more dimensions (torch normalizes a 1-D weight as "
                              f"w / max(||w||, eps), without power iteration), got shape {w.shape}")
-        dim = 0 if dim is None else int(dim)
+        dim = 0 if dim is None else int_arg(dim, "dim")
         if not -nd <= dim < nd:
             raise ValueError(f"dim: expected a dimension in [{-nd}, {nd - 1}] for weight of shape {w.shape}, "
                              f"got {dim}")
@@ -697,14 +719,20 @@ class _MeanOnlyBatchNorm(Module):
         y, _ = F.mean_only_batch_norm_forward(x, self.running_mean, self.bias, self.training, factor)
         if self.training:
             self.num_batches_tracked += 1
-        self._saved = (self.training, is_channels_last(kind_of(x), x))
+        # (x itself is not needed for the gradients, only what dy must look like)
+        self._saved = (self.training, is_channels_last(kind_of(x), x), np.shape(x), np.asarray(x).dtype)
         return y
 
     def backward(self, dy):
         if self._saved is None:
             raise RuntimeError("backward: call forward first")
-        training, channels_last = self._saved
+        training, channels_last, shape, dtype = self._saved
+        if np.shape(dy) != shape:
+            raise ValueError(f"dy: expected shape {shape} (the forward's input), got {np.shape(dy)}")
+        if np.asarray(dy).dtype != dtype:
+            raise TypeError(f"dy: expected dtype {dtype} (the forward's input), got {np.asarray(dy).dtype}")
         dx, db = F.mean_only_batch_norm_backward(dy, training, output_mask=(True, self.affine),
+                                                 bias_dtype=self.bias.dtype.name if self.affine else None,
                                                  channels_last=channels_last)
         self.grads = {"bias": db} if self.affine else {}
         return dx

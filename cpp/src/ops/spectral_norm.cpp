@@ -75,8 +75,9 @@ void spectral_norm_forward(const TensorView& w, const TensorView& u, const Tenso
   const SpectralNormShape shape = shape_of(w, dim);
   check_value(n_power_iterations >= 1, "n_power_iterations: expected a positive number, got ", n_power_iterations);
   ops::check_eps(eps);
-  check_vector(u, "u", shape.H, "the size of dim", w, true);
-  check_vector(v, "v", shape.K, "the product of the other dims", w, true);
+  // (Written only when training; in evaluation u and v may be any view, compacted below.)
+  check_vector(u, "u", shape.H, "the size of dim", w, training);
+  check_vector(v, "v", shape.K, "the product of the other dims", w, training);
   if (y) ops::check_output(*y, "y", w.shape, w.dtype, w, "w");
   if (sigma) {
     check_sigma_array(*sigma, w);
@@ -87,14 +88,14 @@ void spectral_norm_forward(const TensorView& w, const TensorView& u, const Tenso
   ops::check_no_overlap({{u, "u"}, {v, "v"}, {y, "y"}, {sigma, "sigma"}}, {{w, "w"}});
   ops::DeviceScope scope(w.device);
   const int64_t work_values = detail::SpectralNormWork{shape.H, shape.K}.size();
-  std::shared_ptr<void> w_copy, y_scratch;
+  std::shared_ptr<void> w_copy, y_scratch, u_copy, v_copy;
   const std::shared_ptr<void> work = ops::device_buffer(w.device, size_t(work_values) * size_t(dtype_size(acc_dtype(w.dtype))), stream);
   detail::SpectralNormForwardArgs a{};
   a.dtype = w.dtype;
   a.shape = shape;
   a.w = ops::rows_in(w, dim, w_copy, stream);
-  a.u = u.data;
-  a.v = v.data;
+  a.u = training ? u.data : ops::compact_param(u, u_copy, stream)->data;
+  a.v = training ? v.data : ops::compact_param(v, v_copy, stream)->data;
   a.iterations = training ? n_power_iterations : 0;
   a.eps = eps;
   a.work = work.get();

@@ -435,9 +435,13 @@ class SpectralNorm(_parametrizations._SpectralNorm):
     zero sigma (an all-zero weight) gives inf/nan."""
 
     def forward(self, weight: torch.Tensor) -> torch.Tensor:
-        if weight.ndim == 1:
+        if weight.ndim == 1 or weight.numel() == 0:  # (torch's own path; an empty weight stays empty)
             return super().forward(weight)
-        return F.spectral_norm(weight, self._u, self._v, self.n_power_iterations, self.eps, self.dim, self.training)
+        # torch checks n_power_iterations at registration only: a count set to 0 afterwards runs no step
+        # (= the stored vectors, as in evaluation), and True counts as 1.
+        iterations = int(self.n_power_iterations)
+        return F.spectral_norm(weight, self._u, self._v, max(iterations, 1), self.eps, self.dim,
+                               self.training and iterations > 0)
 
 
 def spectral_norm(module: torch.nn.Module, name: str = "weight", n_power_iterations: int = 1, eps: float = 1e-12,
