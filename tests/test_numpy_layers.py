@@ -342,3 +342,24 @@ def test_mean_only_batch_norm_gradients_take_the_bias_dtype_and_check_dy():
         layer.backward(np.ones((7, 5), np.float32))
     with pytest.raises(TypeError, match="dy: expected dtype float32"):
         layer.backward(np.ones((4, 3), np.float64))
+
+
+@pytest.mark.filterwarnings("ignore:Mismatch dtype between input and weight")
+@pytest.mark.parametrize("x_dtype,w_dtype", [("float64", "float32"), ("float32", "float64"), ("float16", "float64")])
+def test_rms_norm_weight_of_another_dtype_as_torch(x_dtype, w_dtype):
+    """torch.nn.RMSNorm takes a weight of any float dtype: y and dx in x's dtype, dweight in the weight's."""
+    layer = nknp.RMSNorm(4, dtype=w_dtype)
+    layer.weight[...] = np.array([0.5, 1.0, 2.0, 3.0])
+    x = R.make_numpy((3, 4), x_dtype, 7)
+    y = layer(x)
+    dx = layer.backward(np.ones_like(x))
+    ref = torch.nn.RMSNorm(4, dtype=getattr(torch, w_dtype))
+    ref.weight.data = torch.from_numpy(layer.weight.copy())
+    xt = torch.from_numpy(x).requires_grad_()
+    yt = ref(xt)
+    yt.backward(torch.ones_like(yt))
+    assert y.dtype == x.dtype and dx.dtype == x.dtype and layer.grads["weight"].dtype == np.dtype(w_dtype)
+    tol = R.TOL[x_dtype] if x_dtype != "float64" else 1e-6
+    R.assert_close("y", y, yt.detach(), tol, 4.0)
+    R.assert_close("dx", dx, xt.grad, tol, 4.0)
+    R.assert_close("dweight", layer.grads["weight"], ref.weight.grad, max(tol, 1e-6), 4.0)

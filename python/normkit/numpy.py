@@ -166,17 +166,30 @@ class RMSNorm(Module):
         self.weight = np.ones(self.normalized_shape, dtype) if elementwise_affine else None
         self._saved = None
 
+    def _weight_for(self, x):
+        """The weight as the core takes it for x (x's dtype, or float32 for half x). torch's RMSNorm
+        takes a weight of any float dtype (computing in the wider one, returning x's dtype), so other
+        weights are cast to x's accumulation dtype; their gradient goes back to the weight's dtype."""
+        w = self.weight
+        if w is None:
+            return None
+        xd = kind_of(x).dtype_name(x)
+        if w.dtype.name == xd or (w.dtype == np.float32 and xd in ("float16", "bfloat16")):
+            return w
+        return w.astype(np.float64 if xd == "float64" else np.float32)
+
     def forward(self, x):
-        y, rstd = F.rms_norm_forward(x, self.normalized_shape, self.weight, self.eps)
-        self._saved = (x, rstd)
+        w = self._weight_for(x)
+        y, rstd = F.rms_norm_forward(x, self.normalized_shape, w, self.eps)
+        self._saved = (x, rstd, w)
         return y
 
     def backward(self, dy):
         if self._saved is None:
             raise RuntimeError("backward: call forward first")
-        x, rstd = self._saved
-        dx, dw = F.rms_norm_backward(dy, x, self.normalized_shape, rstd, self.weight)
-        self.grads = {"weight": dw} if dw is not None else {}
+        x, rstd, w = self._saved
+        dx, dw = F.rms_norm_backward(dy, x, self.normalized_shape, rstd, w)
+        self.grads = {"weight": dw.astype(self.weight.dtype, copy=False)} if dw is not None else {}
         return dx
 
     def __repr__(self):
