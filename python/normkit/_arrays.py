@@ -210,6 +210,13 @@ def _compact_in(shape, strides, order) -> bool:
     return True
 
 
+def is_contiguous_array(x) -> bool:
+    """x's elements lie one after the other in row-major order (size-1 dims aside)."""
+    kind = kind_of(x)
+    shape, strides = kind.shape(x), kind.strides(x)
+    return strides is None or _compact_in(shape, strides, list(range(len(shape))))
+
+
 def is_channels_last(kind, x) -> bool:
     """x is [N, C, *spatial] stored channels-last (NHWC, NDHWC) and not also channels-first."""
     shape, strides = kind.shape(x), kind.strides(x)

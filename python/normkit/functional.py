@@ -514,11 +514,9 @@ def weight_norm_backward(dw, v, g, norms, dim=0):
 
 
 def _communicator(comm):
-    if comm is None:
-        from normkit.distributed import default_communicator
+    from normkit.distributed import as_communicator, default_communicator
 
-        return default_communicator()
-    return comm
+    return default_communicator() if comm is None else as_communicator(comm)
 
 
 def sync_batch_norm_forward(x, running_mean=None, running_var=None, weight=None, bias=None, momentum=0.1, eps=1e-5,

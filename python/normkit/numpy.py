@@ -593,6 +593,7 @@ class SyncBatchNorm(_BatchNorm):
     def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=True, track_running_stats=True, comm=None,
                  sync_check=None, dtype=np.float32):
         super().__init__(num_features, eps, momentum, affine, track_running_stats, dtype)
+        self._comm_given = comm is not None  # a resolved default is not copied (see __getstate__)
         if comm is None:
             from normkit.distributed import default_communicator
 
@@ -601,6 +602,23 @@ class SyncBatchNorm(_BatchNorm):
         self._identity = SyncIdentity(check_enabled(sync_check))
         self._synced = False
         self._check = None
+
+    def __getstate__(self):
+        # A communicator wraps process-wide MPI/torch state and cannot be copied; the default one is
+        # resolved again where the copy is unpickled (as the torch twin does).
+        if self._comm_given:
+            raise TypeError("SyncBatchNorm with an explicit comm cannot be copied or pickled; "
+                            "construct it with comm=None (the default communicator) to copy it")
+        state = dict(self.__dict__)
+        state["comm"] = None
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        if self.comm is None:
+            from normkit.distributed import default_communicator
+
+            self.comm = default_communicator()
 
     def _check_input_dim(self, x):
         if np.ndim(x) < 2:

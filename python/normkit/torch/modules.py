@@ -354,11 +354,13 @@ class SyncBatchNorm(_AnyRank, _BatchNormForward, torch.nn.modules.batchnorm._Bat
         self._sync = SyncIdentity(check_enabled(sync_check))
 
     def _communicator(self):
-        if self.comm is None:
-            from normkit.distributed import default_communicator
+        from normkit.distributed import as_communicator, default_communicator
 
+        if self.comm is None:
             self.comm = default_communicator(self.process_group)
             self._comm_resolved = True
+        else:  # (a ProcessGroup given as comm, as torch's positional process_group)
+            self.comm = as_communicator(self.comm)
         return self.comm
 
     def __getstate__(self):
