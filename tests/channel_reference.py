@@ -308,6 +308,12 @@ def to_channels_last_torch(t):
     raise ValueError(f"channels-last needs a 3-D, 4-D or 5-D tensor, got {t.dim()}-D")
 
 
+def keeps_channels_last_torch(t):
+    """Whether torch keeps t's channels-last layout in a layer's output: only its channels_last (4-D)
+    and channels_last_3d (5-D) formats; a 3-D tensor stored as NLC gives a contiguous output."""
+    return t.dim() in (4, 5) and is_channels_last_torch(t)
+
+
 def is_channels_last_torch(t):
     import torch
 
@@ -381,10 +387,12 @@ def twin_step(twin, ref, x, dy, kind, tag="", same=None, batched_rank=None):
     # wrong for channels-last dy with N == 1 (torch 2.13); the gradient does not depend on dy's layout
 
     assert isinstance(y, torch.Tensor) and y.dtype == x.dtype and y.shape == x.shape, (y.dtype, y.shape)
-    if is_channels_last_torch(x) and not x.is_contiguous():
-        assert is_channels_last_torch(y), f"{tag}: channels-last input gave output with strides {y.stride()}"
-    elif x.is_contiguous():
-        assert y.is_contiguous(), f"{tag}: contiguous input gave output with strides {y.stride()}"
+    # The output's memory format is torch.nn's (channels-last for channels_last/channels_last_3d inputs,
+    # except InstanceNorm's; contiguous for a 3-D input stored as NLC).
+    if is_channels_last_torch(yr) and not yr.is_contiguous():
+        assert is_channels_last_torch(y), f"{tag}: torch.nn gives channels-last, twin gives strides {y.stride()}"
+    elif yr.is_contiguous():
+        assert y.is_contiguous(), f"{tag}: torch.nn gives a contiguous output, twin gives strides {y.stride()}"
     assert xt.grad is not None and xt.grad.dtype == x.dtype and xt.grad.shape == x.shape
 
     # statistic grouping and the float64 statistics, for the tolerance scales

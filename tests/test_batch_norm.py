@@ -103,10 +103,10 @@ def test_functional_torch_vs_reference(case, dtype, training):
     ref = CR.batch_norm_forward(x, stats_before[0], stats_before[1], w, b, training, momentum, EPS)
 
     assert isinstance(y, torch.Tensor) and y.dtype == x.dtype and tuple(y.shape) == shape
-    if fmt == "cl":
+    if CR.keeps_channels_last_torch(x):
         assert CR.is_channels_last_torch(y), f"channels-last input, output strides {y.stride()}"
-    else:
-        assert y.is_contiguous()
+    else:  # (channels-first, or a 3-D NLC input: contiguous, as torch)
+        assert y.is_contiguous(), f"output strides {y.stride()}"
     for name, s in (("save_mean", sm), ("save_rstd", sr)):
         assert isinstance(s, torch.Tensor) and tuple(s.shape) == (c,), (name, s.shape)
         assert s.dtype == acc_torch(dtype), (name, s.dtype)

@@ -80,10 +80,10 @@ def test_functional_torch_vs_reference(case, dtype, affine):
     y, mean, rstd = nkF.group_norm_forward(x, g, w, b, EPS)
     ref = CR.group_norm_forward(x, g, w, b, EPS)
     assert isinstance(y, torch.Tensor) and y.dtype == x.dtype and tuple(y.shape) == shape
-    if fmt == "cl":
+    if CR.keeps_channels_last_torch(x):
         assert CR.is_channels_last_torch(y), f"channels-last input, output strides {y.stride()}"
-    else:
-        assert y.is_contiguous()
+    else:  # (channels-first, or a 3-D NLC input: contiguous, as torch)
+        assert y.is_contiguous(), f"output strides {y.stride()}"
     acc = torch.float64 if dtype == "float64" else torch.float32
     for name, s in (("mean", mean), ("rstd", rstd)):
         assert tuple(s.shape) == (n, g) and s.dtype == acc, (name, s.shape, s.dtype)

@@ -84,10 +84,10 @@ def test_functional_torch_vs_reference(case, dtype, stats):
     y, sm, sr = nkF.instance_norm_forward(x, rm, rv, w, b, use_input, momentum, EPS)
     ref = CR.instance_norm_forward(x, before[0], before[1], w, b, use_input, momentum, EPS)
     assert isinstance(y, torch.Tensor) and y.dtype == x.dtype and tuple(y.shape) == shape
-    if fmt == "cl":
+    if CR.keeps_channels_last_torch(x):
         assert CR.is_channels_last_torch(y), f"channels-last input, output strides {y.stride()}"
-    else:
-        assert y.is_contiguous()
+    else:  # (channels-first, or a 3-D NLC input: contiguous, as torch)
+        assert y.is_contiguous(), f"output strides {y.stride()}"
     acc = torch.float64 if dtype == "float64" else torch.float32
     if use_input:
         for name, s in (("save_mean", sm), ("save_rstd", sr)):

@@ -81,7 +81,9 @@ def test_large_channel_norms_match_torch(layer, channels_last):
     ya, yb = ours(xa), ref(xb)
     ya.backward(dy)
     yb.backward(dy)
-    assert ya.is_contiguous(memory_format=torch.channels_last) == channels_last
+    # torch.nn's memory format (InstanceNorm gives a contiguous output whatever its input's)
+    assert ya.is_contiguous(memory_format=torch.channels_last) == yb.is_contiguous(memory_format=torch.channels_last)
+    assert ya.is_contiguous() == yb.is_contiguous()
     # float32; statistics over 4e5 (BatchNorm) or 5e4 values summed in different orders
     torch.testing.assert_close(ya, yb, atol=2e-5, rtol=1e-5)
     torch.testing.assert_close(xa.grad, xb.grad, atol=1e-4, rtol=1e-4)

@@ -97,3 +97,54 @@ def test_convert_model_twin_is_independent_of_the_old_layer():
     old.weight = torch.nn.Parameter(torch.zeros(3))
     old.register_buffer("extra", torch.ones(1))
     assert twin.weight is not old.weight and "extra" not in dict(twin.named_buffers())
+
+
+# ---- found by a review of the twins in training loops ---------------------------------------------------
+
+
+@pytest.mark.parametrize("layer,args", [("BatchNorm1d", (4,)), ("GroupNorm", (2, 4)), ("InstanceNorm1d", (4,))])
+def test_nlc_input_gives_torch_layouts(layer, args):
+    """bn(h.transpose(1, 2)) on [N, L, C] data: torch returns a contiguous output (it has no NLC
+    format), so a later .view() works; the input gradient keeps the input's layout."""
+    results = []
+    for lib in (torch.nn, nt):
+        h = torch.randn(2, 5, 4, generator=torch.Generator().manual_seed(0)).transpose(1, 2).requires_grad_()
+        y = getattr(lib, layer)(*args)(h)
+        y.backward(torch.ones_like(y))
+        y.view(2, -1)
+        results.append((y.stride(), h.grad.stride(), y.detach()))
+    assert results[1][:2] == results[0][:2]
+    torch.testing.assert_close(results[1][2], results[0][2], rtol=1e-5, atol=1e-5)
+
+
+def test_instance_norm_of_channels_last_input_is_contiguous_as_torch():
+    for lib in (torch.nn, nt):
+        x = torch.randn(2, 4, 3, 3).to(memory_format=torch.channels_last).requires_grad_()
+        y = lib.InstanceNorm2d(4, affine=True)(x)
+        y.backward(torch.ones_like(y))
+        assert y.is_contiguous() and x.grad.is_contiguous(memory_format=torch.channels_last), lib
+        y.view(2, -1)
+
+
+def test_rms_norm_takes_an_inference_tensor_in_training():
+    with torch.inference_mode():
+        x = torch.randn(3, 8, generator=torch.Generator().manual_seed(1))
+    grads = []
+    for lib in (torch.nn, nt):
+        m = lib.RMSNorm(8)
+        m(x).square().sum().backward()
+        grads.append(m.weight.grad)
+    torch.testing.assert_close(grads[1], grads[0], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_local_response_norm_under_autocast_is_float32_as_torch(dtype):
+    outs = []
+    for lib in (torch.nn, nt):
+        x = torch.randn(2, 8, 4, 4, generator=torch.Generator().manual_seed(2)).to(dtype).requires_grad_()
+        with torch.autocast("cpu", dtype=dtype):
+            y = lib.LocalResponseNorm(3)(x)
+        y.sum().backward()
+        outs.append((y.dtype, x.grad.dtype, y.detach()))
+    assert outs[1][:2] == outs[0][:2] == (torch.float32, dtype)
+    torch.testing.assert_close(outs[1][2], outs[0][2], rtol=1e-5, atol=1e-6)

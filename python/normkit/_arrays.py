@@ -79,6 +79,10 @@ class _NumpyKind:
 
 
 class _TorchKind:
+    # torch's channels-last memory formats: channels_last (4-D) and channels_last_3d (5-D). Its layers
+    # return contiguous outputs for other ranks, whatever the input's strides.
+    output_channels_last_ranks = (4, 5)
+
     def __init__(self):
         import torch
 
@@ -235,6 +239,17 @@ def empty_like_layout(kind, x, dtype_name=None):
         if out is not None:
             return out
     return empty_in_layout(kind, kind.shape(x), dtype_name or kind.dtype_name(x), x, is_channels_last(kind, x))
+
+
+def empty_output_like(kind, x):
+    """A layer's output for x: like x (empty_like_layout), except where the library has no channels-last
+    format for x's rank (torch: 3-D [N, C, L] stored as NLC gives a contiguous output, as torch's layers
+    do; gradients keep x's layout)."""
+    ranks = getattr(kind, "output_channels_last_ranks", None)
+    shape = kind.shape(x)
+    if ranks is not None and len(shape) not in ranks and is_channels_last(kind, x):
+        return empty_in_layout(kind, shape, kind.dtype_name(x), x, False)
+    return empty_like_layout(kind, x)
 
 
 def empty_in_layout(kind, shape, dtype_name, like, channels_last: bool):

@@ -14,7 +14,8 @@ from __future__ import annotations
 
 from normkit import _core
 from normkit._arrays import (
-    acc_dtype_name, empty_in_layout, empty_like_layout, int_arg, kind_of, normalized_shape_tuple, to_core,
+    acc_dtype_name, empty_in_layout, empty_like_layout, empty_output_like, int_arg, kind_of, normalized_shape_tuple,
+    to_core,
 )
 
 __all__ = [
@@ -177,7 +178,7 @@ def rms_norm_backward(dy, x, normalized_shape, rstd, weight=None, output_mask=(T
 
 def _channel_outputs(kind, x, saved_shape):
     acc = acc_dtype_name(kind.dtype_name(x))
-    return empty_like_layout(kind, x), kind.empty(saved_shape, acc, x), kind.empty(saved_shape, acc, x)
+    return empty_output_like(kind, x), kind.empty(saved_shape, acc, x), kind.empty(saved_shape, acc, x)
 
 
 def _channel_grads(kind, x, weight, output_mask, bias_dtype):
@@ -323,7 +324,7 @@ def batch_instance_norm_forward(x, rho, running_mean, running_var, weight=None, 
     acc = acc_dtype_name(kind.dtype_name(x))
     c = _channels(kind, x)
     nc = tuple(shape[:2]) if len(shape) >= 2 else (0, 0)
-    y = empty_like_layout(kind, x)
+    y = empty_output_like(kind, x)
     mb, sb = kind.empty((c,), acc, x), kind.empty((c,), acc, x)
     mi, si = kind.empty(nc, acc, x), kind.empty(nc, acc, x)
     _core.batch_instance_norm_forward(
@@ -393,7 +394,7 @@ def switchable_norm_forward(x, mean_weight, var_weight, running_mean, running_va
     shape = kind.shape(x)
     acc = acc_dtype_name(kind.dtype_name(x))
     n, c = (shape[0], shape[1]) if len(shape) >= 2 else (0, 0)
-    y = empty_like_layout(kind, x)
+    y = empty_output_like(kind, x)
     saved = kind.empty((4 * n * c + 2 * n + 2 * c,), acc, x)
     _core.switchable_norm_forward(
         to_core(x), to_core(mean_weight, "mean_weight"), to_core(var_weight, "var_weight"),
@@ -638,7 +639,7 @@ def mean_only_batch_norm_forward(x, running_mean, bias=None, training=False, mom
     """
     kind = kind_of(x)
     acc = acc_dtype_name(kind.dtype_name(x))
-    y = empty_like_layout(kind, x)
+    y = empty_output_like(kind, x)
     sm = kind.empty((_channels(kind, x),), acc, x)
     _core.mean_only_batch_norm_forward(
         to_core(x), _in_place(running_mean, "running_mean"), to_core(bias, "bias"), bool(training), float(momentum),

@@ -72,7 +72,8 @@ class _RMSNorm(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, normalized_shape, eps):
         y, rstd = _F.rms_norm_forward(x, normalized_shape, weight, eps)
-        ctx.save_for_backward(x, weight, rstd)
+        # (An inference-mode tensor cannot be saved for backward; torch's rms_norm takes one in training.)
+        ctx.save_for_backward(x.clone() if x.is_inference() else x, weight, rstd)
         ctx.normalized_shape, ctx.eps = normalized_shape, eps
         return y
 
@@ -145,16 +146,16 @@ def batch_norm(input, running_mean, running_var, weight=None, bias=None, trainin
                eps=1e-5):
     """Like ``torch.nn.functional.batch_norm`` (running statistics updated in place when training)."""
     return _running_stats_norm(_F.batch_norm_forward, _F.batch_norm_backward, _H.batch_norm, input, running_mean,
-                               running_var,
-                               weight, bias, training, momentum, eps)
+                               running_var, weight, bias, training, momentum, eps)
 
 
 def instance_norm(input, running_mean=None, running_var=None, weight=None, bias=None, use_input_stats=True,
                   momentum=0.1, eps=1e-5):
-    """Like ``torch.nn.functional.instance_norm``."""
-    return _running_stats_norm(_F.instance_norm_forward, _F.instance_norm_backward, _H.instance_norm, input,
-                               running_mean,
-                               running_var, weight, bias, use_input_stats, momentum, eps)
+    """Like ``torch.nn.functional.instance_norm`` (whose output is contiguous whatever the input's memory
+    format: so is this one's)."""
+    y = _running_stats_norm(_F.instance_norm_forward, _F.instance_norm_backward, _H.instance_norm, input,
+                            running_mean, running_var, weight, bias, use_input_stats, momentum, eps)
+    return y.contiguous()
 
 
 def group_norm(input, num_groups, weight=None, bias=None, eps=1e-5):
@@ -264,6 +265,8 @@ class _LocalResponseNorm(torch.autograd.Function):
 def local_response_norm(input, size, alpha=1e-4, beta=0.75, k=1.0):
     """Like ``torch.nn.functional.local_response_norm``."""
     size, alpha, beta, k = int_arg(size, "size"), float(alpha), float(beta), float(k)
+    if input.dtype in _HALF and torch.is_autocast_enabled(input.device.type):
+        input = input.float()  # torch's local_response_norm runs in float32 under autocast (its avg_pool3d)
     if not _needs_autograd(input):
         return _F.local_response_norm(input, size, alpha, beta, k)
     return _LocalResponseNorm.apply(input, size, alpha, beta, k)
