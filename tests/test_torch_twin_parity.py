@@ -148,3 +148,26 @@ def test_local_response_norm_under_autocast_is_float32_as_torch(dtype):
         outs.append((y.dtype, x.grad.dtype, y.detach()))
     assert outs[1][:2] == outs[0][:2] == (torch.float32, dtype)
     torch.testing.assert_close(outs[1][2], outs[0][2], rtol=1e-5, atol=1e-6)
+
+
+def test_torch_compile_runs_each_op_as_one_opaque_call():
+    """torch.compile(model) with twins: the ops are torch.compiler.disable'd (dynamo used to trace into
+    the adapter's Python and recompile it up to its limit); training steps equal eager ones."""
+    import normkit.torch.functional as nF
+
+    for name in nF.__all__:
+        assert getattr(getattr(nF, name), "_torchdynamo_disable", False), name
+    torch.manual_seed(0)
+    model = nt.convert_model(torch.nn.Sequential(
+        torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.BatchNorm2d(8), torch.nn.ReLU(), torch.nn.GroupNorm(2, 8),
+        torch.nn.Flatten(), torch.nn.LayerNorm(8 * 6 * 6), torch.nn.Linear(8 * 6 * 6, 3)))
+    compiled = torch.compile(copy.deepcopy(model), backend="aot_eager")
+    opts = [torch.optim.SGD(m.parameters(), lr=0.01, momentum=0.5) for m in (model, compiled)]
+    for step in range(3):
+        x = torch.randn(4 + step % 2, 3, 6, 6, generator=torch.Generator().manual_seed(step))
+        for m, opt in zip((model, compiled), opts):
+            opt.zero_grad()
+            m(x).square().mean().backward()
+            opt.step()
+    for (name, a), (_, b) in zip(model.state_dict().items(), compiled.state_dict().items()):
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6, msg=name)
