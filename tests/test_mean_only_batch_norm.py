@@ -23,7 +23,8 @@ from normkit import functional as nkF
 from normkit import numpy as nknp
 from normkit import torch as nkt
 
-SHAPES = [(4, 3), (2, 3, 5), (3, 2, 4, 3), (2, 4, 3, 2, 2), (4, 5, 7, 6), (2, 3, 1, 1), (3, 40, 2, 3)]  # C = 40: channels-last sums in register tiles plus a remainder
+# (C = 40: channels-last sums in register tiles plus a remainder)
+SHAPES = [(4, 3), (2, 3, 5), (3, 2, 4, 3), (2, 4, 3, 2, 2), (4, 5, 7, 6), (2, 3, 1, 1), (3, 40, 2, 3)]
 
 
 def shape_id(s):

@@ -14,7 +14,13 @@ from __future__ import annotations
 
 from normkit import _core
 from normkit._arrays import (
-    acc_dtype_name, empty_in_layout, empty_like_layout, empty_output_like, int_arg, kind_of, normalized_shape_tuple,
+    acc_dtype_name,
+    empty_in_layout,
+    empty_like_layout,
+    empty_output_like,
+    int_arg,
+    kind_of,
+    normalized_shape_tuple,
     to_core,
 )
 

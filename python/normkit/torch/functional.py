@@ -7,8 +7,8 @@ import torch.nn.functional as TF
 from torch.autograd.graph import increment_version
 
 from normkit import functional as _F
-from normkit.torch import _higher_order as _H
 from normkit._arrays import int_arg, is_channels_last, kind_of, normalized_shape_tuple
+from normkit.torch import _higher_order as _H
 
 __all__ = [
     "batch_instance_norm",
