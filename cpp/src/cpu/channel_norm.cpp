@@ -642,15 +642,20 @@ void backward_nsc(const Problem& p, const ChannelNormBackwardArgs& a, const Back
       sum_dyx[k * C + c] = sdx;
     }
   };
+  // Per-sample norms: sample k's (k, c) sums from its block partials, its statistics' coefficients,
+  // and their per-channel vectors for its dx.
+  auto sample_coefficients = [&](int64_t k, const A* part_dy, const A* part_dyx) {
+    group_sums(k, part_dy, part_dyx);
+    for (int64_t g = 0; g < G; ++g) stat_coefficients(p, k * G + g, sum_dy, sum_dyx, w, mg, mgx);
+    expand_coef(k);
+  };
   if (bp.want_dx && bp.need_sums && p.per_sample && fuse_stats(2 * R * C * int64_t(sizeof(T)), K)) {
     parallel_for(K, std::max<int64_t>(1, kTaskElements / (R * C)), [&](int64_t k0, int64_t k1) {
       std::vector<A> pd(size_t(nb * C)), pdx(size_t(nb * C));
       for (int64_t k = k0; k < k1; ++k) {
         for (int64_t blk = 0; blk < nb; ++blk)
           block_sums(k, blk * Rb, std::min(Rb, R - blk * Rb), &pd[size_t(blk * C)], &pdx[size_t(blk * C)]);
-        group_sums(k, pd.data(), pdx.data());
-        for (int64_t g = 0; g < G; ++g) stat_coefficients(p, k * G + g, sum_dy, sum_dyx, w, mg, mgx);
-        expand_coef(k);
+        sample_coefficients(k, pd.data(), pdx.data());
         rows_dx(k, 0, R);
       }
     });
@@ -667,9 +672,7 @@ void backward_nsc(const Problem& p, const ChannelNormBackwardArgs& a, const Back
         for (int64_t blk = b0; blk < b1; ++blk)
           block_sums(k, blk * Rb, std::min(Rb, R - blk * Rb), &pd[size_t(blk * C)], &pdx[size_t(blk * C)]);
       });
-      group_sums(k, pd.data(), pdx.data());
-      for (int64_t g = 0; g < G; ++g) stat_coefficients(p, k * G + g, sum_dy, sum_dyx, w, mg, mgx);
-      expand_coef(k);
+      sample_coefficients(k, pd.data(), pdx.data());
       parallel_for_from_end(R, std::max<int64_t>(1, kTaskElements / C), [&](int64_t r0, int64_t r1) {
         rows_dx(k, r0, r1);
       });

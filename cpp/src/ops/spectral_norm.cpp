@@ -75,7 +75,7 @@ void spectral_norm_forward(const TensorView& w, const TensorView& u, const Tenso
   const SpectralNormShape shape = shape_of(w, dim);
   check_value(n_power_iterations >= 1, "n_power_iterations: expected a positive number, got ", n_power_iterations);
   ops::check_eps(eps);
-  // (Written only when training; in evaluation u and v may be any view, compacted below.)
+  // (Written only when training, so contiguous then; in evaluation any view, compacted below.)
   check_vector(u, "u", shape.H, "the size of dim", w, training);
   check_vector(v, "v", shape.K, "the product of the other dims", w, training);
   if (y) ops::check_output(*y, "y", w.shape, w.dtype, w, "w");
@@ -94,8 +94,8 @@ void spectral_norm_forward(const TensorView& w, const TensorView& u, const Tenso
   a.dtype = w.dtype;
   a.shape = shape;
   a.w = ops::rows_in(w, dim, w_copy, stream);
-  a.u = training ? u.data : ops::compact_param(u, u_copy, stream)->data;
-  a.v = training ? v.data : ops::compact_param(v, v_copy, stream)->data;
+  a.u = ops::compact_param(u, u_copy, stream)->data;  // (u itself when contiguous: written in place)
+  a.v = ops::compact_param(v, v_copy, stream)->data;
   a.iterations = training ? n_power_iterations : 0;
   a.eps = eps;
   a.work = work.get();

@@ -11,6 +11,7 @@ float32/float64 array of any DLPack kind), usable directly; SyncBatchNorm hands 
 
 from __future__ import annotations
 
+import math
 import os
 
 from normkit import _core
@@ -86,8 +87,7 @@ class MPICommunicator:
 
     def allreduce(self, array):
         """In-place sum of a contiguous float32/float64 array over the processes; returns ``array``."""
-        _check_allreduce_array(array)
-        if _numel(array) > 0:
+        if _check_allreduce_array(array) > 0:
             self._live().allreduce(array, _cuda_stream(array))
         return array
 
@@ -149,28 +149,25 @@ def mpi_world_size() -> int:
     return 1
 
 
-def _numel(array) -> int:
-    n = 1
-    for d in array.shape:
-        n *= int(d)
-    return n
-
-
-def _check_allreduce_array(array):
-    """What every communicator's allreduce takes: a writable, contiguous float32/float64 array."""
-    from normkit._arrays import is_contiguous_array
+def _check_allreduce_array(array) -> int:
+    """What every communicator's allreduce takes: a writable, contiguous float32/float64 array.
+    Returns its element count."""
+    from normkit._arrays import is_contiguous_array, kind_of
 
     if not hasattr(array, "__dlpack__"):
         raise TypeError(f"array: expected an array (NumPy, torch or anything with __dlpack__), got "
                         f"{type(array).__name__}")
-    dtype = str(array.dtype).removeprefix("torch.")
+    kind = kind_of(array, "array")
+    dtype = kind.dtype_name(array)
     if dtype not in ("float32", "float64"):
         raise TypeError(f"array: expected dtype float32 or float64, got {dtype}")
     flags = getattr(array, "flags", None)  # NumPy
     if flags is not None and not flags.writeable:
         raise ValueError("array: expected a writable array (it is summed in place), got a read-only one")
-    if _numel(array) > 0 and not is_contiguous_array(array):
+    numel = math.prod(kind.shape(array))
+    if numel > 0 and not is_contiguous_array(array):
         raise ValueError("array: expected a contiguous array (it is summed in place), got a strided view")
+    return numel
 
 
 def as_communicator(comm):

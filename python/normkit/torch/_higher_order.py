@@ -34,16 +34,16 @@ def differentiable_grads(composite, inputs, needs, grad_output):
     return tuple(grads)
 
 
+def refuse_graph(layer: str):
+    """For an op without a composite: raises when a graph of its gradient is asked for."""
+    raise RuntimeError(
+        f"{layer}: gradients of its gradients (create_graph=True) are not supported; first-order gradients are"
+    )
+
+
 def unsupported(layer: str):
-    """A composite for an op without one: raises when a graph of its gradient is asked for."""
-
-    def composite(*_):
-        raise RuntimeError(
-            f"{layer}: gradients of its gradients (create_graph=True) are not supported; first-order "
-            "gradients are"
-        )
-
-    return composite
+    """The composite of an op without one (see refuse_graph)."""
+    return lambda *_: refuse_graph(layer)
 
 
 def _per_channel(t, x):
@@ -61,25 +61,26 @@ def affine_with_statistics(x, weight, bias, mean, rstd):
     return y
 
 
-def batch_norm(batch_stats: bool, eps: float):
-    """BatchNorm / InstanceNorm-as-BatchNorm composite: batch statistics recomputed from x, or the
-    saved (running) statistics as constants."""
+def _running_stats_composite(recompute, eps: float):
+    def factory(uses_batch_statistics: bool):
+        def composite(x, weight, bias, mean, rstd):
+            if uses_batch_statistics:
+                return recompute(x, None, None, weight, bias, True, 0.0, eps)
+            return affine_with_statistics(x, weight, bias, mean, rstd)
 
-    def composite(x, weight, bias, mean, rstd):
-        if batch_stats:
-            return TF.batch_norm(x, None, None, weight, bias, True, 0.0, eps)
-        return affine_with_statistics(x, weight, bias, mean, rstd)
+        return composite
 
-    return composite
+    return factory
 
 
-def instance_norm(use_input_stats: bool, eps: float):
-    def composite(x, weight, bias, mean, rstd):
-        if use_input_stats:
-            return TF.instance_norm(x, None, None, weight, bias, True, 0.0, eps)
-        return affine_with_statistics(x, weight, bias, mean, rstd)
+def batch_norm(uses_batch_statistics: bool, eps: float):
+    """BatchNorm's composite: batch statistics recomputed from x, or the saved (running) statistics as
+    constants. instance_norm: the same with per-instance statistics."""
+    return _running_stats_composite(TF.batch_norm, eps)(uses_batch_statistics)
 
-    return composite
+
+def instance_norm(uses_input_statistics: bool, eps: float):
+    return _running_stats_composite(TF.instance_norm, eps)(uses_input_statistics)
 
 
 def spectral_norm(u, v, dim: int):

@@ -185,7 +185,7 @@ class _BatchInstanceNorm(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dy):
         if _H.wants_graph():
-            _H.unsupported("BatchInstanceNorm")()
+            _H.refuse_graph("BatchInstanceNorm")
         x, rho, weight, *stats = ctx.saved_tensors
         need_x, need_r, need_w, need_b = ctx.needs_input_grad[:4]
         dx, dw, db, dr = _F.batch_instance_norm_backward(
@@ -220,7 +220,7 @@ class _SwitchableNorm(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dy):
         if _H.wants_graph():
-            _H.unsupported("SwitchableNorm")()
+            _H.refuse_graph("SwitchableNorm")
         x, mean_weight, var_weight, weight, saved = ctx.saved_tensors
         need_x, need_m, need_v, need_w, need_b = ctx.needs_input_grad[:5]
         dx, dw, db, dm, dv = _F.switchable_norm_backward(
