@@ -32,6 +32,28 @@ def test_huge_normalized_shape_in_backward_is_rejected_before_any_allocation(op)
             F.rms_norm_backward(x, x, [2**62], r, torch.ones(8))
 
 
+def _huge_broadcast(*shape, dtype=torch.float32):
+    return torch.zeros(1, dtype=dtype).expand(*shape)  # stride 0: no memory behind it
+
+
+@pytest.mark.parametrize("call", ["layer_norm", "mean_only", "batch_norm", "sync_batch_norm"])
+def test_broadcast_views_past_2_62_bytes_are_a_value_error_not_a_crash(call):
+    """2^62 float32 elements (2^64 bytes): the copy size used to wrap to a tiny buffer, then overrun."""
+    comm = _core.LocalCommunicator()
+    with pytest.raises(ValueError, match=r"dy: expected at most 2\^62 bytes, got shape \[.*\] of dtype float32"):
+        if call == "layer_norm":
+            x = _huge_broadcast(2, 2**61)
+            F.layer_norm_backward(x, x, 2**61, torch.zeros(2), torch.ones(2), output_mask=(False, False, False))
+        elif call == "mean_only":
+            F.mean_only_batch_norm_backward(_huge_broadcast(2**59, 8, 1), True, output_mask=(False, True))
+        elif call == "batch_norm":
+            x = _huge_broadcast(2**59, 8, 1)
+            F.batch_norm_backward(x, x, torch.zeros(8), torch.ones(8), output_mask=(False, True, True))
+        else:
+            x = _huge_broadcast(2**59, 8, 1)
+            F.sync_batch_norm_backward(x, x, torch.zeros(8), torch.ones(8), comm=comm, output_mask=(False, True, True))
+
+
 @pytest.mark.parametrize("framework", ["numpy", "torch"])
 def test_host_cache_rejects_sizes_past_2_62_bytes(framework):
     with pytest.raises(ValueError, match="shape: expected an array of at most 2\\^62 bytes"):

@@ -181,3 +181,17 @@ def test_gradients_that_overlap_an_input_are_refused_before_anything_is_written(
                                        to_core(db), 0)
     for k, v in (("dy", dy), ("w", w), ("dx", dx), ("dw", dw), ("db", db)):
         np.testing.assert_array_equal(v, before[k], err_msg=k)
+
+
+def test_shapes_are_checked_before_an_input_is_copied_into_the_output_layout():
+    """A wrong-shaped broadcast dy (2^40 values) used to be copied first: "out of host memory"."""
+    x = np.random.default_rng(0).random((4, 6, 5)).astype(np.float32)
+    dy = np.broadcast_to(np.float32(1), (4, 6, 2**40))
+    with pytest.raises(ValueError, match=r"dy: expected shape \[4, 6, 5\], got \[4, 6, 1099511627776\]"):
+        F.sync_batch_norm_backward(dy, x, np.zeros(6, np.float32), np.ones(6, np.float32), comm=LocalCommunicator())
+    # forward: x (a valid broadcast of 2^40 values) is copied into y's layout only once y is known good
+    big = np.broadcast_to(np.float32(1), (4, 6, 2**40))
+    y, sm, sr = np.empty((4, 6, 5), np.float32), np.empty(6, np.float32), np.empty(6, np.float32)
+    with pytest.raises(ValueError, match=r"y: expected shape \[4, 6, 1099511627776\], got \[4, 6, 5\]"):
+        normkit._core.sync_batch_norm_forward(big, None, None, None, None, 0.1, 1e-5, LocalCommunicator(), None,
+                                              y, sm, sr, 0)

@@ -46,11 +46,11 @@ TensorView TensorView::from_dlpack(const dlpack::Tensor& t, const char* arg) {
   }
   v.data = static_cast<char*>(t.data) + t.byte_offset;
   v.shape.assign(t.shape, t.shape + t.ndim);
-  // Sizes whose element count does not fit int64 (no real array has them, a hand-made DLPack
-  // tensor can) would wrap every count and offset below.
+  // Sizes whose byte count does not fit (no real array has them; a broadcast view or a hand-made DLPack
+  // tensor can) would wrap every count, offset and copy size below: numel * itemsize <= 2^62 bytes.
   for (int64_t d : v.shape) check_value(d >= 0, arg, ": expected sizes >= 0, got ", shape_str(v.shape));
-  check_value(bounded_numel(v.shape, int64_t(1) << 62) >= 0, arg, ": expected fewer than 2^62 elements, got shape ",
-              shape_str(v.shape));
+  check_value(bounded_numel(v.shape, (int64_t(1) << 62) / dtype_size(v.dtype)) >= 0, arg,
+              ": expected at most 2^62 bytes, got shape ", shape_str(v.shape), " of dtype ", dtype_name(v.dtype));
   v.strides.resize(t.ndim);
   int64_t expected = 1;
   for (int i = t.ndim - 1; i >= 0; --i) {

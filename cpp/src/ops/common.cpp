@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
 #include <cstdlib>
 #include <cstring>
 #include <vector>
@@ -114,8 +115,15 @@ void advise_huge_pages(const TensorView& out) {
 #endif
 }
 
-std::shared_ptr<void> device_buffer(const Device& device, size_t bytes, void* stream) {
-  bytes = std::max<size_t>(1, bytes);
+size_t checked_bytes(int64_t count, size_t elem_size) {
+  if (count < 0 || (elem_size != 0 && uint64_t(count) > SIZE_MAX / elem_size))
+    throw RuntimeError(concat("out of host or device memory: a buffer of ", count, " values of ", elem_size,
+                              " bytes does not fit the address space"));
+  return size_t(count) * elem_size;
+}
+
+std::shared_ptr<void> device_buffer(const Device& device, int64_t count, size_t elem_size, void* stream) {
+  const size_t bytes = std::max<size_t>(1, checked_bytes(count, elem_size));
 #if defined(NORMKIT_WITH_CUDA)
   if (device.kind != DeviceKind::CPU) return cuda::allocate(bytes, stream);
 #endif
@@ -183,7 +191,7 @@ void fill(const OptTensor& t, double value, void* stream) {
 }
 
 std::shared_ptr<void> compact_copy(const TensorView& t, void* stream) {
-  const size_t bytes = std::max<size_t>(1, size_t(t.numel()) * size_t(dtype_size(t.dtype)));
+  const size_t bytes = std::max<size_t>(1, checked_bytes(t.numel(), size_t(dtype_size(t.dtype))));
   std::shared_ptr<void> holder;
   if (t.device.kind == DeviceKind::CPU) {
     holder = std::shared_ptr<void>(std::malloc(bytes), std::free);

@@ -66,8 +66,14 @@ void advise_huge_pages(const TensorView& out);
 // A parameter (weight, bias: small) as a compact view: itself, or a compact copy kept in `holder`.
 OptTensor compact_param(const OptTensor& p, std::shared_ptr<void>& holder, void* stream);
 
-// `bytes` (at least 1) of uninitialised memory on `device` (stream-ordered on CUDA), freed with the holder.
-std::shared_ptr<void> device_buffer(const Device& device, size_t bytes, void* stream);
+// count * elem_size bytes; a RuntimeError where that does not fit size_t (a view's size is bounded at
+// the boundary, scratch in a wider dtype or a multiple of it is not: a wrapped size would allocate a
+// few bytes and be overrun).
+size_t checked_bytes(int64_t count, size_t elem_size);
+
+// count values of elem_size bytes (at least 1 byte) of uninitialised memory on `device` (stream-ordered
+// on CUDA), freed with the holder.
+std::shared_ptr<void> device_buffer(const Device& device, int64_t count, size_t elem_size, void* stream);
 
 // A compact row-major copy of any view, on the view's device (host or device memory).
 std::shared_ptr<void> compact_copy(const TensorView& t, void* stream);

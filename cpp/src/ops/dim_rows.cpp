@@ -36,7 +36,7 @@ const void* rows_in(const TensorView& t, int64_t dim, std::shared_ptr<void>& hol
 
 void* rows_out(const TensorView& out, int64_t dim, std::shared_ptr<void>& scratch, void* stream) {
   if (dim <= 0) return out.data;
-  scratch = device_buffer(out.device, size_t(out.numel()) * size_t(dtype_size(out.dtype)), stream);
+  scratch = device_buffer(out.device, out.numel(), size_t(dtype_size(out.dtype)), stream);
   return scratch.get();
 }
 

@@ -204,17 +204,22 @@ void sync_batch_norm_forward(const TensorView& x, const OptTensor& running_mean,
   const int64_t local_count = C > 0 ? x.numel() / C : 0;
   const DType acc = acc_dtype(x.dtype);
   const Device d = x.device;
+  // y before x is copied into y's layout (a wrong y must not first cost a copy of x).
+  ops::check_same_device(y, "y", x, "x");
+  ops::check_dtype(y, "y", x.dtype);
+  ops::check_shape(y, "y", x.shape);
+  const detail::Layout layout = ops::output_layout(y, "y");
   ops::DeviceScope scope(d);
   // Both BatchNorm passes below read x in y's layout: a strided x is copied once, here.
   std::shared_ptr<void> x_copy;
-  const TensorView xs = ops::in_layout(x, ops::output_layout(y, "y"), x_copy, stream);
+  const TensorView xs = ops::in_layout(x, layout, x_copy, stream);
 
   // Local moments; this validates x, weight, bias, eps, y, save_mean and save_rstd.
-  auto moments = ops::device_buffer(d, 3 * size_t(C) * size_t(dtype_size(acc)), stream);
+  auto moments = ops::device_buffer(d, C, 3 * size_t(dtype_size(acc)), stream);
   ops::batch_norm_local_moments(xs, weight, bias, eps, y, save_mean, save_rstd, moments.get(), stream);
 
   const int64_t size = detail::sync_forward_payload_size(C, check.enabled);
-  auto payload_hold = ops::device_buffer(d, size_t(size) * sizeof(double), stream);
+  auto payload_hold = ops::device_buffer(d, size, sizeof(double), stream);
   auto* payload = static_cast<double*>(payload_hold.get());
   const SyncHeader h = make_header(local_count, check, C, 1 + 3 * C);
   pack_forward(d, moments.get(), acc, C, h.count, payload, stream);
@@ -226,7 +231,7 @@ void sync_batch_norm_forward(const TensorView& x, const OptTensor& running_mean,
   check_value(count < 0 || count > 1, "x: expected more than 1 value per channel over the ", comm.size(),
               " processes when training, got ", count);
 
-  auto stats = ops::device_buffer(d, 2 * size_t(C) * size_t(dtype_size(acc)), stream);
+  auto stats = ops::device_buffer(d, C, 2 * size_t(dtype_size(acc)), stream);
   void* mean = stats.get();
   void* var = static_cast<char*>(stats.get()) + size_t(C) * size_t(dtype_size(acc));
   finish_forward(d, payload, C, acc, momentum, mean, var, running_mean, running_var, stream);
@@ -257,7 +262,11 @@ void sync_batch_norm_backward(const TensorView& dy, const TensorView& x, const T
   ops::check_dtype(*dx, "dx", x.dtype);
   ops::check_shape(*dx, "dx", x.shape);
   const detail::Layout layout = ops::output_layout(*dx, "dx");
+  // dy before it is copied into dx's layout: a wrong-shaped broadcast dy would otherwise be copied (or
+  // fail to allocate) before its shape is checked.
   ops::check_same_device(dy, "dy", x, "x");
+  ops::check_dtype(dy, "dy", x.dtype);
+  ops::check_shape(dy, "dy", x.shape);
   const int64_t local_count = C > 0 ? x.numel() / C : 0;
   const DType acc = acc_dtype(x.dtype);
   const Device d = x.device;
@@ -268,12 +277,12 @@ void sync_batch_norm_backward(const TensorView& dy, const TensorView& x, const T
   const TensorView xs = ops::in_layout(x, layout, x_copy, stream);
 
   const int64_t size = detail::sync_backward_payload_size(C, check.enabled);
-  auto payload_hold = ops::device_buffer(d, size_t(size) * sizeof(double), stream);
+  auto payload_hold = ops::device_buffer(d, size, sizeof(double), stream);
   auto* payload = static_cast<double*>(payload_hold.get());
   // This process's sums of dy and dy * xhat [sum_dy[C], sum_dy_xhat[C]] (validates dy, x, the saved
   // statistics and weight), copied into the payload: the all-reduce sums the payload in place, and
   // these local sums are this process's dbias and dweight, written only once the check has passed.
-  auto local_hold = ops::device_buffer(d, 2 * size_t(C) * sizeof(double), stream);
+  auto local_hold = ops::device_buffer(d, C, 2 * sizeof(double), stream);
   auto* local = static_cast<double*>(local_hold.get());
   batch_norm_backward(dys, xs, save_mean, save_rstd, weight, false, std::nullopt,
                       vector_view(local + C, DType::Float64, d, C), vector_view(local, DType::Float64, d, C), stream);
@@ -286,7 +295,7 @@ void sync_batch_norm_backward(const TensorView& dy, const TensorView& x, const T
 
   std::shared_ptr<void> weight_copy;
   const OptTensor w = ops::compact_param(weight, weight_copy, stream);
-  auto coefficients = ops::device_buffer(d, 2 * size_t(C) * size_t(dtype_size(acc)), stream);
+  auto coefficients = ops::device_buffer(d, C, 2 * size_t(dtype_size(acc)), stream);
   dx_coefficients(d, payload, C, w, acc, coefficients.get(), stream);
   ops::batch_norm_backward_given_coefficients(dys, xs, save_mean, save_rstd, weight, coefficients.get(), *dx, stream);
 }
