@@ -85,6 +85,119 @@ def test_a_communicator_with_a_non_int_size_is_a_type_error():
         F.sync_batch_norm_forward(torch.randn(4, 3), comm=Odd())
 
 
+_X3 = np.random.default_rng(0).random((4, 3, 5)).astype(np.float32)
+_C3 = np.zeros(3, np.float32), np.ones(3, np.float32)
+
+
+@pytest.mark.parametrize("op,n", [
+    (lambda m: F.layer_norm_backward(_X3, _X3, 5, np.zeros((4, 3), np.float32), np.ones((4, 3), np.float32),
+                                     output_mask=m), 3),
+    (lambda m: F.rms_norm_backward(_X3, _X3, 5, np.ones((4, 3), np.float32), output_mask=m), 2),
+    (lambda m: F.batch_norm_backward(_X3, _X3, *_C3, output_mask=m), 3),
+    (lambda m: F.group_norm_backward(_X3, _X3, 1, np.zeros((4, 1), np.float32), np.ones((4, 1), np.float32),
+                                     output_mask=m), 3),
+    (lambda m: F.batch_instance_norm_backward(_X3, _X3, _C3[1], *_C3, np.zeros((4, 3), np.float32),
+                                              np.ones((4, 3), np.float32), output_mask=m), 4),
+    (lambda m: F.switchable_norm_backward(_X3, _X3, np.zeros(3, np.float32), np.zeros(3, np.float32),
+                                          np.zeros(4 * 12 + 8 + 6, np.float32), output_mask=m), 5),
+    (lambda m: F.mean_only_batch_norm_backward(_X3, output_mask=m), 2),
+], ids=["layer", "rms", "batch", "group", "batch_instance", "switchable", "mean_only"])
+def test_output_mask_of_the_wrong_length_is_a_value_error(op, n):
+    for mask in ((True,), (True,) * (n + 1)):
+        with pytest.raises(ValueError, match=f"output_mask: expected {n} entries, got {len(mask)}"):
+            op(mask)
+    with pytest.raises(TypeError, match=r"output_mask\[0\]: expected a bool, got str"):
+        op(("False",) + (True,) * (n - 1))
+
+
+def test_a_bad_parameter_is_named_in_the_message():
+    with pytest.raises(TypeError, match="^weight: expected a NumPy array"):
+        F.batch_norm_backward(_X3, _X3, *_C3, weight=[1.0, 1.0, 1.0])
+    with pytest.raises(TypeError, match="^mean_weight: expected a NumPy array"):
+        F.switchable_norm_backward(_X3, _X3, None, np.zeros(3, np.float32), np.zeros(1, np.float32))
+    with pytest.raises(TypeError, match="^rho: expected a NumPy array"):
+        F.batch_instance_norm_backward(_X3, _X3, "rho", *_C3, *_C3)
+
+
+@pytest.mark.parametrize("value,error", [("1e-5", TypeError), (None, TypeError), ("abc", TypeError),
+                                         (True, TypeError), (1 + 0j, TypeError)])
+@pytest.mark.parametrize("arg", ["eps", "momentum"])
+def test_float_arguments_take_only_real_numbers(arg, value, error):
+    with pytest.raises(error, match=f"^{arg}: expected a real number, got"):
+        F.batch_norm(_X3, None, None, training=True, **{arg: value})
+
+
+def test_float_arguments_take_numpy_scalars_and_0d_arrays():
+    y = F.batch_norm(_X3, None, None, training=True, eps=1e-5)
+    for eps in (np.float32(1e-5), np.float64(1e-5), np.array(1e-5), torch.tensor(1e-5, dtype=torch.float64)):
+        np.testing.assert_allclose(F.batch_norm(_X3, None, None, training=True, eps=eps), y, rtol=1e-6)
+    for alpha in ("1e-4", None):
+        with pytest.raises(TypeError, match="^alpha: expected a real number"):
+            F.local_response_norm(_X3, 2, alpha=alpha)
+
+
+@pytest.mark.parametrize("value", ["False", "True", 0, 1, None, 1.0])
+@pytest.mark.parametrize("arg", ["training", "use_input_stats"])
+def test_bool_arguments_take_only_bools(arg, value):
+    op = F.batch_norm if arg == "training" else F.instance_norm
+    with pytest.raises(TypeError, match=f"^{arg}: expected a bool, got"):
+        op(_X3, None, None, **{arg: value})
+    op(_X3, None, None, **{arg: np.bool_(True)})  # NumPy's bool is a bool
+
+
+def test_check_sigma_takes_only_bools():
+    w = np.random.default_rng(0).random((4, 3)).astype(np.float32)
+    with pytest.raises(TypeError, match="^check_sigma: expected a bool, got str"):
+        F.spectral_norm_forward(w, np.ones(4, np.float32), np.ones(3, np.float32), check_sigma="False")
+
+
+@pytest.mark.parametrize("dim", [0.9, "0", True])
+def test_dims_must_be_ints_in_functional(dim):
+    v, g = _X3[0], np.ones((3, 1), np.float32)
+    with pytest.raises(TypeError, match="^dim: expected an int, got"):
+        F.weight_norm(v, g, dim=dim)
+    with pytest.raises(TypeError, match="^dim: expected an int, got"):
+        F.spectral_norm(v, np.ones(3, np.float32), np.ones(5, np.float32), dim=dim)
+
+
+@pytest.mark.parametrize("call,arg", [
+    (lambda: F.layer_norm_backward(_X3, _X3, 5, None, np.ones((4, 3), np.float32)), "mean"),
+    (lambda: F.layer_norm_backward(None, _X3, 5, np.zeros((4, 3), np.float32), np.ones((4, 3), np.float32)), "dy"),
+    (lambda: F.batch_norm_backward(_X3, _X3, None, _C3[1]), "save_mean"),
+    (lambda: F.batch_norm_backward(_X3, _X3, _C3[0], None), "save_rstd"),
+    (lambda: F.switchable_norm_backward(_X3, _X3, _C3[0], _C3[0], None), "saved"),
+    (lambda: F.spectral_norm(_X3[0], None, np.ones(5, np.float32)), "u"),
+    (lambda: F.spectral_norm(_X3[0], np.ones(3, np.float32), None, training=False), "v"),
+    (lambda: F.weight_norm_backward(_X3[0], _X3[0], np.ones((3, 1), np.float32), None), "norms"),
+], ids=["mean", "dy", "save_mean", "save_rstd", "saved", "u", "v", "norms"])
+def test_a_missing_required_array_is_a_type_error_naming_it(call, arg):
+    with pytest.raises(TypeError, match=f"^{arg}: expected an array, got None"):
+        call()
+
+
+@pytest.mark.parametrize("call,arg", [
+    (lambda: F.group_norm(_X3, 2**64), "num_groups"),
+    (lambda: F.local_response_norm(_X3, 2**63), "size"),
+    (lambda: F.weight_norm(_X3[0], np.ones((3, 1), np.float32), dim=-(2**63) - 1), "dim"),
+    (lambda: F.spectral_norm(_X3[0], np.ones(3, np.float32), np.ones(5, np.float32), 2**70), "n_power_iterations"),
+    (lambda: F.layer_norm(_X3, 2**63), "normalized_shape"),
+], ids=["num_groups", "size", "dim", "n_power_iterations", "normalized_shape"])
+def test_ints_past_int64_are_a_value_error_naming_them(call, arg):
+    with pytest.raises(ValueError, match=f"^{arg}: expected an int in the int64 range"):
+        call()
+
+
+@pytest.mark.parametrize("op", ["forward", "backward"])
+def test_a_huge_g_in_weight_norm_is_rejected_before_any_allocation(op):
+    v = np.random.default_rng(0).random((6, 8)).astype(np.float32)
+    g = np.broadcast_to(np.float32(1), (6, 2**40))  # norms or dg of its shape: 24 TB
+    with pytest.raises(ValueError, match=r"^g: expected shape \[6, 1\]"):
+        if op == "forward":
+            F.weight_norm_forward(v, g)
+        else:
+            F.weight_norm_backward(v, v, g, np.ones((6, 1), np.float32))
+
+
 def test_thread_count_is_bounded():
     before = normkit.get_num_threads()
     with pytest.raises(ValueError, match="set_num_threads: expected 1 <= n <= 1024, got 2000"):

@@ -363,3 +363,19 @@ def test_rms_norm_weight_of_another_dtype_as_torch(x_dtype, w_dtype):
     R.assert_close("y", y, yt.detach(), tol, 4.0)
     R.assert_close("dx", dx, xt.grad, tol, 4.0)
     R.assert_close("dweight", layer.grads["weight"], ref.weight.grad, max(tol, 1e-6), 4.0)
+
+
+@pytest.mark.parametrize("bad", [np.array(list("abc")), np.array([1 + 2j, 3, 4]), np.array([None, 1.0, 2.0])],
+                         ids=["str", "complex", "object"])
+def test_load_state_dict_checks_every_value_before_copying_any(bad):
+    layer = nknp.BatchNorm1d(3)
+    state = {"weight": np.full(3, 7.0), "bias": np.full(3, 7.0), "running_mean": np.full(3, 7.0),
+             "running_var": bad, "num_batches_tracked": np.array(5)}
+    with pytest.raises(RuntimeError, match='parameter named "running_var": expected an array of real numbers'):
+        layer.load_state_dict(state)
+    # nothing was copied, not even the keys before it (a complex value is not truncated either)
+    np.testing.assert_array_equal(layer.weight, np.ones(3))
+    np.testing.assert_array_equal(layer.bias, np.zeros(3))
+    np.testing.assert_array_equal(layer.running_mean, np.zeros(3))
+    np.testing.assert_array_equal(layer.running_var, np.ones(3))
+    assert int(layer.num_batches_tracked) == 0

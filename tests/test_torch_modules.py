@@ -366,3 +366,135 @@ def test_gradcheck_modules(kind):
 
     inputs = (x,) + tuple(p.detach().clone().requires_grad_() for p in params)
     assert torch.autograd.gradcheck(fn, inputs)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Unusual tensors and arguments: inference-mode inputs, the negative bit, non-tensors, meta/sparse
+# ----------------------------------------------------------------------------------------------------
+
+_RUNNING_TWINS = {
+    "BatchNorm1d": (lambda m: m.BatchNorm1d(3), torch.nn),
+    "BatchNorm1d-no-affine": (lambda m: m.BatchNorm1d(3, affine=False), torch.nn),
+    "InstanceNorm1d": (lambda m: m.InstanceNorm1d(3, affine=True, track_running_stats=True), torch.nn),
+    "SyncBatchNorm": (lambda m: m.SyncBatchNorm(3), torch.nn),
+    "BatchInstanceNorm1d": (lambda m: m.BatchInstanceNorm1d(3), None),
+    "SwitchableNorm1d": (lambda m: m.SwitchableNorm1d(3), None),
+    "MeanOnlyBatchNorm1d": (lambda m: m.MeanOnlyBatchNorm1d(3), None),
+}
+
+
+def _buffers(m):
+    return {n: b.clone() for n, b in m.named_buffers()}
+
+
+@pytest.mark.parametrize("name", _RUNNING_TWINS)
+def test_inference_mode_input_in_training_raises_as_torch_before_updating_anything(name):
+    make, torch_nn = _RUNNING_TWINS[name]
+    with torch.inference_mode():
+        x = torch.randn(4, 3, 2) + 5
+    ours = make(nkt)
+    before = _buffers(ours)
+    expected = None
+    if torch_nn is not None:  # torch raises where its layer saves the input for backward (affine ones)
+        try:
+            make(torch_nn)(x)
+        except RuntimeError as e:
+            expected = e
+    try:
+        ours(x)
+    except RuntimeError as e:
+        assert "Inference tensors cannot be saved for backward" in str(e)
+        assert torch_nn is None or expected is not None
+        for n, b in _buffers(ours).items():  # neither the statistics nor the count moved
+            torch.testing.assert_close(b, before[n], rtol=0, atol=0)
+    else:
+        assert expected is None
+        assert not torch.equal(ours.running_mean, before["running_mean"])
+
+
+def test_a_tensor_with_the_negative_bit_is_read_with_its_sign():
+    x = torch.randn(4, 5, dtype=torch.complex64, generator=torch.Generator().manual_seed(0)).conj().imag
+    assert x.is_neg()
+    torch.testing.assert_close(nktF.layer_norm(x, (5,)), F.layer_norm(x, (5,)))
+    torch.testing.assert_close(nkt.BatchNorm1d(5)(x), torch.nn.BatchNorm1d(5)(x))
+    w = torch.randn(5, dtype=torch.complex64).conj().imag
+    torch.testing.assert_close(nktF.layer_norm(x.resolve_neg(), (5,), w), F.layer_norm(x.resolve_neg(), (5,), w))
+
+
+def test_a_written_tensor_with_the_negative_bit_is_refused_untouched():
+    running_mean = torch.zeros(3, dtype=torch.complex64).conj().imag
+    assert running_mean.is_neg()
+    with pytest.raises(ValueError, match="running_mean: expected a tensor without the negative bit"):
+        nktF.batch_norm(torch.randn(4, 3), running_mean, torch.ones(3), training=True)
+    assert torch.equal(running_mean, torch.zeros(3))
+
+
+@pytest.mark.parametrize("bad", [np.ones((2, 3), np.float32), [[1.0, 2.0, 3.0]], None], ids=["numpy", "list", "None"])
+def test_functional_ops_refuse_non_tensors_naming_the_argument(bad):
+    t = torch.ones(2, 3)
+    with pytest.raises(TypeError, match="input: expected a torch.Tensor"):
+        nktF.layer_norm(bad, (3,))
+    with pytest.raises(TypeError, match="input: expected a torch.Tensor"):
+        nktF.local_response_norm(bad, 2)
+    with pytest.raises(TypeError, match="input: expected a torch.Tensor"):
+        nktF.rms_norm(bad, (3,))
+    if bad is not None:  # (None is a valid weight)
+        with pytest.raises(TypeError, match="weight: expected a torch.Tensor"):
+            nktF.layer_norm(t, (3,), weight=bad)
+        with pytest.raises(TypeError, match="g: expected a torch.Tensor"):
+            nktF.weight_norm(t, bad)
+
+
+@pytest.mark.filterwarnings("ignore:Sparse CSR tensor support is in beta")
+@pytest.mark.parametrize("make", [lambda: torch.empty(4, 3, device="meta"), lambda: torch.randn(4, 3).to_sparse(),
+                                  lambda: torch.randn(4, 3).to_sparse_csr()], ids=["meta", "sparse_coo", "sparse_csr"])
+@pytest.mark.parametrize("cls", [nkt.BatchNorm1d, nkt.SyncBatchNorm])
+def test_meta_and_sparse_tensors_are_a_type_error_and_leave_the_count(make, cls):
+    layer = cls(3)
+    with pytest.raises(TypeError, match="x: expected a (CPU or CUDA|strided)"):
+        layer(make())
+    assert int(layer.num_batches_tracked) == 0
+
+
+def test_any_failure_takes_the_count_back(monkeypatch):
+    """A failing communicator (any exception, not only a rejected input) leaves num_batches_tracked."""
+    def failing(*args, **kwargs):
+        raise RuntimeError("allreduce failed")
+
+    monkeypatch.setattr(nktF, "sync_batch_norm", failing)
+    layer = nkt.SyncBatchNorm(3)
+    with pytest.raises(RuntimeError, match="allreduce failed"):
+        layer(torch.randn(4, 3))
+    assert int(layer.num_batches_tracked) == 0
+
+
+@pytest.mark.parametrize("shape,groups", [((1, 4), 4), ((1, 4, 1), 4), ((2, 4), 4), ((1, 4, 2), 4)])
+def test_group_norm_of_one_value_per_group_raises_as_torch(shape, groups):
+    x = torch.randn(*shape)
+    if shape[0] * shape[1] // groups * int(np.prod(shape[2:])) != 1:
+        # (groups of one value per sample: 0 here, torch's rounding gives ~1e-5)
+        torch.testing.assert_close(nkt.GroupNorm(groups, shape[1])(x), torch.nn.GroupNorm(groups, shape[1])(x),
+                                   rtol=0, atol=1e-4)
+        return
+    with pytest.raises(ValueError) as theirs:
+        torch.nn.GroupNorm(groups, shape[1])(x)
+    with pytest.raises(ValueError) as ours:
+        nkt.GroupNorm(groups, shape[1])(x)
+    assert str(ours.value) == str(theirs.value)
+    with pytest.raises(ValueError, match="more than 1 value per channel"):
+        nktF.group_norm(x.requires_grad_(), groups)
+
+
+@pytest.mark.parametrize("call", [
+    lambda t: nktF.batch_norm(t, None, None, training="False"),
+    lambda t: nktF.instance_norm(t.unsqueeze(-1).expand(4, 3, 2), use_input_stats="False"),
+    lambda t: nktF.layer_norm(t, (3,), eps="1e-5"),
+    lambda t: nktF.layer_norm(t, (3,), eps=None),
+    lambda t: nktF.batch_norm(t, None, None, training=True, momentum="0.1"),
+    lambda t: nktF.local_response_norm(t.unsqueeze(-1), 2, alpha=None),
+    lambda t: nktF.weight_norm(t, torch.ones(4, 1), dim=0.9),
+    lambda t: nktF.weight_norm(t, torch.ones(4, 1), dim="0"),
+], ids=["training", "use_input_stats", "eps-str", "eps-None", "momentum", "alpha", "dim-float", "dim-str"])
+def test_scalar_arguments_of_the_wrong_type_are_a_type_error_naming_them(call):
+    with pytest.raises(TypeError, match=r"^(training|use_input_stats|eps|momentum|alpha|dim): expected"):
+        call(torch.randn(4, 3))

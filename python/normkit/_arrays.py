@@ -7,6 +7,7 @@ array-API libraries), otherwise they are NumPy arrays.
 
 from __future__ import annotations
 
+import numbers
 import operator
 import sys
 
@@ -25,15 +26,54 @@ _ITEMSIZE = {"float16": 2, "bfloat16": 2, "float32": 4, "float64": 8}
 _ACC = {"float16": "float32", "bfloat16": "float32", "float32": "float32", "float64": "float64"}
 
 
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
+
+
 def int_arg(value, arg: str) -> int:
     """value as an int (Python and NumPy integers; bool and float are a TypeError naming `arg`, as
-    torch rejects them: truncating 2.5 to 2 would hide a mistake)."""
-    if isinstance(value, bool):
+    torch rejects them: truncating 2.5 to 2 would hide a mistake). Past int64 is a ValueError naming
+    `arg` (the extension would only say that no overload matched)."""
+    if isinstance(value, (bool, np.bool_)):
         raise TypeError(f"{arg}: expected an int, got bool {value!r}")
     try:
-        return operator.index(value)
+        value = operator.index(value)
     except TypeError:
         raise TypeError(f"{arg}: expected an int, got {type(value).__name__} {value!r}") from None
+    if not _INT64_MIN <= value <= _INT64_MAX:
+        raise ValueError(f"{arg}: expected an int in the int64 range, got {value}")
+    return value
+
+
+def float_arg(value, arg: str) -> float:
+    """value as a float: Python and NumPy real numbers, or a 0-d real array or tensor (torch takes a
+    tensor eps). Strings, None, bool and complex numbers are a TypeError naming `arg`: float() would take
+    "1e-5", and None or "abc" would fail with a message that does not say which argument."""
+    if isinstance(value, float):  # (the common case first)
+        return value
+    if isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_)):
+        return float(value)
+    dtype = getattr(value, "dtype", None)
+    if getattr(value, "ndim", None) == 0 and dtype is not None and _is_real_number_dtype(dtype):
+        return float(value)
+    raise TypeError(f"{arg}: expected a real number, got {type(value).__name__} {value!r}")
+
+
+def _is_real_number_dtype(dtype) -> bool:
+    torch = sys.modules.get("torch")
+    if torch is not None and isinstance(dtype, torch.dtype):
+        return not (dtype.is_complex or dtype == torch.bool)
+    try:
+        return np.dtype(dtype).kind in "iuf"
+    except TypeError:  # (another library's dtype)
+        return False
+
+
+def bool_arg(value, arg: str) -> bool:
+    """value as a bool: Python and NumPy bools only. bool() would count the string "False" (or any
+    non-empty string, or 2) as True; torch takes only bools there too."""
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    raise TypeError(f"{arg}: expected a bool, got {type(value).__name__} {value!r}")
 
 
 def acc_dtype_name(dtype_name: str) -> str:
@@ -87,6 +127,7 @@ class _TorchKind:
         import torch
 
         self.torch = torch
+        self.strided = torch.strided
         self.dtypes = {name: getattr(torch, name) for name in _ITEMSIZE}
 
     def shape(self, x):
@@ -173,6 +214,8 @@ def kind_of(x, arg: str = "x"):
     if _is_torch(x):
         if _TORCH is None:
             _TORCH = _TorchKind()
+        if x.layout is not _TORCH.strided:  # (sparse, mkldnn: outputs like x could not even be allocated)
+            raise TypeError(f"{arg}: expected a strided (dense) tensor, got layout {x.layout}")
         return _TORCH
     if hasattr(x, "__dlpack__"):
         return _DLPackKind(x)
@@ -181,13 +224,16 @@ def kind_of(x, arg: str = "x"):
     )
 
 
-def to_core(x, arg: str = "x", written: bool = False):
+def to_core(x, arg: str = "x", written: bool = False, required: bool = False):
     """What the extension accepts for x: NumPy arrays as they are, torch tensors as a DLPack capsule
     (detached: the autograd graph is the torch adapter's business), None as None. Called for every
     argument of every op, so the common cases come first. `written`: the op updates x in place
     (running statistics, power-iteration vectors), so a read-only NumPy array is a ValueError naming
-    `arg` (the extension would only say that no overload matched)."""
+    `arg` (the extension would only say that no overload matched). `required`: None is a TypeError
+    naming `arg` (same reason)."""
     if x is None:
+        if required:
+            raise TypeError(f"{arg}: expected an array, got None")
         return x
     if isinstance(x, np.ndarray):  # (subclasses too: np.memmap)
         if written and not x.flags.writeable:
@@ -197,12 +243,31 @@ def to_core(x, arg: str = "x", written: bool = False):
         return x
     torch = sys.modules.get("torch")
     if torch is not None and isinstance(x, torch.Tensor):
-        return torch._C._to_dlpack(x.detach() if x.requires_grad else x)
+        if x.is_neg():  # a lazy negation, which DLPack drops: the values would be read un-negated
+            if written:
+                raise ValueError(f"{arg}: expected a tensor without the negative bit (it is updated in place), "
+                                 "got one with is_neg() True")
+            x = x.resolve_neg()
+        try:
+            return torch._C._to_dlpack(x.detach() if x.requires_grad else x)
+        except (BufferError, RuntimeError):
+            _check_exportable(torch, x, arg)
+            raise
     if hasattr(x, "__dlpack__"):
         return x
     raise TypeError(
         f"{arg}: expected a NumPy array, a torch.Tensor or an object with __dlpack__, got {type(x).__name__}"
     )
+
+
+def _check_exportable(torch, x, arg):
+    """After DLPack refused x: a TypeError naming `arg` for what it refuses (sparse, mkldnn and meta
+    tensors: BufferError or RuntimeError from inside DLPack otherwise). (Checked only then: these checks
+    cost more than the export on every call.)"""
+    if x.layout != torch.strided:
+        raise TypeError(f"{arg}: expected a strided (dense) tensor, got layout {x.layout}")
+    if not (x.is_cpu or x.is_cuda):
+        raise TypeError(f"{arg}: expected a CPU or CUDA tensor, got device {x.device}")
 
 
 def _compact_in(shape, strides, order) -> bool:
@@ -265,7 +330,7 @@ def empty_in_layout(kind, shape, dtype_name, like, channels_last: bool):
 def normalized_shape_tuple(normalized_shape) -> tuple:
     """torch accepts an int or a sequence of ints for normalized_shape."""
     if isinstance(normalized_shape, (int, np.integer)) and not isinstance(normalized_shape, bool):
-        return (int(normalized_shape),)
+        return (int_arg(normalized_shape, "normalized_shape"),)
     if isinstance(normalized_shape, (str, bytes)) or not hasattr(normalized_shape, "__iter__"):
         raise TypeError(
             f"normalized_shape: expected an int or a sequence of ints, got {type(normalized_shape).__name__}"

@@ -15,9 +15,11 @@ from __future__ import annotations
 from normkit import _core
 from normkit._arrays import (
     acc_dtype_name,
+    bool_arg,
     empty_in_layout,
     empty_like_layout,
     empty_output_like,
+    float_arg,
     int_arg,
     kind_of,
     normalized_shape_tuple,
@@ -80,13 +82,31 @@ def _grad_shape(normalized_shape, x_shape):
     return (0,)
 
 
-def _in_place(a, arg):
+def _in_place(a, arg, required=False):
     """to_core for an argument the op updates in place (a read-only NumPy array is a ValueError)."""
-    return to_core(a, arg, written=True)
+    return to_core(a, arg, written=True, required=required)
 
 
-def _dtype_name(a):
-    return kind_of(a).dtype_name(a)
+def _required(a, arg):
+    """to_core for an array the op cannot do without: None is a TypeError naming it (the extension's
+    own message would only list its overloads)."""
+    return to_core(a, arg, required=True)
+
+
+def _output_mask(mask, n):
+    """output_mask as a tuple of n bools; a TypeError or ValueError naming it (not an IndexError, nor
+    "False" counting as True)."""
+    try:
+        entries = tuple(mask)
+    except TypeError:
+        raise TypeError(f"output_mask: expected a sequence of {n} bools, got {type(mask).__name__}") from None
+    if len(entries) != n:
+        raise ValueError(f"output_mask: expected {n} entries, got {len(entries)}: {mask!r}")
+    return tuple(bool_arg(e, f"output_mask[{i}]") for i, e in enumerate(entries))
+
+
+def _dtype_name(a, arg):
+    return kind_of(a, arg).dtype_name(a)
 
 
 def layer_norm_forward(x, normalized_shape, weight=None, bias=None, eps=1e-5):
@@ -104,7 +124,7 @@ def layer_norm_forward(x, normalized_shape, weight=None, bias=None, eps=1e-5):
     mean = kind.empty(lead, acc, x)
     rstd = kind.empty(lead, acc, x)
     _core.layer_norm_forward(
-        to_core(x), shape, to_core(weight, "weight"), to_core(bias, "bias"), float(eps),
+        to_core(x), shape, to_core(weight, "weight"), to_core(bias, "bias"), float_arg(eps, "eps"),
         to_core(y), to_core(mean), to_core(rstd), kind.stream(x),
     )
     return kind.wrap(y), kind.wrap(mean), kind.wrap(rstd)
@@ -124,16 +144,17 @@ def layer_norm_backward(dy, x, normalized_shape, mean, rstd, weight=None, output
     gradients are summed in float32 (float64 for float64) and returned in the weight's dtype (x's when
     there is no weight); ``bias_dtype`` overrides the dtype of ``dbias``.
     """
+    output_mask = _output_mask(output_mask, 3)
     kind = kind_of(x)
     shape = normalized_shape_tuple(normalized_shape)
     xs, dt = kind.shape(x), kind.dtype_name(x)
-    pdt = _dtype_name(weight) if weight is not None else dt
+    pdt = _dtype_name(weight, "weight") if weight is not None else dt
     dx = kind.empty(xs, dt, x) if output_mask[0] else None
     gs = _grad_shape(shape, xs)
     dw = kind.empty(gs, pdt, x) if output_mask[1] and weight is not None else None
     db = kind.empty(gs, bias_dtype or pdt, x) if output_mask[2] else None
     _core.layer_norm_backward(
-        to_core(dy, "dy"), to_core(x), shape, to_core(mean, "mean"), to_core(rstd, "rstd"),
+        _required(dy, "dy"), to_core(x), shape, _required(mean, "mean"), _required(rstd, "rstd"),
         to_core(weight, "weight"), to_core(dx), to_core(dw), to_core(db), kind.stream(x),
     )
     return tuple(None if a is None else kind.wrap(a) for a in (dx, dw, db))
@@ -155,7 +176,7 @@ def rms_norm_forward(x, normalized_shape, weight=None, eps=None):
     y = kind.empty(xs, dt, x)
     rstd = kind.empty(_leading(xs, shape), acc, x)
     _core.rms_norm_forward(
-        to_core(x), shape, to_core(weight, "weight"), float(eps), to_core(y), to_core(rstd), kind.stream(x)
+        to_core(x), shape, to_core(weight, "weight"), float_arg(eps, "eps"), to_core(y), to_core(rstd), kind.stream(x)
     )
     return kind.wrap(y), kind.wrap(rstd)
 
@@ -167,13 +188,16 @@ def rms_norm(x, normalized_shape, weight=None, eps=None):
 
 def rms_norm_backward(dy, x, normalized_shape, rstd, weight=None, output_mask=(True, True)):
     """Gradients of RMSNorm: returns ``(dx, dweight)`` (dweight None without a weight)."""
+    output_mask = _output_mask(output_mask, 2)
     kind = kind_of(x)
     shape = normalized_shape_tuple(normalized_shape)
     xs, dt = kind.shape(x), kind.dtype_name(x)
     dx = kind.empty(xs, dt, x) if output_mask[0] else None
-    dw = kind.empty(_grad_shape(shape, xs), _dtype_name(weight), x) if output_mask[1] and weight is not None else None
+    dw = None
+    if output_mask[1] and weight is not None:
+        dw = kind.empty(_grad_shape(shape, xs), _dtype_name(weight, "weight"), x)
     _core.rms_norm_backward(
-        to_core(dy, "dy"), to_core(x), shape, to_core(rstd, "rstd"), to_core(weight, "weight"),
+        _required(dy, "dy"), to_core(x), shape, _required(rstd, "rstd"), to_core(weight, "weight"),
         to_core(dx), to_core(dw), kind.stream(x),
     )
     return tuple(None if a is None else kind.wrap(a) for a in (dx, dw))
@@ -189,7 +213,7 @@ def _channel_outputs(kind, x, saved_shape):
 
 def _channel_grads(kind, x, weight, output_mask, bias_dtype):
     dt = kind.dtype_name(x)
-    pdt = _dtype_name(weight) if weight is not None else dt
+    pdt = _dtype_name(weight, "weight") if weight is not None else dt
     c = (kind.shape(x)[1],) if len(kind.shape(x)) > 1 else (0,)
     dx = empty_like_layout(kind, x) if output_mask[0] else None
     dw = kind.empty(c, pdt, x) if output_mask[1] and weight is not None else None
@@ -214,8 +238,8 @@ def batch_norm_forward(x, running_mean, running_var, weight=None, bias=None, tra
     y, sm, sr = _channel_outputs(kind, x, (_channels(kind, x),))
     _core.batch_norm_forward(
         to_core(x), _in_place(running_mean, "running_mean"), _in_place(running_var, "running_var"),
-        to_core(weight, "weight"), to_core(bias, "bias"), bool(training), float(momentum), float(eps),
-        to_core(y), to_core(sm), to_core(sr), kind.stream(x),
+        to_core(weight, "weight"), to_core(bias, "bias"), bool_arg(training, "training"),
+        float_arg(momentum, "momentum"), float_arg(eps, "eps"), to_core(y), to_core(sm), to_core(sr), kind.stream(x),
     )
     return kind.wrap(y), kind.wrap(sm), kind.wrap(sr)
 
@@ -229,11 +253,13 @@ def batch_norm_backward(dy, x, save_mean, save_rstd, weight=None, training=True,
                         bias_dtype=None):
     """Gradients of BatchNorm: ``(dx, dweight, dbias)``. training=True differentiates through the batch
     statistics; training=False holds the (running) statistics fixed."""
+    output_mask = _output_mask(output_mask, 3)
     kind = kind_of(x)
     dx, dw, db = _channel_grads(kind, x, weight, output_mask, bias_dtype)
     _core.batch_norm_backward(
-        to_core(dy, "dy"), to_core(x), to_core(save_mean, "save_mean"), to_core(save_rstd, "save_rstd"),
-        to_core(weight, "weight"), bool(training), to_core(dx), to_core(dw), to_core(db), kind.stream(x),
+        _required(dy, "dy"), to_core(x), _required(save_mean, "save_mean"), _required(save_rstd, "save_rstd"),
+        to_core(weight, "weight"), bool_arg(training, "training"), to_core(dx), to_core(dw), to_core(db),
+        kind.stream(x),
     )
     return tuple(None if a is None else kind.wrap(a) for a in (dx, dw, db))
 
@@ -245,12 +271,13 @@ def instance_norm_forward(x, running_mean=None, running_var=None, weight=None, b
     statistics, as torch does) and [C] without (the running statistics normalize)."""
     kind = kind_of(x)
     shape = kind.shape(x)
+    use_input_stats = bool_arg(use_input_stats, "use_input_stats")  # (it picks the statistics' shape)
     saved = tuple(shape[:2]) if use_input_stats else (_channels(kind, x),)
     y, sm, sr = _channel_outputs(kind, x, saved)
     _core.instance_norm_forward(
         to_core(x), _in_place(running_mean, "running_mean"), _in_place(running_var, "running_var"),
-        to_core(weight, "weight"), to_core(bias, "bias"), bool(use_input_stats), float(momentum), float(eps),
-        to_core(y), to_core(sm), to_core(sr), kind.stream(x),
+        to_core(weight, "weight"), to_core(bias, "bias"), use_input_stats,
+        float_arg(momentum, "momentum"), float_arg(eps, "eps"), to_core(y), to_core(sm), to_core(sr), kind.stream(x),
     )
     return kind.wrap(y), kind.wrap(sm), kind.wrap(sr)
 
@@ -264,11 +291,12 @@ def instance_norm(x, running_mean=None, running_var=None, weight=None, bias=None
 def instance_norm_backward(dy, x, save_mean, save_rstd, weight=None, use_input_stats=True,
                            output_mask=(True, True, True), bias_dtype=None):
     """Gradients of InstanceNorm: ``(dx, dweight, dbias)``."""
+    output_mask = _output_mask(output_mask, 3)
     kind = kind_of(x)
     dx, dw, db = _channel_grads(kind, x, weight, output_mask, bias_dtype)
     _core.instance_norm_backward(
-        to_core(dy, "dy"), to_core(x), to_core(save_mean, "save_mean"), to_core(save_rstd, "save_rstd"),
-        to_core(weight, "weight"), bool(use_input_stats), to_core(dx), to_core(dw), to_core(db),
+        _required(dy, "dy"), to_core(x), _required(save_mean, "save_mean"), _required(save_rstd, "save_rstd"),
+        to_core(weight, "weight"), bool_arg(use_input_stats, "use_input_stats"), to_core(dx), to_core(dw), to_core(db),
         kind.stream(x),
     )
     return tuple(None if a is None else kind.wrap(a) for a in (dx, dw, db))
@@ -284,7 +312,7 @@ def group_norm_forward(x, num_groups, weight=None, bias=None, eps=1e-5):
     stat_groups = groups if 1 <= groups <= (shape[1] if len(shape) > 1 else 0) else 0
     y, sm, sr = _channel_outputs(kind, x, (shape[0] if shape else 0, stat_groups))
     _core.group_norm_forward(
-        to_core(x), groups, to_core(weight, "weight"), to_core(bias, "bias"), float(eps),
+        to_core(x), groups, to_core(weight, "weight"), to_core(bias, "bias"), float_arg(eps, "eps"),
         to_core(y), to_core(sm), to_core(sr), kind.stream(x),
     )
     return kind.wrap(y), kind.wrap(sm), kind.wrap(sr)
@@ -298,11 +326,12 @@ def group_norm(x, num_groups, weight=None, bias=None, eps=1e-5):
 def group_norm_backward(dy, x, num_groups, mean, rstd, weight=None, output_mask=(True, True, True),
                         bias_dtype=None):
     """Gradients of GroupNorm: ``(dx, dweight, dbias)``."""
+    output_mask = _output_mask(output_mask, 3)
     kind = kind_of(x)
     dx, dw, db = _channel_grads(kind, x, weight, output_mask, bias_dtype)
     _core.group_norm_backward(
-        to_core(dy, "dy"), to_core(x), int_arg(num_groups, "num_groups"), to_core(mean, "mean"), to_core(rstd, "rstd"),
-        to_core(weight, "weight"), to_core(dx), to_core(dw), to_core(db), kind.stream(x),
+        _required(dy, "dy"), to_core(x), int_arg(num_groups, "num_groups"), _required(mean, "mean"),
+        _required(rstd, "rstd"), to_core(weight, "weight"), to_core(dx), to_core(dw), to_core(db), kind.stream(x),
     )
     return tuple(None if a is None else kind.wrap(a) for a in (dx, dw, db))
 
@@ -334,10 +363,10 @@ def batch_instance_norm_forward(x, rho, running_mean, running_var, weight=None, 
     mb, sb = kind.empty((c,), acc, x), kind.empty((c,), acc, x)
     mi, si = kind.empty(nc, acc, x), kind.empty(nc, acc, x)
     _core.batch_instance_norm_forward(
-        to_core(x), to_core(rho, "rho"), to_core(weight, "weight"), to_core(bias, "bias"),
-        _in_place(running_mean, "running_mean"), _in_place(running_var, "running_var"), bool(training),
-        float(momentum), float(eps), to_core(y), to_core(mb), to_core(sb), to_core(mi), to_core(si),
-        kind.stream(x),
+        to_core(x), _required(rho, "rho"), to_core(weight, "weight"), to_core(bias, "bias"),
+        _in_place(running_mean, "running_mean"), _in_place(running_var, "running_var"), bool_arg(training, "training"),
+        float_arg(momentum, "momentum"), float_arg(eps, "eps"), to_core(y), to_core(mb), to_core(sb), to_core(mi),
+        to_core(si), kind.stream(x),
     )
     return tuple(kind.wrap(a) for a in (y, mb, sb, mi, si))
 
@@ -360,14 +389,15 @@ def batch_instance_norm_backward(dy, x, rho, save_mean_bn, save_rstd_bn, save_me
     ``drho = sum dy weight (xhat_BN - xhat_IN)`` where ``0 <= rho <= 1`` and 0 elsewhere (torch.clamp's
     gradient). dweight is None without a weight; output_mask = (dx, dweight, dbias, drho).
     """
+    output_mask = _output_mask(output_mask, 4)
     kind = kind_of(x)
     dx, dw, db = _channel_grads(kind, x, weight, output_mask[:3], bias_dtype)
-    dr = kind.empty((_channels(kind, x),), _dtype_name(rho), x) if output_mask[3] else None
+    dr = kind.empty((_channels(kind, x),), _dtype_name(rho, "rho"), x) if output_mask[3] else None
     _core.batch_instance_norm_backward(
-        to_core(dy, "dy"), to_core(x), to_core(rho, "rho"), to_core(weight, "weight"),
-        to_core(save_mean_bn, "save_mean_bn"), to_core(save_rstd_bn, "save_rstd_bn"),
-        to_core(save_mean_in, "save_mean_in"), to_core(save_rstd_in, "save_rstd_in"), bool(training),
-        to_core(dx), to_core(dw), to_core(db), to_core(dr), kind.stream(x),
+        _required(dy, "dy"), to_core(x), _required(rho, "rho"), to_core(weight, "weight"),
+        _required(save_mean_bn, "save_mean_bn"), _required(save_rstd_bn, "save_rstd_bn"),
+        _required(save_mean_in, "save_mean_in"), _required(save_rstd_in, "save_rstd_in"),
+        bool_arg(training, "training"), to_core(dx), to_core(dw), to_core(db), to_core(dr), kind.stream(x),
     )
     return tuple(None if a is None else kind.wrap(a) for a in (dx, dw, db, dr))
 
@@ -403,10 +433,10 @@ def switchable_norm_forward(x, mean_weight, var_weight, running_mean, running_va
     y = empty_output_like(kind, x)
     saved = kind.empty((4 * n * c + 2 * n + 2 * c,), acc, x)
     _core.switchable_norm_forward(
-        to_core(x), to_core(mean_weight, "mean_weight"), to_core(var_weight, "var_weight"),
+        to_core(x), _required(mean_weight, "mean_weight"), _required(var_weight, "var_weight"),
         to_core(weight, "weight"), to_core(bias, "bias"), _in_place(running_mean, "running_mean"),
-        _in_place(running_var, "running_var"), bool(training), float(momentum), float(eps), to_core(y),
-        to_core(saved), kind.stream(x),
+        _in_place(running_var, "running_var"), bool_arg(training, "training"), float_arg(momentum, "momentum"),
+        float_arg(eps, "eps"), to_core(y), to_core(saved), kind.stream(x),
     )
     return kind.wrap(y), kind.wrap(saved)
 
@@ -427,14 +457,15 @@ def switchable_norm_backward(dy, x, mean_weight, var_weight, saved, weight=None,
     dmean_weight/dvar_weight are the gradients of the 3 logits each (through the softmaxes). dweight
     is None without a weight; output_mask = (dx, dweight, dbias, dmean_weight, dvar_weight).
     """
+    output_mask = _output_mask(output_mask, 5)
     kind = kind_of(x)
     dx, dw, db = _channel_grads(kind, x, weight, output_mask[:3], bias_dtype)
-    ldt = _dtype_name(mean_weight)
+    ldt = _dtype_name(mean_weight, "mean_weight")
     dm = kind.empty((3,), ldt, x) if output_mask[3] else None
     dv = kind.empty((3,), ldt, x) if output_mask[4] else None
     _core.switchable_norm_backward(
-        to_core(dy, "dy"), to_core(x), to_core(mean_weight, "mean_weight"), to_core(var_weight, "var_weight"),
-        to_core(weight, "weight"), to_core(saved, "saved"), bool(training), to_core(dx), to_core(dw),
+        _required(dy, "dy"), to_core(x), _required(mean_weight, "mean_weight"), _required(var_weight, "var_weight"),
+        to_core(weight, "weight"), _required(saved, "saved"), bool_arg(training, "training"), to_core(dx), to_core(dw),
         to_core(db), to_core(dm), to_core(dv), kind.stream(x),
     )
     return tuple(None if a is None else kind.wrap(a) for a in (dx, dw, db, dm, dv))
@@ -454,7 +485,8 @@ def local_response_norm(x, size, alpha=1e-4, beta=0.75, k=1.0):
     kind = kind_of(x)
     y = empty_like_layout(kind, x)
     _core.local_response_norm_forward(
-        to_core(x), int_arg(size, "size"), float(alpha), float(beta), float(k), to_core(y), kind.stream(x)
+        to_core(x), int_arg(size, "size"), float_arg(alpha, "alpha"), float_arg(beta, "beta"), float_arg(k, "k"),
+        to_core(y), kind.stream(x),
     )
     return kind.wrap(y)
 
@@ -465,8 +497,8 @@ def local_response_norm_backward(dy, x, size, alpha=1e-4, beta=0.75, k=1.0):
     kind = kind_of(x)
     dx = empty_like_layout(kind, x)
     _core.local_response_norm_backward(
-        to_core(dy, "dy"), to_core(x), int_arg(size, "size"), float(alpha), float(beta), float(k), to_core(dx),
-        kind.stream(x),
+        _required(dy, "dy"), to_core(x), int_arg(size, "size"), float_arg(alpha, "alpha"), float_arg(beta, "beta"),
+        float_arg(k, "k"), to_core(dx), kind.stream(x),
     )
     return kind.wrap(dx)
 
@@ -476,7 +508,16 @@ def local_response_norm_backward(dy, x, size, alpha=1e-4, beta=0.75, k=1.0):
 
 def _weight_norm_dim(dim) -> int:
     # torch's convention: dim=None is the norm of the whole tensor, which torch spells dim=-1.
-    return -1 if dim is None else int(dim)
+    return -1 if dim is None else int_arg(dim, "dim")
+
+
+def _param_shape(gs, vs):
+    """g's shape for allocating norms/dg when it can be a valid one (each size 1 or v's, no more dims than
+    v), so at most v's size; an empty placeholder otherwise, so that the core raises its error about g
+    before a huge g becomes a huge allocation."""
+    if len(gs) <= len(vs) and all(d == 1 or d == vs[i] for i, d in enumerate(gs)):
+        return gs
+    return (0,)
 
 
 def weight_norm_forward(v, g, dim=0):
@@ -493,8 +534,8 @@ def weight_norm_forward(v, g, dim=0):
     vs, dt = kind.shape(v), kind.dtype_name(v)
     gs = kind_of(g, "g").shape(g)
     w = kind.empty(vs, dt, v)
-    norms = kind.empty(gs, acc_dtype_name(dt), v)
-    _core.weight_norm_forward(to_core(v, "v"), to_core(g, "g"), _weight_norm_dim(dim), to_core(w, "w"),
+    norms = kind.empty(_param_shape(gs, vs), acc_dtype_name(dt), v)
+    _core.weight_norm_forward(to_core(v, "v"), _required(g, "g"), _weight_norm_dim(dim), to_core(w, "w"),
                               to_core(norms, "norms"), kind.stream(v))
     return kind.wrap(w), kind.wrap(norms)
 
@@ -514,8 +555,8 @@ def weight_norm_backward(dw, v, g, norms, dim=0):
     vs, dt = kind.shape(v), kind.dtype_name(v)
     gs = kind_of(g, "g").shape(g)
     dv = kind.empty(vs, dt, v)
-    dg = kind.empty(gs, dt, v)
-    _core.weight_norm_backward(to_core(dw, "dw"), to_core(v, "v"), to_core(g, "g"), to_core(norms, "norms"),
+    dg = kind.empty(_param_shape(gs, vs), dt, v)
+    _core.weight_norm_backward(_required(dw, "dw"), to_core(v, "v"), _required(g, "g"), _required(norms, "norms"),
                                _weight_norm_dim(dim), to_core(dv, "dv"), to_core(dg, "dg"), kind.stream(v))
     return kind.wrap(dv), kind.wrap(dg)
 
@@ -540,8 +581,8 @@ def sync_batch_norm_forward(x, running_mean=None, running_var=None, weight=None,
     y, sm, sr = _channel_outputs(kind, x, (_channels(kind, x),))
     _core.sync_batch_norm_forward(
         to_core(x), _in_place(running_mean, "running_mean"), _in_place(running_var, "running_var"),
-        to_core(weight, "weight"), to_core(bias, "bias"), float(momentum), float(eps), _communicator(comm),
-        check, to_core(y), to_core(sm), to_core(sr), kind.stream(x),
+        to_core(weight, "weight"), to_core(bias, "bias"), float_arg(momentum, "momentum"), float_arg(eps, "eps"),
+        _communicator(comm), check, to_core(y), to_core(sm), to_core(sr), kind.stream(x),
     )
     return kind.wrap(y), kind.wrap(sm), kind.wrap(sr)
 
@@ -550,10 +591,11 @@ def sync_batch_norm_backward(dy, x, save_mean, save_rstd, weight=None, comm=None
                              output_mask=(True, True, True), bias_dtype=None):
     """Gradients of :func:`sync_batch_norm_forward`: ``(dx, dweight, dbias)``. dx flows through the global
     statistics (one all-reduce, every process must call); dweight/dbias are this process's sums."""
+    output_mask = _output_mask(output_mask, 3)
     kind = kind_of(x)
     dx, dw, db = _channel_grads(kind, x, weight, output_mask, bias_dtype)
     _core.sync_batch_norm_backward(
-        to_core(dy, "dy"), to_core(x), to_core(save_mean, "save_mean"), to_core(save_rstd, "save_rstd"),
+        _required(dy, "dy"), to_core(x), _required(save_mean, "save_mean"), _required(save_rstd, "save_rstd"),
         to_core(weight, "weight"), _communicator(comm), check, to_core(dx), to_core(dw), to_core(db),
         kind.stream(x),
     )
@@ -562,7 +604,7 @@ def sync_batch_norm_backward(dy, x, save_mean, save_rstd, weight=None, comm=None
 
 
 def _spectral_norm_dim(dim) -> int:
-    return 0 if dim is None else int(dim)
+    return 0 if dim is None else int_arg(dim, "dim")
 
 
 def spectral_norm_forward(w, u, v, n_power_iterations=1, eps=1e-12, dim=0, training=True, check_sigma=True):
@@ -581,6 +623,7 @@ def spectral_norm_forward(w, u, v, n_power_iterations=1, eps=1e-12, dim=0, train
     returns ``w / max(||w||, eps)``.
     """
     kind = kind_of(w, "w")
+    training = bool_arg(training, "training")  # (it decides below whether u and v are written)
     ws, dt = kind.shape(w), kind.dtype_name(w)
     y = kind.empty(ws, dt, w)
     sigma = kind.empty((), acc_dtype_name(dt), w)
@@ -588,15 +631,15 @@ def spectral_norm_forward(w, u, v, n_power_iterations=1, eps=1e-12, dim=0, train
     # strided ones; a read-only NumPy one is copied, the extension takes only writable arrays there).
     def vector(a, arg):
         if training:
-            return _in_place(a, arg)
+            return _in_place(a, arg, required=True)
         if getattr(a, "flags", None) is not None and not a.flags.writeable:  # (NumPy)
             a = a.copy()
-        return to_core(a, arg)
+        return _required(a, arg)
 
     _core.spectral_norm_forward(
         to_core(w, "w"), vector(u, "u"), vector(v, "v"), _spectral_norm_dim(dim),
-        int_arg(n_power_iterations, "n_power_iterations"),
-        float(eps), bool(training), bool(check_sigma), to_core(y, "y"), to_core(sigma, "sigma"), kind.stream(w),
+        int_arg(n_power_iterations, "n_power_iterations"), float_arg(eps, "eps"), training,
+        bool_arg(check_sigma, "check_sigma"), to_core(y, "y"), to_core(sigma, "sigma"), kind.stream(w),
     )
     return kind.wrap(y), kind.wrap(sigma)
 
@@ -612,9 +655,9 @@ def spectral_norm_power_iteration(w, u, v, n_power_iterations=1, eps=1e-12, dim=
     steps when it registers the parametrization) and returns ``(u, v)``."""
     kind = kind_of(w, "w")
     _core.spectral_norm_forward(
-        to_core(w, "w"), _in_place(u, "u"), _in_place(v, "v"), _spectral_norm_dim(dim),
+        to_core(w, "w"), _in_place(u, "u", True), _in_place(v, "v", True), _spectral_norm_dim(dim),
         int_arg(n_power_iterations, "n_power_iterations"),
-        float(eps), True, bool(check_sigma), None, None, kind.stream(w),
+        float_arg(eps, "eps"), True, bool_arg(check_sigma, "check_sigma"), None, None, kind.stream(w),
     )
     return u, v
 
@@ -626,8 +669,8 @@ def spectral_norm_backward(dy, w, u, v, sigma, dim=0):
     kind = kind_of(w, "w")
     dw = kind.empty(kind.shape(w), kind.dtype_name(w), w)
     _core.spectral_norm_backward(
-        to_core(dy, "dy"), to_core(w, "w"), to_core(u, "u"), to_core(v, "v"), _spectral_norm_dim(dim),
-        to_core(sigma, "sigma"), to_core(dw, "dw"), kind.stream(w),
+        _required(dy, "dy"), to_core(w, "w"), _required(u, "u"), _required(v, "v"), _spectral_norm_dim(dim),
+        _required(sigma, "sigma"), to_core(dw, "dw"), kind.stream(w),
     )
     return kind.wrap(dw)
 
@@ -648,8 +691,8 @@ def mean_only_batch_norm_forward(x, running_mean, bias=None, training=False, mom
     y = empty_output_like(kind, x)
     sm = kind.empty((_channels(kind, x),), acc, x)
     _core.mean_only_batch_norm_forward(
-        to_core(x), _in_place(running_mean, "running_mean"), to_core(bias, "bias"), bool(training), float(momentum),
-        to_core(y), to_core(sm), kind.stream(x),
+        to_core(x), _in_place(running_mean, "running_mean"), to_core(bias, "bias"), bool_arg(training, "training"),
+        float_arg(momentum, "momentum"), to_core(y), to_core(sm), kind.stream(x),
     )
     return kind.wrap(y), kind.wrap(sm)
 
@@ -664,6 +707,7 @@ def mean_only_batch_norm_backward(dy, training=True, output_mask=(True, True), b
     mean depends on x); training=False: ``dx = dy``. ``dbias = sum dy`` over every dim but the channels.
     dx is channels-last when ``channels_last`` is True, channels-first when False, and in dy's memory
     format when None; output_mask = (dx, dbias)."""
+    output_mask = _output_mask(output_mask, 2)
     kind = kind_of(dy, "dy")
     dt = kind.dtype_name(dy)
     dx = None
@@ -671,8 +715,9 @@ def mean_only_batch_norm_backward(dy, training=True, output_mask=(True, True), b
         if channels_last is None:
             dx = empty_like_layout(kind, dy)
         else:
-            dx = empty_in_layout(kind, kind.shape(dy), dt, dy, bool(channels_last))
+            dx = empty_in_layout(kind, kind.shape(dy), dt, dy, bool_arg(channels_last, "channels_last"))
     db = kind.empty((_channels(kind, dy),), bias_dtype or dt, dy) if output_mask[1] else None
-    _core.mean_only_batch_norm_backward(to_core(dy, "dy"), bool(training), to_core(dx, "dx"), to_core(db, "dbias"),
-                                        kind.stream(dy))
+    _core.mean_only_batch_norm_backward(
+        _required(dy, "dy"), bool_arg(training, "training"), to_core(dx, "dx"), to_core(db, "dbias"), kind.stream(dy),
+    )
     return tuple(None if a is None else kind.wrap(a) for a in (dx, db))

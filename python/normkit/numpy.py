@@ -10,7 +10,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from normkit import functional as F
-from normkit._arrays import int_arg, is_channels_last, kind_of, normalized_shape_tuple
+from normkit._arrays import float_arg, int_arg, is_channels_last, kind_of, normalized_shape_tuple
 from normkit._momentum import batch_weight
 from normkit._sync import SyncIdentity, check_enabled
 
@@ -101,13 +101,27 @@ class Module:
             errors.append("Unexpected key(s) in state_dict: " + ", ".join(f'"{k}"' for k in unexpected))
         if strict and missing:
             errors.append("Missing key(s) in state_dict: " + ", ".join(f'"{k}"' for k in missing))
+        # Every value is converted and checked before the first is copied: a bad one must not leave the
+        # layer half loaded.
         values = {}
         for name, target in own.items():
-            if name in state:
-                values[name] = np.asarray(state[name])
-                if values[name].shape != target.shape:
-                    errors.append(f"size mismatch for {name}: copying a param with shape {values[name].shape} from "
-                                  f"checkpoint, the shape in current model is {target.shape}")
+            if name not in state:
+                continue
+            try:
+                value = np.asarray(state[name])
+            except (TypeError, ValueError) as e:
+                errors.append(f'While copying the parameter named "{name}": expected an array, got '
+                              f"{type(state[name]).__name__} ({e})")
+                continue
+            # (Real numbers only: complex would lose its imaginary part, strings and objects would fail
+            # half-way through the copies.)
+            if value.dtype.kind not in "biuf" and value.dtype.name != "bfloat16":  # (ml_dtypes' is kind "V")
+                errors.append(f'While copying the parameter named "{name}": expected an array of real numbers '
+                              f"(float, int or bool), got dtype {value.dtype}")
+            elif value.shape != target.shape:
+                errors.append(f"size mismatch for {name}: copying a param with shape {value.shape} from "
+                              f"checkpoint, the shape in current model is {target.shape}")
+            values[name] = value
         if errors:
             raise RuntimeError(f"Error(s) in loading state_dict for {type(self).__name__}:\n\t" + "\n\t".join(errors))
         for name, value in values.items():
@@ -505,7 +519,8 @@ class LocalResponseNorm(Module):
 
     def __init__(self, size, alpha=1e-4, beta=0.75, k=1.0):
         super().__init__()
-        self.size, self.alpha, self.beta, self.k = int_arg(size, "size"), float(alpha), float(beta), float(k)
+        self.size, self.alpha = int_arg(size, "size"), float_arg(alpha, "alpha")
+        self.beta, self.k = float_arg(beta, "beta"), float_arg(k, "k")
         self._saved = None
 
     def forward(self, x):
@@ -681,7 +696,7 @@ class SpectralNorm(Module):
         iterations = int_arg(n_power_iterations, "n_power_iterations")
         if iterations < 1:
             raise ValueError(f"n_power_iterations: expected a positive number, got {n_power_iterations}")
-        self.dim, self.n_power_iterations, self.eps = dim % nd, iterations, float(eps)
+        self.dim, self.n_power_iterations, self.eps = dim % nd, iterations, float_arg(eps, "eps")
         h = w.shape[self.dim]
         k = w.size // h if h else 0
         rng = np.random.default_rng(seed)

@@ -7,7 +7,7 @@ import torch.nn.functional as TF
 from torch.autograd.graph import increment_version
 
 from normkit import functional as _F
-from normkit._arrays import int_arg, is_channels_last, kind_of, normalized_shape_tuple
+from normkit._arrays import bool_arg, float_arg, int_arg, is_channels_last, kind_of, normalized_shape_tuple
 from normkit.torch import _higher_order as _H
 
 __all__ = [
@@ -29,14 +29,35 @@ __all__ = [
 _TORCH_KIND = kind_of(torch.empty(0))
 
 
-def _needs_autograd(*tensors) -> bool:
+_REQUIRED = ("input", "v", "g")
+
+
+def _needs_autograd(**tensors) -> bool:
     """Whether the call must be recorded for autograd; without it the op runs directly (the
-    autograd.Function costs ~10 us per call, as much as a small normalization)."""
-    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+    autograd.Function costs ~10 us per call, as much as a small normalization). Anything but a tensor
+    (None for an optional one) is a TypeError naming the argument, as in torch."""
+    needs = False
+    for arg, t in tensors.items():
+        if isinstance(t, torch.Tensor):
+            needs = needs or t.requires_grad
+        elif t is not None or arg in _REQUIRED:
+            raise TypeError(f"{arg}: expected a torch.Tensor, got {type(t).__name__}")
+    return needs and torch.is_grad_enabled()
 
 
 def _dtype_name(t):
     return None if t is None else str(t.dtype).removeprefix("torch.")
+
+
+def _refuse_inference(**saved):
+    """Before an autograd.Function's forward computes anything: torch cannot save an inference-mode tensor
+    for backward, and its layers raise then (RuntimeError). Raising only at save_for_backward would
+    come after the running statistics were updated."""
+    for arg, t in saved.items():
+        if t is not None and t.is_inference():
+            raise RuntimeError(f"{arg}: Inference tensors cannot be saved for backward (torch.nn's layers raise "
+                               "too). Clone it to get a normal tensor, or use torch.no_grad() instead of "
+                               "torch.inference_mode().")
 
 
 class _AffineNorm(torch.autograd.Function):
@@ -49,6 +70,7 @@ class _AffineNorm(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, weight, bias, forward_op, backward_op, composite):
+        _refuse_inference(input=x, weight=weight, bias=bias)
         y, mean, rstd = forward_op(x, weight, bias)
         ctx.save_for_backward(x, weight, bias, mean, rstd)
         ctx.backward_op = backward_op
@@ -92,7 +114,8 @@ class _RMSNorm(torch.autograd.Function):
 def layer_norm(input, normalized_shape, weight=None, bias=None, eps=1e-5):
     """Like ``torch.nn.functional.layer_norm``."""
     shape = normalized_shape_tuple(normalized_shape)
-    if not _needs_autograd(input, weight, bias):
+    eps = float_arg(eps, "eps")
+    if not _needs_autograd(input=input, weight=weight, bias=bias):
         return _F.layer_norm(input, shape, weight, bias, eps)
     return _AffineNorm.apply(
         input, weight, bias,
@@ -118,18 +141,21 @@ def _rms_weight(input, weight):
 def rms_norm(input, normalized_shape, weight=None, eps=None):
     """Like ``torch.nn.functional.rms_norm`` (``eps=None``: machine epsilon of the accumulation type)."""
     shape = normalized_shape_tuple(normalized_shape)
+    _needs_autograd(input=input, weight=weight)  # (types first: _rms_weight reads dtypes)
     weight = _rms_weight(input, weight)
-    if not _needs_autograd(input, weight):
+    if not _needs_autograd(input=input, weight=weight):
         return _F.rms_norm(input, shape, weight, eps)
     return _RMSNorm.apply(input, weight, shape, eps)
 
 
 def _running_stats_norm(forward_op, backward_op, composite, input, running_mean, running_var, weight, bias,
-                        batch_stats, momentum, eps):
-    """BatchNorm and InstanceNorm: the same arguments, `batch_stats` being training / use_input_stats;
-    `composite(uses_batch_statistics, eps)` gives the differentiable form (_higher_order.py)."""
-    batch_stats, momentum, eps = bool(batch_stats), float(momentum), float(eps)
-    if not _needs_autograd(input, weight, bias):
+                        batch_stats, momentum, eps, batch_stats_arg):
+    """BatchNorm and InstanceNorm: the same arguments, `batch_stats` being training / use_input_stats
+    (its name: batch_stats_arg); `composite(uses_batch_statistics, eps)` gives the differentiable form
+    (_higher_order.py)."""
+    batch_stats = bool_arg(batch_stats, batch_stats_arg)
+    momentum, eps = float_arg(momentum, "momentum"), float_arg(eps, "eps")
+    if not _needs_autograd(input=input, weight=weight, bias=bias):
         return forward_op(input, running_mean, running_var, weight, bias, batch_stats, momentum, eps)[0]
     # (Without running statistics the batch's are used whatever `batch_stats` says, as in the core.)
     uses_batch = batch_stats or running_mean is None or running_var is None
@@ -146,7 +172,7 @@ def batch_norm(input, running_mean, running_var, weight=None, bias=None, trainin
                eps=1e-5):
     """Like ``torch.nn.functional.batch_norm`` (running statistics updated in place when training)."""
     return _running_stats_norm(_F.batch_norm_forward, _F.batch_norm_backward, _H.batch_norm, input, running_mean,
-                               running_var, weight, bias, training, momentum, eps)
+                               running_var, weight, bias, training, momentum, eps, "training")
 
 
 def instance_norm(input, running_mean=None, running_var=None, weight=None, bias=None, use_input_stats=True,
@@ -154,15 +180,18 @@ def instance_norm(input, running_mean=None, running_var=None, weight=None, bias=
     """Like ``torch.nn.functional.instance_norm`` (whose output is contiguous whatever the input's memory
     format: so is this one's)."""
     y = _running_stats_norm(_F.instance_norm_forward, _F.instance_norm_backward, _H.instance_norm, input,
-                            running_mean, running_var, weight, bias, use_input_stats, momentum, eps)
+                            running_mean, running_var, weight, bias, use_input_stats, momentum, eps,
+                            "use_input_stats")
     return y.contiguous()
 
 
 def group_norm(input, num_groups, weight=None, bias=None, eps=1e-5):
     """Like ``torch.nn.functional.group_norm``."""
-    if not _needs_autograd(input, weight, bias):
-        return _F.group_norm(input, num_groups, weight, bias, float(eps))
-    num_groups, eps = int_arg(num_groups, "num_groups"), float(eps)
+    num_groups, eps = int_arg(num_groups, "num_groups"), float_arg(eps, "eps")
+    needs_autograd = _needs_autograd(input=input, weight=weight, bias=bias)
+    _verify_group_batch_size(input, num_groups)
+    if not needs_autograd:
+        return _F.group_norm(input, num_groups, weight, bias, eps)
     return _AffineNorm.apply(
         input, weight, bias,
         lambda x, w, b: _F.group_norm_forward(x, num_groups, w, b, eps),
@@ -172,9 +201,24 @@ def group_norm(input, num_groups, weight=None, bias=None, eps=1e-5):
     )
 
 
+def _verify_group_batch_size(input, num_groups):
+    """torch's group_norm check (its _verify_batch_size on [N * C // G, G, *spatial]): one value per group
+    normalizes to 0, and torch raises instead. (A num_groups that does not divide C is left to the core.)"""
+    shape = input.shape
+    if len(shape) < 2 or num_groups < 1 or shape[1] % num_groups:
+        return
+    size = [shape[0] * shape[1] // num_groups, num_groups, *shape[2:]]
+    values = size[0]
+    for d in size[2:]:
+        values *= d
+    if values == 1:
+        raise ValueError(f"Expected more than 1 value per channel when training, got input size {size}")
+
+
 class _BatchInstanceNorm(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, rho, weight, bias, running_mean, running_var, training, momentum, eps):
+        _refuse_inference(input=x, rho=rho, weight=weight)
         y, *stats = _F.batch_instance_norm_forward(x, rho, running_mean, running_var, weight, bias, training,
                                                    momentum, eps)
         ctx.save_for_backward(x, rho, weight, *stats)
@@ -200,16 +244,16 @@ def batch_instance_norm(input, rho, running_mean, running_var, weight=None, bias
     + bias`` with ``r = torch.clamp(rho, 0, 1)`` (see :func:`normkit.functional.batch_instance_norm_forward`).
     The gradient to rho is torch.clamp's: passed where 0 <= rho <= 1 (bounds included), 0 elsewhere.
     Running statistics are updated in place when training."""
-    if not _needs_autograd(input, rho, weight, bias):
-        return _F.batch_instance_norm(input, rho, running_mean, running_var, weight, bias, bool(training),
-                                      float(momentum), float(eps))
-    return _BatchInstanceNorm.apply(input, rho, weight, bias, running_mean, running_var, bool(training),
-                                    float(momentum), float(eps))
+    training, momentum, eps = bool_arg(training, "training"), float_arg(momentum, "momentum"), float_arg(eps, "eps")
+    if not _needs_autograd(input=input, rho=rho, weight=weight, bias=bias):
+        return _F.batch_instance_norm(input, rho, running_mean, running_var, weight, bias, training, momentum, eps)
+    return _BatchInstanceNorm.apply(input, rho, weight, bias, running_mean, running_var, training, momentum, eps)
 
 
 class _SwitchableNorm(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, mean_weight, var_weight, weight, bias, running_mean, running_var, training, momentum, eps):
+        _refuse_inference(input=x, mean_weight=mean_weight, var_weight=var_weight, weight=weight)
         y, saved = _F.switchable_norm_forward(x, mean_weight, var_weight, running_mean, running_var, weight, bias,
                                               training, momentum, eps)
         ctx.save_for_backward(x, mean_weight, var_weight, weight, saved)
@@ -235,11 +279,12 @@ def switchable_norm(input, mean_weight, var_weight, running_mean, running_var, w
     mu, s2 softmax(mean_weight)/softmax(var_weight)-weighted mixtures of the IN, LN and BN statistics
     (population variances; see :func:`normkit.functional.switchable_norm_forward`). Running statistics
     are updated in place when training (momentum 0.003 = the reference decay 0.997)."""
-    if not _needs_autograd(input, mean_weight, var_weight, weight, bias):
-        return _F.switchable_norm(input, mean_weight, var_weight, running_mean, running_var, weight, bias,
-                                  bool(training), float(momentum), float(eps))
-    return _SwitchableNorm.apply(input, mean_weight, var_weight, weight, bias, running_mean, running_var,
-                                 bool(training), float(momentum), float(eps))
+    training, momentum, eps = bool_arg(training, "training"), float_arg(momentum, "momentum"), float_arg(eps, "eps")
+    if not _needs_autograd(input=input, mean_weight=mean_weight, var_weight=var_weight, weight=weight, bias=bias):
+        return _F.switchable_norm(input, mean_weight, var_weight, running_mean, running_var, weight, bias, training,
+                                  momentum, eps)
+    return _SwitchableNorm.apply(input, mean_weight, var_weight, weight, bias, running_mean, running_var, training,
+                                 momentum, eps)
 
 
 class _LocalResponseNorm(torch.autograd.Function):
@@ -264,10 +309,12 @@ class _LocalResponseNorm(torch.autograd.Function):
 
 def local_response_norm(input, size, alpha=1e-4, beta=0.75, k=1.0):
     """Like ``torch.nn.functional.local_response_norm``."""
-    size, alpha, beta, k = int_arg(size, "size"), float(alpha), float(beta), float(k)
+    size, alpha = int_arg(size, "size"), float_arg(alpha, "alpha")
+    beta, k = float_arg(beta, "beta"), float_arg(k, "k")
+    _needs_autograd(input=input)  # (its type first: input.dtype below)
     if input.dtype in _HALF and torch.is_autocast_enabled(input.device.type):
         input = input.float()  # torch's local_response_norm runs in float32 under autocast (its avg_pool3d)
-    if not _needs_autograd(input):
+    if not _needs_autograd(input=input):
         return _F.local_response_norm(input, size, alpha, beta, k)
     return _LocalResponseNorm.apply(input, size, alpha, beta, k)
 
@@ -295,8 +342,8 @@ def weight_norm(v, g, dim=0):
     """Like ``torch._weight_norm(v, g, dim)``: ``w = g * v / ||v||`` over every dim but ``dim``
     (``dim=None`` or ``-1``: the whole tensor, as in torch's parametrization). g has v's dtype and v's
     shape with size 1 on every dim but ``dim``. Zero-norm slices give inf/nan, as in torch."""
-    dim = -1 if dim is None else int(dim)
-    if not _needs_autograd(v, g):
+    dim = -1 if dim is None else int_arg(dim, "dim")
+    if not _needs_autograd(v=v, g=g):
         return _F.weight_norm(v, g, dim)
     return _WeightNorm.apply(v, g, dim)
 
@@ -305,11 +352,11 @@ def sync_batch_norm(input, running_mean, running_var, weight=None, bias=None, mo
                     check=None):
     """SyncBatchNorm in training (see :func:`normkit.functional.sync_batch_norm_forward`): BatchNorm over
     the batches of all processes of ``comm``; the backward all-reduces once. Every process must call it."""
+    momentum, eps = float_arg(momentum, "momentum"), float_arg(eps, "eps")
     comm = _F._communicator(comm)  # resolved once, for the forward and the backward
-    if not _needs_autograd(input, weight, bias):
-        return _F.sync_batch_norm_forward(input, running_mean, running_var, weight, bias, float(momentum), float(eps),
-                                          comm, check)[0]
-    momentum, eps = float(momentum), float(eps)
+    if not _needs_autograd(input=input, weight=weight, bias=bias):
+        return _F.sync_batch_norm_forward(input, running_mean, running_var, weight, bias, momentum, eps, comm,
+                                          check)[0]
     return _AffineNorm.apply(
         input, weight, bias,
         lambda x, w, b: _F.sync_batch_norm_forward(x, running_mean, running_var, w, b, momentum, eps, comm, check),
@@ -346,12 +393,13 @@ def spectral_norm(weight, u, v, n_power_iterations=1, eps=1e-12, dim=0, training
     ``u = normalize(W v)``, then ``v = normalize(W^T u)``), then ``weight / sigma`` with
     ``sigma = u^T W v`` on ``W = weight.movedim(dim, 0).flatten(1)``. The gradient is torch's: u and v
     are constants. As in torch, a zero sigma gives inf/nan (no check, which would synchronize CUDA)."""
-    dim = 0 if dim is None else int(dim)
+    dim = 0 if dim is None else int_arg(dim, "dim")
     iterations = int_arg(n_power_iterations, "n_power_iterations")
-    if not _needs_autograd(weight):
-        y = _F.spectral_norm_forward(weight, u, v, iterations, float(eps), dim, bool(training), check_sigma=False)[0]
+    eps, training = float_arg(eps, "eps"), bool_arg(training, "training")
+    if not _needs_autograd(weight=weight):
+        y = _F.spectral_norm_forward(weight, u, v, iterations, eps, dim, training, check_sigma=False)[0]
     else:
-        y = _SpectralNorm.apply(weight, u, v, dim, iterations, float(eps), bool(training))
+        y = _SpectralNorm.apply(weight, u, v, dim, iterations, eps, training)
     if training:
         # written through DLPack: tell autograd, as torch's in-place update (out=_u) does
         increment_version((u, v))
@@ -386,9 +434,10 @@ def mean_only_batch_norm(input, running_mean, bias=None, training=False, momentu
     """Mean-only BatchNorm (Salimans & Kingma, 2016): ``y = x - mean_c + bias_c`` with the batch mean when
     training (running_mean, if given, updated in place with ``momentum``) and running_mean otherwise.
     The gradient: ``dx = dy - mean_c(dy)`` when training, ``dy`` otherwise; ``dbias = sum dy``."""
-    if not _needs_autograd(input, bias):
-        return _F.mean_only_batch_norm(input, running_mean, bias, bool(training), float(momentum))
-    return _MeanOnlyBatchNorm.apply(input, bias, running_mean, bool(training), float(momentum))
+    training, momentum = bool_arg(training, "training"), float_arg(momentum, "momentum")
+    if not _needs_autograd(input=input, bias=bias):
+        return _F.mean_only_batch_norm(input, running_mean, bias, training, momentum)
+    return _MeanOnlyBatchNorm.apply(input, bias, running_mean, training, momentum)
 
 
 # torch.compile: each op runs as one opaque call (a graph break) instead of dynamo tracing into the

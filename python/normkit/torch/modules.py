@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import torch
 from torch.nn.utils import parametrizations as _parametrizations
+from torch.utils import checkpoint as _checkpoint
 
 from normkit._momentum import batch_weight
 from normkit._sync import SyncIdentity, check_enabled
@@ -55,20 +56,27 @@ class RMSNorm(torch.nn.RMSNorm):
         return F.rms_norm(x, self.normalized_shape, self.weight, self.eps)
 
 
+# Raised by non-reentrant activation checkpointing (from a saved-tensor hook, after the op has run) to
+# stop a recomputation once it has what it needs; the batch then counts, as it does in torch.
+_StopRecomputation = getattr(_checkpoint, "_StopRecomputationError", ())
+
+
 def _counting_batch(module, updating: bool, run):
     """run(factor) with num_batches_tracked advanced first when `updating`, as torch's BatchNorm does (a
     forward that activation checkpointing recomputes then counts its batch again, as its running
-    statistics do), and taken back if run rejects the input (TypeError, ValueError), so a rejected input
-    leaves every buffer as it was. (Other exceptions pass: checkpointing stops a recomputation by
-    raising once it has what it needs, and torch's count stands then.) `factor` is the new batch's
-    weight in the running statistics (0.0 when they are not updated)."""
+    statistics do), and taken back if run raises anything (a rejected input, a meta or sparse tensor, a
+    failing communicator: every exception), so a failed call leaves every buffer as it was -- except
+    checkpointing's stop of a recomputation, after which torch's count stands. `factor` is the new
+    batch's weight in the running statistics (0.0 when they are not updated)."""
     updating = updating and module.num_batches_tracked is not None
     factor = batch_weight(module.momentum, module.num_batches_tracked, updating)
     if updating:
         module.num_batches_tracked.add_(1)
     try:
         return run(factor)
-    except (TypeError, ValueError):
+    except _StopRecomputation:
+        raise
+    except BaseException:
         if updating:
             module.num_batches_tracked.sub_(1)
         raise
