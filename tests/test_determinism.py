@@ -11,6 +11,7 @@ CASES = [
     ((512, 1024), (1024,)),  # many rows: row-parallel forward, cross-row dweight reduction
     ((4096, 64), (64,)),  # very many short rows
     ((3, 50000), (50000,)),  # few long rows: any intra-row splitting must not depend on threads
+    ((23, 3000), (3000,)),  # long rows normalized in groups: the groups follow the tasks' row ranges
     ((8, 16, 96), (16, 96)),
 ]
 

@@ -255,6 +255,26 @@ def test_half_input_with_float32_parameters(dtype):
     R.assert_close("dbias", db, dbr, R.TOL["float32"], R.dbias_scale(dy, ns))
 
 
+@pytest.mark.parametrize("rows", (1, 4, 9))
+@pytest.mark.parametrize("dtype", R.DTYPES)
+def test_long_rows_normalized_in_groups(dtype, rows):
+    """Rows whose weight and bias fill half of L1 are normalized a few rows at a time, column segment
+    by column segment: a partial last group, a short last segment (3000 = 5 * 512 + 440) and rows
+    read with a stride (a column slice of a wider array), against the float64 reference."""
+    n = 3000
+    wide = R.make_torch((rows, n + 37), dtype, 121)
+    x = wide[:, 5:5 + n]
+    assert rows == 1 or not x.is_contiguous()
+    ns = (n,)
+    w = R.make_torch(ns, dtype, 122, 0.5, 1.0)
+    b = R.make_torch(ns, dtype, 123)
+    y, mean, rstd = nkF.layer_norm_forward(x, ns, w, b, EPS)
+    check_against_reference(x, ns, w, b, EPS, None, y, mean, rstd, None, None, None)
+    yc, mean_c, rstd_c = nkF.layer_norm_forward(x.contiguous(), ns, w, b, EPS)
+    for name, got, want in (("y", y, yc), ("mean", mean, mean_c), ("rstd", rstd, rstd_c)):
+        R.assert_bitwise_equal(name, got, want)
+
+
 @pytest.mark.parametrize("n", (7, 64, 1000, 8192))
 @pytest.mark.parametrize("dtype", HALF)
 def test_half_results_are_rounded_once(dtype, n):
