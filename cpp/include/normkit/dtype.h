@@ -11,7 +11,10 @@
 #include <cuda_fp16.h>
 #define NK_HD __host__ __device__ __forceinline__
 #else
-#define NK_HD inline
+// Always inlined on the host: the CPU kernels are compiled once per instruction set, and an
+// out-of-line copy of a shared inline function would be one symbol with several bodies, of which the
+// linker keeps any one (AVX-512 code in the baseline kernels).
+#define NK_HD inline __attribute__((always_inline))
 #endif
 
 namespace normkit {

@@ -6,6 +6,7 @@
 #include <cstdint>
 
 #include "normkit/dtype.h"
+#include "normkit/pairwise.h"
 
 namespace normkit::math {
 
@@ -50,6 +51,20 @@ NK_HD Moments<A> block_moments(int64_t count, A mean, A centred_sq_sum) {
   m.mean = mean;
   m.m2 = centred_sq_sum;
   return m;
+}
+
+// Moments merged pairwise (normkit/pairwise.h).
+struct MomentsMerge {
+  template <class A>
+  NK_HD Moments<A> operator()(const Moments<A>& a, const Moments<A>& b) const {
+    return chan_merge(a, b);
+  }
+};
+template <class A>
+using PairwiseMoments = Pairwise<Moments<A>, MomentsMerge>;
+template <class A, class Get>
+NK_HD Moments<A> pairwise_moments(int64_t n, Get&& get) {
+  return pairwise<Moments<A>, MomentsMerge>(n, get);
 }
 
 // Population (biased) variance, as normalization layers use for normalizing.
@@ -232,15 +247,12 @@ NK_HD void sn_softmax(A l0, A l1, A l2, bool use_in, A* w) {
 // mean = avg pm, var = avg (pv + pm^2) - mean^2, computed as avg (pv + (pm - mean)^2).
 template <class A>
 NK_HD void sn_group_stats(const A* pm, const A* pv, int64_t count, int64_t stride, A& mean, A& var) {
-  A s = 0;
-  for (int64_t i = 0; i < count; ++i) s += pm[i * stride];
-  mean = s / A(count);
-  A q = 0;
-  for (int64_t i = 0; i < count; ++i) {
-    const A d = pm[i * stride] - mean;
-    q += pv[i * stride] + d * d;
-  }
-  var = q / A(count);
+  mean = pairwise_sum<A>(count, [&](int64_t i) { return pm[i * stride]; }) / A(count);
+  var = pairwise_sum<A>(count, [&](int64_t i) {
+          const A d = pm[i * stride] - mean;
+          return pv[i * stride] + d * d;
+        }) /
+        A(count);
 }
 // The gradients of one plane's mixed mean and variance from its sums Dy = sum dy, Dx = sum dy xhat.
 template <class A>

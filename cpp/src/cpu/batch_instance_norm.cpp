@@ -12,6 +12,7 @@
 #include "cpu/params.h"
 #include "cpu/lanes.h"
 #include "normkit/math.h"
+#include "normkit/pairwise.h"
 #include "normkit/parallel.h"
 
 namespace normkit::cpu::NK_ISA {
@@ -54,9 +55,9 @@ void forward(const BinForwardArgs& a) {
   });
   for (int64_t c = 0; c < C; ++c) {
     if (a.training) {
-      math::Moments<A> m;
-      for (int64_t n = 0; n < N; ++n)
-        m = math::chan_merge(m, math::block_moments<A>(S, mean_in[n * C + c], m2[size_t(n * C + c)]));
+      // Pairwise over n (normkit/pairwise.h): a running merge of many small planes loses the variance.
+      const math::Moments<A> m = math::pairwise_moments<A>(
+          N, [&](int64_t n) { return math::block_moments<A>(S, mean_in[n * C + c], m2[size_t(n * C + c)]); });
       mean_bn[c] = m.mean;
       rstd_bn[c] = math::rstd_from_var(math::biased_var(m), eps);
       if (a.running_mean) {
@@ -115,15 +116,12 @@ void backward(const BinBackwardArgs& a) {
       sdb[size_t(p)] = s2.second;
     }
   });
-  // Per channel, n in order.
+  // Per channel, pairwise over n in order.
   std::vector<A> cdy(static_cast<size_t>(C)), cdi(static_cast<size_t>(C)), cdb(static_cast<size_t>(C));
   for (int64_t c = 0; c < C; ++c) {
-    A s0 = 0, s1 = 0, s2 = 0;
-    for (int64_t n = 0; n < N; ++n) {
-      s0 += sdy[size_t(n * C + c)];
-      s1 += sdi[size_t(n * C + c)];
-      s2 += sdb[size_t(n * C + c)];
-    }
+    const A s0 = math::pairwise_sum<A>(N, [&](int64_t n) { return sdy[size_t(n * C + c)]; });
+    const A s1 = math::pairwise_sum<A>(N, [&](int64_t n) { return sdi[size_t(n * C + c)]; });
+    const A s2 = math::pairwise_sum<A>(N, [&](int64_t n) { return sdb[size_t(n * C + c)]; });
     cdy[size_t(c)] = s0;
     cdi[size_t(c)] = s1;
     cdb[size_t(c)] = s2;

@@ -2,8 +2,11 @@
 // one (latency bound, about 4 GB/s); kLanes independent partial sums let the compiler keep several
 // vector accumulators in flight. The summation order depends only on n, never on threads.
 #pragma once
+#include <algorithm>
 #include <cstdint>
 #include <utility>
+
+#include "normkit/pairwise.h"
 
 // Per-ISA namespace: these inline helpers are compiled once per instruction set, and one name with
 // three bodies would let the linker hand AVX-512 code to the baseline kernels.
@@ -27,43 +30,69 @@ inline A tree_sum(A (&acc)[L]) {
   }
 }
 
-// Sum of f(i) for i in [0, n) over L lanes: term i < n - n % L goes to lane i % L, the lanes are
-// folded by tree_sum, and the remainder is added in order to its own accumulator (indexing the lane
-// array with a run-time index would make the compiler keep it in memory instead of registers).
+// Sum of f(i) for i in [b, e) over L lanes: term i < e - (e - b) % L goes to lane (i - b) % L, the
+// lanes are folded by tree_sum, and the remainder is added in order to its own accumulator (indexing
+// the lane array with a run-time index would make the compiler keep it in memory instead of
+// registers).
 template <class A, int L, class F>
-inline A lane_sum_over(int64_t n, F&& f) {
+inline A lane_block_sum(int64_t b, int64_t e, F& f) {
   A acc[L] = {};
-  int64_t i = 0;
-  for (; i + L <= n; i += L) {
+  int64_t i = b;
+  for (; i + L <= e; i += L) {
 #pragma omp simd
     for (int j = 0; j < L; ++j) acc[j] += f(i + j);
   }
   A tail = 0;
-  for (; i < n; ++i) tail += f(i);
+  for (; i < e; ++i) tail += f(i);
   return tree_sum(acc) + tail;
 }
 
 template <class A, int L, class F>
-inline std::pair<A, A> lane_sum2_over(int64_t n, F&& f) {
+inline std::pair<A, A> lane_block_sum2(int64_t b, int64_t e, F& f) {
   A acc0[L] = {}, acc1[L] = {};
-  int64_t i = 0;
-  for (; i + L <= n; i += L) {
+  int64_t i = b;
+  for (; i + L <= e; i += L) {
 #pragma omp simd
     for (int j = 0; j < L; ++j) {
-      A a, b;
-      f(i + j, a, b);
+      A a, c;
+      f(i + j, a, c);
       acc0[j] += a;
-      acc1[j] += b;
+      acc1[j] += c;
     }
   }
   A tail0 = 0, tail1 = 0;
-  for (; i < n; ++i) {
-    A a, b;
-    f(i, a, b);
+  for (; i < e; ++i) {
+    A a, c;
+    f(i, a, c);
     tail0 += a;
-    tail1 += b;
+    tail1 += c;
   }
   return {tree_sum(acc0) + tail0, tree_sum(acc1) + tail1};
+}
+
+// Sums longer than kLaneBlock go in blocks of kLaneBlock values whose sums are added pairwise
+// (normkit/pairwise.h): each lane of one long sum adds n / L terms one after the other, and RMSNorm's
+// sum of squares over a row of 2^22 values came out 70 times torch's error.
+constexpr int64_t kLaneBlock = 4096;
+
+template <class A, int L, class F>
+inline A lane_sum_over(int64_t n, F&& f) {
+  if (n <= kLaneBlock) return lane_block_sum<A, L>(0, n, f);
+  math::PairwiseSum<A> p;
+  for (int64_t b = 0; b < n; b += kLaneBlock) p.add(lane_block_sum<A, L>(b, std::min(n, b + kLaneBlock), f));
+  return p.result();
+}
+
+template <class A, int L, class F>
+inline std::pair<A, A> lane_sum2_over(int64_t n, F&& f) {
+  if (n <= kLaneBlock) return lane_block_sum2<A, L>(0, n, f);
+  math::PairwiseSum<A> p0, p1;
+  for (int64_t b = 0; b < n; b += kLaneBlock) {
+    const std::pair<A, A> s = lane_block_sum2<A, L>(b, std::min(n, b + kLaneBlock), f);
+    p0.add(s.first);
+    p1.add(s.second);
+  }
+  return {p0.result(), p1.result()};
 }
 
 // Short runs (fewer than 4 kLanes values: a 7x7 or 10x10 plane, a short row) use a quarter of the

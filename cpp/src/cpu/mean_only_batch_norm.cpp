@@ -47,8 +47,9 @@ std::vector<A> channel_sums(const T* t, const MobnShape& sh) {
         plane[size_t(p)] = lane_sum<A>(S, [&](int64_t i) { return load<A>(tp[i]); });
       }
     });
-    for (int64_t n = 0; n < N; ++n)
-      for (int64_t c = 0; c < C; ++c) sums[size_t(c)] += plane[size_t(n * C + c)];
+    // Pairwise over n (normkit/pairwise.h): a running sum over thousands of planes loses digits.
+    for (int64_t c = 0; c < C; ++c)
+      sums[size_t(c)] = math::pairwise_sum<A>(N, [&](int64_t n) { return plane[size_t(n * C + c)]; });
     return sums;
   }
   const int64_t rows = N * S, rpc = rows_per_chunk(rows), chunks = (rows + rpc - 1) / rpc;
@@ -60,11 +61,8 @@ std::vector<A> channel_sums(const T* t, const MobnShape& sh) {
       column_sum(C, r1 - r0, partial.data() + k * C, [&](int64_t r, int64_t c) { return load<A>(block[r * C + c]); });
     }
   });
-  for (int64_t k = 0; k < chunks; ++k) {
-    const A* p = partial.data() + k * C;
-#pragma omp simd
-    for (int64_t c = 0; c < C; ++c) sums[size_t(c)] += p[c];
-  }
+  for (int64_t c = 0; c < C; ++c)
+    sums[size_t(c)] = math::pairwise_sum<A>(chunks, [&](int64_t k) { return partial[size_t(k * C + c)]; });
   return sums;
 }
 

@@ -21,7 +21,7 @@ inline math::Moments<A> corrected_moments(int64_t n, A estimate, A se, A se2) {
 }
 
 // Moments of the n values d = x - shift (n at most a few thousand: the block stays in L1). The
-// caller picks the shift (a value of the statistic), so d's mean is small next to x's and the
+// caller picks the shift (near the statistic's mean), so d's mean is small next to x's and the
 // block means merge across blocks without losing the variance.
 //
 // One pass sums d and d^2: M2 = S2 - S1^2 / n, whose rounding error is about eps * S2 =

@@ -132,8 +132,7 @@ void backward(const SpectralNormBackwardArgs& a) {
     for (int64_t i = i0; i < i1; ++i)
       row_dot[i] = lane_sum<A>(K, [&](int64_t j) { return load<A>(dy[i * K + j]) * load<A>(W[i * K + j]); });
   });
-  A dot = 0;
-  for (int64_t i = 0; i < H; ++i) dot += row_dot[i];
+  const A dot = math::pairwise_sum<A>(H, [&](int64_t i) { return row_dot[i]; });
   const A sigma = *static_cast<const A*>(a.sigma);
   const A coef = math::sn_coef(dot, sigma);
   std::vector<A> v(static_cast<size_t>(K));

@@ -137,43 +137,40 @@ void backward(const SnBackwardArgs& a) {
   });
   std::vector<A> SA_n(static_cast<size_t>(N)), SB_n(static_cast<size_t>(N)), SA_c(static_cast<size_t>(C)),
       SB_c(static_cast<size_t>(C));
+  // Sums over planes pairwise (normkit/pairwise.h): a running sum over many planes rounds every term
+  // against the whole sum.
   for (int64_t n = 0; n < N; ++n) {
-    A sa = 0, sb = 0;
-    for (int64_t c = 0; c < C; ++c) {
-      sa += dmu[size_t(n * C + c)];
-      sb += ds2[size_t(n * C + c)];
-    }
-    SA_n[size_t(n)] = sa;
-    SB_n[size_t(n)] = sb;
+    SA_n[size_t(n)] = math::pairwise_sum<A>(C, [&](int64_t c) { return dmu[size_t(n * C + c)]; });
+    SB_n[size_t(n)] = math::pairwise_sum<A>(C, [&](int64_t c) { return ds2[size_t(n * C + c)]; });
   }
   for (int64_t c = 0; c < C; ++c) {
-    A sa = 0, sb = 0, sdy = 0, sdx = 0;
-    for (int64_t n = 0; n < N; ++n) {
-      sa += dmu[size_t(n * C + c)];
-      sb += ds2[size_t(n * C + c)];
-      sdy += Dy[size_t(n * C + c)];
-      sdx += Dx[size_t(n * C + c)];
-    }
-    SA_c[size_t(c)] = sa;
-    SB_c[size_t(c)] = sb;
+    SA_c[size_t(c)] = math::pairwise_sum<A>(N, [&](int64_t n) { return dmu[size_t(n * C + c)]; });
+    SB_c[size_t(c)] = math::pairwise_sum<A>(N, [&](int64_t n) { return ds2[size_t(n * C + c)]; });
+    const A sdy = math::pairwise_sum<A>(N, [&](int64_t n) { return Dy[size_t(n * C + c)]; });
+    const A sdx = math::pairwise_sum<A>(N, [&](int64_t n) { return Dx[size_t(n * C + c)]; });
     if (a.dbias) param_put<A>(a.dbias, a.dbias_dtype, c, sdy);
     if (a.dweight) param_put<A>(a.dweight, a.dweight_dtype, c, sdx);
   }
   A wm[3], wv[3];
   softmaxes<A>(a.mean_weight, a.var_weight, a.logit_dtype, a.use_in, wm, wv);
   if (a.dmean_weight || a.dvar_weight) {
-    A gm[3] = {0, 0, 0}, gv[3] = {0, 0, 0};
+    math::PairwiseSum<A> sum_m[3], sum_v[3];
     for (int64_t p = 0; p < N * C; ++p) {
       const int64_t n = p / C, c = p % C;
       const A mu = mean[p];
       const A s2 = wv[0] * pv[p] + wv[1] * ln_var[n] + wv[2] * bn_var[c];
       const A A_ = dmu[size_t(p)], B_ = ds2[size_t(p)];
-      gm[0] += A_ * (pm[p] - mu);
-      gm[1] += A_ * (ln_mean[n] - mu);
-      gm[2] += A_ * (bn_mean[c] - mu);
-      gv[0] += B_ * (pv[p] - s2);
-      gv[1] += B_ * (ln_var[n] - s2);
-      gv[2] += B_ * (bn_var[c] - s2);
+      sum_m[0].add(A_ * (pm[p] - mu));
+      sum_m[1].add(A_ * (ln_mean[n] - mu));
+      sum_m[2].add(A_ * (bn_mean[c] - mu));
+      sum_v[0].add(B_ * (pv[p] - s2));
+      sum_v[1].add(B_ * (ln_var[n] - s2));
+      sum_v[2].add(B_ * (bn_var[c] - s2));
+    }
+    A gm[3], gv[3];
+    for (int k = 0; k < 3; ++k) {
+      gm[k] = sum_m[k].result();
+      gv[k] = sum_v[k].result();
     }
     for (int k = 0; k < 3; ++k) {
       if (a.dmean_weight) param_put<A>(a.dmean_weight, a.dlogit_dtype, k, wm[k] * gm[k]);
