@@ -135,25 +135,14 @@ struct Problem {
   }
 };
 
-// The statistics are accumulated as moments of x - shift and shifted back. The closer the shift is
-// to the mean, the smaller the block means, whose rounding errors are the mean's: shifting by the
-// statistic's first value left BatchNorm's mean of centred data ~25 ulp off (20 times torch's
-// error, and dweight, which sums dy * xhat over the batch, 20 times off with it). The mean of the
-// statistic's first kShiftSample values (a run in memory: a plane's start channels first, its
-// channel in the first rows channels last) is about 8 times closer. A sample whose mean is not
-// finite (overflow near the float limits) falls back to the first value.
-constexpr int64_t kShiftSample = 64;
+// The statistics are accumulated as moments of x - shift and shifted back, shift = math::sample_shift
+// of the statistic's first values (a run in memory: a plane's start channels first, its channel in
+// the first rows channels last).
 template <class T, class A = acc_t<T>>
 A stat_shift(const Problem& p, const T* x, int64_t s) {
-  const T* first = x + p.first_index(s);
   const bool ncs = p.layout == Layout::NCS;
   const int64_t run = ncs ? (p.per_sample ? p.cpg * p.S : p.S) : p.group_rows();
-  const int64_t n = std::min(run, kShiftSample), stride = ncs ? 1 : p.C;
-  if (n <= 0) return A(0);
-  A sum = 0;
-  for (int64_t i = 0; i < n; ++i) sum += load<A>(first[i * stride]);
-  const A mean = sum / A(n);
-  return std::isfinite(mean) ? mean : load<A>(first[0]);
+  return math::sample_shift<A>(x + p.first_index(s), std::min(run, math::kChannelShiftSample), ncs ? 1 : p.C);
 }
 
 // stat_shift of every statistic.

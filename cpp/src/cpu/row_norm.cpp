@@ -29,27 +29,12 @@ constexpr int64_t kStatBlock = 4096;
 // Rows per parallel task: enough elements per task to amortise the hand-off.
 constexpr int64_t kTaskElements = 1 << 15;
 
-// The shift of a row's moments: the mean of its first kShiftSample values (the closer the shift to
-// the mean, the smaller the block means whose rounding is the mean's error: with the first value,
-// a centred row's mean was ~25 times torch's error); the first value when that mean is not finite.
-constexpr int64_t kShiftSample = 32;
-template <class T, class A = acc_t<T>>
-A row_shift(const T* x, int64_t n) {
-  const int64_t k = std::min(n, kShiftSample);
-  if (k <= 0) return A(0);
-  A sum = 0;
-#pragma omp simd reduction(+ : sum)
-  for (int64_t i = 0; i < k; ++i) sum += load<A>(x[i]);
-  const A mean = sum / A(k);
-  return std::isfinite(mean) ? mean : load<A>(x[0]);
-}
-
-// Moments of a row: blocks of kStatBlock values (shifted_block_moments around row_shift) merged
-// pairwise with Chan's formula (normkit/pairwise.h: a running merge of the 4096 blocks of a 2^24
-// row lost 50 times torch's error).
+// Moments of a row: blocks of kStatBlock values (shifted_block_moments around math::sample_shift of
+// its first values) merged pairwise with Chan's formula (normkit/pairwise.h: a running merge of the
+// 4096 blocks of a 2^24 row lost 50 times torch's error).
 template <class T, class A = acc_t<T>>
 math::Moments<A> row_moments(const T* x, int64_t n) {
-  const A shift = row_shift(x, n);
+  const A shift = math::sample_shift<A>(x, std::min(n, math::kRowShiftSample), 1);
   math::PairwiseMoments<A> p;
   for (int64_t s = 0; s < n; s += kStatBlock) p.add(shifted_block_moments(x + s, std::min(kStatBlock, n - s), shift));
   math::Moments<A> m = p.result();
