@@ -287,19 +287,17 @@ __device__ __forceinline__ A param(const P* __restrict__ p, int64_t c, A dflt) {
 }
 
 // ---- forward: statistics ----------------------------------------------------------------------------
-// As on the CPU, the moments of statistic s are those of x - shift(s), shift(s) = math::sample_shift of
-// its first values, so the means the merges see are small numbers whose rounding does not spoil M2 (a
-// float channel with mean 1e4 and std 0.1 keeps ~1e-7 relative variance error instead of ~1e-4) nor
-// the mean. Every unit of s reads the same shift; the merge kernel adds it back to the mean.
+// The moments of statistic s are those of x - shift(s), shift(s) = its first value (the CPU takes
+// math::sample_shift, the mean of its first values: computed by every thread here it would cost up to
+// 64 loads per thread and unit; a per-statistic shift array is for a session with a GPU to measure), so
+// the means the merges see are small numbers whose rounding does not spoil M2 (a float channel with
+// mean 1e4 and std 0.1 keeps ~1e-7 relative variance error instead of ~1e-4). Every unit of s reads
+// the same shift; the merge kernel adds it back to the mean.
 
 // Shift of statistic s; 0 where it has no values (an empty batch), so x is not read.
 template <class A, class T>
 __device__ __forceinline__ A stat_shift(const T* __restrict__ x, const Problem& p, int64_t s) {
-  if (p.count <= 0) return A(0);
-  const bool ncs = p.layout == Layout::NCS;
-  const int64_t run = ncs ? (p.per_sample ? p.cpg * p.S : p.S) : p.R;
-  return math::sample_shift<A>(x + p.first_index(s), run < math::kChannelShiftSample ? run : math::kChannelShiftSample,
-                               ncs ? 1 : p.C);
+  return p.count > 0 ? load<A>(x[p.first_index(s)]) : A(0);
 }
 
 // Channels first: moments of unit u = (segment, chunk) around its statistic's shift, stored at

@@ -98,10 +98,10 @@ __global__ void __launch_bounds__(kRowThreads) row_norm_forward_kernel(ForwardPa
     A mean = A(0), rstd;
     if (p.center) {
       // Welford per thread + Chan merges: stable when |mean| >> std, unlike sum/sum-of-squares.
-      // Moments of x - K with K = math::sample_shift of the row's first values, as the CPU's
-      // row_moments: the means merged are small numbers whose rounding spoils neither M2 nor the
-      // mean. Every thread of the row uses the same K.
-      const A K = math::sample_shift<A>(xr, p.cols < math::kRowShiftSample ? p.cols : math::kRowShiftSample, 1);
+      // Moments of x - K with K the row's first value (the CPU's row_moments takes math::sample_shift,
+      // 32 more loads per thread here: not without a GPU to measure it): the means merged
+      // are small numbers whose rounding does not spoil M2. Every thread of the row uses the same K.
+      const A K = p.cols > 0 ? load<A>(xr[0]) : A(0);
       math::Moments<A> m;
       for (int64_t j = rank; j < p.cols; j += nthreads) math::welford_push(m, load<A>(xr[j]) - K);
       m = G::moments(m);

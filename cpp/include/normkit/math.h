@@ -67,26 +67,31 @@ NK_HD Moments<A> pairwise_moments(int64_t n, Get&& get) {
   return pairwise<Moments<A>, MomentsMerge>(n, get);
 }
 
-// The shift of a statistic's moments (the kernels sum x - shift): the mean of its first n values, a
-// run of stride `stride`. The closer the shift to the mean, the smaller the block means, whose rounding
-// is the mean's error (the statistic's first value left a centred BatchNorm mean ~25 ulp off). Four
-// partial sums in a fixed order (a short dependency chain on the CPU); the first value when the mean
-// is not finite (a sum overflowing near the float limits). The same function on CPU and CUDA.
-constexpr int64_t kChannelShiftSample = 64;  // channel norms: values sampled per statistic
-constexpr int64_t kRowShiftSample = 32;      // LayerNorm: values sampled per row
+// The shift of a statistic's moments (the kernels sum x - shift): for runs of kShiftMinRun values or
+// more, the mean of its first values (a run of stride `stride`); for shorter ones, the first value.
+// The closer the shift to the mean, the smaller the block means, whose rounding is the mean's error
+// (the first value left a centred BatchNorm mean ~25 ulp off). The sample is a power of two of values,
+// at most an eighth of the run and `max_sample`, summed in four partial sums in a fixed order and
+// scaled by its exact reciprocal: on short LayerNorm rows a division and a longer sum on the way to
+// the statistics made [262144, 16] 25% slower, hence the first value there. The first value also when
+// the mean is not finite (a sum overflowing near the float limits).
+constexpr int64_t kShiftMinRun = 256;
+constexpr int64_t kChannelShiftSample = 64;  // channel norms: at most this many values per statistic
+constexpr int64_t kRowShiftSample = 32;      // LayerNorm: at most this many values per row
 template <class A, class T>
-NK_HD A sample_shift(const T* first, int64_t n, int64_t stride) {
-  if (n <= 0) return A(0);
+NK_HD A sample_shift(const T* first, int64_t run, int64_t stride, int64_t max_sample) {
+  if (run <= 0) return A(0);
+  if (run < kShiftMinRun) return load<A>(first[0]);
+  int64_t n = 4;
+  while (2 * n <= max_sample && 16 * n <= run) n *= 2;
   A s0 = 0, s1 = 0, s2 = 0, s3 = 0;
-  int64_t i = 0;
-  for (; i + 4 <= n; i += 4) {
+  for (int64_t i = 0; i < n; i += 4) {
     s0 += load<A>(first[i * stride]);
     s1 += load<A>(first[(i + 1) * stride]);
     s2 += load<A>(first[(i + 2) * stride]);
     s3 += load<A>(first[(i + 3) * stride]);
   }
-  for (; i < n; ++i) s0 += load<A>(first[i * stride]);
-  const A mean = ((s0 + s1) + (s2 + s3)) / A(n);
+  const A mean = ((s0 + s1) + (s2 + s3)) * (A(1) / A(n));
   return mean - mean == A(0) ? mean : load<A>(first[0]);  // (inf - inf and NaN - NaN are NaN)
 }
 

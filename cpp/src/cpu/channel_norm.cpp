@@ -96,6 +96,7 @@ bool fuse_stats(int64_t bytes, int64_t tasks) {
 // merged in order.
 template <class T, class A = acc_t<T>>
 NK_SHARED_REDUCTION Moments<A> contiguous_moments(const T* x, int64_t len, A shift) {
+  if (len <= kStatBlock) return shifted_block_moments(x, len, shift);  // (what the pairwise merge gives)
   math::PairwiseMoments<A> m;
   for (int64_t s = 0; s < len; s += kStatBlock) m.add(shifted_block_moments(x + s, std::min(kStatBlock, len - s), shift));
   return m.result();
@@ -142,7 +143,7 @@ template <class T, class A = acc_t<T>>
 A stat_shift(const Problem& p, const T* x, int64_t s) {
   const bool ncs = p.layout == Layout::NCS;
   const int64_t run = ncs ? (p.per_sample ? p.cpg * p.S : p.S) : p.group_rows();
-  return math::sample_shift<A>(x + p.first_index(s), std::min(run, math::kChannelShiftSample), ncs ? 1 : p.C);
+  return math::sample_shift<A>(x + p.first_index(s), run, ncs ? 1 : p.C, math::kChannelShiftSample);
 }
 
 // stat_shift of every statistic.

@@ -8,6 +8,11 @@
 
 #include "normkit/pairwise.h"
 
+// Always inlined: these are the inner loops of every reduction, and whether the compiler inlines them
+// otherwise depends on how much else the file holds (a few additions elsewhere left them out of line
+// and LayerNorm on 16-value rows twice as slow).
+#define NK_CPU_INLINE inline __attribute__((always_inline))
+
 // Per-ISA namespace: these inline helpers are compiled once per instruction set, and one name with
 // three bodies would let the linker hand AVX-512 code to the baseline kernels.
 namespace normkit::cpu::NK_ISA {
@@ -19,7 +24,7 @@ template <> constexpr int kLanes<double> = 32;
 // instantiation: each level is a fixed-length loop the compiler vectorizes (a nested loop over w
 // compiled to ~60 scalar adds with their loop control, which cost more than summing a short row).
 template <class A, int L>
-inline A tree_sum(A (&acc)[L]) {
+NK_CPU_INLINE A tree_sum(A (&acc)[L]) {
   if constexpr (L == 1) {
     return acc[0];
   } else {
@@ -35,7 +40,7 @@ inline A tree_sum(A (&acc)[L]) {
 // the lane array with a run-time index would make the compiler keep it in memory instead of
 // registers).
 template <class A, int L, class F>
-inline A lane_block_sum(int64_t b, int64_t e, F& f) {
+NK_CPU_INLINE A lane_block_sum(int64_t b, int64_t e, F& f) {
   A acc[L] = {};
   int64_t i = b;
   for (; i + L <= e; i += L) {
@@ -48,7 +53,7 @@ inline A lane_block_sum(int64_t b, int64_t e, F& f) {
 }
 
 template <class A, int L, class F>
-inline std::pair<A, A> lane_block_sum2(int64_t b, int64_t e, F& f) {
+NK_CPU_INLINE std::pair<A, A> lane_block_sum2(int64_t b, int64_t e, F& f) {
   A acc0[L] = {}, acc1[L] = {};
   int64_t i = b;
   for (; i + L <= e; i += L) {
@@ -76,7 +81,7 @@ inline std::pair<A, A> lane_block_sum2(int64_t b, int64_t e, F& f) {
 constexpr int64_t kLaneBlock = 4096;
 
 template <class A, int L, class F>
-inline A lane_sum_over(int64_t n, F&& f) {
+NK_CPU_INLINE A lane_sum_over(int64_t n, F&& f) {
   if (n <= kLaneBlock) return lane_block_sum<A, L>(0, n, f);
   math::PairwiseSum<A> p;
   for (int64_t b = 0; b < n; b += kLaneBlock) p.add(lane_block_sum<A, L>(b, std::min(n, b + kLaneBlock), f));
@@ -84,7 +89,7 @@ inline A lane_sum_over(int64_t n, F&& f) {
 }
 
 template <class A, int L, class F>
-inline std::pair<A, A> lane_sum2_over(int64_t n, F&& f) {
+NK_CPU_INLINE std::pair<A, A> lane_sum2_over(int64_t n, F&& f) {
   if (n <= kLaneBlock) return lane_block_sum2<A, L>(0, n, f);
   math::PairwiseSum<A> p0, p1;
   for (int64_t b = 0; b < n; b += kLaneBlock) {
@@ -100,14 +105,14 @@ inline std::pair<A, A> lane_sum2_over(int64_t n, F&& f) {
 // dependent adds (with 64 lanes, all 49 values of a 7x7 plane did). The lane count is a function of n
 // alone, so results still never depend on the thread count.
 template <class A, class F>
-inline A lane_sum(int64_t n, F&& f) {
+NK_CPU_INLINE A lane_sum(int64_t n, F&& f) {
   constexpr int L = kLanes<A>;
   return n >= 4 * L ? lane_sum_over<A, L>(n, f) : lane_sum_over<A, L / 4>(n, f);
 }
 
 // Two sums in one pass: f(i, &a, &b) returns its two terms through a and b.
 template <class A, class F>
-inline std::pair<A, A> lane_sum2(int64_t n, F&& f) {
+NK_CPU_INLINE std::pair<A, A> lane_sum2(int64_t n, F&& f) {
   constexpr int L = kLanes<A>;
   return n >= 4 * L ? lane_sum2_over<A, L>(n, f) : lane_sum2_over<A, L / 4>(n, f);
 }

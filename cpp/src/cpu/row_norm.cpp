@@ -34,10 +34,15 @@ constexpr int64_t kTaskElements = 1 << 15;
 // 4096 blocks of a 2^24 row lost 50 times torch's error).
 template <class T, class A = acc_t<T>>
 math::Moments<A> row_moments(const T* x, int64_t n) {
-  const A shift = math::sample_shift<A>(x, std::min(n, math::kRowShiftSample), 1);
-  math::PairwiseMoments<A> p;
-  for (int64_t s = 0; s < n; s += kStatBlock) p.add(shifted_block_moments(x + s, std::min(kStatBlock, n - s), shift));
-  math::Moments<A> m = p.result();
+  const A shift = math::sample_shift<A>(x, n, 1, math::kRowShiftSample);
+  math::Moments<A> m;
+  if (n <= kStatBlock) {  // one block (what the pairwise merge gives, without its bookkeeping)
+    m = shifted_block_moments(x, n, shift);
+  } else {
+    math::PairwiseMoments<A> p;
+    for (int64_t s = 0; s < n; s += kStatBlock) p.add(shifted_block_moments(x + s, std::min(kStatBlock, n - s), shift));
+    m = p.result();
+  }
   m.mean += shift;
   return m;
 }
@@ -68,7 +73,7 @@ void forward(const RowNormForwardArgs& a) {
   const bool grouped = 2 * n * int64_t(sizeof(A)) >= kGroupMinParamBytes;
   auto x_row = [&](int64_t r) { return static_cast<const T*>(a.x) + r * a.x_row_stride; };
   // Row r's statistics (written out) as {mean, rstd}.
-  auto row_stats = [&](int64_t r) {
+  auto row_stats = [&](int64_t r) __attribute__((always_inline)) {
     const T* x = x_row(r);
     A mean = 0, var;
     if (a.center) {

@@ -14,7 +14,7 @@ namespace normkit::cpu::NK_ISA {
 // se = sum(d - m), se2 = sum((d - m)^2). M2 = se2 - se^2 / n also undoes the rounding of m; a result
 // rounded below zero becomes zero (NaN stays NaN).
 template <class A>
-inline math::Moments<A> corrected_moments(int64_t n, A estimate, A se, A se2) {
+NK_CPU_INLINE math::Moments<A> corrected_moments(int64_t n, A estimate, A se, A se2) {
   A m2 = se2 - se * (se / A(n));
   if (!(m2 > A(0)) && m2 == m2) m2 = A(0);
   return math::block_moments(n, estimate + se / A(n), m2);
@@ -31,7 +31,7 @@ inline math::Moments<A> corrected_moments(int64_t n, A estimate, A se, A se2) {
 // of the mean of d, then sums of e = d - m and e^2, M2 = sum(e^2) - sum(e)^2 / n (which also undoes
 // the rounding of m).
 template <class T, class A>
-inline math::Moments<A> shifted_block_moments(const T* x, int64_t n, A shift) {
+NK_CPU_INLINE math::Moments<A> shifted_block_moments(const T* x, int64_t n, A shift) {
   const auto [s1, s2] = lane_sum2<A>(n, [&](int64_t i, A& d, A& d2) {
     d = load<A>(x[i]) - shift;
     d2 = d * d;
