@@ -1,5 +1,6 @@
 // Pairwise (cascade) reduction of a sequence that arrives one value at a time: plain sums here,
-// moments merged with Chan's formula in math.h (PairwiseMoments). A running merge rounds every new value against the whole result, an
+// moments merged with Chan's formula in math.h (PairwiseMoments), rows of partial sums added in
+// place in cpu/row_norm.cpp. A running merge rounds every new value against the whole result, an
 // error that grows with the number of values: 8192 planes of 8 values merged one after the other lost
 // 1e-3 of a variance, and 2^16 blocks of a long row 1e-5 of its mean of squares. Here a binary counter
 // keeps at most one partial per power of two, so the values meet in a fixed binary tree and the
@@ -32,18 +33,21 @@ struct Pairwise {
   Slot part[kDepth];
   int depth = 0;
   int64_t count = 0;
+  Merge merge;
+
+  NK_HD explicit Pairwise(Merge m = Merge()) : merge(m) {}
 
   // Value number `count`: merged with the partials of the trailing one bits of its index (the
   // subtrees it completes), earlier partial first.
   NK_HD void add(V v) {
-    for (int64_t c = count++; c & 1; c >>= 1) v = Merge()(part[--depth].v, v);
+    for (int64_t c = count++; c & 1; c >>= 1) v = merge(part[--depth].v, v);
     new (&part[depth++].v) V(v);
   }
   // The partials, smallest (latest) last, merged from the latest up; `empty` without values.
   NK_HD V result(V empty = V()) const {
     if (depth == 0) return empty;
     V r = part[depth - 1].v;
-    for (int i = depth - 2; i >= 0; --i) r = Merge()(part[i].v, r);
+    for (int i = depth - 2; i >= 0; --i) r = merge(part[i].v, r);
     return r;
   }
 };

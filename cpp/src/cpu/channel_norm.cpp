@@ -59,7 +59,6 @@ using detail::ChannelNormBackwardArgs;
 using detail::ChannelNormForwardArgs;
 using detail::Layout;
 
-constexpr int64_t kStatBlock = 4096;        // contiguous values per statistics block (L1)
 constexpr int64_t kChunk = 8 * kStatBlock;  // channels first: values per unit of parallel work
 constexpr int64_t kRowBlock = 16384;        // channels last: values per block of rows (L2)
 constexpr int64_t kTaskElements = 1 << 15;  // elements per parallel task, to amortise the hand-off
@@ -92,14 +91,10 @@ bool fuse_stats(int64_t bytes, int64_t tasks) {
   return bytes <= budget && tasks >= 2 * threads;
 }
 
-// Moments of the `len` contiguous values x - shift: blocks of kStatBlock (shifted_block_moments)
-// merged in order.
+// Moments of the `len` contiguous values x - shift (shifted_moments), one shared copy.
 template <class T, class A = acc_t<T>>
 NK_SHARED_REDUCTION Moments<A> contiguous_moments(const T* x, int64_t len, A shift) {
-  if (len <= kStatBlock) return shifted_block_moments(x, len, shift);  // (what the pairwise merge gives)
-  math::PairwiseMoments<A> m;
-  for (int64_t s = 0; s < len; s += kStatBlock) m.add(shifted_block_moments(x + s, std::min(kStatBlock, len - s), shift));
-  return m.result();
+  return shifted_moments(x, len, shift);
 }
 
 // The problem after normalising the layout: with S == 1 both layouts are [N, C] rows (NSC), with

@@ -2,7 +2,6 @@
 // gradients sum over rows in fixed row blocks (partials per block, then a column-wise sum of the
 // partials in block order), which keeps them bitwise independent of the thread count.
 #include <algorithm>
-#include <cmath>
 #include <type_traits>
 #include <utility>
 #include <vector>
@@ -23,26 +22,14 @@ namespace {
 using detail::RowNormBackwardArgs;
 using detail::RowNormForwardArgs;
 
-// Statistics blocks: two passes over a block that stays in L1, merged across blocks with Chan's
-// formula. Fixed size, so the rounding does not depend on anything but the row length.
-constexpr int64_t kStatBlock = 4096;
 // Rows per parallel task: enough elements per task to amortise the hand-off.
 constexpr int64_t kTaskElements = 1 << 15;
 
-// Moments of a row: blocks of kStatBlock values (shifted_block_moments around math::sample_shift of
-// its first values) merged pairwise with Chan's formula (normkit/pairwise.h: a running merge of the
-// 4096 blocks of a 2^24 row lost 50 times torch's error).
+// Moments of a row: shifted_moments around math::sample_shift of its first values.
 template <class T, class A = acc_t<T>>
 math::Moments<A> row_moments(const T* x, int64_t n) {
   const A shift = math::sample_shift<A>(x, n, 1, math::kRowShiftSample);
-  math::Moments<A> m;
-  if (n <= kStatBlock) {  // one block (what the pairwise merge gives, without its bookkeeping)
-    m = shifted_block_moments(x, n, shift);
-  } else {
-    math::PairwiseMoments<A> p;
-    for (int64_t s = 0; s < n; s += kStatBlock) p.add(shifted_block_moments(x + s, std::min(kStatBlock, n - s), shift));
-    m = p.result();
-  }
+  math::Moments<A> m = shifted_moments(x, n, shift);
   m.mean += shift;
   return m;
 }
@@ -287,40 +274,24 @@ void backward(const RowNormBackwardArgs& a) {
   if (!want_params) return;
 
   // Column-wise sums of the block partials, pairwise in block order (normkit/pairwise.h), a row of
-  // columns at a time: each pass reads a block's row of partials in address order (vectorized); a
-  // column at a time read them with a stride of a whole row, one cache line per value, which cost as
-  // much as the dx pass (LayerNorm [2048,1024] backward: 1.27 ms with the parameter gradients, 0.51
-  // ms without). The binary counter of pairwise() on whole rows: partial rows on a stack, the row
-  // of block b merged with those of the trailing one bits of b.
-  auto reduce_into = [&](const std::vector<A>& part, void* out, DType out_dtype) {
+  // columns at a time: each merge adds a later block's row of partials into an earlier one's in
+  // address order (vectorized); a column at a time read them with a stride of a whole row, one cache
+  // line per value, which cost as much as the dx pass (LayerNorm [2048,1024] backward: 1.27 ms with
+  // the parameter gradients, 0.51 ms without). The partials are this call's own scratch.
+  auto reduce_into = [&](std::vector<A>& part, void* out, DType out_dtype) {
     dispatch_float(out_dtype, [&](auto tag) {
       using P = decltype(tag);
       P* o = static_cast<P*>(out);
       parallel_for(n, std::max<int64_t>(1024, kTaskElements / blocks), [&](int64_t c0, int64_t c1) {
         const int64_t width = c1 - c0;
-        std::vector<A> stack;  // partial rows, `width` values each
-        int64_t depth = 0;
-        auto row_at = [&](int64_t d) { return stack.data() + d * width; };
-        for (int64_t blk = 0; blk < blocks; ++blk) {
-          if (int64_t(stack.size()) < (depth + 1) * width) stack.resize(size_t((depth + 1) * width));
-          A* top = row_at(depth);
-          std::copy_n(part.data() + blk * n + c0, width, top);
-          for (int64_t b = blk; b & 1; b >>= 1) {  // merge into the partial below: earlier + later
-            A* below = row_at(--depth);
+        auto add_rows = [width](A* earlier, A* later) {
 #pragma omp simd
-            for (int64_t c = 0; c < width; ++c) below[c] = below[c] + top[c];
-            top = below;
-          }
-          ++depth;
-        }
-        // The remaining partials, merged from the latest up, as Pairwise::result.
-        for (int64_t d = depth - 2; d >= 0; --d) {
-          A* r = row_at(d);
-          const A* later = row_at(d + 1);
-#pragma omp simd
-          for (int64_t c = 0; c < width; ++c) r[c] = r[c] + later[c];
-        }
-        const A* sum = row_at(0);
+          for (int64_t c = 0; c < width; ++c) earlier[c] = earlier[c] + later[c];
+          return earlier;
+        };
+        math::Pairwise<A*, decltype(add_rows)> rows(add_rows);
+        for (int64_t blk = 0; blk < blocks; ++blk) rows.add(part.data() + blk * n + c0);
+        const A* sum = rows.result(nullptr);
         for (int64_t c = 0; c < width; ++c) o[c0 + c] = store<P>(sum[c]);
       });
     });

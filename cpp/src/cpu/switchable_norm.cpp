@@ -167,14 +167,9 @@ void backward(const SnBackwardArgs& a) {
       sum_v[1].add(B_ * (ln_var[n] - s2));
       sum_v[2].add(B_ * (bn_var[c] - s2));
     }
-    A gm[3], gv[3];
     for (int k = 0; k < 3; ++k) {
-      gm[k] = sum_m[k].result();
-      gv[k] = sum_v[k].result();
-    }
-    for (int k = 0; k < 3; ++k) {
-      if (a.dmean_weight) param_put<A>(a.dmean_weight, a.dlogit_dtype, k, wm[k] * gm[k]);
-      if (a.dvar_weight) param_put<A>(a.dvar_weight, a.dlogit_dtype, k, wv[k] * gv[k]);
+      if (a.dmean_weight) param_put<A>(a.dmean_weight, a.dlogit_dtype, k, wm[k] * sum_m[k].result());
+      if (a.dvar_weight) param_put<A>(a.dvar_weight, a.dlogit_dtype, k, wv[k] * sum_v[k].result());
     }
   }
   if (!a.dx) return;
