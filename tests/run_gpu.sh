@@ -22,8 +22,8 @@ $PY -c "import json, normkit; print(json.dumps(normkit.build_info())); print('cu
 
 status=0
 # -rs lists every skip with its reason: on a GPU machine, none of these should skip for want of a GPU.
-$PY -m pytest tests/test_cuda.py tests/test_nccl.py tests/distributed/test_sync_batch_norm_nccl.py -q -rs \
-  -p no:cacheprovider --junitxml="$DEST/gpu-tests.xml" || status=1
+$PY -m pytest tests/test_cuda.py tests/test_cuda_coverage.py tests/test_nccl.py \
+  tests/distributed/test_sync_batch_norm_nccl.py -q -rs -p no:cacheprovider --junitxml="$DEST/gpu-tests.xml" || status=1
 $PY -m bench.cuda --out "$DEST" --name cuda-bench || status=1
 $PY -m pytest tests -q -x -p no:cacheprovider || status=1
 exit $status

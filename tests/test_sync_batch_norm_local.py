@@ -195,3 +195,66 @@ def test_shapes_are_checked_before_an_input_is_copied_into_the_output_layout():
     with pytest.raises(ValueError, match=r"y: expected shape \[4, 6, 1099511627776\], got \[4, 6, 5\]"):
         normkit._core.sync_batch_norm_forward(big, None, None, None, None, 0.1, 1e-5, LocalCommunicator(), None,
                                               y, sm, sr, 0)
+
+
+class _RecordingCommunicator:
+    """A user's communicator (rank, size, allreduce): records what SyncBatchNorm hands its allreduce."""
+
+    rank, size = 0, 1
+
+    def __init__(self):
+        self.seen = []
+
+    def allreduce(self, array):
+        self.seen.append((type(array), str(array.dtype), tuple(array.shape), array.__dlpack_device__()))
+        return LocalCommunicator().allreduce(array)  # the checks every communicator makes
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16])
+@pytest.mark.parametrize("framework", ["numpy", "torch"])
+def test_a_python_communicator_receives_a_typed_array(framework, dtype):
+    """The buffer a Python communicator receives has dtype, shape and a DLPack device (a NumPy array on
+    the CPU; tests/test_cuda_coverage.py checks the CUDA kind), forward and backward."""
+    if framework == "numpy" and dtype == torch.float16:
+        pytest.skip("float16 through torch covers the float32 payload")
+    comm = _RecordingCommunicator()
+    x = (torch.randn(4, 3, 5, generator=torch.Generator().manual_seed(0)) * 2 + 1).to(dtype)
+    if framework == "numpy":
+        y, mean, rstd = F.sync_batch_norm_forward(x.numpy(), comm=comm)
+        F.sync_batch_norm_backward(x.numpy(), x.numpy(), mean, rstd, comm=comm)
+    else:
+        xg = x.clone().requires_grad_()
+        nkt.functional.sync_batch_norm(xg, None, None, None, None, comm=comm).sum().backward()
+    assert len(comm.seen) >= 2
+    acc = "float64" if dtype == torch.float64 else "float32"
+    for kind, dt, shape, device in comm.seen:
+        assert kind is np.ndarray and len(shape) == 1 and shape[0] > 0 and device == (1, 0)
+        assert dt in (acc, "float64")  # (the payload of counts and moments is float64)
+
+
+class _BareDLPack:
+    """What nanobind hands over for CUDA memory when neither torch nor CuPy is loaded: an object with
+    only the DLPack methods (here around a NumPy array, so that it runs on the CPU)."""
+
+    def __init__(self, a):
+        self._a = a
+
+    def __dlpack__(self, **kwargs):
+        return self._a.__dlpack__(**kwargs)
+
+    def __dlpack_device__(self):
+        return self._a.__dlpack_device__()
+
+
+def test_communicators_check_a_dlpack_object_without_dtype_or_shape():
+    """_check_allreduce_array reads such an object through a DLPack view instead of failing on its
+    missing dtype (an AttributeError made SyncBatchNorm on CUDA unusable with Python communicators)."""
+    from normkit.distributed import _check_allreduce_array
+
+    a = np.ones(6)
+    assert _check_allreduce_array(_BareDLPack(a)) == 6
+    assert LocalCommunicator().allreduce(_BareDLPack(a)) is not None
+    with pytest.raises(TypeError, match="array: expected dtype float32 or float64, got int64"):
+        _check_allreduce_array(_BareDLPack(np.ones(3, np.int64)))
+    with pytest.raises(ValueError, match="array: expected a contiguous array"):
+        _check_allreduce_array(_BareDLPack(np.ones((4, 3))[:, 0]))

@@ -15,6 +15,31 @@ int int_attribute(nb::handle obj, const char* name) {
   return value;
 }
 
+// Whether `name` is imported already (looked up, never imported: exporting must not load a framework).
+bool module_loaded(const char* name) {
+  return nb::borrow<nb::dict>(nb::module_::import_("sys").attr("modules")).contains(name);
+}
+
+// The core's buffer as a Python communicator receives it: a view, not a copy (the callee reduces in
+// place into it), of a kind with dtype, shape and __dlpack__: a NumPy array for host memory; for CUDA
+// memory a torch tensor when torch is loaded, else a CuPy array when CuPy is, else nanobind's bare
+// DLPack object (__dlpack__ and __dlpack_device__ only: pass it to the framework's from_dlpack).
+nb::object buffer_view(void* data, int64_t count, DType dtype, Device device) {
+  const size_t shape[1] = {size_t(count)};
+  const nb::dlpack::dtype dt = dtype == DType::Float64 ? nb::dtype<double>() : nb::dtype<float>();
+  const auto policy = nb::rv_policy::reference;
+  if (device.kind == DeviceKind::CPU) {
+    return nb::cast(nb::ndarray<nb::numpy>(data, 1, shape, nb::handle(), nullptr, dt, nb::device::cpu::value),
+                    policy);
+  }
+  const int cuda = nb::device::cuda::value, index = device.index;
+  if (module_loaded("torch"))
+    return nb::cast(nb::ndarray<nb::pytorch>(data, 1, shape, nb::handle(), nullptr, dt, cuda, index), policy);
+  if (module_loaded("cupy"))
+    return nb::cast(nb::ndarray<nb::cupy>(data, 1, shape, nb::handle(), nullptr, dt, cuda, index), policy);
+  return nb::cast(nb::ndarray<nb::array_api>(data, 1, shape, nb::handle(), nullptr, dt, cuda, index), policy);
+}
+
 }  // namespace
 
 int PythonCommunicator::rank() const {
@@ -29,18 +54,7 @@ int PythonCommunicator::size() const {
 
 void PythonCommunicator::allreduce_sum(void* data, int64_t count, DType dtype, Device device, void*) {
   nb::gil_scoped_acquire gil;
-  const size_t shape[1] = {size_t(count)};
-  const nb::dlpack::dtype dt = dtype == DType::Float64 ? nb::dtype<double>() : nb::dtype<float>();
-  // A view, not a copy: the callee reduces in place into the core's buffer.
-  nb::object array;
-  if (device.kind == DeviceKind::CPU) {
-    array = nb::cast(nb::ndarray<nb::numpy>(data, 1, shape, nb::handle(), nullptr, dt, nb::device::cpu::value), nb::rv_policy::reference);
-  } else {
-    array = nb::cast(nb::ndarray<nb::array_api>(data, 1, shape, nb::handle(), nullptr, dt, nb::device::cuda::value,
-                                                device.index),
-                     nb::rv_policy::reference);
-  }
-  obj_.attr("allreduce")(array);
+  obj_.attr("allreduce")(buffer_view(data, count, dtype, device));
 }
 
 Communicator& communicator_of(nb::handle comm, std::optional<PythonCommunicator>& holder) {

@@ -16,8 +16,10 @@ class PythonCommunicator final : public Communicator {
   explicit PythonCommunicator(nb::handle obj) : obj_(obj) {}
   int rank() const override;
   int size() const override;
-  // Calls obj.allreduce(array) with the GIL held; `array` views the buffer (a NumPy array for host
-  // memory, a DLPack-capable array for CUDA memory).
+  // Calls obj.allreduce(array) with the GIL held; `array` views the buffer: a NumPy array for host
+  // memory; for CUDA memory a torch tensor (torch loaded), else a CuPy array (CuPy loaded), else a
+  // bare DLPack object. The stream is not passed: with torch it is torch's current stream, which
+  // torch.distributed orders against.
   void allreduce_sum(void* data, int64_t count, DType dtype, Device device, void* stream) override;
 
  private:

@@ -95,3 +95,27 @@ def test_torch_communicator_checks_its_array_as_the_others(gloo):
     with pytest.raises(TypeError, match="array: expected an array"):
         comm.allreduce([1.0])
     assert read_only.tolist() == [1.0, 1.0, 1.0]
+
+
+class _BareDLPack:
+    """An object with only the DLPack methods, as nanobind hands over CUDA memory when neither torch nor
+    CuPy is loaded (here around a NumPy array, so that it runs on the CPU)."""
+
+    def __init__(self, a):
+        self._a = a
+
+    def __dlpack__(self, **kwargs):
+        return self._a.__dlpack__(**kwargs)
+
+    def __dlpack_device__(self):
+        return self._a.__dlpack_device__()
+
+
+def test_torch_communicator_sums_a_dlpack_object_without_dtype_or_shape(gloo):
+    import numpy as np
+
+    a = np.full(3, float(RANK + 1))
+    TorchCommunicator().allreduce(_BareDLPack(a))
+    assert a.tolist() == [SIZE * (SIZE + 1) / 2] * 3
+    with pytest.raises(TypeError, match="array: expected dtype float32 or float64, got int64"):
+        TorchCommunicator().allreduce(_BareDLPack(np.ones(3, np.int64)))

@@ -2,6 +2,10 @@
 
 Each communicator has ``rank``, ``size`` and ``allreduce(array)`` (an in-place sum of a contiguous
 float32/float64 array of any DLPack kind), usable directly; SyncBatchNorm hands it to the C++ core.
+Any other object with ``rank``, ``size`` and ``allreduce(array)`` works too: SyncBatchNorm calls its
+``allreduce`` with a view of its buffer (summed in place), a NumPy array for host memory and, for CUDA
+memory, a torch tensor when torch is loaded, else a CuPy array when CuPy is, else an object with only
+``__dlpack__`` and ``__dlpack_device__`` (read it with the framework's ``from_dlpack``).
 
 - :class:`LocalCommunicator`: one process.
 - :class:`MPICommunicator`: any mpi4py communicator (``MPI.COMM_WORLD`` by default, or one from ``Split``).
@@ -121,7 +125,7 @@ class TorchCommunicator:
         import torch.distributed as dist
 
         _check_allreduce_array(array)
-        t = array if isinstance(array, torch.Tensor) else torch.from_dlpack(array)
+        t = array if isinstance(array, torch.Tensor) else torch.from_dlpack(array)  # a view: summed in place
         dist.all_reduce(t, op=dist.ReduceOp.SUM, group=self.group)
         return array
 
@@ -151,23 +155,48 @@ def mpi_world_size() -> int:
 
 def _check_allreduce_array(array) -> int:
     """What every communicator's allreduce takes: a writable, contiguous float32/float64 array.
-    Returns its element count."""
+    Returns its element count. An object with only the DLPack methods (no dtype or shape: what
+    nanobind hands over for CUDA memory when neither torch nor CuPy is loaded) is checked through a
+    DLPack view (see _dlpack_view)."""
     from normkit._arrays import is_contiguous_array, kind_of
 
     if not hasattr(array, "__dlpack__"):
         raise TypeError(f"array: expected an array (NumPy, torch or anything with __dlpack__), got "
                         f"{type(array).__name__}")
-    kind = kind_of(array, "array")
-    dtype = kind.dtype_name(array)
+    typed = array if hasattr(array, "dtype") and hasattr(array, "shape") else _dlpack_view(array)
+    kind = kind_of(typed, "array")
+    dtype = kind.dtype_name(typed)
     if dtype not in ("float32", "float64"):
         raise TypeError(f"array: expected dtype float32 or float64, got {dtype}")
     flags = getattr(array, "flags", None)  # NumPy
     if flags is not None and not flags.writeable:
         raise ValueError("array: expected a writable array (it is summed in place), got a read-only one")
-    numel = math.prod(kind.shape(array))
-    if numel > 0 and not is_contiguous_array(array):
+    numel = math.prod(kind.shape(typed))
+    if numel > 0 and not is_contiguous_array(typed):
         raise ValueError("array: expected a contiguous array (it is summed in place), got a strided view")
     return numel
+
+
+_DLPACK_CPU = 1
+
+
+def _dlpack_view(array):
+    """A view of a DLPack object that has no dtype or shape of its own: a NumPy array for host memory,
+    else a torch tensor or a CuPy array (whichever is loaded). TypeError when no loaded library can
+    read it."""
+    import sys
+
+    device_type = array.__dlpack_device__()[0] if hasattr(array, "__dlpack_device__") else _DLPACK_CPU
+    if device_type == _DLPACK_CPU:
+        import numpy as np
+
+        return np.from_dlpack(array)
+    for name in ("torch", "cupy"):
+        library = sys.modules.get(name)
+        if library is not None:
+            return library.from_dlpack(array)
+    raise TypeError(f"array: a DLPack array on device type {device_type} without dtype or shape needs torch or "
+                    f"CuPy to be read, and neither is loaded")
 
 
 def as_communicator(comm):
