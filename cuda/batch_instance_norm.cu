@@ -1,9 +1,11 @@
 // Batch-Instance Normalization on CUDA (detail/batch_instance_norm_args.h). Simple and deterministic:
 // one block per channel walks the N planes of that channel in n order. Per plane, a fixed strided
 // split over the threads and the deterministic block reductions of block_reduce.cuh give the instance
-// moments (two passes: mean, then centred squares); the channel's batch moments are the Chan merge
-// of the plane moments in n order, as on the CPU. No float atomics, no workspace: the backward
-// recomputes the per-plane sums of its second pass instead of storing them.
+// moments (two passes: mean, then centred squares); the channel's batch moments merge the plane
+// moments pairwise in n order (math::PairwiseMoments, normkit/pairwise.h), and the backward's channel
+// sums add the plane sums pairwise (math::PairwiseSum): the CPU's summation trees. Every thread keeps
+// the same accumulator (the block reductions hand every thread the same bits). No float atomics, no
+// workspace: the backward recomputes the per-plane sums of its second pass instead of storing them.
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -36,7 +38,7 @@ __global__ void __launch_bounds__(kThreads) forward_kernel(BinForwardArgs a) {
   A* rstd_in = static_cast<A*>(a.save_rstd_in);
   const A eps = A(a.eps);
   for (int64_t c = blockIdx.x; c < C; c += gridDim.x) {
-    math::Moments<A> m;
+    math::PairwiseMoments<A> merged;  // a running merge of many small planes loses the variance
     for (int64_t n = 0; n < N; ++n) {
       const int64_t base = sh.plane_base(n, c);
       A s = 0;
@@ -53,8 +55,9 @@ __global__ void __launch_bounds__(kThreads) forward_kernel(BinForwardArgs a) {
         mean_in[n * C + c] = mean;
         rstd_in[n * C + c] = math::rstd_from_var(math::biased_var(pm), eps);
       }
-      m = math::chan_merge(m, pm);
+      merged.add(pm);
     }
+    const math::Moments<A> m = merged.result();
     A mb, rb;
     if (a.training) {
       mb = m.mean;
@@ -118,15 +121,16 @@ __global__ void __launch_bounds__(kThreads) backward_kernel(BinBackwardArgs a) {
   const A* rstd_in = static_cast<const A*>(a.save_rstd_in);
   for (int64_t c = blockIdx.x; c < C; c += gridDim.x) {
     const A mb = static_cast<const A*>(a.save_mean_bn)[c], rb = static_cast<const A*>(a.save_rstd_bn)[c];
-    A cdy = 0, cdi = 0, cdb = 0;
+    math::PairwiseSum<A> sum_dy, sum_di, sum_db;  // over n, as on the CPU
     for (int64_t n = 0; n < N; ++n) {
       A sdy, sdi, sdb;
       plane_sums<T, A>(dy, x, sh.plane_base(n, c), step, S, mean_in[n * C + c], rstd_in[n * C + c], mb, rb, sdy,
                        sdi, sdb);
-      cdy += sdy;
-      cdi += sdi;
-      cdb += sdb;
+      sum_dy.add(sdy);
+      sum_di.add(sdi);
+      sum_db.add(sdb);
     }
+    const A cdy = sum_dy.result(), cdi = sum_di.result(), cdb = sum_db.result();
     const A rho = param_at<A>(a.rho, a.rho_dtype, c, A(1));
     const A r = math::bin_clip_rho(rho);
     const A w = param_at<A>(a.weight, a.param_dtype, c, A(1));

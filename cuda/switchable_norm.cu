@@ -1,7 +1,8 @@
 // Switchable Normalization on CUDA (detail/switchable_norm_args.h). Simple and deterministic: one
 // block per (n, c) plane for the moments (two passes) and the elementwise work, small merge kernels
-// (one thread per n and per c, fixed loop order; one block with fixed strided splits for the logit
-// gradients). No float atomics; the backward's per-plane sums live in a stream-ordered workspace.
+// (one thread per n and per c, pairwise in a fixed order as on the CPU; one block with fixed strided
+// splits for the logit gradients). No float atomics; the backward's per-plane sums live in a
+// stream-ordered workspace.
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -161,6 +162,8 @@ __global__ void __launch_bounds__(kThreads) plane_sums_kernel(SnBackwardArgs a, 
   }
 }
 
+// The plane sums over c per sample and over n per channel, pairwise (math::pairwise_sum) as on the
+// CPU: a running sum over many planes rounds every term against the whole sum.
 template <class A>
 __global__ void group_sums_kernel(SnBackwardArgs a, A* work) {
   const int64_t N = a.shape.N, C = a.shape.C;
@@ -168,24 +171,20 @@ __global__ void group_sums_kernel(SnBackwardArgs a, A* work) {
   for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < N || i < C;
        i += int64_t(gridDim.x) * blockDim.x) {
     if (i < N) {
-      A sa = 0, sb = 0;
-      for (int64_t c = 0; c < C; ++c) {
-        sa += work[wk.dmu() + i * C + c];
-        sb += work[wk.ds2() + i * C + c];
-      }
-      work[wk.SA_n() + i] = sa;
-      work[wk.SB_n() + i] = sb;
+      const A* dmu = work + wk.dmu() + i * C;
+      const A* ds2 = work + wk.ds2() + i * C;
+      work[wk.SA_n() + i] = math::pairwise_sum<A>(C, [&](int64_t c) { return dmu[c]; });
+      work[wk.SB_n() + i] = math::pairwise_sum<A>(C, [&](int64_t c) { return ds2[c]; });
     }
     if (i < C) {
-      A sa = 0, sb = 0, sdy = 0, sdx = 0;
-      for (int64_t n = 0; n < N; ++n) {
-        sa += work[wk.dmu() + n * C + i];
-        sb += work[wk.ds2() + n * C + i];
-        sdy += work[wk.Dy() + n * C + i];
-        sdx += work[wk.Dx() + n * C + i];
-      }
-      work[wk.SA_c() + i] = sa;
-      work[wk.SB_c() + i] = sb;
+      const A* dmu = work + wk.dmu() + i;
+      const A* ds2 = work + wk.ds2() + i;
+      const A* Dy = work + wk.Dy() + i;
+      const A* Dx = work + wk.Dx() + i;
+      work[wk.SA_c() + i] = math::pairwise_sum<A>(N, [&](int64_t n) { return dmu[n * C]; });
+      work[wk.SB_c() + i] = math::pairwise_sum<A>(N, [&](int64_t n) { return ds2[n * C]; });
+      const A sdy = math::pairwise_sum<A>(N, [&](int64_t n) { return Dy[n * C]; });
+      const A sdx = math::pairwise_sum<A>(N, [&](int64_t n) { return Dx[n * C]; });
       if (a.dbias) param_put<A>(a.dbias, a.dbias_dtype, i, sdy);
       if (a.dweight) param_put<A>(a.dweight, a.dweight_dtype, i, sdx);
     }

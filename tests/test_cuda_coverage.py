@@ -1,6 +1,7 @@
-"""More CUDA paths against the CPU (test_cuda.py's method: the same normkit op on both, the CPU side
-verified against references elsewhere): SyncBatchNorm with Python communicators. Skipped where normkit
-has no usable CUDA device or torch has no CUDA (tests/run_gpu.sh runs them on a GPU machine)."""
+"""More CUDA kernels against the CPU kernels (test_cuda.py's method: the same normkit op on both, the
+CPU side verified against references elsewhere, per-dtype tolerances): SyncBatchNorm with Python
+communicators, BatchInstanceNorm and SwitchableNorm. Skipped where normkit has no usable CUDA device or
+torch has no CUDA (tests/run_gpu.sh runs them on a GPU machine)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import normkit
 import normkit.torch as nt
 import pytest
 import torch
-from test_cuda import _close, _run
+from test_cuda import DTYPES, TOL, _close, _run
 
 pytestmark = pytest.mark.skipif(
     not (normkit.cuda_available() and torch.cuda.is_available()), reason="needs a CUDA device"
@@ -16,6 +17,62 @@ pytestmark = pytest.mark.skipif(
 
 def _gen(seed=0):
     return torch.Generator().manual_seed(seed)
+
+
+# ---- helpers -----------------------------------------------------------------------------------------
+
+
+def _near(got, want, dtype, what=""):
+    """GPU against CPU: test_cuda.py's tolerances, the absolute one scaled by the largest value (sums
+    over many terms round against that, not against each element)."""
+    assert (got is None) == (want is None), what
+    if want is None:
+        return
+    assert got.shape == want.shape and got.dtype == want.dtype, (what, got.shape, want.shape, got.dtype, want.dtype)
+    got, want = got.detach().cpu().double(), want.detach().cpu().double()
+    scale = max(1.0, want.abs().max().item()) if want.numel() else 1.0
+    tol = TOL[dtype]
+    torch.testing.assert_close(got, want, rtol=tol, atol=tol * scale, equal_nan=True, msg=lambda m: f"{what}: {m}")
+
+
+def _on(device, fn, inputs, buffers, dy, view):
+    """fn(view(x), *params, *buffers) on `device` with fresh copies; returns y, the gradients of x and the
+    params, and the buffers afterwards (running statistics are updated in place)."""
+    leaves = [t.detach().to(device).clone().requires_grad_() for t in inputs]
+    bufs = [b.detach().to(device).clone() for b in buffers]
+    y = fn(view(leaves[0]) if view else leaves[0], *leaves[1:], *bufs)
+    y.backward(dy.to(device))
+    return [y.detach(), *(t.grad for t in leaves), *bufs]
+
+
+def _matches_cpu(fn, inputs, dtype, buffers=(), view=None, seed=0):
+    """fn on the GPU against fn on the CPU: output, every gradient and the buffers. `view` makes x's
+    view on each device from the x given (strided inputs: a copy to the GPU would be compact)."""
+    x = view(inputs[0]) if view else inputs[0]
+    dy = torch.randn(x.shape, generator=_gen(seed + 1000)).to(dtype)
+    cpu = _on("cpu", fn, inputs, buffers, dy, view)
+    gpu = _on("cuda", fn, inputs, buffers, dy, view)
+    names = ["y", "dx", *(f"dparam{i}" for i in range(1, len(inputs))), *(f"buffer{i}" for i in range(len(buffers)))]
+    for name, g, c in zip(names, gpu, cpu):
+        _near(g, c, dtype, name)
+    return gpu
+
+
+def _x(shape, dtype, seed=0, channels_last=False, scale=3.0, shift=2.0):
+    x = (torch.randn(shape, generator=_gen(seed)) * scale + shift).to(dtype)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last if x.dim() == 4 else torch.channels_last_3d)
+    return x
+
+
+def _affine(C, dtype, seed=1):
+    g = _gen(seed)
+    return (torch.rand(C, generator=g) + 0.5).to(dtype), (torch.randn(C, generator=g) * 0.5).to(dtype)
+
+
+def _running(C, dtype, seed=2):
+    g = _gen(seed)
+    return (torch.randn(C, generator=g) * 0.3).to(dtype), (torch.rand(C, generator=g) + 0.5).to(dtype)
 
 
 # ---- SyncBatchNorm with Python communicators ---------------------------------------------------------
@@ -93,3 +150,58 @@ def test_sync_batch_norm_module_on_cuda_uses_the_initialized_group(gloo_world_of
     torch.testing.assert_close(xs.grad, xr.grad, rtol=1e-4, atol=1e-5)
     _close(sync.running_mean, ref.running_mean, torch.float32)
     _close(sync.running_var, ref.running_var, torch.float32)
+
+
+# ---- BatchInstanceNorm, SwitchableNorm ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("training", [True, False])
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_batch_instance_norm_matches_cpu(dtype, channels_last, training):
+    """forward_kernel and backward_kernel with data (batch statistics or running ones), running stats."""
+    x = _x((6, 8, 5, 7), dtype, channels_last=channels_last)
+    rho = (torch.rand(8, generator=_gen(3)) * 0.8 + 0.1).to(dtype)  # inside (0, 1): no clipping
+    w, b = _affine(8, dtype)
+
+    def fn(x, rho, w, b, rm, rv):
+        return nt.functional.batch_instance_norm(x, rho, rm, rv, w, b, training, 0.1, 1e-5)
+
+    y = _matches_cpu(fn, [x, rho, w, b], dtype, buffers=_running(8, dtype))[0]
+    assert y.is_contiguous(memory_format=torch.channels_last) == channels_last
+
+
+def test_batch_instance_norm_many_planes_matches_cpu():
+    """Many small planes per channel (the pairwise merge of plane moments over n)."""
+    for shape in [(4099, 6, 2), (1500, 4, 3, 1)]:
+        x = _x(shape, torch.float32, scale=1.0, shift=100.0)
+        rho, (w, b) = torch.full((shape[1],), 0.5), _affine(shape[1], torch.float32)
+        _matches_cpu(lambda x, rho, w, b: nt.functional.batch_instance_norm(x, rho, None, None, w, b, True),
+                     [x, rho, w, b], torch.float32)
+
+
+@pytest.mark.parametrize("training", [True, False])
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_switchable_norm_matches_cpu(dtype, channels_last, training):
+    """moments, group_stats, apply, plane_sums, group_sums, logits and dx kernels with data."""
+    x = _x((5, 8, 6, 7), dtype, channels_last=channels_last)
+    g = _gen(4)
+    mw, vw = (torch.rand(3, generator=g) * 2 - 1).to(dtype), (torch.rand(3, generator=g) * 2 - 1).to(dtype)
+    w, b = _affine(8, dtype)
+
+    def fn(x, mw, vw, w, b, rm, rv):
+        return nt.functional.switchable_norm(x, mw, vw, rm, rv, w, b, training, 0.1, 1e-5)
+
+    y = _matches_cpu(fn, [x, mw, vw, w, b], dtype, buffers=_running(8, dtype))[0]
+    assert y.is_contiguous(memory_format=torch.channels_last) == channels_last
+
+
+@pytest.mark.parametrize("shape", [(300, 40), (700, 3, 2), (2, 300, 3)])
+def test_switchable_norm_many_planes_matches_cpu(shape):
+    """Long group sums over n and over c (pairwise on both devices); a 2-D input (one value per plane)."""
+    x = _x(shape, torch.float32)
+    mw, vw = torch.tensor([0.3, -0.2, 0.1]), torch.tensor([-0.1, 0.2, 0.4])
+    w, b = _affine(shape[1], torch.float32)
+    _matches_cpu(lambda x, mw, vw, w, b: nt.functional.switchable_norm(x, mw, vw, None, None, w, b, True),
+                 [x, mw, vw, w, b], torch.float32)
