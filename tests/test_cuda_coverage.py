@@ -1,7 +1,7 @@
 """More CUDA kernels against the CPU kernels (test_cuda.py's method: the same normkit op on both, the
 CPU side verified against references elsewhere, per-dtype tolerances): SyncBatchNorm with Python
-communicators, BatchInstanceNorm and SwitchableNorm. Skipped where normkit has no usable CUDA device or
-torch has no CUDA (tests/run_gpu.sh runs them on a GPU machine)."""
+communicators, BatchInstanceNorm, SwitchableNorm and MeanOnlyBatchNorm. Skipped where normkit has no
+usable CUDA device or torch has no CUDA (tests/run_gpu.sh runs them on a GPU machine)."""
 
 from __future__ import annotations
 
@@ -205,3 +205,45 @@ def test_switchable_norm_many_planes_matches_cpu(shape):
     w, b = _affine(shape[1], torch.float32)
     _matches_cpu(lambda x, mw, vw, w, b: nt.functional.switchable_norm(x, mw, vw, None, None, w, b, True),
                  [x, mw, vw, w, b], torch.float32)
+
+
+# ---- MeanOnlyBatchNorm (its channel sums: plane and chunk partials, then pairwise) -------------------
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape,channels_last", [
+    ((4099, 37), False),       # [N, C]: rows of C in several chunks, a partial tile of channels
+    ((3, 5, 2000), False),     # planes longer than a warp's share: a block per plane
+    ((6, 7, 9), False),        # short planes: a warp per plane
+    ((4, 40, 6, 6), True),     # channels last: rows of C
+    ((2, 3, 1), False),        # S == 1
+])
+@pytest.mark.parametrize("training", [True, False])
+def test_mean_only_batch_norm_matches_cpu(shape, channels_last, dtype, training):
+    x = _x(shape, dtype, channels_last=channels_last, shift=50.0)
+    b = torch.randn(shape[1], generator=_gen(5)).to(dtype)
+    rm = (torch.randn(shape[1], generator=_gen(6)) * 10).to(dtype)
+    y = _matches_cpu(lambda x, b, rm: nt.functional.mean_only_batch_norm(x, rm, b, training, 0.25), [x, b], dtype,
+                     buffers=[rm])[0]
+    assert y.is_contiguous(memory_format=torch.channels_last) == channels_last
+    if training and (len(shape) == 2 or channels_last or shape[2] == 1):
+        # Rows of C: the same chunks, runs and pairwise tree as the CPU's sums of plain additions, so the
+        # same batch mean to the bit.
+        _, mean_cpu = normkit.functional.mean_only_batch_norm_forward(x, None, None, True)
+        _, mean_gpu = normkit.functional.mean_only_batch_norm_forward(x.cuda(), None, None, True)
+        torch.testing.assert_close(mean_gpu.cpu(), mean_cpu, rtol=0, atol=0)
+
+
+def test_mean_only_batch_norm_empty_batch_on_cuda():
+    """N * S == 0, as on the CPU: no batch mean to take (ValueError), a zero dbias, the running mean in
+    eval."""
+    x = torch.zeros(0, 3, device="cuda")
+    with pytest.raises(ValueError, match="at least one value per channel"):
+        normkit.functional.mean_only_batch_norm_forward(x, None, None, True)
+    dx, db = normkit.functional.mean_only_batch_norm_backward(x, True)
+    assert dx.shape == x.shape
+    torch.testing.assert_close(db.cpu(), torch.zeros(3), rtol=0, atol=0)
+    rm = torch.tensor([1.0, 2.0, 3.0], device="cuda")
+    y, mean = normkit.functional.mean_only_batch_norm_forward(x, rm, None, False)
+    assert y.shape == x.shape
+    torch.testing.assert_close(mean.cpu(), torch.tensor([1.0, 2.0, 3.0]), rtol=0, atol=0)
