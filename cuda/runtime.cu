@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <memory>
+#include <mutex>
 
 #include "cuda_check.cuh"
 #include "cuda_ops.h"
@@ -38,17 +39,38 @@ DeviceGuard::~DeviceGuard() {
 
 namespace {
 
-// Whether the current device has stream-ordered allocation (cudaMallocAsync): CUDA 11.2+ drivers
-// on most devices, but not every platform (some virtualised or older setups report 0).
-bool memory_pools_supported() {
-  int device = 0;
-  check_cuda(cudaGetDevice(&device), "cudaGetDevice");
+constexpr int kMaxCachedDevices = 64;  // devices whose answer is cached (others ask every time)
+
+// Whether `device` has stream-ordered allocation (cudaMallocAsync): CUDA 11.2+ drivers on most
+// devices, but not every platform (some virtualised or older setups report 0). Where it has, its
+// default pool's release threshold goes to UINT64_MAX: with the default (0) every synchronisation in
+// the process (torch's loss.item() once per step) hands the pool's memory back to the OS, and the
+// next op maps its scratch afresh. The pool then keeps what it has grown to (cudaMemPoolTrimTo
+// returns it); the setting is the device's default pool's, shared with other users of that pool.
+bool query_memory_pools(int device) {
   int supported = 0;
   if (cudaDeviceGetAttribute(&supported, cudaDevAttrMemoryPoolsSupported, device) != cudaSuccess) {
     (void)cudaGetLastError();
     return false;
   }
-  return supported != 0;
+  if (supported == 0) return false;
+  cudaMemPool_t pool = nullptr;
+  uint64_t threshold = UINT64_MAX;
+  if (cudaDeviceGetDefaultMemPool(&pool, device) != cudaSuccess ||
+      cudaMemPoolSetAttribute(pool, cudaMemPoolAttrReleaseThreshold, &threshold) != cudaSuccess)
+    (void)cudaGetLastError();  // the pool works without it, only with more trips to the OS
+  return true;
+}
+
+// query_memory_pools for the current device, asked once per device.
+bool memory_pools_supported() {
+  int device = 0;
+  check_cuda(cudaGetDevice(&device), "cudaGetDevice");
+  if (device < 0 || device >= kMaxCachedDevices) return query_memory_pools(device);
+  static std::once_flag asked[kMaxCachedDevices];
+  static bool supported[kMaxCachedDevices];
+  std::call_once(asked[device], [device] { supported[device] = query_memory_pools(device); });
+  return supported[device];
 }
 
 }  // namespace
