@@ -2,7 +2,9 @@
 
 NumPy arrays and torch tensors are recognised directly; any other object with ``__dlpack__`` is read
 through DLPack, and its results are built with its ``__array_namespace__`` when it has one (JAX, CuPy,
-array-API libraries), otherwise they are NumPy arrays.
+array-API libraries), otherwise they are NumPy arrays. CUDA work is queued on torch's current stream
+for torch tensors, on CuPy's for CuPy arrays, and on the legacy default stream (0) for other DLPack
+arrays (see _DLPackKind.stream).
 """
 
 from __future__ import annotations
@@ -199,6 +201,14 @@ class _DLPackKind:
         return out
 
     def stream(self, x):
+        """The CUDA stream the op runs on: CuPy's current stream (of x's device) for a CuPy array, as
+        torch's for a torch tensor, so that the caller's later work on that stream sees the results.
+        Else 0, the legacy default stream, which blocking streams wait for but non-blocking ones (JAX's,
+        for one) do not: a caller working on those synchronises before reading the results."""
+        cupy = sys.modules.get("cupy")
+        if cupy is not None and isinstance(x, cupy.ndarray):
+            with x.device:
+                return cupy.cuda.get_current_stream().ptr
         return 0
 
 
