@@ -14,16 +14,35 @@ DEST=${OUT:-bench/results}
 mkdir -p "$DEST"
 exec > >(tee "$DEST/gpu-log.txt") 2>&1
 
+gpus=$(nvidia-smi -L 2>/dev/null | grep -c '^GPU ' || true)
 nvidia-smi -L || echo "nvidia-smi: none"
+[ "$gpus" -gt 0 ] && echo "driver $(nvidia-smi --query-gpu=driver_version --format=csv,noheader | head -n 1)"
 export CMAKE_BUILD_PARALLEL_LEVEL=${CMAKE_BUILD_PARALLEL_LEVEL:-$(nproc)}
 # NORMKIT_CUDA=ON: a build that silently left CUDA out would make every GPU test skip.
 $PY -m pip install -q --no-build-isolation --no-deps --config-settings=cmake.define.NORMKIT_CUDA=ON . || exit 1
 $PY -c "import json, normkit; print(json.dumps(normkit.build_info())); print('cuda_available', normkit.cuda_available())"
+# A GPU that normkit cannot use (a driver older than the CUDA runtime linked in: CUDA 13 needs 580 or
+# newer) would make every GPU test skip, and pytest passes when all it did was skip.
+if [ "$gpus" -gt 0 ] && [ "$($PY -c 'import normkit; print(normkit.cuda_available())')" != True ]; then
+  echo "FAIL: nvidia-smi lists $gpus GPU(s) but normkit.cuda_available() is False (driver and build_info above)"
+  exit 1
+fi
 
 status=0
 # -rs lists every skip with its reason: on a GPU machine, none of these should skip for want of a GPU.
 $PY -m pytest tests/test_cuda.py tests/test_cuda_coverage.py tests/test_nccl.py \
   tests/distributed/test_sync_batch_norm_nccl.py -q -rs -p no:cacheprovider --junitxml="$DEST/gpu-tests.xml" || status=1
+# ... and a run in which no test ran, or one skipped for want of a CUDA device, is a failure.
+$PY - "$DEST/gpu-tests.xml" <<'EOF_PY' || status=1
+import sys
+import xml.etree.ElementTree as ET
+
+cases = list(ET.parse(sys.argv[1]).getroot().iter("testcase"))
+reasons = [c.find("skipped").get("message", "") for c in cases if c.find("skipped") is not None]
+ran, no_gpu = len(cases) - len(reasons), sum(r == "needs a CUDA device" for r in reasons)
+print(f"GPU tests: {len(cases)} collected, {ran} ran, {len(reasons)} skipped ({no_gpu} for want of a CUDA device)")
+sys.exit(1 if ran == 0 or no_gpu else 0)
+EOF_PY
 $PY -m bench.cuda --out "$DEST" --name cuda-bench || status=1
 $PY -m pytest tests -q -x -p no:cacheprovider || status=1
 exit $status
