@@ -1,7 +1,9 @@
 """More CUDA kernels against the CPU kernels (test_cuda.py's method: the same normkit op on both, the
 CPU side verified against references elsewhere, per-dtype tolerances): SyncBatchNorm with Python
-communicators, BatchInstanceNorm, SwitchableNorm and MeanOnlyBatchNorm. Skipped where normkit has no
-usable CUDA device or torch has no CUDA (tests/run_gpu.sh runs them on a GPU machine)."""
+communicators, LocalResponseNorm, BatchInstanceNorm, SwitchableNorm, MeanOnlyBatchNorm, the channel
+norms' eval backward, running statistics, 2-D inputs, float32 parameters with half inputs, strided
+inputs, and bitwise run-to-run determinism. Skipped where normkit has no usable CUDA device or torch
+has no CUDA (tests/run_gpu.sh runs them on a GPU machine)."""
 
 from __future__ import annotations
 
@@ -14,6 +16,9 @@ from test_cuda import DTYPES, TOL, _close, _run
 pytestmark = pytest.mark.skipif(
     not (normkit.cuda_available() and torch.cuda.is_available()), reason="needs a CUDA device"
 )
+
+HALF = [torch.float16, torch.bfloat16]
+
 
 def _gen(seed=0):
     return torch.Generator().manual_seed(seed)
@@ -152,6 +157,25 @@ def test_sync_batch_norm_module_on_cuda_uses_the_initialized_group(gloo_world_of
     _close(sync.running_var, ref.running_var, torch.float32)
 
 
+# ---- LocalResponseNorm -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("size", [1, 3, 5, 12])
+def test_local_response_norm_matches_cpu(size, channels_last, dtype):
+    """forward_kernel, terms_kernel and dx_kernel (size 12 is wider than the 10 channels)."""
+    x = _x((3, 10, 6, 5), dtype, channels_last=channels_last)
+    y = _matches_cpu(lambda x: nt.functional.local_response_norm(x, size, 1e-2, 0.75, 2.0), [x], dtype)[0]
+    assert y.is_contiguous(memory_format=torch.channels_last) == channels_last
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("shape", [(4, 7, 9), (2, 6, 3, 4, 5), (3, 1, 8)])
+def test_local_response_norm_other_ranks_match_cpu(shape, dtype):
+    _matches_cpu(lambda x: nt.functional.local_response_norm(x, 4, 1e-3, 0.5, 1.0), [_x(shape, dtype)], dtype)
+
+
 # ---- BatchInstanceNorm, SwitchableNorm ---------------------------------------------------------------
 
 
@@ -247,3 +271,138 @@ def test_mean_only_batch_norm_empty_batch_on_cuda():
     y, mean = normkit.functional.mean_only_batch_norm_forward(x, rm, None, False)
     assert y.shape == x.shape
     torch.testing.assert_close(mean.cpu(), torch.tensor([1.0, 2.0, 3.0]), rtol=0, atol=0)
+
+
+# ---- channel norms: eval backward, running statistics, shapes, mixed precision, strides --------------
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("layer", ["batch_eval", "instance_running"])
+def test_channel_norm_eval_backward_matches_cpu(layer, dtype, channels_last):
+    """dx with statistics that are not the batch's (ncs_dx_kernel / nsc_dx_kernel, batch_stats false):
+    BatchNorm in eval, InstanceNorm with use_input_stats=False."""
+    x = _x((4, 6, 5, 7), dtype, channels_last=channels_last)
+    w, b = _affine(6, dtype)
+    if layer == "batch_eval":
+        fn = lambda x, w, b, rm, rv: nt.functional.batch_norm(x, rm, rv, w, b, False)  # noqa: E731
+    else:
+        fn = lambda x, w, b, rm, rv: nt.functional.instance_norm(x, rm, rv, w, b, False)  # noqa: E731
+    _matches_cpu(fn, [x, w, b], dtype, buffers=_running(6, dtype))
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_instance_norm_running_stats_match_cpu(dtype, channels_last):
+    """running_update_kernel with one statistic per (n, c) averaged over n (K = N)."""
+    x = _x((5, 6, 4, 3), dtype, channels_last=channels_last)
+    w, b = _affine(6, dtype)
+    _matches_cpu(lambda x, w, b, rm, rv: nt.functional.instance_norm(x, rm, rv, w, b, True, 0.3), [x, w, b], dtype,
+                 buffers=_running(6, dtype))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", [(33, 12), (3000, 24), (1025, 2, 2049)])
+def test_batch_norm_shapes_match_cpu(shape, dtype):
+    """2-D [N, C] input (S == 1: rows of C); N > 1024 (merges and coefficients of more than 1024 terms);
+    N > 1024 with S > 2048 (block teams, several chunks per plane)."""
+    if len(shape) == 3 and dtype != torch.float32:
+        pytest.skip("the large shape once, in float32")
+    x = _x(shape, dtype)
+    w, b = _affine(shape[1], dtype)
+    _matches_cpu(lambda x, w, b, rm, rv: nt.functional.batch_norm(x, rm, rv, w, b, True), [x, w, b], dtype,
+                 buffers=_running(shape[1], dtype))
+
+
+@pytest.mark.parametrize("dtype", HALF)
+@pytest.mark.parametrize("layer", ["batch", "batch_eval", "instance", "group", "layer", "rms"])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_float32_parameters_with_half_inputs_match_cpu(layer, dtype, channels_last):
+    """The W = float32 instantiations: float16/bfloat16 x with float32 weight, bias and running stats."""
+    x = _x((4, 8, 5, 6), dtype, channels_last=channels_last)
+    w, b = _affine(8, torch.float32)
+    rm, rv = _running(8, torch.float32)
+    fns = {
+        "batch": lambda x, w, b, rm, rv: nt.functional.batch_norm(x, rm, rv, w, b, True),
+        "batch_eval": lambda x, w, b, rm, rv: nt.functional.batch_norm(x, rm, rv, w, b, False),
+        "instance": lambda x, w, b, rm, rv: nt.functional.instance_norm(x, rm, rv, w, b, True),
+        "group": lambda x, w, b, rm, rv: nt.functional.group_norm(x, 4, w, b),
+        "layer": lambda x, w, b, rm, rv: nt.functional.layer_norm(x, (6,), w[:6], b[:6]),
+        "rms": lambda x, w, b, rm, rv: nt.functional.rms_norm(x, (6,), w[:6]),
+    }
+    gpu = _matches_cpu(fns[layer], [x, w, b], dtype, buffers=[rm, rv])
+    assert gpu[0].dtype == dtype
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("case", ["batch_slice", "group_permuted", "instance_transposed", "layer_rows",
+                                  "layer_inner", "rms_transposed"])
+def test_strided_inputs_match_cpu(case, dtype):
+    """Non-compact x on the GPU (copied or gathered by the core) against the same view on the CPU."""
+    if case.startswith("layer") or case.startswith("rms"):
+        base = _x((12, 10, 16), dtype)
+        view = {"layer_rows": lambda t: t[::2], "layer_inner": lambda t: t[..., ::2],
+                "rms_transposed": lambda t: t.transpose(0, 1)}[case]
+        C = view(base).shape[-1]
+        w, b = _affine(C, dtype)
+        if case == "rms_transposed":
+            fn = lambda x, w, b: nt.functional.rms_norm(x, (C,), w)  # noqa: E731
+        else:
+            fn = lambda x, w, b: nt.functional.layer_norm(x, (C,), w, b)  # noqa: E731
+    else:
+        base = _x((4, 8, 10, 6), dtype)
+        view = {"batch_slice": lambda t: t[:, :, ::2], "group_permuted": lambda t: t.permute(0, 1, 3, 2),
+                "instance_transposed": lambda t: t.transpose(0, 2).transpose(1, 2)[:, :8]}[case]
+        C = view(base).shape[1]
+        w, b = _affine(C, dtype)
+        fn = {"batch_slice": lambda x, w, b: nt.functional.batch_norm(x, None, None, w, b, True),
+              "group_permuted": lambda x, w, b: nt.functional.group_norm(x, 4, w, b),
+              "instance_transposed": lambda x, w, b: nt.functional.instance_norm(x, None, None, w, b)}[case]
+    x = view(base)
+    assert not (x.is_contiguous() or x.is_contiguous(memory_format=torch.channels_last))
+    _matches_cpu(fn, [base, w, b], dtype, view=view)
+
+
+# ---- determinism -------------------------------------------------------------------------------------
+
+
+def _twice(fn, inputs):
+    """fn's output and gradients, computed twice on the GPU from the same inputs."""
+    runs = []
+    for _ in range(2):
+        leaves = [t.detach().clone().requires_grad_() for t in inputs]
+        y = fn(*leaves)
+        (y.float() * torch.linspace(-1, 1, y.numel(), device="cuda").reshape(y.shape)).sum().backward()
+        runs.append([y.detach(), *(t.grad for t in leaves)])
+    return runs
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("layer", ["batch", "instance", "group", "batch_instance", "switchable", "mean_only",
+                                   "local_response"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_gpu_results_are_bitwise_reproducible(layer, dtype, channels_last):
+    """The same inputs give the same bits, run after run (no atomics; splits fixed by the shape), on
+    shapes that take the multi-chunk and block-team paths of the channel norms."""
+    C = 32
+    x = _x((8, C, 48, 48), dtype, channels_last=channels_last).cuda()
+    w, b = (t.cuda() for t in _affine(C, dtype))
+    if layer == "batch":
+        fn = lambda x, w, b: nt.functional.batch_norm(x, None, None, w, b, True)  # noqa: E731
+    elif layer == "instance":
+        fn = lambda x, w, b: nt.functional.instance_norm(x, None, None, w, b)  # noqa: E731
+    elif layer == "group":
+        fn = lambda x, w, b: nt.functional.group_norm(x, 8, w, b)  # noqa: E731
+    elif layer == "batch_instance":
+        rho = torch.full((C,), 0.5, dtype=dtype, device="cuda")
+        fn = lambda x, w, b: nt.functional.batch_instance_norm(x, rho, None, None, w, b, True)  # noqa: E731
+    elif layer == "switchable":
+        mw = torch.tensor([0.2, -0.1, 0.3], dtype=dtype, device="cuda")
+        fn = lambda x, w, b: nt.functional.switchable_norm(x, mw, -mw, None, None, w, b, True)  # noqa: E731
+    elif layer == "mean_only":
+        fn = lambda x, w, b: nt.functional.mean_only_batch_norm(x, None, b, True) * w.reshape(-1, 1, 1)  # noqa: E731
+    else:
+        fn = lambda x, w, b: nt.functional.local_response_norm(x, 5) * w.reshape(-1, 1, 1) + b.reshape(-1, 1, 1)  # noqa: E731
+    first, second = _twice(fn, [x, w, b])
+    for a, c in zip(first, second):
+        assert torch.equal(a, c)
