@@ -256,3 +256,27 @@ def test_shared_module_replaced_everywhere():
     assert {id(p) for p in out.parameters()} == params
     x = torch.randn(4, 3, 5, 5)
     R.assert_close("output", out(x), reference(x).detach(), 1e-5, 4.0)
+
+
+def test_hook_handles_taken_before_the_conversion_still_remove_their_hooks():
+    """The twin keeps the layer's registries: a RemovableHandle refers to its hook dict. The replaced layer
+    keeps copies (dicts and sets), so registering on either module later leaves the other."""
+    calls = []
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.LayerNorm(4))
+    old = model[1]
+    forward = old.register_forward_hook(lambda m, i, o: calls.append("forward"))
+    pre = old.register_forward_pre_hook(lambda m, i: calls.append("pre"))
+    nt().convert_model(model)
+    assert isinstance(model[1], nt().LayerNorm)
+    model(torch.randn(2, 4))
+    assert calls == ["pre", "forward"]
+    forward.remove()
+    pre.remove()
+    calls.clear()
+    model(torch.randn(2, 4))
+    assert calls == []
+    model[1].register_buffer("scratch", torch.zeros(1), persistent=False)
+    assert "scratch" not in old._non_persistent_buffers_set and "scratch" not in old._buffers
+    old.register_forward_hook(lambda m, i, o: calls.append("old"))
+    model(torch.randn(2, 4))
+    assert calls == []

@@ -93,10 +93,21 @@ def test_first_order_gradients_are_unchanged_by_create_graph():
         torch.testing.assert_close(a.detach(), c, rtol=1e-12, atol=1e-12)
 
 
+class _TwoAlikeProcesses:
+    """A communicator of two processes that hold the same batch: the sum over processes doubles."""
+
+    rank, size = 0, 2
+
+    def allreduce(self, a):
+        a *= 2
+
+
 @pytest.mark.parametrize("layer,label", [("BatchInstanceNorm2d", "BatchInstanceNorm"),
                                          ("SwitchableNorm2d", "SwitchableNorm"), ("SyncBatchNorm", "SyncBatchNorm")])
 def test_unsupported_second_order_raises_clearly(layer, label):
-    m = getattr(nt, layer)(6).double()
+    # (SyncBatchNorm over one process is plain BatchNorm, as in torch: two processes take the sync path.)
+    kwargs = {"comm": _TwoAlikeProcesses()} if layer == "SyncBatchNorm" else {}
+    m = getattr(nt, layer)(6, **kwargs).double()
     x = X.detach().clone().requires_grad_()
     with pytest.raises(RuntimeError, match=f"{label}: gradients of its gradients"):
         torch.autograd.grad(m(x).sum(), x, create_graph=True)

@@ -456,16 +456,33 @@ def test_meta_and_sparse_tensors_are_a_type_error_and_leave_the_count(make, cls)
     assert int(layer.num_batches_tracked) == 0
 
 
-def test_any_failure_takes_the_count_back(monkeypatch):
+def test_any_failure_takes_the_count_back():
     """A failing communicator (any exception, not only a rejected input) leaves num_batches_tracked."""
-    def failing(*args, **kwargs):
-        raise RuntimeError("allreduce failed")
+    class Failing:
+        rank, size = 0, 2
 
-    monkeypatch.setattr(nktF, "sync_batch_norm", failing)
-    layer = nkt.SyncBatchNorm(3)
+        def allreduce(self, a):
+            raise RuntimeError("allreduce failed")
+
+    layer = nkt.SyncBatchNorm(3, comm=Failing())
     with pytest.raises(RuntimeError, match="allreduce failed"):
         layer(torch.randn(4, 3))
     assert int(layer.num_batches_tracked) == 0
+
+
+@pytest.mark.parametrize("shape", [(0, 3, 4), (2, 3, 0)])
+def test_sync_batch_norm_of_one_process_is_batch_norm_even_for_an_empty_batch(shape):
+    """As torch: one process needs no collective, and an empty batch gives an empty output and leaves the
+    running statistics (num_batches_tracked counts it, as BatchNorm's does)."""
+    outs = []
+    for layer in (torch.nn.BatchNorm1d(3), nkt.SyncBatchNorm(3)):
+        x = torch.randn(shape, requires_grad=True)
+        y = layer(x)
+        y.sum().backward()
+        outs.append((y.shape, x.grad.shape, layer.state_dict()))
+    assert outs[0][:2] == outs[1][:2] == (shape, shape)
+    for key, value in outs[0][2].items():
+        torch.testing.assert_close(outs[1][2][key], value, msg=key)
 
 
 @pytest.mark.parametrize("shape,groups", [((1, 4), 4), ((1, 4, 1), 4), ((2, 4), 4), ((1, 4, 2), 4)])

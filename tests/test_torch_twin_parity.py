@@ -137,37 +137,20 @@ def test_rms_norm_takes_an_inference_tensor_in_training():
     torch.testing.assert_close(grads[1], grads[0], rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("shape", [(2, 8, 4, 4), (2, 8, 5)], ids=["4d", "3d"])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-def test_local_response_norm_under_autocast_is_float32_as_torch(dtype):
+def test_local_response_norm_under_autocast_computes_as_torch(dtype, shape):
+    """torch's local_response_norm under autocast: float32 from 4 dims on (its avg_pool3d is on autocast's
+    float32 list), the input's half type for 3-D inputs (avg_pool2d)."""
     outs = []
     for lib in (torch.nn, nt):
-        x = torch.randn(2, 8, 4, 4, generator=torch.Generator().manual_seed(2)).to(dtype).requires_grad_()
+        x = torch.randn(*shape, generator=torch.Generator().manual_seed(2)).to(dtype).requires_grad_()
         with torch.autocast("cpu", dtype=dtype):
             y = lib.LocalResponseNorm(3)(x)
         y.sum().backward()
-        outs.append((y.dtype, x.grad.dtype, y.detach()))
-    assert outs[1][:2] == outs[0][:2] == (torch.float32, dtype)
-    torch.testing.assert_close(outs[1][2], outs[0][2], rtol=1e-5, atol=1e-6)
+        outs.append((y.dtype, x.grad.dtype, y.detach().float()))
+    assert outs[1][:2] == outs[0][:2] == ((torch.float32 if len(shape) > 3 else dtype), dtype)
+    # (3-D: torch rounds each of its ops to the half type, normkit once: 4 units in the last place)
+    tol = 1e-5 if len(shape) > 3 else 4 * torch.finfo(dtype).eps
+    torch.testing.assert_close(outs[1][2], outs[0][2], rtol=tol, atol=tol)
 
-
-def test_torch_compile_runs_each_op_as_one_opaque_call():
-    """torch.compile(model) with twins: the ops are torch.compiler.disable'd (dynamo used to trace into
-    the adapter's Python and recompile it up to its limit); training steps equal eager ones."""
-    import normkit.torch.functional as nF
-
-    for name in nF.__all__:
-        assert getattr(getattr(nF, name), "_torchdynamo_disable", False), name
-    torch.manual_seed(0)
-    model = nt.convert_model(torch.nn.Sequential(
-        torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.BatchNorm2d(8), torch.nn.ReLU(), torch.nn.GroupNorm(2, 8),
-        torch.nn.Flatten(), torch.nn.LayerNorm(8 * 6 * 6), torch.nn.Linear(8 * 6 * 6, 3)))
-    compiled = torch.compile(copy.deepcopy(model), backend="aot_eager")
-    opts = [torch.optim.SGD(m.parameters(), lr=0.01, momentum=0.5) for m in (model, compiled)]
-    for step in range(3):
-        x = torch.randn(4 + step % 2, 3, 6, 6, generator=torch.Generator().manual_seed(step))
-        for m, opt in zip((model, compiled), opts):
-            opt.zero_grad()
-            m(x).square().mean().backward()
-            opt.step()
-    for (name, a), (_, b) in zip(model.state_dict().items(), compiled.state_dict().items()):
-        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6, msg=name)

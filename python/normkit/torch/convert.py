@@ -30,11 +30,16 @@ TWINS = {
 
 
 def _twin_of(layer: torch.nn.Module, twin_cls):
-    # The twin shares the layer's state: the same Parameter and buffer objects (device, dtype,
-    # optimizer references and hooks stay valid), in copies of its registries (_parameters,
-    # _buffers, hooks...), so that registering or rebinding on one module later leaves the other.
+    # The twin takes over the layer's state: the same Parameter and buffer objects (device, dtype and
+    # optimizer references stay valid) in the same registries (_parameters, _buffers, hooks...: a
+    # RemovableHandle of a hook registered before the conversion refers to its dict, and must still
+    # remove it). The replaced layer keeps copies of the registries (dicts and sets), so that
+    # registering or rebinding on one module later leaves the other.
     twin = twin_cls.__new__(twin_cls)
-    twin.__dict__.update({k: v.copy() if isinstance(v, dict) else v for k, v in layer.__dict__.items()})
+    twin.__dict__.update(layer.__dict__)
+    for key, value in layer.__dict__.items():
+        if isinstance(value, (dict, set)):
+            layer.__dict__[key] = value.copy()
     return twin
 
 

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as TF
 from torch.autograd.graph import increment_version
 
 from normkit import functional as _F
 from normkit._arrays import bool_arg, float_arg, int_arg, is_channels_last, kind_of, normalized_shape_tuple
+from normkit.torch import _custom_ops
 from normkit.torch import _higher_order as _H
 
 __all__ = [
@@ -312,8 +315,10 @@ def local_response_norm(input, size, alpha=1e-4, beta=0.75, k=1.0):
     size, alpha = int_arg(size, "size"), float_arg(alpha, "alpha")
     beta, k = float_arg(beta, "beta"), float_arg(k, "k")
     _needs_autograd(input=input)  # (its type first: input.dtype below)
-    if input.dtype in _HALF and torch.is_autocast_enabled(input.device.type):
-        input = input.float()  # torch's local_response_norm runs in float32 under autocast (its avg_pool3d)
+    if input.dim() > 3 and input.dtype in _HALF and torch.is_autocast_enabled(input.device.type):
+        # torch's local_response_norm runs in float32 under autocast from 4 dims on (its avg_pool3d, on
+        # autocast's float32 list; 3-D inputs take avg_pool2d, which keeps the half type)
+        input = input.float()
     if not _needs_autograd(input=input):
         return _F.local_response_norm(input, size, alpha, beta, k)
     return _LocalResponseNorm.apply(input, size, alpha, beta, k)
@@ -440,9 +445,50 @@ def mean_only_batch_norm(input, running_mean, bias=None, training=False, momentu
     return _MeanOnlyBatchNorm.apply(input, bias, running_mean, training, momentum)
 
 
-# torch.compile: each op runs as one opaque call (a graph break) instead of dynamo tracing into the
-# adapter's Python, where the core calls break the graph anyway and closures and argument kinds made
-# it recompile the helpers over and over (up to its recompile limit). Costs ~0.3 us per eager call.
+def _tracing() -> bool:
+    """Whether torch.compile, torch.export or torch.jit.trace is recording the call. (jit.trace records
+    the dispatcher ops a call makes: the eager adapters make none but their output allocations, so a
+    traced model would return uninitialised memory.)"""
+    return torch.compiler.is_compiling() or torch.jit.is_tracing()
+
+
+def _routed(adapter, traced):
+    """The op that runs the eager `adapter` (never traced) in eager mode and `traced` (torch.library
+    custom ops, _custom_ops.py) under tracing."""
+    eager = torch.compiler.disable(adapter)
+
+    @functools.wraps(adapter)  # (not eager's: its attributes would mark this function disabled too)
+    def op(*args, **kwargs):
+        if _tracing():
+            return traced(*args, **kwargs)
+        return eager(*args, **kwargs)
+
+    return op
+
+
+def _untraceable(adapter):
+    """An op without a custom-op form: a graph break for torch.compile (run as one opaque call), an
+    error for torch.jit.trace (which would record nothing of it)."""
+    eager = torch.compiler.disable(adapter)
+
+    @functools.wraps(adapter)
+    def op(*args, **kwargs):
+        if torch.jit.is_tracing():
+            raise RuntimeError(f"normkit.torch.functional.{adapter.__name__} cannot be recorded by torch.jit.trace; "
+                               "torch.compile runs it (as a graph break)")
+        return eager(*args, **kwargs)
+
+    op._torchdynamo_disable = True  # (what torch.compiler.disable sets: dynamo never traces into op)
+    return op
+
+
+# torch.compile, torch.export and torch.jit.trace: ops with a custom-op form (_custom_ops.TRACED) become
+# one node of the graph each; the others (SyncBatchNorm, Batch-Instance Norm, Switchable Norm, spectral
+# norm) run as one opaque call, a graph break, under torch.compile. The eager adapters are never traced:
+# dynamo used to trace into their Python, where the core calls break the graph anyway, and closures
+# and argument kinds made it recompile the helpers over and over (up to its recompile limit).
 for _name in __all__:
-    globals()[_name] = torch.compiler.disable(globals()[_name])
-del _name
+    _traced = _custom_ops.TRACED.get(_name)
+    _adapter = globals()[_name]
+    globals()[_name] = _untraceable(_adapter) if _traced is None else _routed(_adapter, _traced)
+del _name, _adapter, _traced

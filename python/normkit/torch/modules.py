@@ -385,7 +385,9 @@ class SyncBatchNorm(_AnyRank, _BatchNormForward, torch.nn.modules.batchnorm._Bat
         return convert_sync_batchnorm(module, process_group=process_group)
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
-        if not self.training:
+        # As torch: no communication in evaluation, nor for a single process (plain BatchNorm, which also
+        # takes an empty batch: one process alone has no global count to check).
+        if not self.training or self._communicator().size == 1:
             return _BatchNormForward.forward(self, input)
         self._check_input_dim(input)
         # As torch: running statistics only while track_running_stats (it may be switched off later).
