@@ -10,7 +10,7 @@ from torch.autograd.graph import increment_version
 
 from normkit import functional as _F
 from normkit._arrays import bool_arg, float_arg, int_arg, is_channels_last, kind_of, normalized_shape_tuple
-from normkit.torch import _custom_ops
+from normkit.torch import _custom_ops, _torch_composite
 from normkit.torch import _higher_order as _H
 
 __all__ = [
@@ -452,15 +452,18 @@ def _tracing() -> bool:
     return torch.compiler.is_compiling() or torch.jit.is_tracing()
 
 
-def _routed(adapter, traced):
-    """The op that runs the eager `adapter` (never traced) in eager mode and `traced` (torch.library
-    custom ops, _custom_ops.py) under tracing."""
+def _routed(name, adapter):
+    """The op `name`: the eager `adapter` (never traced itself), its custom-op form under tracing
+    (_custom_ops.py), its torch form under torch.func transforms and forward-mode AD
+    (_torch_composite.py)."""
     eager = torch.compiler.disable(adapter)
 
     @functools.wraps(adapter)  # (not eager's: its attributes would mark this function disabled too)
     def op(*args, **kwargs):
         if _tracing():
-            return traced(*args, **kwargs)
+            return _custom_ops.TRACED[name](*args, **kwargs)
+        if _torch_composite.active():
+            return _torch_composite.COMPOSITE[name](*args, **kwargs)
         return eager(*args, **kwargs)
 
     return op
@@ -468,14 +471,19 @@ def _routed(adapter, traced):
 
 def _untraceable(adapter):
     """An op without a custom-op form: a graph break for torch.compile (run as one opaque call), an
-    error for torch.jit.trace (which would record nothing of it)."""
+    error for torch.jit.trace (which would record nothing of it), torch.func transforms and forward-mode
+    AD (which its autograd.Function does not support)."""
     eager = torch.compiler.disable(adapter)
+    name = f"normkit.torch.functional.{adapter.__name__}"
 
     @functools.wraps(adapter)
     def op(*args, **kwargs):
         if torch.jit.is_tracing():
-            raise RuntimeError(f"normkit.torch.functional.{adapter.__name__} cannot be recorded by torch.jit.trace; "
-                               "torch.compile runs it (as a graph break)")
+            raise RuntimeError(f"{name} cannot be recorded by torch.jit.trace; torch.compile runs it (as a graph "
+                               "break)")
+        if _torch_composite.active():
+            raise RuntimeError(f"{name} does not support torch.func transforms (vmap, grad, jacrev, jvp) or "
+                               "forward-mode AD")
         return eager(*args, **kwargs)
 
     op._torchdynamo_disable = True  # (what torch.compiler.disable sets: dynamo never traces into op)
@@ -488,7 +496,6 @@ def _untraceable(adapter):
 # dynamo used to trace into their Python, where the core calls break the graph anyway, and closures
 # and argument kinds made it recompile the helpers over and over (up to its recompile limit).
 for _name in __all__:
-    _traced = _custom_ops.TRACED.get(_name)
     _adapter = globals()[_name]
-    globals()[_name] = _untraceable(_adapter) if _traced is None else _routed(_adapter, _traced)
-del _name, _adapter, _traced
+    globals()[_name] = _routed(_name, _adapter) if _name in _custom_ops.TRACED else _untraceable(_adapter)
+del _name, _adapter
