@@ -42,6 +42,7 @@ def environment(normkit_mod, threads: int) -> dict:
                     "requested": threads},
         "torch_version": torch.__version__,
         "torch_cpu_capability": cap,
+        "torch_thp_mem_alloc": os.environ.get("THP_MEM_ALLOC_ENABLE"),
         "numpy_version": numpy.__version__,
         "normkit_version": getattr(normkit_mod, "__version__", build.get("version")),
         "normkit_build_info": build,
@@ -99,8 +100,9 @@ def header_markdown(title: str, env: dict, bw: dict | None) -> str:
         f"- Date: {env['date']}",
         f"- CPU: {env['cpu_model']} ({env['logical_cpus']} logical CPUs)",
         f"- Threads: normkit {t['normkit']}, torch {t['torch']}",
-        f"- torch {env['torch_version']} (CPU capability: {env['torch_cpu_capability']}),"
-        f" numpy {env['numpy_version']}, Python {env['python']}",
+        f"- torch {env['torch_version']} (CPU capability: {env['torch_cpu_capability']},"
+        f" THP_MEM_ALLOC_ENABLE={env.get('torch_thp_mem_alloc')}), numpy {env['numpy_version']},"
+        f" Python {env['python']}",
         f"- normkit build_info: {_fmt_build(env['normkit_build_info'])}",
     ]
     la0, la1 = env.get("loadavg_start"), env.get("loadavg_end")

@@ -5,12 +5,17 @@ comparison against PyTorch."""
 from __future__ import annotations
 
 import json
+import os
 import sys
 
-import numpy as np
+# The speed comparison runs torch with huge pages for its large outputs, as normkit's host cache does
+# (see bench/__main__.py); set before torch allocates anything.
+os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
 
-import normkit
-from normkit import functional as F
+import numpy as np  # noqa: E402
+
+import normkit  # noqa: E402
+from normkit import functional as F  # noqa: E402
 
 
 def _f64(a):
