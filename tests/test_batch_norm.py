@@ -838,3 +838,45 @@ def test_channels_last_sums_same_in_register_tile_and_remainder(dtype):
         R.assert_bitwise_equal(f"{name}: channel {c - 1} vs channel 0", t[c - 1:], t[:1])
     for name, t in (("y", y), ("dx", dx)):
         R.assert_bitwise_equal(f"{name}: channel {c - 1} vs channel 0", t[:, c - 1], t[:, 0])
+
+
+@pytest.mark.parametrize("kind", ["torch", "numpy"])
+def test_strided_running_statistics_are_updated_in_place_as_torch(kind):
+    """torch updates strided views of running statistics (stats[:, 0]) in place; so does normkit (through
+    a compact copy written back after the op), and a rejected call leaves them untouched."""
+    import normkit.torch.functional as ntF
+
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(4, 3, 5, generator=g, dtype=torch.float64)
+    expected = torch.stack([torch.zeros(3), torch.ones(3)], 1).double()
+    TF.batch_norm(x, expected[:, 0], expected[:, 1], training=True, momentum=0.3)
+    stats = torch.stack([torch.zeros(3), torch.ones(3)], 1).double()
+    if kind == "numpy":
+        x, stats = x.numpy(), stats.numpy()
+    op = nkF.batch_norm if kind == "numpy" else ntF.batch_norm
+    op(x, stats[:, 0], stats[:, 1], training=True, momentum=0.3)
+    torch.testing.assert_close(torch.as_tensor(stats), expected, rtol=1e-12, atol=1e-12)
+    before = stats.copy() if kind == "numpy" else stats.clone()
+    with pytest.raises(ValueError, match="x: expected more than 1 value per channel"):
+        op(x[:1, :, :1], stats[:, 0], stats[:, 1], training=True)
+    torch.testing.assert_close(torch.as_tensor(stats), torch.as_tensor(before), rtol=0, atol=0)
+
+
+def test_strided_running_statistics_of_the_other_ops():
+    import normkit.torch.functional as ntF
+
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(4, 3, 5, generator=g, dtype=torch.float64)
+    for op, args in ((ntF.instance_norm, {"use_input_stats": True}), (ntF.sync_batch_norm, {})):
+        stats = torch.stack([torch.zeros(3), torch.ones(3)], 1).double()
+        compact = [torch.zeros(3, dtype=torch.float64), torch.ones(3, dtype=torch.float64)]
+        y1 = op(x, stats[:, 0], stats[:, 1], momentum=0.3, **args)
+        y2 = op(x, *compact, momentum=0.3, **args)
+        torch.testing.assert_close(y1, y2, rtol=0, atol=0)
+        torch.testing.assert_close(stats, torch.stack(compact, 1), rtol=0, atol=0)
+    stats = torch.zeros(3, 2, dtype=torch.float64)
+    compact = torch.zeros(3, dtype=torch.float64)
+    ntF.mean_only_batch_norm(x, stats[:, 1], training=True, momentum=0.3)
+    ntF.mean_only_batch_norm(x, compact, training=True, momentum=0.3)
+    torch.testing.assert_close(stats[:, 1], compact, rtol=0, atol=0)
+    assert not stats[:, 0].any()

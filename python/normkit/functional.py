@@ -12,6 +12,8 @@ Each layer has three functions:
 
 from __future__ import annotations
 
+import numpy as np
+
 from normkit import _core
 from normkit._arrays import (
     acc_dtype_name,
@@ -85,6 +87,38 @@ def _grad_shape(normalized_shape, x_shape):
 def _in_place(a, arg, required=False):
     """to_core for an argument the op updates in place (a read-only NumPy array is a ValueError)."""
     return to_core(a, arg, written=True, required=required)
+
+
+def _strided_1d(a) -> bool:
+    """A NumPy array or torch tensor whose elements are not one after the other."""
+    if isinstance(a, np.ndarray):
+        return not a.flags.c_contiguous
+    is_contiguous = getattr(a, "is_contiguous", None)
+    return is_contiguous is not None and not is_contiguous()
+
+
+class _RunningStats:
+    """Running statistics an op updates in place, as the core takes them. torch updates a strided view
+    (``stats[:, 0]``) in place; the core takes compact arrays only, so such a view goes through a compact
+    copy, written back by write_back() once the op has succeeded (never before: a rejected call leaves
+    the caller's arrays untouched)."""
+
+    def __init__(self, *arrays):
+        self.arrays = arrays
+        self.compact = [a.copy() if isinstance(a, np.ndarray) and _strided_1d(a) else
+                        a.contiguous() if a is not None and _strided_1d(a) else a for a in arrays]
+
+    def core(self, i, arg):
+        _in_place(self.arrays[i], arg)  # (the caller's array must be writable, whatever goes to the core)
+        return _in_place(self.compact[i], arg)
+
+    def write_back(self):
+        for a, c in zip(self.arrays, self.compact):
+            if c is not a:
+                if isinstance(a, np.ndarray):
+                    np.copyto(a, c)
+                else:
+                    a.copy_(c)
 
 
 def _required(a, arg):
@@ -236,11 +270,13 @@ def batch_norm_forward(x, running_mean, running_var, weight=None, bias=None, tra
     """
     kind = kind_of(x)
     y, sm, sr = _channel_outputs(kind, x, (_channels(kind, x),))
+    stats = _RunningStats(running_mean, running_var)
     _core.batch_norm_forward(
-        to_core(x), _in_place(running_mean, "running_mean"), _in_place(running_var, "running_var"),
+        to_core(x), stats.core(0, "running_mean"), stats.core(1, "running_var"),
         to_core(weight, "weight"), to_core(bias, "bias"), bool_arg(training, "training"),
         float_arg(momentum, "momentum"), float_arg(eps, "eps"), to_core(y), to_core(sm), to_core(sr), kind.stream(x),
     )
+    stats.write_back()
     return kind.wrap(y), kind.wrap(sm), kind.wrap(sr)
 
 
@@ -274,11 +310,13 @@ def instance_norm_forward(x, running_mean=None, running_var=None, weight=None, b
     use_input_stats = bool_arg(use_input_stats, "use_input_stats")  # (it picks the statistics' shape)
     saved = tuple(shape[:2]) if use_input_stats else (_channels(kind, x),)
     y, sm, sr = _channel_outputs(kind, x, saved)
+    stats = _RunningStats(running_mean, running_var)
     _core.instance_norm_forward(
-        to_core(x), _in_place(running_mean, "running_mean"), _in_place(running_var, "running_var"),
+        to_core(x), stats.core(0, "running_mean"), stats.core(1, "running_var"),
         to_core(weight, "weight"), to_core(bias, "bias"), use_input_stats,
         float_arg(momentum, "momentum"), float_arg(eps, "eps"), to_core(y), to_core(sm), to_core(sr), kind.stream(x),
     )
+    stats.write_back()
     return kind.wrap(y), kind.wrap(sm), kind.wrap(sr)
 
 
@@ -362,12 +400,14 @@ def batch_instance_norm_forward(x, rho, running_mean, running_var, weight=None, 
     y = empty_output_like(kind, x)
     mb, sb = kind.empty((c,), acc, x), kind.empty((c,), acc, x)
     mi, si = kind.empty(nc, acc, x), kind.empty(nc, acc, x)
+    stats = _RunningStats(running_mean, running_var)
     _core.batch_instance_norm_forward(
         to_core(x), _required(rho, "rho"), to_core(weight, "weight"), to_core(bias, "bias"),
-        _in_place(running_mean, "running_mean"), _in_place(running_var, "running_var"), bool_arg(training, "training"),
+        stats.core(0, "running_mean"), stats.core(1, "running_var"), bool_arg(training, "training"),
         float_arg(momentum, "momentum"), float_arg(eps, "eps"), to_core(y), to_core(mb), to_core(sb), to_core(mi),
         to_core(si), kind.stream(x),
     )
+    stats.write_back()
     return tuple(kind.wrap(a) for a in (y, mb, sb, mi, si))
 
 
@@ -432,12 +472,14 @@ def switchable_norm_forward(x, mean_weight, var_weight, running_mean, running_va
     n, c = (shape[0], shape[1]) if len(shape) >= 2 else (0, 0)
     y = empty_output_like(kind, x)
     saved = kind.empty((4 * n * c + 2 * n + 2 * c,), acc, x)
+    stats = _RunningStats(running_mean, running_var)
     _core.switchable_norm_forward(
         to_core(x), _required(mean_weight, "mean_weight"), _required(var_weight, "var_weight"),
-        to_core(weight, "weight"), to_core(bias, "bias"), _in_place(running_mean, "running_mean"),
-        _in_place(running_var, "running_var"), bool_arg(training, "training"), float_arg(momentum, "momentum"),
+        to_core(weight, "weight"), to_core(bias, "bias"), stats.core(0, "running_mean"),
+        stats.core(1, "running_var"), bool_arg(training, "training"), float_arg(momentum, "momentum"),
         float_arg(eps, "eps"), to_core(y), to_core(saved), kind.stream(x),
     )
+    stats.write_back()
     return kind.wrap(y), kind.wrap(saved)
 
 
@@ -579,11 +621,13 @@ def sync_batch_norm_forward(x, running_mean=None, running_var=None, weight=None,
     """
     kind = kind_of(x)
     y, sm, sr = _channel_outputs(kind, x, (_channels(kind, x),))
+    stats = _RunningStats(running_mean, running_var)
     _core.sync_batch_norm_forward(
-        to_core(x), _in_place(running_mean, "running_mean"), _in_place(running_var, "running_var"),
+        to_core(x), stats.core(0, "running_mean"), stats.core(1, "running_var"),
         to_core(weight, "weight"), to_core(bias, "bias"), float_arg(momentum, "momentum"), float_arg(eps, "eps"),
         _communicator(comm), check, to_core(y), to_core(sm), to_core(sr), kind.stream(x),
     )
+    stats.write_back()
     return kind.wrap(y), kind.wrap(sm), kind.wrap(sr)
 
 
@@ -690,10 +734,12 @@ def mean_only_batch_norm_forward(x, running_mean, bias=None, training=False, mom
     acc = acc_dtype_name(kind.dtype_name(x))
     y = empty_output_like(kind, x)
     sm = kind.empty((_channels(kind, x),), acc, x)
+    stats = _RunningStats(running_mean)
     _core.mean_only_batch_norm_forward(
-        to_core(x), _in_place(running_mean, "running_mean"), to_core(bias, "bias"), bool_arg(training, "training"),
+        to_core(x), stats.core(0, "running_mean"), to_core(bias, "bias"), bool_arg(training, "training"),
         float_arg(momentum, "momentum"), to_core(y), to_core(sm), kind.stream(x),
     )
+    stats.write_back()
     return kind.wrap(y), kind.wrap(sm)
 
 
