@@ -9,6 +9,7 @@ if __name__ == "__main__":
     # repository root so the modules are imported as the ``bench`` package.
     sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != _here]
     sys.path.insert(0, os.path.dirname(_here))
+    os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")  # (as python -m bench: see bench/__main__.py)
 
     from bench.runner import main
 

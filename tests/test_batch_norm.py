@@ -860,6 +860,10 @@ def test_strided_running_statistics_are_updated_in_place_as_torch(kind):
     with pytest.raises(ValueError, match="x: expected more than 1 value per channel"):
         op(x[:1, :, :1], stats[:, 0], stats[:, 1], training=True)
     torch.testing.assert_close(torch.as_tensor(stats), torch.as_tensor(before), rtol=0, atol=0)
+    if kind == "torch":  # evaluation only reads them: no write, no version bump (a later backward works)
+        version = stats._version
+        op(x, stats[:, 0], stats[:, 1], training=False)
+        assert stats._version == version
 
 
 def test_strided_running_statistics_of_the_other_ops():

@@ -233,3 +233,30 @@ def test_jit_trace_records_the_ops(name, make, x, tmp_path):
 def test_jit_trace_refuses_ops_without_a_custom_op_form(make):
     with torch.no_grad(), pytest.raises(RuntimeError, match="cannot be recorded by torch.jit.trace"):
         torch.jit.trace(make().eval(), (torch.randn(2, 4, 3, 3),))
+
+
+def test_dispatch_mode_tracers_record_the_ops():
+    """make_fx (and any dispatch mode: FakeTensorMode, FlopCounterMode) sees the custom ops; the eager
+    adapters made no dispatcher op but their output allocations, so a make_fx graph returned
+    uninitialised memory."""
+    from torch.fx.experimental.proxy_tensor import make_fx
+    from torch.utils.flop_counter import FlopCounterMode
+
+    layer = nt.LayerNorm(5).eval()
+    x = torch.randn(3, 4, 5)
+    graph = make_fx(lambda t: layer(t))(x)
+    assert any("normkit" in str(node.target) for node in graph.graph.nodes)
+    torch.testing.assert_close(graph(x * 2 - 1), layer(x * 2 - 1), rtol=0, atol=0)
+    with FlopCounterMode(display=False):
+        y = layer(x)
+    torch.testing.assert_close(y, layer(x), rtol=0, atol=0)
+
+
+def test_single_process_sync_batch_norm_compiles_as_batch_norm():
+    """One process: plain BatchNorm (as torch's SyncBatchNorm), so fullgraph compilation works too."""
+    layer = nt.SyncBatchNorm(4)
+    reference = copy.deepcopy(layer)
+    x = torch.randn(3, 4, 5)
+    compiled = torch.compile(layer, fullgraph=True, backend="aot_eager")
+    torch.testing.assert_close(compiled(x), reference(x), rtol=0, atol=0)
+    torch.testing.assert_close(layer.running_var, reference.running_var, rtol=0, atol=0)

@@ -126,3 +126,23 @@ def test_eager_calls_take_the_kernels(monkeypatch):
     x = torch.randn(4, 6, 5, requires_grad=True)
     nF.layer_norm(x, (5,)).sum().backward()
     nt.GroupNorm(2, 6)(x).sum().backward()
+
+
+def test_a_forward_ad_level_without_dual_arguments_runs_the_kernels():
+    """An open forward-AD level alone changes nothing: plain tensors take the eager kernels, the ops
+    without a torch form included."""
+    x = torch.randn(3, 4, 5)
+    expected = nt.SwitchableNorm1d(4)(x)
+    with fwAD.dual_level():
+        torch.testing.assert_close(nt.SwitchableNorm1d(4)(x), expected, rtol=0, atol=0)
+
+
+def test_mean_only_batch_norm_torch_form_rounds_half_inputs_once():
+    """The torch form computes in float32 and rounds y once, as the kernels: the same running mean and y
+    as eager mode for a bfloat16 input."""
+    x = (torch.randn(6, 4, 5, generator=_gen(5)) * 3 + 2).to(torch.bfloat16)
+    eager_rm, form_rm = torch.zeros(4), torch.zeros(4)
+    eager = nF.mean_only_batch_norm(x, eager_rm, None, True, 0.5)
+    form = _torch_composite.mean_only_batch_norm(x, form_rm, None, True, 0.5)
+    torch.testing.assert_close(form_rm, eager_rm, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(form.float(), eager.float(), rtol=2 ** -8, atol=2 ** -8)

@@ -103,16 +103,20 @@ class _RunningStats:
     copy, written back by write_back() once the op has succeeded (never before: a rejected call leaves
     the caller's arrays untouched)."""
 
-    def __init__(self, *arrays):
+    def __init__(self, *arrays, updated: bool = True):
         self.arrays = arrays
+        self.updated = updated  # (evaluation only reads them: nothing to write back)
         self.compact = [a.copy() if isinstance(a, np.ndarray) and _strided_1d(a) else
                         a.contiguous() if a is not None and _strided_1d(a) else a for a in arrays]
 
     def core(self, i, arg):
-        _in_place(self.arrays[i], arg)  # (the caller's array must be writable, whatever goes to the core)
+        if self.compact[i] is not self.arrays[i]:
+            _in_place(self.arrays[i], arg)  # (the caller's array must be writable, whatever goes to the core)
         return _in_place(self.compact[i], arg)
 
     def write_back(self):
+        if not self.updated:
+            return
         for a, c in zip(self.arrays, self.compact):
             if c is not a:
                 if isinstance(a, np.ndarray):
@@ -270,7 +274,7 @@ def batch_norm_forward(x, running_mean, running_var, weight=None, bias=None, tra
     """
     kind = kind_of(x)
     y, sm, sr = _channel_outputs(kind, x, (_channels(kind, x),))
-    stats = _RunningStats(running_mean, running_var)
+    stats = _RunningStats(running_mean, running_var, updated=training)
     _core.batch_norm_forward(
         to_core(x), stats.core(0, "running_mean"), stats.core(1, "running_var"),
         to_core(weight, "weight"), to_core(bias, "bias"), bool_arg(training, "training"),
@@ -310,7 +314,7 @@ def instance_norm_forward(x, running_mean=None, running_var=None, weight=None, b
     use_input_stats = bool_arg(use_input_stats, "use_input_stats")  # (it picks the statistics' shape)
     saved = tuple(shape[:2]) if use_input_stats else (_channels(kind, x),)
     y, sm, sr = _channel_outputs(kind, x, saved)
-    stats = _RunningStats(running_mean, running_var)
+    stats = _RunningStats(running_mean, running_var, updated=use_input_stats)
     _core.instance_norm_forward(
         to_core(x), stats.core(0, "running_mean"), stats.core(1, "running_var"),
         to_core(weight, "weight"), to_core(bias, "bias"), use_input_stats,
@@ -400,7 +404,7 @@ def batch_instance_norm_forward(x, rho, running_mean, running_var, weight=None, 
     y = empty_output_like(kind, x)
     mb, sb = kind.empty((c,), acc, x), kind.empty((c,), acc, x)
     mi, si = kind.empty(nc, acc, x), kind.empty(nc, acc, x)
-    stats = _RunningStats(running_mean, running_var)
+    stats = _RunningStats(running_mean, running_var, updated=training)
     _core.batch_instance_norm_forward(
         to_core(x), _required(rho, "rho"), to_core(weight, "weight"), to_core(bias, "bias"),
         stats.core(0, "running_mean"), stats.core(1, "running_var"), bool_arg(training, "training"),
@@ -472,7 +476,7 @@ def switchable_norm_forward(x, mean_weight, var_weight, running_mean, running_va
     n, c = (shape[0], shape[1]) if len(shape) >= 2 else (0, 0)
     y = empty_output_like(kind, x)
     saved = kind.empty((4 * n * c + 2 * n + 2 * c,), acc, x)
-    stats = _RunningStats(running_mean, running_var)
+    stats = _RunningStats(running_mean, running_var, updated=training)
     _core.switchable_norm_forward(
         to_core(x), _required(mean_weight, "mean_weight"), _required(var_weight, "var_weight"),
         to_core(weight, "weight"), to_core(bias, "bias"), stats.core(0, "running_mean"),
@@ -734,7 +738,7 @@ def mean_only_batch_norm_forward(x, running_mean, bias=None, training=False, mom
     acc = acc_dtype_name(kind.dtype_name(x))
     y = empty_output_like(kind, x)
     sm = kind.empty((_channels(kind, x),), acc, x)
-    stats = _RunningStats(running_mean)
+    stats = _RunningStats(running_mean, updated=training)
     _core.mean_only_batch_norm_forward(
         to_core(x), stats.core(0, "running_mean"), to_core(bias, "bias"), bool_arg(training, "training"),
         float_arg(momentum, "momentum"), to_core(y), to_core(sm), kind.stream(x),

@@ -17,9 +17,15 @@ from normkit._arrays import normalized_shape_tuple
 from normkit.torch import _higher_order as _H
 
 
-def active() -> bool:
-    """Whether a torch.func transform or a forward-mode AD level is active."""
-    return torch._C._are_functorch_transforms_active() or _forward_ad._current_level >= 0
+def active(args, kwargs) -> bool:
+    """Whether a torch.func transform is active, or a forward-mode AD level with a dual tensor among the
+    op's arguments."""
+    if torch._C._are_functorch_transforms_active():
+        return True
+    if _forward_ad._current_level < 0:
+        return False
+    return any(isinstance(a, torch.Tensor) and _forward_ad.unpack_dual(a).tangent is not None
+               for a in (*args, *kwargs.values()))
 
 
 def layer_norm(input, normalized_shape, weight=None, bias=None, eps=1e-5):
@@ -39,15 +45,18 @@ def mean_only_batch_norm(input, running_mean, bias=None, training=False, momentu
     moving running_mean by `momentum`, in place as torch's BatchNorm), running_mean otherwise."""
     dims = [d for d in range(input.dim()) if d != 1]
     shape = [1, -1] + [1] * (input.dim() - 2)
+    acc = torch.float64 if input.dtype == torch.float64 else torch.float32  # (as the kernels: one rounding)
     if training:
-        mean = input.mean(dim=dims)
+        mean = input.mean(dim=dims, dtype=acc)
         if running_mean is not None:
             with torch.no_grad():
-                running_mean.mul_(1 - momentum).add_(mean.detach().to(running_mean.dtype), alpha=momentum)
+                running_mean.copy_(running_mean.to(acc) * (1 - momentum) + mean.detach() * momentum)
     else:
-        mean = running_mean.to(input.dtype)
-    y = input - mean.reshape(shape)
-    return y if bias is None else y + bias.to(input.dtype).reshape(shape)
+        mean = running_mean.to(acc)
+    y = input.to(acc) - mean.reshape(shape)
+    if bias is not None:
+        y = y + bias.to(acc).reshape(shape)
+    return y.to(input.dtype)
 
 
 COMPOSITE = {

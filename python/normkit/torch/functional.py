@@ -446,10 +446,11 @@ def mean_only_batch_norm(input, running_mean, bias=None, training=False, momentu
 
 
 def _tracing() -> bool:
-    """Whether torch.compile, torch.export or torch.jit.trace is recording the call. (jit.trace records
-    the dispatcher ops a call makes: the eager adapters make none but their output allocations, so a
-    traced model would return uninitialised memory.)"""
-    return torch.compiler.is_compiling() or torch.jit.is_tracing()
+    """Whether torch.compile, torch.export or torch.jit.trace is recording the call, or a dispatch mode
+    sees the ops (make_fx, FakeTensorMode, FlopCounterMode...). (They record or run the dispatcher ops a
+    call makes: the eager adapters make none but their output allocations, so a traced model would
+    return uninitialised memory.)"""
+    return torch.compiler.is_compiling() or torch.jit.is_tracing() or torch._C._len_torch_dispatch_stack() > 0
 
 
 def _routed(name, adapter):
@@ -462,7 +463,7 @@ def _routed(name, adapter):
     def op(*args, **kwargs):
         if _tracing():
             return _custom_ops.TRACED[name](*args, **kwargs)
-        if _torch_composite.active():
+        if _torch_composite.active(args, kwargs):
             return _torch_composite.COMPOSITE[name](*args, **kwargs)
         return eager(*args, **kwargs)
 
@@ -481,7 +482,7 @@ def _untraceable(adapter):
         if torch.jit.is_tracing():
             raise RuntimeError(f"{name} cannot be recorded by torch.jit.trace; torch.compile runs it (as a graph "
                                "break)")
-        if _torch_composite.active():
+        if _torch_composite.active(args, kwargs):
             raise RuntimeError(f"{name} does not support torch.func transforms (vmap, grad, jacrev, jvp) or "
                                "forward-mode AD")
         return eager(*args, **kwargs)
