@@ -377,3 +377,13 @@ def test_mixed_precision_half_input_float32_params(dtype):
     R.assert_close("dx", dx, dxr, tol, CR.dx_scale(dy, x, w, g, True, ref["rstd"]))
     R.assert_close("dweight", dw, dwr, f32, CR.dweight_scale(dy, ref["xmag"]))
     R.assert_close("dbias", db, dbr, f32, CR.dbias_scale(dy))
+
+
+@pytest.mark.parametrize("shape,groups", [((2, 0, 4), 1), ((2, 0), 3), ((0, 0, 4), 2)])
+def test_no_channels_gives_an_empty_output_as_torch(shape, groups):
+    import normkit.torch as nt
+
+    x = torch.randn(shape, requires_grad=True)
+    y = nt.GroupNorm(groups, 0)(x)
+    y.sum().backward()
+    assert y.shape == torch.nn.GroupNorm(groups, 0)(x).shape == x.grad.shape == shape

@@ -351,7 +351,8 @@ def group_norm_forward(x, num_groups, weight=None, bias=None, eps=1e-5):
     groups = int_arg(num_groups, "num_groups")
     # Statistics of that shape only for a num_groups the core can accept (it raises otherwise): a
     # huge num_groups must not become a huge allocation first.
-    stat_groups = groups if 1 <= groups <= (shape[1] if len(shape) > 1 else 0) else 0
+    channels = shape[1] if len(shape) > 1 else 0
+    stat_groups = groups if 1 <= groups and (groups <= channels or channels == 0) else 0
     y, sm, sr = _channel_outputs(kind, x, (shape[0] if shape else 0, stat_groups))
     _core.group_norm_forward(
         to_core(x), groups, to_core(weight, "weight"), to_core(bias, "bias"), float_arg(eps, "eps"),
