@@ -9,20 +9,8 @@ import types
 
 import numpy as np
 import torch
+from bare_dlpack import BareDLPack
 from normkit._arrays import kind_of
-
-
-class _Bare:
-    """A DLPack producer that is neither NumPy, torch nor CuPy."""
-
-    def __init__(self, a):
-        self._a = a
-
-    def __dlpack__(self, **kwargs):
-        return self._a.__dlpack__(**kwargs)
-
-    def __dlpack_device__(self):
-        return self._a.__dlpack_device__()
 
 
 def test_cupy_arrays_run_on_cupys_current_stream_of_their_device(monkeypatch):
@@ -51,10 +39,10 @@ def test_cupy_arrays_run_on_cupys_current_stream_of_their_device(monkeypatch):
     x = ndarray()
     assert kind_of(x).stream(x) == 1234
     assert entered == ["in", "out"]  # asked with x's device current
-    bare = _Bare(np.ones(3))
+    bare = BareDLPack(np.ones(3))
     assert kind_of(bare).stream(bare) == 0
 
 
 def test_host_arrays_and_other_dlpack_arrays_use_stream_0():
-    for x in (np.ones(3), torch.ones(3), _Bare(np.ones(3))):
+    for x in (np.ones(3), torch.ones(3), BareDLPack(np.ones(3))):
         assert kind_of(x).stream(x) == 0

@@ -11,6 +11,7 @@ import normkit.torch as nkt
 import numpy as np
 import pytest
 import torch
+from bare_dlpack import BareDLPack
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from normkit import functional as F
@@ -232,29 +233,15 @@ def test_a_python_communicator_receives_a_typed_array(framework, dtype):
         assert dt in (acc, "float64")  # (the payload of counts and moments is float64)
 
 
-class _BareDLPack:
-    """What nanobind hands over for CUDA memory when neither torch nor CuPy is loaded: an object with
-    only the DLPack methods (here around a NumPy array, so that it runs on the CPU)."""
-
-    def __init__(self, a):
-        self._a = a
-
-    def __dlpack__(self, **kwargs):
-        return self._a.__dlpack__(**kwargs)
-
-    def __dlpack_device__(self):
-        return self._a.__dlpack_device__()
-
-
 def test_communicators_check_a_dlpack_object_without_dtype_or_shape():
     """_check_allreduce_array reads such an object through a DLPack view instead of failing on its
     missing dtype (an AttributeError made SyncBatchNorm on CUDA unusable with Python communicators)."""
     from normkit.distributed import _check_allreduce_array
 
     a = np.ones(6)
-    assert _check_allreduce_array(_BareDLPack(a)) == 6
-    assert LocalCommunicator().allreduce(_BareDLPack(a)) is not None
+    assert _check_allreduce_array(BareDLPack(a)) == 6
+    assert LocalCommunicator().allreduce(BareDLPack(a)) is not None
     with pytest.raises(TypeError, match="array: expected dtype float32 or float64, got int64"):
-        _check_allreduce_array(_BareDLPack(np.ones(3, np.int64)))
+        _check_allreduce_array(BareDLPack(np.ones(3, np.int64)))
     with pytest.raises(ValueError, match="array: expected a contiguous array"):
-        _check_allreduce_array(_BareDLPack(np.ones((4, 3))[:, 0]))
+        _check_allreduce_array(BareDLPack(np.ones((4, 3))[:, 0]))

@@ -11,6 +11,7 @@ import normkit.torch as nkt
 import pytest
 import torch
 import torch.distributed as dist
+from bare_dlpack import BareDLPack
 from normkit.distributed import TorchCommunicator, default_communicator
 from test_sync_batch_norm_torch import _resnet_like, assert_trains_like_single_process
 from world import COMM, HAVE_MPI, RANK, SIZE, local_part, seed_for, uneven_counts
@@ -97,25 +98,11 @@ def test_torch_communicator_checks_its_array_as_the_others(gloo):
     assert read_only.tolist() == [1.0, 1.0, 1.0]
 
 
-class _BareDLPack:
-    """An object with only the DLPack methods, as nanobind hands over CUDA memory when neither torch nor
-    CuPy is loaded (here around a NumPy array, so that it runs on the CPU)."""
-
-    def __init__(self, a):
-        self._a = a
-
-    def __dlpack__(self, **kwargs):
-        return self._a.__dlpack__(**kwargs)
-
-    def __dlpack_device__(self):
-        return self._a.__dlpack_device__()
-
-
 def test_torch_communicator_sums_a_dlpack_object_without_dtype_or_shape(gloo):
     import numpy as np
 
     a = np.full(3, float(RANK + 1))
-    TorchCommunicator().allreduce(_BareDLPack(a))
+    TorchCommunicator().allreduce(BareDLPack(a))
     assert a.tolist() == [SIZE * (SIZE + 1) / 2] * 3
     with pytest.raises(TypeError, match="array: expected dtype float32 or float64, got int64"):
-        TorchCommunicator().allreduce(_BareDLPack(np.ones(3, np.int64)))
+        TorchCommunicator().allreduce(BareDLPack(np.ones(3, np.int64)))

@@ -18,15 +18,30 @@ import torch
 from torch import Tensor
 
 from normkit import functional as _F
-from normkit._arrays import bool_arg, float_arg, int_arg, is_channels_last, normalized_shape_tuple
+from normkit._arrays import (
+    _TorchKind,
+    bool_arg,
+    empty_in_layout,
+    empty_like_layout,
+    empty_output_like,
+    float_arg,
+    int_arg,
+    is_channels_last,
+    normalized_shape_tuple,
+)
 from normkit.torch import _higher_order as _H
+from normkit.torch._torch_args import local_response_norm_input, rms_weight
 
 _lib = torch.library
 _NONE = "none"  # (a dtype name for "no bias": a custom op's str argument cannot be None)
 
 
-class _Kind:
-    """The metadata half of _arrays._TorchKind, for is_channels_last on fake tensors."""
+class _FakeKind:
+    """_arrays' array-kind interface over fake tensors: the fake implementations allocate through the
+    layout helpers the real ops use (empty_like_layout, empty_output_like, empty_in_layout), so the
+    strides are the real outputs' by construction. (new_empty: no host cache, no data.)"""
+
+    output_channels_last_ranks = _TorchKind.output_channels_last_ranks
 
     @staticmethod
     def shape(x):
@@ -35,6 +50,18 @@ class _Kind:
     @staticmethod
     def strides(x):
         return tuple(x.stride())
+
+    @staticmethod
+    def dtype_name(x):
+        return str(x.dtype).removeprefix("torch.")
+
+    @staticmethod
+    def empty(shape, dtype_name, like):
+        return like.new_empty(shape, dtype=getattr(torch, dtype_name))
+
+    @staticmethod
+    def permute(a, order):
+        return a.permute(order)
 
 
 def _acc(dtype):
@@ -51,23 +78,6 @@ def _or_nothing(t, x):
 
 def _or_none(t, wanted):
     return t if wanted else None
-
-
-def _fake_like_layout(x, dtype=None):
-    """empty_like_layout's result: channels-last (NHWC, NDHWC, NLC) when x is, contiguous otherwise."""
-    dtype = dtype or x.dtype
-    if is_channels_last(_Kind, x):
-        nd = x.dim()
-        stored = x.new_empty((x.shape[0], *x.shape[2:], x.shape[1]), dtype=dtype)
-        return stored.permute(0, nd - 1, *range(1, nd - 1))
-    return x.new_empty(x.shape, dtype=dtype)
-
-
-def _fake_output_like(x):
-    """empty_output_like's result: torch's layers keep channels-last only for 4-D and 5-D inputs."""
-    if x.dim() in (4, 5) or not is_channels_last(_Kind, x):
-        return _fake_like_layout(x)
-    return x.new_empty(x.shape)
 
 
 def _dtype_name(t):
@@ -112,29 +122,39 @@ def _(dy, x, normalized_shape, mean, rstd, weight, output_mask, bias_dtype):
             x.new_empty(normalized_shape, dtype=bdt) if output_mask[2] else _nothing(x))
 
 
-def _layer_norm_context(ctx, inputs, output):
-    x, normalized_shape, weight, bias, eps = inputs
+def _affine_context(ctx, inputs, output):
+    """LayerNorm and GroupNorm: inputs (x, arg, weight, bias, eps), arg being normalized_shape or
+    num_groups; outputs (y, mean, rstd)."""
+    x, arg, weight, bias, eps = inputs
     _, mean, rstd = output
     ctx.save_for_backward(x, weight, bias, mean, rstd)
-    ctx.normalized_shape, ctx.eps = normalized_shape, eps
+    ctx.arg, ctx.eps = arg, eps
     ctx.mark_non_differentiable(mean, rstd)
 
 
-def _layer_norm_grad(ctx, dy, _mean_grad, _rstd_grad):
-    x, weight, bias, mean, rstd = ctx.saved_tensors
-    need_x, _, need_w, need_b, _ = ctx.needs_input_grad
-    if _H.wants_graph():
-        dx, dw, db, _, _ = _H.differentiable_grads(
-            lambda x, w, b, m, r: torch.nn.functional.layer_norm(x, ctx.normalized_shape, w, b, ctx.eps),
-            (x, weight, bias, mean, rstd), (need_x, need_w, need_b, False, False), dy)
-    else:
-        dx, dw, db = torch.ops.normkit.layer_norm_backward(
-            dy, x, ctx.normalized_shape, mean, rstd, weight,
-            [need_x, need_w and weight is not None, need_b and bias is not None], _dtype_name(bias))
-    return _or_none(dx, need_x), None, _or_none(dw, need_w), _or_none(db, need_b), None
+def _affine_grad(backward_op, torch_op):
+    """The autograd formula of an _affine_context op: `backward_op` (the custom backward op), or for a
+    graph of the gradients, torch's own op `torch_op` differentiated."""
+
+    def grad(ctx, dy, _mean_grad, _rstd_grad):
+        x, weight, bias, mean, rstd = ctx.saved_tensors
+        need_x, _, need_w, need_b, _ = ctx.needs_input_grad
+        if _H.wants_graph():
+            dx, dw, db, _, _ = _H.differentiable_grads(
+                lambda x, w, b, m, r: torch_op(x, ctx.arg, w, b, ctx.eps),
+                (x, weight, bias, mean, rstd), (need_x, need_w, need_b, False, False), dy)
+        else:
+            dx, dw, db = backward_op(dy, x, ctx.arg, mean, rstd, weight,
+                                     [need_x, need_w and weight is not None, need_b and bias is not None],
+                                     _dtype_name(bias))
+        return _or_none(dx, need_x), None, _or_none(dw, need_w), _or_none(db, need_b), None
+
+    return grad
 
 
-_lib.register_autograd("normkit::layer_norm_forward", _layer_norm_grad, setup_context=_layer_norm_context)
+_lib.register_autograd("normkit::layer_norm_forward",
+                       _affine_grad(torch.ops.normkit.layer_norm_backward, torch.nn.functional.layer_norm),
+                       setup_context=_affine_context)
 
 
 def layer_norm(x, normalized_shape, weight, bias, eps):
@@ -204,7 +224,7 @@ def _channel_grads_fake(x, weight, output_mask, bias_dtype):
     c = x.shape[1:2]
     pdt = weight.dtype if weight is not None else x.dtype
     bdt = pdt if bias_dtype == _NONE else getattr(torch, bias_dtype)
-    return (_fake_like_layout(x) if output_mask[0] else _nothing(x),
+    return (empty_like_layout(_FakeKind, x) if output_mask[0] else _nothing(x),
             x.new_empty(c, dtype=pdt) if output_mask[1] and weight is not None else _nothing(x),
             x.new_empty(c, dtype=bdt) if output_mask[2] else _nothing(x))
 
@@ -249,7 +269,7 @@ def batch_norm_forward(x: Tensor, running_mean: Tensor | None, running_var: Tens
 @batch_norm_forward.register_fake
 def _(x, running_mean, running_var, weight, bias, training, momentum, eps):
     acc = _acc(x.dtype)
-    return (_fake_output_like(x), x.new_empty(x.shape[1:2], dtype=acc), x.new_empty(x.shape[1:2], dtype=acc),
+    return (empty_output_like(_FakeKind, x), x.new_empty(x.shape[1:2], dtype=acc), x.new_empty(x.shape[1:2], dtype=acc),
             *_updated_fake(training, x, running_mean, running_var))
 
 
@@ -278,7 +298,7 @@ def instance_norm_forward(x: Tensor, running_mean: Tensor | None, running_var: T
 def _(x, running_mean, running_var, weight, bias, use_input_stats, momentum, eps):
     acc = _acc(x.dtype)
     saved = x.shape[:2] if use_input_stats else x.shape[1:2]
-    return (_fake_output_like(x), x.new_empty(saved, dtype=acc), x.new_empty(saved, dtype=acc),
+    return (empty_output_like(_FakeKind, x), x.new_empty(saved, dtype=acc), x.new_empty(saved, dtype=acc),
             *_updated_fake(use_input_stats, x, running_mean, running_var))
 
 
@@ -354,7 +374,7 @@ def group_norm_forward(x: Tensor, num_groups: int, weight: Tensor | None, bias: 
 def _(x, num_groups, weight, bias, eps):
     acc = _acc(x.dtype)
     stats = (x.shape[0], num_groups)
-    return _fake_output_like(x), x.new_empty(stats, dtype=acc), x.new_empty(stats, dtype=acc)
+    return empty_output_like(_FakeKind, x), x.new_empty(stats, dtype=acc), x.new_empty(stats, dtype=acc)
 
 
 @_lib.custom_op("normkit::group_norm_backward", mutates_args=())
@@ -369,29 +389,9 @@ def _(dy, x, num_groups, mean, rstd, weight, output_mask, bias_dtype):
     return _channel_grads_fake(x, weight, output_mask, bias_dtype)
 
 
-def _group_norm_context(ctx, inputs, output):
-    x, num_groups, weight, bias, eps = inputs
-    _, mean, rstd = output
-    ctx.save_for_backward(x, weight, bias, mean, rstd)
-    ctx.num_groups, ctx.eps = num_groups, eps
-    ctx.mark_non_differentiable(mean, rstd)
-
-
-def _group_norm_grad(ctx, dy, _mean_grad, _rstd_grad):
-    x, weight, bias, mean, rstd = ctx.saved_tensors
-    need_x, _, need_w, need_b, _ = ctx.needs_input_grad
-    if _H.wants_graph():
-        dx, dw, db, _, _ = _H.differentiable_grads(
-            lambda x, w, b, m, r: torch.nn.functional.group_norm(x, ctx.num_groups, w, b, ctx.eps),
-            (x, weight, bias, mean, rstd), (need_x, need_w, need_b, False, False), dy)
-    else:
-        dx, dw, db = torch.ops.normkit.group_norm_backward(
-            dy, x, ctx.num_groups, mean, rstd, weight,
-            [need_x, need_w and weight is not None, need_b and bias is not None], _dtype_name(bias))
-    return _or_none(dx, need_x), None, _or_none(dw, need_w), _or_none(db, need_b), None
-
-
-_lib.register_autograd("normkit::group_norm_forward", _group_norm_grad, setup_context=_group_norm_context)
+_lib.register_autograd("normkit::group_norm_forward",
+                       _affine_grad(torch.ops.normkit.group_norm_backward, torch.nn.functional.group_norm),
+                       setup_context=_affine_context)
 
 
 def group_norm(x, num_groups, weight, bias, eps):
@@ -408,7 +408,7 @@ def local_response_norm_op(x: Tensor, size: int, alpha: float, beta: float, k: f
 
 @local_response_norm_op.register_fake
 def _(x, size, alpha, beta, k):
-    return _fake_like_layout(x)
+    return empty_like_layout(_FakeKind, x)
 
 
 @_lib.custom_op("normkit::local_response_norm_backward", mutates_args=())
@@ -418,7 +418,7 @@ def local_response_norm_backward(dy: Tensor, x: Tensor, size: int, alpha: float,
 
 @local_response_norm_backward.register_fake
 def _(dy, x, size, alpha, beta, k):
-    return _fake_like_layout(x)
+    return empty_like_layout(_FakeKind, x)
 
 
 def _lrn_context(ctx, inputs, output):
@@ -500,7 +500,7 @@ def mean_only_batch_norm_forward(x: Tensor, running_mean: Tensor | None, bias: T
 
 @mean_only_batch_norm_forward.register_fake
 def _(x, running_mean, bias, training, momentum):
-    return (_fake_output_like(x), x.new_empty(x.shape[1:2], dtype=_acc(x.dtype)),
+    return (empty_output_like(_FakeKind, x), x.new_empty(x.shape[1:2], dtype=_acc(x.dtype)),
             *_updated_fake(training, x, running_mean))
 
 
@@ -515,13 +515,10 @@ def mean_only_batch_norm_backward(dy: Tensor, training: bool, output_mask: list[
 @mean_only_batch_norm_backward.register_fake
 def _(dy, training, output_mask, bias_dtype, channels_last):
     bdt = dy.dtype if bias_dtype == _NONE else getattr(torch, bias_dtype)
-    if not output_mask[0]:
-        dx = _nothing(dy)
-    elif channels_last and dy.dim() > 2:
-        nd = dy.dim()
-        dx = dy.new_empty((dy.shape[0], *dy.shape[2:], dy.shape[1])).permute(0, nd - 1, *range(1, nd - 1))
+    if output_mask[0]:
+        dx = empty_in_layout(_FakeKind, _FakeKind.shape(dy), _FakeKind.dtype_name(dy), dy, channels_last)
     else:
-        dx = dy.new_empty(dy.shape)
+        dx = _nothing(dy)
     return dx, dy.new_empty(dy.shape[1:2], dtype=bdt) if output_mask[1] else _nothing(dy)
 
 
@@ -530,7 +527,7 @@ def _mean_only_context(ctx, inputs, output):
     ctx.training = training
     ctx.bias_dtype = _dtype_name(bias)
     ctx.bias_torch_dtype = None if bias is None else bias.dtype
-    ctx.channels_last = is_channels_last(_Kind, x)
+    ctx.channels_last = is_channels_last(_FakeKind, x)
     ctx.mark_non_differentiable(output[1], output[2])
 
 
@@ -563,11 +560,7 @@ def traced_layer_norm(input, normalized_shape, weight=None, bias=None, eps=1e-5)
 
 
 def traced_rms_norm(input, normalized_shape, weight=None, eps=None):
-    # (As the eager adapter: a weight of another float dtype computes in input's accumulation dtype.)
-    if weight is not None and weight.dtype != input.dtype and not (
-            weight.dtype == torch.float32 and input.dtype in (torch.float16, torch.bfloat16)):
-        weight = weight.to(_acc(input.dtype))
-    return rms_norm(input, normalized_shape_tuple(normalized_shape), weight,
+    return rms_norm(input, normalized_shape_tuple(normalized_shape), rms_weight(input, weight),
                     None if eps is None else float_arg(eps, "eps"))
 
 
@@ -589,11 +582,8 @@ def traced_group_norm(input, num_groups, weight=None, bias=None, eps=1e-5):
 
 
 def traced_local_response_norm(input, size, alpha=1e-4, beta=0.75, k=1.0):
-    if input.dim() > 3 and input.dtype in (torch.float16, torch.bfloat16) and torch.is_autocast_enabled(
-            input.device.type):
-        input = input.float()  # (as the eager adapter: torch computes it in float32 under autocast)
-    return local_response_norm(input, int_arg(size, "size"), float_arg(alpha, "alpha"), float_arg(beta, "beta"),
-                               float_arg(k, "k"))
+    return local_response_norm(local_response_norm_input(input), int_arg(size, "size"), float_arg(alpha, "alpha"),
+                               float_arg(beta, "beta"), float_arg(k, "k"))
 
 
 def traced_weight_norm(v, g, dim=0):

@@ -12,6 +12,7 @@ from normkit import functional as _F
 from normkit._arrays import bool_arg, float_arg, int_arg, is_channels_last, kind_of, normalized_shape_tuple
 from normkit.torch import _custom_ops, _torch_composite
 from normkit.torch import _higher_order as _H
+from normkit.torch._torch_args import local_response_norm_input, rms_weight
 
 __all__ = [
     "batch_instance_norm",
@@ -129,23 +130,11 @@ def layer_norm(input, normalized_shape, weight=None, bias=None, eps=1e-5):
     )
 
 
-_HALF = (torch.float16, torch.bfloat16)
-
-
-def _rms_weight(input, weight):
-    """torch's rms_norm takes a weight of any float dtype (it computes in the wider of the two and
-    returns input's dtype); the core takes input's dtype or, for half inputs, float32. Other weights
-    are cast to input's accumulation dtype (float32, float64 for float64); autograd flows through."""
-    if weight is None or weight.dtype == input.dtype or (weight.dtype == torch.float32 and input.dtype in _HALF):
-        return weight
-    return weight.to(torch.float64 if input.dtype == torch.float64 else torch.float32)
-
-
 def rms_norm(input, normalized_shape, weight=None, eps=None):
     """Like ``torch.nn.functional.rms_norm`` (``eps=None``: machine epsilon of the accumulation type)."""
     shape = normalized_shape_tuple(normalized_shape)
-    _needs_autograd(input=input, weight=weight)  # (types first: _rms_weight reads dtypes)
-    weight = _rms_weight(input, weight)
+    _needs_autograd(input=input, weight=weight)  # (types first: rms_weight reads dtypes)
+    weight = rms_weight(input, weight)
     if not _needs_autograd(input=input, weight=weight):
         return _F.rms_norm(input, shape, weight, eps)
     return _RMSNorm.apply(input, weight, shape, eps)
@@ -315,10 +304,7 @@ def local_response_norm(input, size, alpha=1e-4, beta=0.75, k=1.0):
     size, alpha = int_arg(size, "size"), float_arg(alpha, "alpha")
     beta, k = float_arg(beta, "beta"), float_arg(k, "k")
     _needs_autograd(input=input)  # (its type first: input.dtype below)
-    if input.dim() > 3 and input.dtype in _HALF and torch.is_autocast_enabled(input.device.type):
-        # torch's local_response_norm runs in float32 under autocast from 4 dims on (its avg_pool3d, on
-        # autocast's float32 list; 3-D inputs take avg_pool2d, which keeps the half type)
-        input = input.float()
+    input = local_response_norm_input(input)
     if not _needs_autograd(input=input):
         return _F.local_response_norm(input, size, alpha, beta, k)
     return _LocalResponseNorm.apply(input, size, alpha, beta, k)
