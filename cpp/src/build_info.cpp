@@ -1,6 +1,7 @@
 #include "normkit/build_info.h"
 
-#include <sstream>
+#include <algorithm>
+#include <string>
 
 #include "cpu/kernels.h"
 #include "normkit/parallel.h"
@@ -22,9 +23,13 @@ BuildInfo build_info() {
   info.version = NORMKIT_VERSION;
 #if defined(NORMKIT_WITH_CUDA)
   info.cuda = true;
-  std::stringstream archs(NORMKIT_CUDA_ARCHS);  // "75-real,80-real,90"
-  for (std::string a; std::getline(archs, a, ',');)
+  const std::string archs = NORMKIT_CUDA_ARCHS;  // "75-real,80-real,90"
+  for (size_t begin = 0; begin <= archs.size();) {
+    const size_t end = std::min(archs.find(',', begin), archs.size());
+    const std::string a = archs.substr(begin, end - begin);
     if (!a.empty()) info.cuda_archs.push_back(a.substr(0, a.find('-')));
+    begin = end + 1;
+  }
 #endif
 #if defined(NORMKIT_WITH_MPI)
   info.mpi = true;

@@ -4,9 +4,9 @@
 
 namespace normkit {
 
-std::ostream& operator<<(std::ostream& os, const DeviceText& t) {
-  if (t.device.kind == DeviceKind::CPU) return os << "cpu";
-  return os << "cuda:" << t.device.index;
+void append_text(std::string& s, const DeviceText& t) {
+  if (t.device.kind == DeviceKind::CPU) s += "cpu";
+  else s += concat("cuda:", t.device.index);
 }
 
 namespace {

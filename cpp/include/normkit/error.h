@@ -1,9 +1,12 @@
 // Typed errors of the core. The bindings map TypeError -> Python TypeError and ValueError -> Python
 // ValueError; every message names the argument, what was expected and what was given.
 #pragma once
-#include <sstream>
+#include <charconv>
+#include <cstdint>
+#include <cstdio>
 #include <stdexcept>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 namespace normkit {
@@ -19,33 +22,49 @@ struct RuntimeError : std::runtime_error {
   using std::runtime_error::runtime_error;
 };
 
-namespace detail {
-inline void append(std::ostringstream&) {}
-template <class T, class... Rest>
-void append(std::ostringstream& os, const T& first, const Rest&... rest) {
-  os << first;
-  append(os, rest...);
+// Messages are built with plain string appends, not iostreams: an ostringstream formats numbers
+// through the global C++ locale (a user's std::locale::global can put "1.024" into a shape), and on a
+// GPU machine's toolchain its number insertion crashed inside the extension (libstdc++'s locale
+// facets resolved to a second copy). to_chars/snprintf("%g") give the text ostream's defaults gave.
+// Types of the core add their own append_text overload (found by argument-dependent lookup).
+inline void append_text(std::string& s, const char* v) { s += v; }
+inline void append_text(std::string& s, const std::string& v) { s += v; }
+inline void append_text(std::string& s, char v) { s += v; }
+inline void append_text(std::string& s, bool v) { s += v ? '1' : '0'; }
+template <class T, std::enable_if_t<std::is_integral_v<T> && !std::is_same_v<T, char> && !std::is_same_v<T, bool>, int> = 0>
+void append_text(std::string& s, T v) {
+  char buf[24];
+  const auto r = std::to_chars(buf, buf + sizeof buf, v);
+  s.append(buf, r.ptr);
 }
-}  // namespace detail
+template <class T, std::enable_if_t<std::is_floating_point_v<T>, int> = 0>
+void append_text(std::string& s, T v) {
+  char buf[32];
+  const int n = std::snprintf(buf, sizeof buf, "%g", static_cast<double>(v));
+  s.append(buf, n > 0 ? static_cast<size_t>(n) : 0);
+}
 
 template <class... Args>
 std::string concat(const Args&... args) {
-  std::ostringstream os;
-  detail::append(os, args...);
-  return os.str();
+  std::string s;
+  (append_text(s, args), ...);
+  return s;
 }
 
-// "[2, 3, 4]" when streamed into a message. Shapes appear in many messages, and the checks run on
-// every call: the text is built only when a check fails (formatting it eagerly cost ~5 us per op).
-// Holds a reference, so use it within the expression that builds the message.
+// "[2, 3, 4]" in a message. Shapes appear in many messages, and the checks run on every call: the
+// text is built only when a check fails (formatting it eagerly cost ~5 us per op). Holds a reference,
+// so use it within the expression that builds the message.
 struct ShapeText {
   const std::vector<int64_t>& shape;
 };
 inline ShapeText shape_str(const std::vector<int64_t>& shape) { return {shape}; }
-inline std::ostream& operator<<(std::ostream& os, const ShapeText& t) {
-  os << '[';
-  for (size_t i = 0; i < t.shape.size(); ++i) os << (i ? ", " : "") << t.shape[i];
-  return os << ']';
+inline void append_text(std::string& s, const ShapeText& t) {
+  s += '[';
+  for (size_t i = 0; i < t.shape.size(); ++i) {
+    if (i) s += ", ";
+    append_text(s, t.shape[i]);
+  }
+  s += ']';
 }
 
 template <class... Args>

@@ -2,8 +2,8 @@
 // boundary (from_dlpack validates dtype and device); everything after works on TensorView.
 #pragma once
 #include <cstdint>
-#include <iosfwd>
 #include <optional>
+#include <string>
 #include <vector>
 
 #include "normkit/dlpack.h"
@@ -20,12 +20,12 @@ struct Device {
   bool operator!=(const Device& o) const { return !(*this == o); }
 };
 
-// "cpu" or "cuda:1" when streamed into a message (built only when a check fails, like ShapeText).
+// "cpu" or "cuda:1" in a message (built only when a check fails, like ShapeText).
 struct DeviceText {
   Device device;
 };
 inline DeviceText device_str(const Device& d) { return {d}; }
-std::ostream& operator<<(std::ostream& os, const DeviceText& t);
+void append_text(std::string& s, const DeviceText& t);
 
 struct TensorView {
   void* data = nullptr;
