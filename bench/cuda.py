@@ -5,7 +5,9 @@ The method of the CPU benchmark: both sides go through their public torch API
 side goes first, and each repetition is a loop of calls long enough that the synchronisations at its
 two ends do not matter. Roofline = minimum bytes (2x the tensor forward, 5x forward+backward) /
 device copy bandwidth measured in the same run (``b.copy_(a)`` on 1 GiB, bytes read + written) /
-time. ``--device cpu`` runs the same cases on the CPU: a dry run of this script where there is no GPU
+time. Beside the loop time, torch.profiler gives each side's device time per call (the kernels alone)
+and how many kernels it launches: where a call's host work outlasts its kernels, the loop measures the
+host. ``--device cpu`` runs the same cases on the CPU: a dry run of this script where there is no GPU
 (tests/test_bench_cuda.py), not a CPU benchmark (that is ``python -m bench``).
 """
 
@@ -143,6 +145,28 @@ def time_pair(fa, fb, device: str, reps: int, min_time: float) -> tuple[list, li
     return ta, tb
 
 
+def device_time(fn, n: int, device: str) -> tuple[float, float]:
+    """(seconds, activities) per call that the device itself spent, from torch.profiler: on CUDA the
+    kernels, copies and memsets of the trace, i.e. the work without the host's launch overhead (on the
+    H100 machine the host time per call, not the kernels, set most loop times); on the CPU dry run the
+    ops' self time."""
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+
+    cuda = device == "cuda"
+    with profile(activities=[ProfilerActivity.CUDA if cuda else ProfilerActivity.CPU]) as prof:
+        for _ in range(n):
+            fn()
+        _sync(device)
+    if cuda:
+        events = [e for e in prof.events() if e.device_type == DeviceType.CUDA]
+        total_us = sum(e.time_range.elapsed_us() for e in events)
+    else:
+        events = [e for e in prof.events() if e.device_type == DeviceType.CPU]
+        total_us = sum(e.self_cpu_time_total for e in events)
+    return total_us * 1e-6 / n, len(events) / n
+
+
 def copy_bandwidth(device: str, nbytes: int, reps: int) -> float:
     """Median bytes/s of b.copy_(a), counting bytes read and written."""
     a = torch.ones(nbytes // 4, device=device)
@@ -183,12 +207,15 @@ def run(device: str, quick: bool, only: str | None, reps: int, min_time: float) 
             err = max_rel_err(fa(), fb())
             ta, tb = time_pair(fa, fb, device, reps, min_time)
             nk, th = statistics.median(ta), statistics.median(tb)
+            (nk_dev, nk_acts), (th_dev, th_acts) = (device_time(f, 20, device) for f in (fa, fb))
             min_bytes = TRAFFIC[mode] * math.prod(case.shape) * case.dtype.itemsize
             rows.append({"name": name, "family": case.family + (" NHWC" if case.channels_last else ""),
                          "shape": "x".join(map(str, case.shape)), "dtype": str(case.dtype).removeprefix("torch."),
                          "mode": mode, "normkit_s": nk, "torch_s": th, "speedup": th / nk,
                          "normkit_roofline": min_bytes / bw / nk, "torch_roofline": min_bytes / bw / th,
-                         "max_rel_err": err, "samples_normkit_s": ta, "samples_torch_s": tb})
+                         "normkit_device_s": nk_dev, "torch_device_s": th_dev, "device_speedup": th_dev / nk_dev,
+                         "normkit_device_roofline": min_bytes / bw / nk_dev, "normkit_launches": nk_acts,
+                         "torch_launches": th_acts, "max_rel_err": err, "samples_normkit_s": ta, "samples_torch_s": tb})
             print(f"[bench.cuda] {name}: normkit {_fmt_time(nk)}, torch {_fmt_time(th)}", file=sys.stderr)
     gpu = torch.cuda.get_device_name() if device == "cuda" else "cpu (dry run)"
     return {"date": _dt.datetime.now().astimezone().isoformat(timespec="seconds"), "device": gpu,
@@ -199,11 +226,16 @@ def run(device: str, quick: bool, only: str | None, reps: int, min_time: float) 
 def markdown(res: dict) -> str:
     head = [f"- Date: {res['date']}", f"- Device: {res['device']}, torch {res['torch']}",
             f"- Copy bandwidth (b.copy_(a), read+write): {res['copy_bandwidth_Bps'] / 1e9:.0f} GB/s; roofline uses it",
+            "- Loop: per call, host and device overlapping (what a training loop sees); device: the kernels"
+            " alone (torch.profiler), and how many kernels, copies and memsets a call launches",
             "", "| family | shape | dtype | mode | normkit | torch | speed-up | normkit roofline | torch roofline"
-            " | max rel err |", "|---|---|---|---|---:|---:|---:|---:|---:|---:|"]
+            " | normkit device | torch device | device speed-up | device roofline | launches | max rel err |",
+            "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     body = [f"| {r['family']} | {r['shape']} | {r['dtype']} | {r['mode']} | {_fmt_time(r['normkit_s'])} | "
             f"{_fmt_time(r['torch_s'])} | {r['speedup']:.2f}x | {r['normkit_roofline']:.0%} | "
-            f"{r['torch_roofline']:.0%} | {r['max_rel_err']:.1e} |" for r in res["rows"]]
+            f"{r['torch_roofline']:.0%} | {_fmt_time(r['normkit_device_s'])} | {_fmt_time(r['torch_device_s'])} | "
+            f"{r['device_speedup']:.2f}x | {r['normkit_device_roofline']:.0%} | "
+            f"{r['normkit_launches']:.0f} / {r['torch_launches']:.0f} | {r['max_rel_err']:.1e} |" for r in res["rows"]]
     return "\n".join(head + body) + "\n"
 
 

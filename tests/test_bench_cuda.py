@@ -22,7 +22,8 @@ def test_dry_run_on_cpu_reports_every_case(tmp_path, capsys):
     expected = {f"{c.name}-{mode}" for c in cuda_bench.cases(quick=True) for mode in cuda_bench.TRAFFIC}
     assert {r["name"] for r in res["rows"]} == expected
     for r in res["rows"]:
-        for key in ("normkit_s", "torch_s", "speedup", "normkit_roofline"):
+        for key in ("normkit_s", "torch_s", "speedup", "normkit_roofline", "normkit_device_s", "torch_device_s",
+                    "device_speedup", "normkit_launches", "torch_launches"):
             assert math.isfinite(r[key]) and r[key] > 0, (r["name"], key, r[key])
         assert r["max_rel_err"] <= TOL[r["dtype"]], (r["name"], r["max_rel_err"])
     md = (tmp_path / "dry.md").read_text()
