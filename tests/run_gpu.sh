@@ -48,6 +48,8 @@ print(f"GPU tests: {len(cases)} collected, {ran} ran, {len(reasons)} skipped ({n
 sys.exit(1 if ran == 0 or no_gpu else 0)
 EOF_PY
 $PY -m bench.cuda --out "$DEST" --name cuda-bench || status=1
+# Host time per call on tiny tensors (what bench.cuda's loop times hold beyond the kernels), profiled.
+$PY -m bench.host_overhead --device cuda --profile "LayerNorm fwd+bwd" | tee "$DEST/host-overhead.txt" || status=1
 # The whole suite on this machine's torch (which may differ from the CPU pin): every failure, not just the first.
 $PY -m pytest tests -q -p no:cacheprovider --junitxml="$DEST/all-tests.xml" || status=1
 exit $status
