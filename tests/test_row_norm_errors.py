@@ -264,3 +264,11 @@ def test_numpy_layer_errors(cls):
     xs = R.make_numpy((3, 7), "float32", 1)
     expect(ValueError, layer, xs, arg="normalized_shape", inputs=(xs,))
     np.testing.assert_array_equal(layer.weight, w_before)
+
+
+@pytest.mark.parametrize("eps, text", [(-0.5, "-0.5"), (-1e-5, "-1e-05"), (-123456789.0, "-1.23457e+08"),
+                                       (float("-inf"), "-inf"), (float("nan"), "nan")])
+def test_numbers_in_messages_read_as_python_would_print_them_rounded(eps, text):
+    # The core writes numbers with to_chars (6 significant digits, "%g"), independent of any locale.
+    with pytest.raises(ValueError, match=rf"^eps: expected a finite number >= 0, got {re.escape(text)}$"):
+        nkF.layer_norm(np.ones((2, 4), np.float32), 4, eps=eps)

@@ -3,7 +3,6 @@
 #pragma once
 #include <charconv>
 #include <cstdint>
-#include <cstdio>
 #include <stdexcept>
 #include <string>
 #include <type_traits>
@@ -25,7 +24,7 @@ struct RuntimeError : std::runtime_error {
 // Messages are built with plain string appends, not iostreams: an ostringstream formats numbers
 // through the global C++ locale (a user's std::locale::global can put "1.024" into a shape), and on a
 // GPU machine's toolchain its number insertion crashed inside the extension (libstdc++'s locale
-// facets resolved to a second copy). to_chars/snprintf("%g") give the text ostream's defaults gave.
+// facets resolved to a second copy). to_chars gives the text ostream's defaults gave, in any locale.
 // Types of the core add their own append_text overload (found by argument-dependent lookup).
 inline void append_text(std::string& s, const char* v) { s += v; }
 inline void append_text(std::string& s, const std::string& v) { s += v; }
@@ -39,9 +38,9 @@ void append_text(std::string& s, T v) {
 }
 template <class T, std::enable_if_t<std::is_floating_point_v<T>, int> = 0>
 void append_text(std::string& s, T v) {
-  char buf[32];
-  const int n = std::snprintf(buf, sizeof buf, "%g", static_cast<double>(v));
-  s.append(buf, n > 0 ? static_cast<size_t>(n) : 0);
+  char buf[32];  // "%g" (6 significant digits), whatever LC_NUMERIC says the decimal point is
+  const auto r = std::to_chars(buf, buf + sizeof buf, static_cast<double>(v), std::chars_format::general, 6);
+  s.append(buf, r.ptr);
 }
 
 template <class... Args>
