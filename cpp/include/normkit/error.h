@@ -22,9 +22,10 @@ struct RuntimeError : std::runtime_error {
 };
 
 // Messages are built with plain string appends, not iostreams: an ostringstream formats numbers
-// through the global C++ locale (a user's std::locale::global can put "1.024" into a shape), and on a
-// GPU machine's toolchain its number insertion crashed inside the extension (libstdc++'s locale
-// facets resolved to a second copy). to_chars gives the text ostream's defaults gave, in any locale.
+// through the global C++ locale (a user's std::locale::global can put "1.024" into a shape), and the
+// H100 machine's build (gcc 13, nvcc 13) crashed in it: every typed error was a segfault inside
+// ostream's integer insertion, which gdb found in the extension itself, not in libstdc++.so. to_chars
+// gives the text ostream's defaults gave, in any locale.
 // Types of the core add their own append_text overload (found by argument-dependent lookup).
 inline void append_text(std::string& s, const char* v) { s += v; }
 inline void append_text(std::string& s, const std::string& v) { s += v; }
