@@ -72,8 +72,19 @@ def _nothing(x):
     return x.new_empty(0)
 
 
-def _or_nothing(t, x):
-    return _nothing(x) if t is None else t
+def _tensors(grads, x):
+    """An op's gradients as tensors: the ones not asked for (None) as empty tensors."""
+    return tuple(_nothing(x) if g is None else g for g in grads)
+
+
+def _grads_fake(x, dx, param_shape, weight, output_mask, bias_dtype):
+    """The fake (dx, dweight, dbias) of a backward op: `dx` the fake dx, the parameter gradients of
+    `param_shape` in weight's dtype (bias_dtype's for dbias); empty where the mask says no."""
+    pdt = weight.dtype if weight is not None else x.dtype
+    bdt = pdt if bias_dtype == _NONE else getattr(torch, bias_dtype)
+    return (dx if output_mask[0] else _nothing(x),
+            x.new_empty(param_shape, dtype=pdt) if output_mask[1] and weight is not None else _nothing(x),
+            x.new_empty(param_shape, dtype=bdt) if output_mask[2] else _nothing(x))
 
 
 def _or_none(t, wanted):
@@ -108,18 +119,13 @@ def _(x, normalized_shape, weight, bias, eps):
 def layer_norm_backward(dy: Tensor, x: Tensor, normalized_shape: list[int], mean: Tensor, rstd: Tensor,
                         weight: Tensor | None, output_mask: list[bool],
                         bias_dtype: str) -> tuple[Tensor, Tensor, Tensor]:
-    grads = _F.layer_norm_backward(dy, x, tuple(normalized_shape), mean, rstd, weight, tuple(output_mask),
-                                   _bias_dtype(bias_dtype))
-    return tuple(_or_nothing(g, x) for g in grads)
+    return _tensors(_F.layer_norm_backward(dy, x, tuple(normalized_shape), mean, rstd, weight, tuple(output_mask),
+                                           _bias_dtype(bias_dtype)), x)
 
 
 @layer_norm_backward.register_fake
 def _(dy, x, normalized_shape, mean, rstd, weight, output_mask, bias_dtype):
-    pdt = weight.dtype if weight is not None else x.dtype
-    bdt = pdt if bias_dtype == _NONE else getattr(torch, bias_dtype)
-    return (x.new_empty(x.shape) if output_mask[0] else _nothing(x),
-            x.new_empty(normalized_shape, dtype=pdt) if output_mask[1] and weight is not None else _nothing(x),
-            x.new_empty(normalized_shape, dtype=bdt) if output_mask[2] else _nothing(x))
+    return _grads_fake(x, x.new_empty(x.shape), normalized_shape, weight, output_mask, bias_dtype)
 
 
 def _affine_context(ctx, inputs, output):
@@ -179,8 +185,7 @@ def _(x, normalized_shape, weight, eps):
 @_lib.custom_op("normkit::rms_norm_backward", mutates_args=())
 def rms_norm_backward(dy: Tensor, x: Tensor, normalized_shape: list[int], rstd: Tensor, weight: Tensor | None,
                       output_mask: list[bool]) -> tuple[Tensor, Tensor]:
-    grads = _F.rms_norm_backward(dy, x, tuple(normalized_shape), rstd, weight, tuple(output_mask))
-    return tuple(_or_nothing(g, x) for g in grads)
+    return _tensors(_F.rms_norm_backward(dy, x, tuple(normalized_shape), rstd, weight, tuple(output_mask)), x)
 
 
 @rms_norm_backward.register_fake
@@ -221,16 +226,7 @@ def rms_norm(x, normalized_shape, weight, eps):
 
 
 def _channel_grads_fake(x, weight, output_mask, bias_dtype):
-    c = x.shape[1:2]
-    pdt = weight.dtype if weight is not None else x.dtype
-    bdt = pdt if bias_dtype == _NONE else getattr(torch, bias_dtype)
-    return (empty_like_layout(_FakeKind, x) if output_mask[0] else _nothing(x),
-            x.new_empty(c, dtype=pdt) if output_mask[1] and weight is not None else _nothing(x),
-            x.new_empty(c, dtype=bdt) if output_mask[2] else _nothing(x))
-
-
-def _channel_grads(grads, x):
-    return tuple(_or_nothing(g, x) for g in grads)
+    return _grads_fake(x, empty_like_layout(_FakeKind, x), x.shape[1:2], weight, output_mask, bias_dtype)
 
 
 # An op with an autograd formula must be functional: instead of updating the running statistics in place,
@@ -248,6 +244,14 @@ def _updated(update, x, *stats):
 
 def _updated_fake(update, x, *stats):
     return tuple(s.new_empty(s.shape) if update and s is not None else _nothing(x) for s in stats)
+
+
+def _running_stats_fake(x, saved_shape, update, running_mean, running_var):
+    """The fake outputs of batch_norm_forward and instance_norm_forward: y, the saved statistics of
+    `saved_shape` and the updated running statistics."""
+    acc = _acc(x.dtype)
+    return (empty_output_like(_FakeKind, x), x.new_empty(saved_shape, dtype=acc), x.new_empty(saved_shape, dtype=acc),
+            *_updated_fake(update, x, running_mean, running_var))
 
 
 def _store(update, buffers, values):
@@ -268,15 +272,13 @@ def batch_norm_forward(x: Tensor, running_mean: Tensor | None, running_var: Tens
 
 @batch_norm_forward.register_fake
 def _(x, running_mean, running_var, weight, bias, training, momentum, eps):
-    acc = _acc(x.dtype)
-    return (empty_output_like(_FakeKind, x), x.new_empty(x.shape[1:2], dtype=acc), x.new_empty(x.shape[1:2], dtype=acc),
-            *_updated_fake(training, x, running_mean, running_var))
+    return _running_stats_fake(x, x.shape[1:2], training, running_mean, running_var)
 
 
 @_lib.custom_op("normkit::batch_norm_backward", mutates_args=())
 def batch_norm_backward(dy: Tensor, x: Tensor, save_mean: Tensor, save_rstd: Tensor, weight: Tensor | None,
                         training: bool, output_mask: list[bool], bias_dtype: str) -> tuple[Tensor, Tensor, Tensor]:
-    return _channel_grads(_F.batch_norm_backward(dy, x, save_mean, save_rstd, weight, training, tuple(output_mask),
+    return _tensors(_F.batch_norm_backward(dy, x, save_mean, save_rstd, weight, training, tuple(output_mask),
                                                  _bias_dtype(bias_dtype)), x)
 
 
@@ -296,17 +298,15 @@ def instance_norm_forward(x: Tensor, running_mean: Tensor | None, running_var: T
 
 @instance_norm_forward.register_fake
 def _(x, running_mean, running_var, weight, bias, use_input_stats, momentum, eps):
-    acc = _acc(x.dtype)
     saved = x.shape[:2] if use_input_stats else x.shape[1:2]
-    return (empty_output_like(_FakeKind, x), x.new_empty(saved, dtype=acc), x.new_empty(saved, dtype=acc),
-            *_updated_fake(use_input_stats, x, running_mean, running_var))
+    return _running_stats_fake(x, saved, use_input_stats, running_mean, running_var)
 
 
 @_lib.custom_op("normkit::instance_norm_backward", mutates_args=())
 def instance_norm_backward(dy: Tensor, x: Tensor, save_mean: Tensor, save_rstd: Tensor, weight: Tensor | None,
                            use_input_stats: bool, output_mask: list[bool],
                            bias_dtype: str) -> tuple[Tensor, Tensor, Tensor]:
-    return _channel_grads(_F.instance_norm_backward(dy, x, save_mean, save_rstd, weight, use_input_stats,
+    return _tensors(_F.instance_norm_backward(dy, x, save_mean, save_rstd, weight, use_input_stats,
                                                     tuple(output_mask), _bias_dtype(bias_dtype)), x)
 
 
@@ -380,7 +380,7 @@ def _(x, num_groups, weight, bias, eps):
 @_lib.custom_op("normkit::group_norm_backward", mutates_args=())
 def group_norm_backward(dy: Tensor, x: Tensor, num_groups: int, mean: Tensor, rstd: Tensor, weight: Tensor | None,
                         output_mask: list[bool], bias_dtype: str) -> tuple[Tensor, Tensor, Tensor]:
-    return _channel_grads(_F.group_norm_backward(dy, x, num_groups, mean, rstd, weight, tuple(output_mask),
+    return _tensors(_F.group_norm_backward(dy, x, num_groups, mean, rstd, weight, tuple(output_mask),
                                                  _bias_dtype(bias_dtype)), x)
 
 
@@ -507,9 +507,8 @@ def _(x, running_mean, bias, training, momentum):
 @_lib.custom_op("normkit::mean_only_batch_norm_backward", mutates_args=())
 def mean_only_batch_norm_backward(dy: Tensor, training: bool, output_mask: list[bool], bias_dtype: str,
                                   channels_last: bool) -> tuple[Tensor, Tensor]:
-    grads = _F.mean_only_batch_norm_backward(dy, training, tuple(output_mask), _bias_dtype(bias_dtype),
-                                             channels_last)
-    return tuple(_or_nothing(g, dy) for g in grads)
+    return _tensors(_F.mean_only_batch_norm_backward(dy, training, tuple(output_mask), _bias_dtype(bias_dtype),
+                                                     channels_last), dy)
 
 
 @mean_only_batch_norm_backward.register_fake
