@@ -13,30 +13,21 @@ from __future__ import annotations
 
 import argparse
 import cProfile
+import io
 import pstats
 import statistics
 import sys
-import time
 
 import torch
 import torch.nn.functional as TF
 
-
-def _loop(fn, n: int, device: str) -> float:
-    if device == "cuda":
-        torch.cuda.synchronize()
-    t0 = time.perf_counter()
-    for _ in range(n):
-        fn()
-    if device == "cuda":
-        torch.cuda.synchronize()
-    return (time.perf_counter() - t0) / n
+from bench.cuda import _loop
 
 
 def per_call(fn, device: str, n: int, reps: int) -> float:
-    """Median seconds per call over `reps` loops of `n` calls, after a warm-up loop."""
+    """Median seconds per call over `reps` loops of `n` calls (bench.cuda's timed loop), after a warm-up."""
     _loop(fn, max(1, n // 10), device)
-    return statistics.median(_loop(fn, n, device) for _ in range(reps))
+    return statistics.median(_loop(fn, n, device) / n for _ in range(reps))
 
 
 def cases(device: str) -> dict:
@@ -87,7 +78,7 @@ def profile(device: str, name: str, n: int, top: int) -> str:
         nk()
         prof = cProfile.Profile()
         prof.runcall(_loop, nk, n, device)
-    out = __import__("io").StringIO()
+    out = io.StringIO()
     pstats.Stats(prof, stream=out).sort_stats("tottime").print_stats(top)
     return out.getvalue()
 
