@@ -1,8 +1,8 @@
-"""BatchNorm, InstanceNorm and GroupNorm statistics are sums around the statistic's first value. On
-channels-first data a block takes one pass when that value is near the block's mean and the corrected
-two-pass route otherwise; channels-last blocks take the corrected two passes. Every route must give the
-float64 variance of the same float32 data to a few ulps, whatever the first value is, in statistics of
-one block and of several."""
+"""BatchNorm, InstanceNorm and GroupNorm statistics are sums around the statistic's first value. A
+block (channels first: of a plane; channels last: of rows) takes one pass when that value is near the
+block's mean and the corrected two-pass route otherwise. Every route must give the float64 variance of
+the same float32 data to a few ulps, whatever the first value is, in statistics of one block and of
+several."""
 
 import numpy as np
 import pytest
@@ -68,6 +68,17 @@ def test_instance_norm_variance_accurate_whatever_the_first_value(first, hw, lay
 @pytest.mark.parametrize("hw", SPATIAL)
 def test_group_norm_variance_accurate_whatever_the_first_value(first, hw, layout):
     x = _data((2, 4, *hw), first, seed=hw[0] + hw[1], layout=layout)
+    _, mean, rstd = F.group_norm_forward(x, 2, eps=EPS)
+    groups = x.astype(np.float64).reshape(2, 2, -1)
+    _check(_var_from_rstd(rstd).reshape(2, 2), mean.reshape(2, 2), groups)
+
+
+def test_group_norm_channels_last_block_mixes_one_and_two_pass_groups():
+    """In one block of channels-last rows, group 0's shift is far from its values (two passes) while
+    group 1's is not (one pass): each group keeps its own route's accurate moments."""
+    x = _data((2, 4, 64, 64), 0.0, seed=11, layout="cf")
+    x[:, 0:2, 0, 0] = np.float32(1e4 + 0.1 * 1e3)  # group 0's first values: 1000 deviations off
+    x = np.ascontiguousarray(x.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2)
     _, mean, rstd = F.group_norm_forward(x, 2, eps=EPS)
     groups = x.astype(np.float64).reshape(2, 2, -1)
     _check(_var_from_rstd(rstd).reshape(2, 2), mean.reshape(2, 2), groups)

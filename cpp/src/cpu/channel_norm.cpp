@@ -9,12 +9,13 @@
 // ~kRowBlock values in whole rows (channels last), small enough to stay in cache for a second pass.
 // All values of a statistic are shifted by its first value (so block means are small numbers whose
 // rounding does not spoil the merges; a float channel with mean 1e4 and std 0.1 keeps ~1e-6 relative
-// variance error). Channels-first blocks take one pass of sums of d = x - shift and d^2 while
-// that is as accurate as two, else the corrected two-pass (cpu/shifted_moments.h). Channels-last
-// blocks always take the corrected two-pass:
+// variance error). A block takes one pass of sums of d = x - shift and d^2 while that is as
+// accurate as two (per statistic, the criterion of cpu/shifted_moments.h), else, while the block is
+// in cache, the corrected two-pass:
 //   pass 1: mean estimate m^ = mean(x - shift),
 //   pass 2: sd = sum(x - shift - m^), sq = sum((x - shift - m^)^2),
-// giving mean = m^ + sd / n and M2 = sq - sd^2 / n. Blocks are merged with Chan's formula
+// giving mean = m^ + sd / n and M2 = sq - sd^2 / n. (Channels last, always taking both passes
+// left GroupNorm [8,256,64,64] statistics compute-bound.) Blocks are merged with Chan's formula
 // (math::chan_merge) pairwise in block order (normkit/pairwise.h), into chunks, then segments, then
 // statistics: a running merge of thousands of small planes (BatchNorm1d [8192, 64, 8]) lost 1e-3
 // of a variance.
@@ -34,8 +35,10 @@
 // (pairwise sums over k then c in order); then dx = math::row_norm_dx per element.
 #include <algorithm>
 #include <cmath>
+#include <type_traits>
 #include <vector>
 
+#include "cpu/channel_map.h"
 #include "cpu/column_sums.h"
 #include "cpu/shifted_moments.h"
 #include "cpu/kernels.h"
@@ -187,8 +190,31 @@ NK_SHARED_REDUCTION void row_block_moments(const Problem& p, const T* x, int64_t
   A* acc = sc.a.data();
   A* mref = sc.b.data();
   A* sq = sc.c.data();
-  prefetch_block(x, rows * C * int64_t(sizeof(T)));
-  // Pass 1: per-channel sums, then each group's mean estimate.
+  if (walks_strided(C, kWidestColumnTile<A>)) touch_block(x, rows * C * int64_t(sizeof(T)));
+  // One pass: per-channel sums of d = x - shift and d^2, kept for each group while as accurate as
+  // two passes (the criterion of shifted_block_moments).
+  column_sum2(C, rows, acc, sq, [&](int64_t r, int64_t c, A& d, A& d_again) {
+    d = d_again = load<A>(x[r * C + c]) - sh[c];
+  });
+  const int64_t n = rows * cpg;
+  bool all_kept = true;
+  for (int64_t g = 0; g < G; ++g) {
+    A s1 = 0, s2 = 0;
+    for (int64_t c = g * cpg; c < (g + 1) * cpg; ++c) {
+      s1 += acc[c];
+      s2 += sq[c];
+    }
+    const A mean = s1 / A(n), m2 = s2 - s1 * mean;
+    const bool keep = mean * mean * A(n) <= A(4) * m2;  // false for m2 <= 0 and NaN
+    if (keep) out[g] = math::block_moments(n, mean, m2);
+    mref[g * cpg] = keep ? A(1) : A(0);  // (reused as a flag until the estimates below)
+    all_kept = all_kept && keep;
+  }
+  if (all_kept) return;
+  // The corrected two-pass for the other groups, while the block is in cache. Pass 1: per-channel
+  // sums, then each group's mean estimate.
+  std::vector<bool> redo(static_cast<size_t>(G));
+  for (int64_t g = 0; g < G; ++g) redo[size_t(g)] = mref[g * cpg] == A(0);
   column_sum(C, rows, acc, [&](int64_t r, int64_t c) { return load<A>(x[r * C + c]) - sh[c]; });
   const A inv_rows = A(1) / A(rows);
   for (int64_t g = 0; g < G; ++g) {
@@ -202,12 +228,13 @@ NK_SHARED_REDUCTION void row_block_moments(const Problem& p, const T* x, int64_t
     d = d_again = (load<A>(x[r * C + c]) - sh[c]) - mref[c];
   });
   for (int64_t g = 0; g < G; ++g) {
+    if (!redo[size_t(g)]) continue;
     A sd = 0, s2 = 0;
     for (int64_t c = g * cpg; c < (g + 1) * cpg; ++c) {
       sd += acc[c];
       s2 += sq[c];
     }
-    out[g] = corrected_moments(rows * cpg, mref[g * cpg], sd, s2);
+    out[g] = corrected_moments(n, mref[g * cpg], sd, s2);
   }
 }
 
@@ -323,12 +350,10 @@ void forward_ncs(const Problem& p, const T* x, T* y, const A* w, const A* b, A e
 template <class T, class A>
 void apply_rows(const Problem& p, const T* x, T* y, int64_t r0, int64_t r1, const A* me, const A* re, const A* w,
                 const A* b) {
-  const int64_t C = p.C;
-  write_rows(y, r0, r1, C, p.streams(sizeof(T)), [&](int64_t r, T* yr) {
-    const T* xr = x + r * C;
-#pragma omp simd
-    for (int64_t c = 0; c < C; ++c) yr[c] = store<T>(math::row_norm_apply(load<A>(xr[c]), me[c], re[c], w[c], b[c]));
-  });
+  const T* in[1] = {x};
+  const A* par[4] = {me, re, w, b};
+  map_rows(p.C, r0, r1, in, y, par, p.streams(sizeof(T)),
+           [](const auto* v, const auto* q) { return math::row_norm_apply(v[0], q[0], q[1], q[2], q[3]); });
 }
 
 template <class T, class A>
@@ -612,6 +637,10 @@ void backward_nsc(const Problem& p, const ChannelNormBackwardArgs& a, const Back
     const A* rk = &re[size_t(k * C)];
     const T* dyb = dy + (k * R + r0) * C;
     const T* xb = x + (k * R + r0) * C;
+    if (walks_strided(C, kWidestColumnTile<A>)) {
+      touch_block(dyb, rows * C * int64_t(sizeof(T)));
+      touch_block(xb, rows * C * int64_t(sizeof(T)));
+    }
     column_sum2(C, rows, sd, sdx, [&](int64_t r, int64_t c, A& d, A& xhat) {
       d = load<A>(dyb[r * C + c]);
       xhat = (load<A>(xb[r * C + c]) - mk[c]) * rk[c];
@@ -620,23 +649,21 @@ void backward_nsc(const Problem& p, const ChannelNormBackwardArgs& a, const Back
   auto rows_dx = [&](int64_t k, int64_t r0, int64_t r1) {
     const A* mk = &me[size_t(k * C)];
     const A* rk = &re[size_t(k * C)];
-    const A* gk = &ge[size_t(k * C)];
-    const A* gxk = &gxe[size_t(k * C)];
-    write_rows(dx + k * R * C, r0, r1, C, stream, [&](int64_t r, T* dxr) {
-      const int64_t off = (k * R + r) * C;
-      const T* dyr = dy + off;
-      const T* xr = x + off;
-      if (bp.batch_stats) {
-#pragma omp simd
-        for (int64_t c = 0; c < C; ++c)
-          dxr[c] = store<T>(math::row_norm_dx(load<A>(dyr[c]) * w[c], (load<A>(xr[c]) - mk[c]) * rk[c], rk[c], gk[c],
-                                              gxk[c]));
-      } else {
-#pragma omp simd
-        for (int64_t c = 0; c < C; ++c)
-          dxr[c] = store<T>(math::row_norm_dx(load<A>(dyr[c]) * w[c], A(0), rk[c], A(0), A(0)));
-      }
-    });
+    const int64_t base = k * R * C;
+    if (bp.batch_stats) {
+      const T* in[2] = {dy + base, x + base};
+      const A* par[5] = {w, mk, rk, &ge[size_t(k * C)], &gxe[size_t(k * C)]};
+      map_rows(C, r0, r1, in, dx + base, par, stream, [](const auto* v, const auto* q) {
+        return math::row_norm_dx(v[0] * q[0], (v[1] - q[1]) * q[2], q[2], q[3], q[4]);
+      });
+    } else {
+      const T* in[1] = {dy + base};
+      const A* par[2] = {w, rk};
+      map_rows(C, r0, r1, in, dx + base, par, stream, [](const auto* v, const auto* q) {
+        const std::remove_cv_t<std::remove_reference_t<decltype(v[0])>> zero{};
+        return math::row_norm_dx(v[0] * q[0], zero, q[1], zero, zero);
+      });
+    }
   };
   // Row group k's (k, c) sums from its block partials, pairwise in block order.
   auto group_sums = [&](int64_t k, const A* part_dy, const A* part_dyx, int64_t c0 = 0, int64_t c1 = -1) {
