@@ -386,7 +386,10 @@ void forward_nsc(const Problem& p, const T* x, T* y, const A* w, const A* b, A e
             finish_stat(st, k * G + g, math::pairwise_moments<A>(nb, [&](int64_t blk) { return bm[size_t(blk * G + g)]; }),
                         shifts[size_t(k * C + g * p.cpg)], eps);
           expand(k);
-          apply_rows(p, xk, y + k * R * C, 0, R, &me[size_t(k * C)], &re[size_t(k * C)], w, b);
+          // Blocks of rows from the last: what the statistics read last is likeliest to be in cache
+          // (a forward walk evicts each line just before it is needed).
+          for (int64_t e = R; e > 0; e -= Rb)
+            apply_rows(p, xk, y + k * R * C, std::max<int64_t>(0, e - Rb), e, &me[size_t(k * C)], &re[size_t(k * C)], w, b);
         }
       });
       return;
