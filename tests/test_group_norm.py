@@ -52,8 +52,8 @@ FUNC_CASES = [
     ((2, 6, 3, 2, 5), 3, "nc"),  # 3-D spatial
     ((2, 6, 3, 2, 5), 3, "cl"),
     ((1, 12, 1, 3, 1), 6, "cl"),
-    # samples larger than one task's cache budget (float32: 4.5 MiB of dy and x each): the backward
-    # goes sample by sample with all threads on one sample
+    # samples larger than one task's cache budget (float32: 2.25 MiB of dy and x each): the forward
+    # pipelines samples across all threads, the backward goes sample by sample with all threads on one
     ((2, 64, 96, 96), 32, "cl"),
 ]
 
@@ -290,7 +290,10 @@ def test_numpy_layer(case, dtype, affine):
                                          ((64, 32, 7, 7), 32, "cl"), ((2, 16, 8, 9, 10), 4, "nc"),
                                          # 1 thread: a sample per task; 2 threads: too few samples for
                                          # that, all threads on one sample at a time
-                                         ((3, 32, 16, 20), 8, "cl")])
+                                         ((3, 32, 16, 20), 8, "cl"),
+                                         # channels-last samples of 1.2 MB (float32): the forward
+                                         # pipelines samples across all threads
+                                         ((3, 64, 64, 72), 8, "cl")])
 def test_threads_bitwise_identical(shape, g, fmt, dtype):
     c = shape[1]
     x = layout(R.make_torch(shape, dtype, 1), fmt)

@@ -67,6 +67,9 @@ constexpr int64_t kRowBlock = 16384;        // channels last: values per block o
 constexpr int64_t kTaskElements = 1 << 15;  // elements per parallel task, to amortise the hand-off
 constexpr int64_t kFuseMinBytes = 512 << 10;  // fuse statistics and normalization per task up to
 constexpr int64_t kFuseMaxBytes = 4 << 20;    // 16 MB / threads within these bounds (L2 / L3)
+// Channels-last per-sample norms pipeline samples of at least this many bytes (of x; of dy and x
+// backward) across all threads; smaller ones go a sample per task (1 MB samples measured alike).
+constexpr int64_t kPipelineMinBytes = 1 << 20;
 
 template <class A>
 using Moments = math::Moments<A>;
@@ -372,7 +375,51 @@ void forward_nsc(const Problem& p, const T* x, T* y, const A* w, const A* b, A e
     for_row_groups(p, [&](int64_t k) {
       expand_groups(p, k, &shifts[size_t(k * C)], [&](int64_t s) { return stat_shift(p, x, s); });
     });
-    if (p.per_sample && fuse_stats(R * C * int64_t(sizeof(T)), K)) {
+    const int64_t sample_bytes = R * C * int64_t(sizeof(T));
+    if (p.per_sample && K >= 2 && sample_bytes >= kPipelineMinBytes) {
+      // Samples past L2: a pipeline, all threads on the normalization of sample k and the statistics
+      // of sample k + 1, their blocks alternating, so that DRAM serves reads and writes together
+      // (GroupNorm [8,256,64,64] float32: 10% faster than a sample per thread, statistics then
+      // normalization; the same arithmetic, so the same values).
+      std::vector<Moments<A>> um(size_t(K * nb * G));  // [sample][block][group]
+      auto stats_block = [&](int64_t k, int64_t blk, RowScratch<A>& sc) {
+        const int64_t r0 = blk * Rb, rows = std::min(Rb, R - r0);
+        row_block_moments(p, x + (k * R + r0) * C, rows, &shifts[size_t(k * C)], sc, &um[size_t((k * nb + blk) * G)]);
+      };
+      auto finish_sample = [&](int64_t k) {
+        for (int64_t g = 0; g < G; ++g)
+          finish_stat(st, k * G + g,
+                      math::pairwise_moments<A>(nb, [&](int64_t blk) { return um[size_t((k * nb + blk) * G + g)]; }),
+                      shifts[size_t(k * C + g * p.cpg)], eps);
+        expand(k);
+      };
+      // Normalizes block a of sample k counted from the last.
+      auto apply_block = [&](int64_t k, int64_t a) {
+        const int64_t e = R - a * Rb;
+        apply_rows(p, x + k * R * C, y + k * R * C, std::max<int64_t>(0, e - Rb), e, &me[size_t(k * C)],
+                   &re[size_t(k * C)], w, b);
+      };
+      const int64_t grain = std::max<int64_t>(1, kTaskElements / (Rb * C));
+      parallel_for(nb, grain, [&](int64_t b0, int64_t b1) {
+        RowScratch<A> sc(C);
+        for (int64_t blk = b0; blk < b1; ++blk) stats_block(0, blk, sc);
+      });
+      finish_sample(0);
+      for (int64_t k = 0; k < K; ++k) {
+        const bool next = k + 1 < K;
+        parallel_for(next ? 2 * nb : nb, grain, [&](int64_t u0, int64_t u1) {
+          RowScratch<A> sc(C);
+          for (int64_t u = u0; u < u1; ++u) {
+            if (!next) apply_block(k, u);
+            else if (u % 2 == 0) apply_block(k, u / 2);
+            else stats_block(k + 1, u / 2, sc);
+          }
+        });
+        if (next) finish_sample(k + 1);
+      }
+      return;
+    }
+    if (p.per_sample && fuse_stats(sample_bytes, K)) {
       parallel_for(K, std::max<int64_t>(1, kTaskElements / (R * C)), [&](int64_t k0, int64_t k1) {
         RowScratch<A> sc(C);
         std::vector<Moments<A>> bm(static_cast<size_t>(nb * G));  // [block][group]
