@@ -27,7 +27,8 @@
 // normalizes it right away, so x comes from DRAM once (same arithmetic as the unfused path).
 // Channels last (NSC): rows of C channels. The rows of a statistic's row group (a sample for
 // per-sample norms, all N * S rows for BatchNorm) are cut into fixed blocks of rows; per block,
-// per-channel vector sums give each group's block moments. Per-sample norms fuse per sample.
+// per-channel vector sums give each group's block moments. Per-sample norms fuse per sample, or,
+// for samples of kPipelineMinBytes and more, pipeline the samples across all threads (forward).
 // Unfused normalization passes run last-to-first, to reuse what the statistics pass left in L3.
 //
 // Backward: per (k, c) sums of dy and dy * xhat (k = n, or k = 0 for channels-last BatchNorm) give
@@ -67,8 +68,8 @@ constexpr int64_t kRowBlock = 16384;        // channels last: values per block o
 constexpr int64_t kTaskElements = 1 << 15;  // elements per parallel task, to amortise the hand-off
 constexpr int64_t kFuseMinBytes = 512 << 10;  // fuse statistics and normalization per task up to
 constexpr int64_t kFuseMaxBytes = 4 << 20;    // 16 MB / threads within these bounds (L2 / L3)
-// Channels-last per-sample norms pipeline samples of at least this many bytes (of x; of dy and x
-// backward) across all threads; smaller ones go a sample per task (1 MB samples measured alike).
+// Channels-last per-sample norms pipeline samples of at least this many bytes of x across all threads
+// (forward); smaller ones go a sample per task (1 MB samples measured alike).
 constexpr int64_t kPipelineMinBytes = 1 << 20;
 
 template <class A>
@@ -208,17 +209,18 @@ NK_SHARED_REDUCTION void row_block_moments(const Problem& p, const T* x, int64_t
       s2 += sq[c];
     }
     const A mean = s1 / A(n), m2 = s2 - s1 * mean;
-    const bool keep = mean * mean * A(n) <= A(4) * m2;  // false for m2 <= 0 and NaN
+    // (false for NaN and m2 < 0; m2 == 0 passes only with a zero mean, all d zero: exact)
+    const bool keep = mean * mean * A(n) <= A(4) * m2;
     if (keep) out[g] = math::block_moments(n, mean, m2);
     mref[g * cpg] = keep ? A(1) : A(0);  // (reused as a flag until the estimates below)
     all_kept = all_kept && keep;
   }
   if (all_kept) return;
-  // The corrected two-pass for the other groups, while the block is in cache. Pass 1: per-channel
-  // sums, then each group's mean estimate.
+  // The corrected two-pass for the other groups, while the block is in cache. Pass 1: each group's
+  // mean estimate from the per-channel sums of x - shift, which acc already holds from the one pass
+  // (the sums a separate pass would take, bit for bit: the same terms in the same order).
   std::vector<bool> redo(static_cast<size_t>(G));
   for (int64_t g = 0; g < G; ++g) redo[size_t(g)] = mref[g * cpg] == A(0);
-  column_sum(C, rows, acc, [&](int64_t r, int64_t c) { return load<A>(x[r * C + c]) - sh[c]; });
   const A inv_rows = A(1) / A(rows);
   for (int64_t g = 0; g < G; ++g) {
     A s = 0;

@@ -41,7 +41,7 @@ NK_CPU_INLINE math::Moments<A> shifted_block_moments(const T* x, int64_t n, A sh
   const A mean = s1 / A(n);
   const A m2 = s2 - s1 * mean;
   if (mean * mean * A(n) <= A(4) * m2) return math::block_moments(n, mean, m2);
-  // Also taken for m2 <= 0 and NaN.
+  // Also taken for NaN and m2 < 0 (m2 == 0 passes only with a zero mean: all d zero, exact).
   const A estimate = lane_sum<A>(n, [&](int64_t i) { return load<A>(x[i]) - shift; }) / A(n);
   const auto [se, se2] = lane_sum2<A>(n, [&](int64_t i, A& e, A& e2) {
     e = (load<A>(x[i]) - shift) - estimate;
