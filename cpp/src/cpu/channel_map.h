@@ -40,70 +40,63 @@ typedef uint16_t U16x16 __attribute__((vector_size(32)));
 typedef uint32_t U32x16 __attribute__((vector_size(64)));
 typedef float F32x16 __attribute__((vector_size(64)));
 
-inline F32x16 bf16_vec_to_float(const bfloat16_t* p) {
+// The bits of `from` as a To of the same size (the vector form of bits::u32_as_float and
+// bits::float_as_u32).
+template <class To, class From>
+inline To bits_as(const From& from) {
+  static_assert(sizeof(To) == sizeof(From), "same size");
+  To to;
+  std::memcpy(&to, &from, sizeof(to));
+  return to;
+}
+
+// 16 two-byte values (float16 or bfloat16 bits) from or to memory.
+inline U16x16 load_u16x16(const void* p) {
   U16x16 h;
   std::memcpy(&h, p, sizeof(h));
-  const U32x16 u = __builtin_convertvector(h, U32x16) << 16;
-  F32x16 f;
-  std::memcpy(&f, &u, sizeof(f));
-  return f;
+  return h;
+}
+inline void store_u16x16(void* p, const U16x16& h) { std::memcpy(p, &h, sizeof(h)); }
+
+inline F32x16 bf16_vec_to_float(const bfloat16_t* p) {
+  const U16x16 h = load_u16x16(p);
+  return bits_as<F32x16>(__builtin_convertvector(h, U32x16) << 16);
 }
 
 inline void float_vec_to_bf16(bfloat16_t* p, const F32x16& f) {
-  U32x16 u;
-  std::memcpy(&u, &f, sizeof(u));
+  const U32x16 u = bits_as<U32x16>(f);
   const U32x16 rounded = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
   const U32x16 nan = (u >> 16) | 0x40u;
   const U32x16 r = (u & 0x7fffffffu) > 0x7f800000u ? nan : rounded;
-  const U16x16 h = __builtin_convertvector(r, U16x16);
-  std::memcpy(p, &h, sizeof(h));
+  store_u16x16(p, __builtin_convertvector(r, U16x16));
 }
 
 // float16 <-> float on whole vectors: bits::half_to_float and bits::float_to_half, step for step on
 // vector types (the same values; element by element, float16 channels-last BatchNorm ran 3x slower
 // than bfloat16).
 inline F32x16 half_vec_to_float(const half_t* p) {
-  U16x16 h16;
-  std::memcpy(&h16, p, sizeof(h16));
-  const U32x16 h = __builtin_convertvector(h16, U32x16);
+  const U32x16 h = __builtin_convertvector(load_u16x16(p), U32x16);
   const U32x16 sign = (h & 0x8000u) << 16;
   U32x16 o = (h & 0x7fffu) << 13;
   const U32x16 exp = o & 0x0f800000u;
   o += (127u - 15u) << 23;
   o += exp == 0x0f800000u ? U32x16{} + ((128u - 16u) << 23) : U32x16{};
-  F32x16 with_bit, magic;
-  const U32x16 o_bit = o + (1u << 23), magic_bits = U32x16{} + (113u << 23);
-  std::memcpy(&with_bit, &o_bit, sizeof(with_bit));
-  std::memcpy(&magic, &magic_bits, sizeof(magic));
-  const F32x16 sub = with_bit - magic;
-  U32x16 sub_bits;
-  std::memcpy(&sub_bits, &sub, sizeof(sub_bits));
-  const U32x16 r = (exp == 0u ? sub_bits : o) | sign;
-  F32x16 f;
-  std::memcpy(&f, &r, sizeof(f));
-  return f;
+  const F32x16 sub = bits_as<F32x16>(o + (1u << 23)) - bits_as<F32x16>(U32x16{} + (113u << 23));
+  return bits_as<F32x16>((exp == 0u ? bits_as<U32x16>(sub) : o) | sign);
 }
 
 inline void float_vec_to_half(half_t* p, const F32x16& f) {
-  U32x16 u;
-  std::memcpy(&u, &f, sizeof(u));
+  const U32x16 u = bits_as<U32x16>(f);
   const U32x16 sign = (u >> 16) & 0x8000u;
   const U32x16 a = u & 0x7fffffffu;
   const U32x16 mant_odd = (a >> 13) & 1u;
   const U32x16 normal = (a + ((15u - 127u) << 23) + 0xfffu + mant_odd) >> 13;
-  const U32x16 magic_bits = U32x16{} + ((((127u - 15u) + (23u - 10u) + 1u)) << 23);
-  F32x16 af, magic;
-  std::memcpy(&af, &a, sizeof(af));
-  std::memcpy(&magic, &magic_bits, sizeof(magic));
-  const F32x16 sum = af + magic;
-  U32x16 sum_bits;
-  std::memcpy(&sum_bits, &sum, sizeof(sum_bits));
-  const U32x16 sub = sum_bits - magic_bits;
+  const U32x16 magic = U32x16{} + (((127u - 15u) + (23u - 10u) + 1u) << 23);
+  const U32x16 sub = bits_as<U32x16>(bits_as<F32x16>(a) + bits_as<F32x16>(magic)) - magic;
   U32x16 r = a < (113u << 23) ? sub : normal;
   r = a >= (143u << 23) ? U32x16{} + 0x7c00u : r;
   r = a > 0x7f800000u ? (0x7e00u | ((a >> 13) & 0x1ffu)) : r;
-  const U16x16 h = __builtin_convertvector(r | sign, U16x16);
-  std::memcpy(p, &h, sizeof(h));
+  store_u16x16(p, __builtin_convertvector(r | sign, U16x16));
 }
 
 template <class T, class A>

@@ -377,34 +377,39 @@ void forward_nsc(const Problem& p, const T* x, T* y, const A* w, const A* b, A e
     for_row_groups(p, [&](int64_t k) {
       expand_groups(p, k, &shifts[size_t(k * C)], [&](int64_t s) { return stat_shift(p, x, s); });
     });
+    // Block moments per [sample][block][group], each block's from row_block_moments, and a sample's
+    // statistics from its blocks' moments, pairwise in block order: the same arithmetic on every path.
+    std::vector<Moments<A>> um(size_t(K * nb * G));
+    auto block_moments = [&](int64_t k, int64_t blk, RowScratch<A>& sc) {
+      const int64_t r0 = blk * Rb, rows = std::min(Rb, R - r0);
+      row_block_moments(p, x + (k * R + r0) * C, rows, &shifts[size_t(k * C)], sc, &um[size_t((k * nb + blk) * G)]);
+    };
+    auto finish_group = [&](int64_t k, int64_t g) {
+      finish_stat(st, k * G + g,
+                  math::pairwise_moments<A>(nb, [&](int64_t blk) { return um[size_t((k * nb + blk) * G + g)]; }),
+                  shifts[size_t(k * C + g * p.cpg)], eps);
+    };
+    auto finish_sample = [&](int64_t k) {
+      for (int64_t g = 0; g < G; ++g) finish_group(k, g);
+      expand(k);
+    };
+    // Normalizes block a of sample k counted from the last: what the statistics read last is
+    // likeliest to be in cache (a forward walk evicts each line just before it is needed).
+    auto apply_block = [&](int64_t k, int64_t a) {
+      const int64_t e = R - a * Rb;
+      apply_rows(p, x + k * R * C, y + k * R * C, std::max<int64_t>(0, e - Rb), e, &me[size_t(k * C)],
+                 &re[size_t(k * C)], w, b);
+    };
+    const int64_t grain = std::max<int64_t>(1, kTaskElements / (Rb * C));
     const int64_t sample_bytes = R * C * int64_t(sizeof(T));
-    if (p.per_sample && K >= 2 && sample_bytes >= kPipelineMinBytes) {
+    if (y && p.per_sample && K >= 2 && sample_bytes >= kPipelineMinBytes) {
       // Samples past L2: a pipeline, all threads on the normalization of sample k and the statistics
       // of sample k + 1, their blocks alternating, so that DRAM serves reads and writes together
       // (GroupNorm [8,256,64,64] float32: 10% faster than a sample per thread, statistics then
       // normalization; the same arithmetic, so the same values).
-      std::vector<Moments<A>> um(size_t(K * nb * G));  // [sample][block][group]
-      auto stats_block = [&](int64_t k, int64_t blk, RowScratch<A>& sc) {
-        const int64_t r0 = blk * Rb, rows = std::min(Rb, R - r0);
-        row_block_moments(p, x + (k * R + r0) * C, rows, &shifts[size_t(k * C)], sc, &um[size_t((k * nb + blk) * G)]);
-      };
-      auto finish_sample = [&](int64_t k) {
-        for (int64_t g = 0; g < G; ++g)
-          finish_stat(st, k * G + g,
-                      math::pairwise_moments<A>(nb, [&](int64_t blk) { return um[size_t((k * nb + blk) * G + g)]; }),
-                      shifts[size_t(k * C + g * p.cpg)], eps);
-        expand(k);
-      };
-      // Normalizes block a of sample k counted from the last.
-      auto apply_block = [&](int64_t k, int64_t a) {
-        const int64_t e = R - a * Rb;
-        apply_rows(p, x + k * R * C, y + k * R * C, std::max<int64_t>(0, e - Rb), e, &me[size_t(k * C)],
-                   &re[size_t(k * C)], w, b);
-      };
-      const int64_t grain = std::max<int64_t>(1, kTaskElements / (Rb * C));
       parallel_for(nb, grain, [&](int64_t b0, int64_t b1) {
         RowScratch<A> sc(C);
-        for (int64_t blk = b0; blk < b1; ++blk) stats_block(0, blk, sc);
+        for (int64_t blk = b0; blk < b1; ++blk) block_moments(0, blk, sc);
       });
       finish_sample(0);
       for (int64_t k = 0; k < K; ++k) {
@@ -414,51 +419,31 @@ void forward_nsc(const Problem& p, const T* x, T* y, const A* w, const A* b, A e
           for (int64_t u = u0; u < u1; ++u) {
             if (!next) apply_block(k, u);
             else if (u % 2 == 0) apply_block(k, u / 2);
-            else stats_block(k + 1, u / 2, sc);
+            else block_moments(k + 1, u / 2, sc);
           }
         });
         if (next) finish_sample(k + 1);
       }
       return;
     }
-    if (p.per_sample && fuse_stats(sample_bytes, K)) {
+    if (y && p.per_sample && fuse_stats(sample_bytes, K)) {
+      // A sample per task: its statistics, then its normalization while it is in cache.
       parallel_for(K, std::max<int64_t>(1, kTaskElements / (R * C)), [&](int64_t k0, int64_t k1) {
         RowScratch<A> sc(C);
-        std::vector<Moments<A>> bm(static_cast<size_t>(nb * G));  // [block][group]
         for (int64_t k = k0; k < k1; ++k) {
-          const T* xk = x + k * R * C;
-          for (int64_t blk = 0; blk < nb; ++blk) {
-            const int64_t r0 = blk * Rb, rows = std::min(Rb, R - r0);
-            row_block_moments(p, xk + r0 * C, rows, &shifts[size_t(k * C)], sc, &bm[size_t(blk * G)]);
-          }
-          for (int64_t g = 0; g < G; ++g)
-            finish_stat(st, k * G + g, math::pairwise_moments<A>(nb, [&](int64_t blk) { return bm[size_t(blk * G + g)]; }),
-                        shifts[size_t(k * C + g * p.cpg)], eps);
-          expand(k);
-          // Blocks of rows from the last: what the statistics read last is likeliest to be in cache
-          // (a forward walk evicts each line just before it is needed).
-          for (int64_t e = R; e > 0; e -= Rb)
-            apply_rows(p, xk, y + k * R * C, std::max<int64_t>(0, e - Rb), e, &me[size_t(k * C)], &re[size_t(k * C)], w, b);
+          for (int64_t blk = 0; blk < nb; ++blk) block_moments(k, blk, sc);
+          finish_sample(k);
+          for (int64_t a = 0; a < nb; ++a) apply_block(k, a);
         }
       });
       return;
     }
-    const int64_t units = K * nb;
-    std::vector<Moments<A>> um(size_t(units * G));
-    parallel_for(units, std::max<int64_t>(1, kTaskElements / (Rb * C)), [&](int64_t u0, int64_t u1) {
+    parallel_for(K * nb, grain, [&](int64_t u0, int64_t u1) {
       RowScratch<A> sc(C);
-      for (int64_t u = u0; u < u1; ++u) {
-        const int64_t k = u / nb, blk = u % nb;
-        const int64_t r0 = blk * Rb, rows = std::min(Rb, R - r0);
-        row_block_moments(p, x + (k * R + r0) * C, rows, &shifts[size_t(k * C)], sc, &um[size_t(u * G)]);
-      }
+      for (int64_t u = u0; u < u1; ++u) block_moments(u / nb, u % nb, sc);
     });
     parallel_for(p.num_stats, std::max<int64_t>(1, 4096 / nb), [&](int64_t s0, int64_t s1) {
-      for (int64_t s = s0; s < s1; ++s) {
-        const int64_t k = s / G, g = s % G;
-        finish_stat(st, s, math::pairwise_moments<A>(nb, [&](int64_t blk) { return um[size_t((k * nb + blk) * G + g)]; }),
-                    shifts[size_t(k * C + g * p.cpg)], eps);
-      }
+      for (int64_t s = s0; s < s1; ++s) finish_group(s / G, s % G);
     });
   }
   if (!y) return;  // statistics only (SyncBatchNorm's local phase)
