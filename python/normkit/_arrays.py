@@ -9,6 +9,7 @@ arrays (see _DLPackKind.stream).
 
 from __future__ import annotations
 
+import math
 import numbers
 import operator
 import sys
@@ -26,6 +27,8 @@ CACHED_OUTPUT_BYTES = 256 << 10
 _ITEMSIZE = {"float16": 2, "bfloat16": 2, "float32": 4, "float64": 8}
 
 _ACC = {"float16": "float32", "bfloat16": "float32", "float32": "float32", "float64": "float64"}
+# (A dict lookup: numpy's dtype.name builds the string anew, ~2 us, several times per op.)
+_NUMPY_NAMES = {np.dtype(name): name for name in ("float16", "float32", "float64")}
 
 
 _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
@@ -84,15 +87,27 @@ def acc_dtype_name(dtype_name: str) -> str:
 
 
 def _large(shape, dtype_name) -> bool:
-    n = _ITEMSIZE.get(dtype_name, 8)
-    for d in shape:
-        n *= d
-    return n >= CACHED_OUTPUT_BYTES
+    return math.prod(shape) * _ITEMSIZE.get(dtype_name, 8) >= CACHED_OUTPUT_BYTES
+
+
+# torch.Tensor and torch's DLPack export, looked up once torch is imported (to_core runs for every
+# argument of every op; the lookups cost as much as the export). normkit never imports torch itself.
+_TENSOR = _TO_DLPACK = None
+
+
+def _tensor_type():
+    """torch.Tensor, or None while torch is not imported."""
+    global _TENSOR, _TO_DLPACK
+    if _TENSOR is None:
+        torch = sys.modules.get("torch")
+        if torch is not None:
+            _TENSOR, _TO_DLPACK = torch.Tensor, torch._C._to_dlpack
+    return _TENSOR
 
 
 def _is_torch(x) -> bool:
-    torch = sys.modules.get("torch")
-    return torch is not None and isinstance(x, torch.Tensor)
+    tensor = _TENSOR or _tensor_type()
+    return tensor is not None and isinstance(x, tensor)
 
 
 class _NumpyKind:
@@ -106,7 +121,7 @@ class _NumpyKind:
         return a.transpose(order)
 
     def dtype_name(self, x):
-        return x.dtype.name
+        return _NUMPY_NAMES.get(x.dtype) or x.dtype.name
 
     def empty(self, shape, dtype_name, like):
         if _large(shape, dtype_name) and dtype_name != "bfloat16":
@@ -131,6 +146,7 @@ class _TorchKind:
         self.torch = torch
         self.strided = torch.strided
         self.dtypes = {name: getattr(torch, name) for name in _ITEMSIZE}
+        self.names = {dtype: name for name, dtype in self.dtypes.items()}
         # The current stream's handle without building a torch.cuda.Stream object (inductor's own call
         # for it): once per op, where the object cost several microseconds. CUDA builds of torch only.
         self.raw_stream = getattr(torch._C, "_cuda_getCurrentRawStream", None)
@@ -145,7 +161,7 @@ class _TorchKind:
         return a.permute(order)
 
     def dtype_name(self, x):
-        return str(x.dtype).removeprefix("torch.")
+        return self.names.get(x.dtype) or str(x.dtype).removeprefix("torch.")
 
     def empty(self, shape, dtype_name, like):
         # (is_cpu / is_cuda rather than like.device.type: a device object costs more than the checks.)
@@ -153,6 +169,8 @@ class _TorchKind:
             return _core.empty_cached(shape, dtype_name, "torch")
         # (Other dtypes too: the core then raises its TypeError naming the argument.)
         dtype = self.dtypes.get(dtype_name) or getattr(self.torch, dtype_name)
+        if like.is_cpu and shape:
+            return self.torch.empty(*shape, dtype=dtype)  # (torch parses sizes faster than a tuple of them)
         return like.new_empty(shape, dtype=dtype)
 
     def wrap(self, out):
@@ -256,17 +274,16 @@ def to_core(x, arg: str = "x", written: bool = False, required: bool = False):
         if not x.dtype.isnative:
             raise TypeError(f"{arg}: expected an array in the machine's byte order, got dtype {x.dtype.str}")
         return x
-    torch = sys.modules.get("torch")
-    if torch is not None and isinstance(x, torch.Tensor):
+    if _is_torch(x):
         if x.is_neg():  # a lazy negation, which DLPack drops: the values would be read un-negated
             if written:
                 raise ValueError(f"{arg}: expected a tensor without the negative bit (it is updated in place), "
                                  "got one with is_neg() True")
             x = x.resolve_neg()
         try:
-            return torch._C._to_dlpack(x.detach() if x.requires_grad else x)
+            return _TO_DLPACK(x.detach() if x.requires_grad else x)
         except (BufferError, RuntimeError):
-            _check_exportable(torch, x, arg)
+            _check_exportable(sys.modules["torch"], x, arg)
             raise
     if hasattr(x, "__dlpack__"):
         return x
@@ -344,6 +361,9 @@ def empty_in_layout(kind, shape, dtype_name, like, channels_last: bool):
 
 def normalized_shape_tuple(normalized_shape) -> tuple:
     """torch accepts an int or a sequence of ints for normalized_shape."""
+    if type(normalized_shape) is tuple and all(type(s) is int and _INT64_MIN <= s <= _INT64_MAX
+                                               for s in normalized_shape):
+        return normalized_shape  # (the common case, already what the core takes)
     if isinstance(normalized_shape, (int, np.integer)) and not isinstance(normalized_shape, bool):
         return (int_arg(normalized_shape, "normalized_shape"),)
     if isinstance(normalized_shape, (str, bytes)) or not hasattr(normalized_shape, "__iter__"):

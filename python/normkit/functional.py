@@ -134,6 +134,8 @@ def _required(a, arg):
 def _output_mask(mask, n):
     """output_mask as a tuple of n bools; a TypeError or ValueError naming it (not an IndexError, nor
     "False" counting as True)."""
+    if type(mask) is tuple and len(mask) == n and all(type(e) is bool for e in mask):
+        return mask  # (the common case, from the adapters)
     try:
         entries = tuple(mask)
     except TypeError:
