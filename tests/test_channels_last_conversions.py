@@ -1,11 +1,12 @@
-"""The channels-last maps (cpu/channel_map.h) convert float16 and bfloat16 a whole vector at a time,
-with the bit operations of the scalar conversions in normkit/dtype.h. BatchNorm in eval mode with
-mean 0, variance 1 and eps 0 computes y = (x - 0) * 1 * w + 0, exact in float32 for the weights
-below: every value of the type, converted to float and back, must match torch's float32 computation
-rounded to the type bit for bit. w = 1: each value comes back (-0 as +0); w = 0.5: the halved
-subnormals round, ties to even; w = 1.5: the normal values with an odd last mantissa bit land on
-exact ties (ties to even must round them up, away from their odd neighbour), and the largest overflow
-to infinity."""
+"""The channel norms convert float16 and bfloat16 a whole vector at a time: channels last in the maps
+of cpu/channel_map.h, channels first (float16) in map_run, both through cpu/vector_convert.h, with
+the bit operations of normkit/dtype.h or, float16 in the AVX2 and AVX-512 builds, the hardware's
+conversion. BatchNorm in eval mode with mean 0, variance 1 and eps 0 computes
+y = (x - 0) * 1 * w + 0, exact in float32 for the weights below: every value of the type, converted
+to float and back, must match torch's float32 computation rounded to the type bit for bit. w = 1:
+each value comes back (-0 as +0); w = 0.5: the halved subnormals round, ties to even; w = 1.5: the
+normal values with an odd last mantissa bit land on exact ties (ties to even must round them up,
+away from their odd neighbour), and the largest overflow to infinity."""
 
 import normkit.torch.functional as nkF
 import pytest
@@ -14,19 +15,22 @@ import torch
 DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
-def every_value(dtype):
-    """All 65536 bit patterns, as a channels-last [64, 16, 8, 8] tensor in memory order."""
+def every_value(dtype, channels_last):
+    """All 65536 bit patterns, as a [64, 16, 8, 8] tensor in memory order, channels last or first."""
     bits = torch.arange(-32768, 32768, dtype=torch.int32).to(torch.int16)
+    if not channels_last:
+        return bits.view(dtype).reshape(64, 16, 8, 8)
     x = bits.view(dtype).reshape(64, 8, 8, 16)  # N, H, W, C in memory
     return x.permute(0, 3, 1, 2)  # a channels-last view [N, C, H, W]
 
 
+@pytest.mark.parametrize("channels_last", (True, False))
 @pytest.mark.parametrize("w", (1.0, 0.5, 1.5))
 @pytest.mark.parametrize("name", DTYPES)
-def test_every_value_converts_as_the_scalar_rounding(name, w):
+def test_every_value_converts_as_the_scalar_rounding(name, w, channels_last):
     dtype = DTYPES[name]
-    x = every_value(dtype)
-    assert x.is_contiguous(memory_format=torch.channels_last)
+    x = every_value(dtype, channels_last)
+    assert x.is_contiguous(memory_format=torch.channels_last) == channels_last
     c = x.shape[1]
     ones = torch.ones(c)
     y = nkF.batch_norm(x, torch.zeros(c), ones, ones * w, torch.zeros(c), training=False, eps=0.0)

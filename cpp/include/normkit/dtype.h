@@ -57,65 +57,94 @@ template <> struct dtype_of<float> { static constexpr DType value = DType::Float
 template <> struct dtype_of<double> { static constexpr DType value = DType::Float64; };
 
 namespace bits {
-NK_HD float u32_as_float(uint32_t u) {
+// The conversions are written once, on "lanes": one value (uint32_t and float, host and device) or
+// a whole host vector of them (GCC vector types, cpu/channel_map.h, which specialises Lanes). So the
+// CPU's vector loops and every scalar path, CUDA's included, round with the same steps.
+//   Lanes<U>::F           the float type with U's lanes
+//   Lanes<U>::splat(c)    the constant c in every lane
+//   Lanes<U>::as_float(u) / as_uint(f): the same bits as the other type
+template <class U>
+struct Lanes;
+
+template <>
+struct Lanes<uint32_t> {
+  using F = float;
+  static NK_HD uint32_t splat(uint32_t c) { return c; }
+  static NK_HD float as_float(uint32_t u) {
 #if defined(__CUDA_ARCH__)
-  return __uint_as_float(u);
+    return __uint_as_float(u);
 #else
-  float f;
-  std::memcpy(&f, &u, 4);
-  return f;
+    float f;
+    std::memcpy(&f, &u, 4);
+    return f;
 #endif
-}
-NK_HD uint32_t float_as_u32(float f) {
+  }
+  static NK_HD uint32_t as_uint(float f) {
 #if defined(__CUDA_ARCH__)
-  return __float_as_uint(f);
+    return __float_as_uint(f);
 #else
-  uint32_t u;
-  std::memcpy(&u, &f, 4);
-  return u;
+    uint32_t u;
+    std::memcpy(&u, &f, 4);
+    return u;
 #endif
+  }
+};
+
+// IEEE binary16 bits (zero-extended in each lane) -> binary32, exact, branch-free (so the CPU loops
+// vectorize). Subnormals are renormalised by a float subtraction of the implicit bit.
+template <class U>
+NK_HD typename Lanes<U>::F half_bits_to_float(U h) {
+  using L = Lanes<U>;
+  const U sign = (h & 0x8000u) << 16;
+  U o = (h & 0x7fffu) << 13;                   // exponent/mantissa in place
+  const U exp = o & 0x0f800000u;               // the 5 exponent bits, shifted
+  o += (127u - 15u) << 23;                     // rebias
+  o += exp == 0x0f800000u ? L::splat((128u - 16u) << 23) : L::splat(0u);  // inf/nan: all-ones exponent
+  const typename L::F sub = L::as_float(o + (1u << 23)) - L::as_float(L::splat(113u << 23));
+  const U r = exp == 0u ? L::as_uint(sub) : o;  // zero and subnormals
+  return L::as_float(r | sign);
 }
 
-// IEEE binary16 -> binary32, exact, branch-free (so the CPU loops vectorize). Subnormals are
-// renormalised by a float subtraction of the implicit bit.
-NK_HD float half_to_float(uint16_t h) {
-  const uint32_t sign = uint32_t(h & 0x8000u) << 16;
-  const uint32_t em = h & 0x7fffu;
-  uint32_t o = em << 13;                                  // exponent/mantissa in place
-  const uint32_t exp = o & 0x0f800000u;                   // the 5 exponent bits, shifted
-  o += (127u - 15u) << 23;                                // rebias
-  o += (exp == 0x0f800000u) ? ((128u - 16u) << 23) : 0u;  // inf/nan keep an all-ones exponent
-  const float sub = u32_as_float(o + (1u << 23)) - u32_as_float(113u << 23);
-  const uint32_t r = (exp == 0u) ? float_as_u32(sub) : o;  // zero and subnormals
-  return u32_as_float(r | sign);
-}
-
-// binary32 -> binary16, round to nearest even, overflow to inf, NaN stays NaN (quiet).
-NK_HD uint16_t float_to_half(float f) {
-  const uint32_t u = float_as_u32(f);
-  const uint32_t sign = (u >> 16) & 0x8000u;
-  const uint32_t a = u & 0x7fffffffu;
+// binary32 -> binary16 bits (in the low half of each lane), round to nearest even, overflow to inf,
+// NaN stays NaN (quiet).
+template <class U>
+NK_HD U float_to_half_bits(typename Lanes<U>::F f) {
+  using L = Lanes<U>;
+  const U u = L::as_uint(f);
+  const U sign = (u >> 16) & 0x8000u;
+  const U a = u & 0x7fffffffu;
   // Normal range: add the rounding bias and drop 13 mantissa bits.
-  const uint32_t mant_odd = (a >> 13) & 1u;
-  const uint32_t normal = (a + ((15u - 127u) << 23) + 0xfffu + mant_odd) >> 13;
+  const U mant_odd = (a >> 13) & 1u;
+  const U normal = (a + ((15u - 127u) << 23) + 0xfffu + mant_odd) >> 13;
   // Subnormal range: let the FPU align the mantissa by adding 0.5 (denormal magic), which rounds RNE.
-  const float denorm_magic = u32_as_float(((127u - 15u) + (23u - 10u) + 1u) << 23);
-  const uint32_t sub = float_as_u32(u32_as_float(a) + denorm_magic) - float_as_u32(denorm_magic);
-  uint32_t r = (a < (113u << 23)) ? sub : normal;
-  r = (a >= (143u << 23)) ? 0x7c00u : r;               // overflow -> inf
-  r = (a > 0x7f800000u) ? (0x7e00u | ((a >> 13) & 0x1ffu)) : r;  // NaN
-  return uint16_t(r | sign);
+  const U magic = L::splat(((127u - 15u) + (23u - 10u) + 1u) << 23);
+  const U sub = L::as_uint(L::as_float(a) + L::as_float(magic)) - magic;
+  U r = a < (113u << 23) ? sub : normal;
+  r = a >= (143u << 23) ? L::splat(0x7c00u) : r;               // overflow -> inf
+  r = a > 0x7f800000u ? (0x7e00u | ((a >> 13) & 0x1ffu)) : r;  // NaN
+  return r | sign;
 }
 
-NK_HD float bf16_to_float(uint16_t b) { return u32_as_float(uint32_t(b) << 16); }
-
-// Round to nearest even; NaN stays a quiet NaN.
-NK_HD uint16_t float_to_bf16(float f) {
-  const uint32_t u = float_as_u32(f);
-  const uint32_t rounded = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
-  const bool nan = (u & 0x7fffffffu) > 0x7f800000u;
-  return uint16_t(nan ? ((u >> 16) | 0x40u) : rounded);
+// bfloat16 bits (zero-extended in each lane) -> binary32: exact.
+template <class U>
+NK_HD typename Lanes<U>::F bf16_bits_to_float(U b) {
+  return Lanes<U>::as_float(b << 16);
 }
+
+// binary32 -> bfloat16 bits (in the low half of each lane): round to nearest even; NaN stays a
+// quiet NaN.
+template <class U>
+NK_HD U float_to_bf16_bits(typename Lanes<U>::F f) {
+  const U u = Lanes<U>::as_uint(f);
+  const U rounded = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
+  return (u & 0x7fffffffu) > 0x7f800000u ? ((u >> 16) | 0x40u) : rounded;
+}
+
+// One value.
+NK_HD float half_to_float(uint16_t h) { return half_bits_to_float<uint32_t>(h); }
+NK_HD uint16_t float_to_half(float f) { return uint16_t(float_to_half_bits<uint32_t>(f)); }
+NK_HD float bf16_to_float(uint16_t b) { return bf16_bits_to_float<uint32_t>(b); }
+NK_HD uint16_t float_to_bf16(float f) { return uint16_t(float_to_bf16_bits<uint32_t>(f)); }
 }  // namespace bits
 
 // load<A>(storage) and store<T>(acc): the only place where element types change.

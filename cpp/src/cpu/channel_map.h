@@ -20,118 +20,11 @@
 
 #include "cpu/column_sums.h"
 #include "cpu/stream_store.h"
+#include "cpu/vector_convert.h"
 #include "normkit/dtype.h"
 
 // Per-ISA namespace (see lanes.h).
 namespace normkit::cpu::NK_ISA {
-
-// 64 bytes of A (1 zmm, 2 ymm or 4 xmm).
-template <class A>
-struct Vec64 {
-  typedef A type __attribute__((vector_size(64)));
-  static constexpr int64_t kLanes = 64 / int64_t(sizeof(A));
-};
-
-// bfloat16 <-> float on whole vectors, with the bit operations of bits::bf16_to_float and
-// bits::float_to_bf16 (the same values). Element by element through a stack array, GCC converted
-// in 32-byte halves and reloaded them as one 64-byte vector, a store-forwarding stall per vector
-// (channels-last BatchNorm bfloat16 normalized slower than its channels-first twin).
-typedef uint16_t U16x16 __attribute__((vector_size(32)));
-typedef uint32_t U32x16 __attribute__((vector_size(64)));
-typedef float F32x16 __attribute__((vector_size(64)));
-
-// The bits of `from` as a To of the same size (the vector form of bits::u32_as_float and
-// bits::float_as_u32).
-template <class To, class From>
-inline To bits_as(const From& from) {
-  static_assert(sizeof(To) == sizeof(From), "same size");
-  To to;
-  std::memcpy(&to, &from, sizeof(to));
-  return to;
-}
-
-// 16 two-byte values (float16 or bfloat16 bits) from or to memory.
-inline U16x16 load_u16x16(const void* p) {
-  U16x16 h;
-  std::memcpy(&h, p, sizeof(h));
-  return h;
-}
-inline void store_u16x16(void* p, const U16x16& h) { std::memcpy(p, &h, sizeof(h)); }
-
-inline F32x16 bf16_vec_to_float(const bfloat16_t* p) {
-  const U16x16 h = load_u16x16(p);
-  return bits_as<F32x16>(__builtin_convertvector(h, U32x16) << 16);
-}
-
-inline void float_vec_to_bf16(bfloat16_t* p, const F32x16& f) {
-  const U32x16 u = bits_as<U32x16>(f);
-  const U32x16 rounded = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
-  const U32x16 nan = (u >> 16) | 0x40u;
-  const U32x16 r = (u & 0x7fffffffu) > 0x7f800000u ? nan : rounded;
-  store_u16x16(p, __builtin_convertvector(r, U16x16));
-}
-
-// float16 <-> float on whole vectors: bits::half_to_float and bits::float_to_half, step for step on
-// vector types (the same values; element by element, float16 channels-last BatchNorm ran 3x slower
-// than bfloat16).
-inline F32x16 half_vec_to_float(const half_t* p) {
-  const U32x16 h = __builtin_convertvector(load_u16x16(p), U32x16);
-  const U32x16 sign = (h & 0x8000u) << 16;
-  U32x16 o = (h & 0x7fffu) << 13;
-  const U32x16 exp = o & 0x0f800000u;
-  o += (127u - 15u) << 23;
-  o += exp == 0x0f800000u ? U32x16{} + ((128u - 16u) << 23) : U32x16{};
-  const F32x16 sub = bits_as<F32x16>(o + (1u << 23)) - bits_as<F32x16>(U32x16{} + (113u << 23));
-  return bits_as<F32x16>((exp == 0u ? bits_as<U32x16>(sub) : o) | sign);
-}
-
-inline void float_vec_to_half(half_t* p, const F32x16& f) {
-  const U32x16 u = bits_as<U32x16>(f);
-  const U32x16 sign = (u >> 16) & 0x8000u;
-  const U32x16 a = u & 0x7fffffffu;
-  const U32x16 mant_odd = (a >> 13) & 1u;
-  const U32x16 normal = (a + ((15u - 127u) << 23) + 0xfffu + mant_odd) >> 13;
-  const U32x16 magic = U32x16{} + (((127u - 15u) + (23u - 10u) + 1u) << 23);
-  const U32x16 sub = bits_as<U32x16>(bits_as<F32x16>(a) + bits_as<F32x16>(magic)) - magic;
-  U32x16 r = a < (113u << 23) ? sub : normal;
-  r = a >= (143u << 23) ? U32x16{} + 0x7c00u : r;
-  r = a > 0x7f800000u ? (0x7e00u | ((a >> 13) & 0x1ffu)) : r;
-  store_u16x16(p, __builtin_convertvector(r | sign, U16x16));
-}
-
-template <class T, class A>
-inline typename Vec64<A>::type load_vec(const T* p) {
-  typename Vec64<A>::type v;
-  if constexpr (std::is_same_v<T, A>) {
-    std::memcpy(&v, p, sizeof(v));
-  } else if constexpr (std::is_same_v<T, bfloat16_t> && std::is_same_v<A, float>) {
-    v = bf16_vec_to_float(p);
-  } else if constexpr (std::is_same_v<T, half_t> && std::is_same_v<A, float>) {
-    v = half_vec_to_float(p);
-  } else {
-    alignas(64) A t[Vec64<A>::kLanes];
-#pragma omp simd
-    for (int64_t j = 0; j < Vec64<A>::kLanes; ++j) t[j] = load<A>(p[j]);
-    std::memcpy(&v, t, sizeof(v));
-  }
-  return v;
-}
-
-template <class T, class A>
-inline void store_vec(T* p, const typename Vec64<A>::type& v) {
-  if constexpr (std::is_same_v<T, A>) {
-    std::memcpy(p, &v, sizeof(v));
-  } else if constexpr (std::is_same_v<T, bfloat16_t> && std::is_same_v<A, float>) {
-    float_vec_to_bf16(p, v);
-  } else if constexpr (std::is_same_v<T, half_t> && std::is_same_v<A, float>) {
-    float_vec_to_half(p, v);
-  } else {
-    alignas(64) A t[Vec64<A>::kLanes];
-    std::memcpy(t, &v, sizeof(v));
-#pragma omp simd
-    for (int64_t j = 0; j < Vec64<A>::kLanes; ++j) p[j] = store<T>(t[j]);
-  }
-}
 
 // Tiles of kVecs vectors from channel c0 on, while whole ones fit in C, over `rows` rows: out row r =
 // fn(the inputs' row r, the operands). Returns the first channel past the tiles.

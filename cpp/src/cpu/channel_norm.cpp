@@ -185,8 +185,22 @@ struct RowScratch {
   explicit RowScratch(int64_t C) : a(size_t(C)), b(size_t(C)), c(size_t(C)) {}
 };
 
-// Moments of x - shift of each of the G groups over `rows` rows of C channels starting at x, with
-// sh[c] the shift of channel c's group.
+// A block of n values in rows of C channels about to be walked column tile by column tile: float16
+// widened into this thread's float scratch `slot` (exact: the same sums; the widening reads it in
+// address order), other types read in address order first where the walk is strided (touch_block).
+// Returns what the walk reads.
+template <class A, class T>
+auto column_block(const T* x, int64_t n, int64_t C, int slot) {
+  if constexpr (is_hardware_half<T>) {
+    return widen_to_scratch(x, n, slot);
+  } else {
+    if (walks_strided(C, kWidestColumnTile<A>)) touch_block(x, n * int64_t(sizeof(T)));
+    return x;
+  }
+}
+
+// Moments of x - shift of each of the G groups over `rows` rows of C channels starting at x (as
+// column_block gives the block), with sh[c] the shift of channel c's group.
 template <class T, class A>
 NK_SHARED_REDUCTION void row_block_moments(const Problem& p, const T* x, int64_t rows, const A* sh, RowScratch<A>& sc,
                                            Moments<A>* out) {
@@ -194,7 +208,6 @@ NK_SHARED_REDUCTION void row_block_moments(const Problem& p, const T* x, int64_t
   A* acc = sc.a.data();
   A* mref = sc.b.data();
   A* sq = sc.c.data();
-  if (walks_strided(C, kWidestColumnTile<A>)) touch_block(x, rows * C * int64_t(sizeof(T)));
   // One pass: per-channel sums of d = x - shift and d^2, kept for each group while as accurate as
   // two passes (the criterion of shifted_block_moments).
   column_sum2(C, rows, acc, sq, [&](int64_t r, int64_t c, A& d, A& d_again) {
@@ -266,7 +279,14 @@ void finish_stat(Stats<A>& st, int64_t s, Moments<A> m, A shift, A eps) {
 // y = row_norm_apply(x) over n contiguous values that share one channel.
 template <class T, class A>
 void apply_run(const T* x, T* y, int64_t n, A mean, A rstd, A w, A b, bool stream) {
-  write_run(y, n, stream, [&](int64_t i) { return store<T>(math::row_norm_apply(load<A>(x[i]), mean, rstd, w, b)); });
+  if constexpr (is_hardware_half<T>) {  // (whole vectors: vector_convert.h)
+    const T* in[1] = {x};
+    const A par[4] = {mean, rstd, w, b};
+    map_run(n, in, y, par, stream,
+            [](const auto* v, const auto* q) { return math::row_norm_apply(v[0], q[0], q[1], q[2], q[3]); });
+  } else {
+    write_run(y, n, stream, [&](int64_t i) { return store<T>(math::row_norm_apply(load<A>(x[i]), mean, rstd, w, b)); });
+  }
 }
 
 // Channels first: statistic s covers the segments (n, g) for n in [n0, n1).
@@ -382,7 +402,8 @@ void forward_nsc(const Problem& p, const T* x, T* y, const A* w, const A* b, A e
     std::vector<Moments<A>> um(size_t(K * nb * G));
     auto block_moments = [&](int64_t k, int64_t blk, RowScratch<A>& sc) {
       const int64_t r0 = blk * Rb, rows = std::min(Rb, R - r0);
-      row_block_moments(p, x + (k * R + r0) * C, rows, &shifts[size_t(k * C)], sc, &um[size_t((k * nb + blk) * G)]);
+      row_block_moments(p, column_block<A>(x + (k * R + r0) * C, rows * C, C, 0), rows, &shifts[size_t(k * C)], sc,
+                        &um[size_t((k * nb + blk) * G)]);
     };
     auto finish_group = [&](int64_t k, int64_t g) {
       finish_stat(st, k * G + g,
@@ -559,6 +580,22 @@ void all_stat_coefficients(const Problem& p, const A* sum_dy, const A* sum_dyx, 
 template <class T, class A>
 void dx_run(const T* dy, const T* x, T* dx, int64_t n, A mean, A rstd, A w, A mg, A mgx, bool batch_stats,
             bool stream) {
+  if constexpr (is_hardware_half<T>) {  // (whole vectors: vector_convert.h)
+    const T* in[2] = {dy, x};
+    if (batch_stats) {
+      const A par[5] = {w, mean, rstd, mg, mgx};
+      map_run(n, in, dx, par, stream, [](const auto* v, const auto* q) {
+        return math::row_norm_dx(v[0] * q[0], (v[1] - q[1]) * q[2], q[2], q[3], q[4]);
+      });
+    } else {
+      const A par[2] = {w, rstd};
+      map_run(n, in, dx, par, stream, [](const auto* v, const auto* q) {
+        const std::remove_cv_t<std::remove_reference_t<decltype(v[0])>> zero{};
+        return math::row_norm_dx(v[0] * q[0], zero, q[1], zero, zero);
+      });
+    }
+    return;
+  }
   if (batch_stats) {
     write_run(dx, n, stream, [&](int64_t i) {
       return store<T>(math::row_norm_dx(load<A>(dy[i]) * w, (load<A>(x[i]) - mean) * rstd, rstd, mg, mgx));
@@ -572,6 +609,14 @@ void dx_run(const T* dy, const T* x, T* dx, int64_t n, A mean, A rstd, A w, A mg
 // Sums of dy and dy * xhat over n contiguous values.
 template <class T, class A>
 NK_SHARED_REDUCTION std::pair<A, A> run_sums(const T* dy, const T* x, int64_t n, A mean, A rstd) {
+  if constexpr (is_hardware_half<T>) {
+    // Each block of the sums widened into float buffers first (exact: the same terms).
+    WidenedBlocks<2> w(dy, x);
+    return lane_sum2_staged<A>(n, w, [&](int64_t i, A& d, A& dx) {
+      d = w.at(0, i);
+      dx = d * ((w.at(1, i) - mean) * rstd);
+    });
+  }
   return lane_sum2<A>(n, [&](int64_t i, A& d, A& dx) {
     d = load<A>(dy[i]);
     dx = d * ((load<A>(x[i]) - mean) * rstd);
@@ -672,12 +717,8 @@ void backward_nsc(const Problem& p, const ChannelNormBackwardArgs& a, const Back
   auto block_sums = [&](int64_t k, int64_t r0, int64_t rows, A* sd, A* sdx) NK_SHARED_REDUCTION {
     const A* mk = &me[size_t(k * C)];
     const A* rk = &re[size_t(k * C)];
-    const T* dyb = dy + (k * R + r0) * C;
-    const T* xb = x + (k * R + r0) * C;
-    if (walks_strided(C, kWidestColumnTile<A>)) {
-      touch_block(dyb, rows * C * int64_t(sizeof(T)));
-      touch_block(xb, rows * C * int64_t(sizeof(T)));
-    }
+    const auto* dyb = column_block<A>(dy + (k * R + r0) * C, rows * C, C, 0);
+    const auto* xb = column_block<A>(x + (k * R + r0) * C, rows * C, C, 1);
     column_sum2(C, rows, sd, sdx, [&](int64_t r, int64_t c, A& d, A& xhat) {
       d = load<A>(dyb[r * C + c]);
       xhat = (load<A>(xb[r * C + c]) - mk[c]) * rk[c];

@@ -80,19 +80,29 @@ NK_CPU_INLINE std::pair<A, A> lane_block_sum2(int64_t b, int64_t e, F& f) {
 // sum of squares over a row of 2^22 values came out 70 times torch's error.
 constexpr int64_t kLaneBlock = 4096;
 
-template <class A, int L, class F>
-NK_CPU_INLINE A lane_sum_over(int64_t n, F&& f) {
-  if (n <= kLaneBlock) return lane_block_sum<A, L>(0, n, f);
+template <class A, int L, class Stage, class F>
+NK_CPU_INLINE A lane_sum_over(int64_t n, Stage& stage, F&& f) {
+  if (n <= kLaneBlock) {
+    stage(int64_t(0), n);
+    return lane_block_sum<A, L>(0, n, f);
+  }
   math::PairwiseSum<A> p;
-  for (int64_t b = 0; b < n; b += kLaneBlock) p.add(lane_block_sum<A, L>(b, std::min(n, b + kLaneBlock), f));
+  for (int64_t b = 0; b < n; b += kLaneBlock) {
+    stage(b, std::min(n, b + kLaneBlock));
+    p.add(lane_block_sum<A, L>(b, std::min(n, b + kLaneBlock), f));
+  }
   return p.result();
 }
 
-template <class A, int L, class F>
-NK_CPU_INLINE std::pair<A, A> lane_sum2_over(int64_t n, F&& f) {
-  if (n <= kLaneBlock) return lane_block_sum2<A, L>(0, n, f);
+template <class A, int L, class Stage, class F>
+NK_CPU_INLINE std::pair<A, A> lane_sum2_over(int64_t n, Stage& stage, F&& f) {
+  if (n <= kLaneBlock) {
+    stage(int64_t(0), n);
+    return lane_block_sum2<A, L>(0, n, f);
+  }
   math::PairwiseSum<A> p0, p1;
   for (int64_t b = 0; b < n; b += kLaneBlock) {
+    stage(b, std::min(n, b + kLaneBlock));
     const std::pair<A, A> s = lane_block_sum2<A, L>(b, std::min(n, b + kLaneBlock), f);
     p0.add(s.first);
     p1.add(s.second);
@@ -106,15 +116,33 @@ NK_CPU_INLINE std::pair<A, A> lane_sum2_over(int64_t n, F&& f) {
 // alone, so results still never depend on the thread count.
 template <class A, class F>
 NK_CPU_INLINE A lane_sum(int64_t n, F&& f) {
+  auto no_stage = [](int64_t, int64_t) {};
   constexpr int L = kLanes<A>;
-  return n >= 4 * L ? lane_sum_over<A, L>(n, f) : lane_sum_over<A, L / 4>(n, f);
+  return n >= 4 * L ? lane_sum_over<A, L>(n, no_stage, f) : lane_sum_over<A, L / 4>(n, no_stage, f);
+}
+
+// lane_sum with stage(b, e) called before the terms of each block [b, e) (see lane_sum2_staged).
+template <class A, class Stage, class F>
+NK_CPU_INLINE A lane_sum_staged(int64_t n, Stage&& stage, F&& f) {
+  constexpr int L = kLanes<A>;
+  return n >= 4 * L ? lane_sum_over<A, L>(n, stage, f) : lane_sum_over<A, L / 4>(n, stage, f);
 }
 
 // Two sums in one pass: f(i, &a, &b) returns its two terms through a and b.
 template <class A, class F>
 NK_CPU_INLINE std::pair<A, A> lane_sum2(int64_t n, F&& f) {
+  auto no_stage = [](int64_t, int64_t) {};
   constexpr int L = kLanes<A>;
-  return n >= 4 * L ? lane_sum2_over<A, L>(n, f) : lane_sum2_over<A, L / 4>(n, f);
+  return n >= 4 * L ? lane_sum2_over<A, L>(n, no_stage, f) : lane_sum2_over<A, L / 4>(n, no_stage, f);
+}
+
+// lane_sum2 with stage(b, e) called before the terms i in [b, e) of each block are taken: a caller
+// converts the block's inputs into a cache-resident buffer there (float16 through the hardware,
+// vector_convert.h) for f to read. The same blocks and lanes, so the same sums.
+template <class A, class Stage, class F>
+NK_CPU_INLINE std::pair<A, A> lane_sum2_staged(int64_t n, Stage&& stage, F&& f) {
+  constexpr int L = kLanes<A>;
+  return n >= 4 * L ? lane_sum2_over<A, L>(n, stage, f) : lane_sum2_over<A, L / 4>(n, stage, f);
 }
 
 }  // namespace normkit::cpu::NK_ISA

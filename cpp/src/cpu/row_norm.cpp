@@ -12,6 +12,7 @@
 #include "cpu/prefetch_ahead.h"
 #include "cpu/shifted_moments.h"
 #include "cpu/stream_store.h"
+#include "cpu/vector_convert.h"
 #include "normkit/math.h"
 #include "normkit/pairwise.h"
 #include "normkit/parallel.h"
@@ -67,6 +68,13 @@ void forward(const RowNormForwardArgs& a) {
       const math::Moments<A> m = row_moments(x, n);
       mean = m.mean;
       var = math::biased_var(m);
+    } else if constexpr (is_hardware_half<T>) {
+      // float16: each block widened into float first (exact: the same terms)
+      WidenedBlocks<1> wx(x);
+      var = lane_sum_staged<A>(n, wx, [&](int64_t i) {
+        const A v = wx.at(0, i);
+        return v * v;
+      }) / A(n);
     } else {
       var = lane_sum<A>(n, [&](int64_t i) {
         const A v = load<A>(x[i]);
@@ -79,8 +87,12 @@ void forward(const RowNormForwardArgs& a) {
     return std::pair<A, A>{mean, rstd};
   };
   auto apply = [&](const T* x, T* y, int64_t i0, int64_t i1, A mean, A rstd) {
-#pragma omp simd
-    for (int64_t i = i0; i < i1; ++i) y[i] = store<T>(math::row_norm_apply(load<A>(x[i]), mean, rstd, wp[i], bp[i]));
+    for_elements<T, A>(i1 - i0, [&](int64_t j, auto lanes) {
+      constexpr int64_t K = decltype(lanes)::value;
+      const int64_t i = i0 + j;
+      put<A, K>(y + i, math::row_norm_apply(get<A, K>(x + i), splat<A, K>(mean), splat<A, K>(rstd), get<A, K>(wp + i),
+                                            get<A, K>(bp + i)));
+    });
   };
   parallel_for(a.rows, std::max<int64_t>(1, kTaskElements / std::max<int64_t>(n, 1)),
                [&](int64_t r0, int64_t r1) {
@@ -158,7 +170,18 @@ void backward(const RowNormBackwardArgs& a) {
     const T* x = o.x;
     const T* dy = o.dy;
     A sum_g = 0, sum_gx = 0;
-    if (a.center) {
+    if constexpr (is_hardware_half<T>) {
+      // float16: each block of dy and x widened into float first (exact: the same terms)
+      WidenedBlocks<2> w(dy, x);
+      if (a.center) {
+        std::tie(sum_g, sum_gx) = lane_sum2_staged<A>(n, w, [&](int64_t i, A& g, A& gx) {
+          g = w.at(0, i) * wp[i];
+          gx = g * ((w.at(1, i) - o.mean) * o.rs);
+        });
+      } else {
+        sum_gx = lane_sum_staged<A>(n, w, [&](int64_t i) { return w.at(0, i) * wp[i] * (w.at(1, i) * o.rs); });
+      }
+    } else if (a.center) {
       std::tie(sum_g, sum_gx) = lane_sum2<A>(n, [&](int64_t i, A& g, A& gx) {
         g = load<A>(dy[i]) * wp[i];
         gx = g * ((load<A>(x[i]) - o.mean) * o.rs);
@@ -182,23 +205,27 @@ void backward(const RowNormBackwardArgs& a) {
     const T* next[4] = {x0, dy0, x1, dy1};
     auto body = [&](auto with_bias) {
       segments_with_prefetch(n, next, [&](int64_t i0, int64_t i1) {
-#pragma omp simd
-        for (int64_t i = i0; i < i1; ++i) {
-          const A gu = load<A>(u.dy[i]), xu = (load<A>(u.x[i]) - u.mean) * u.rs;
-          const A gv = load<A>(v.dy[i]), xv = (load<A>(v.x[i]) - v.mean) * v.rs;
-          dxu[i] = store<T>(math::row_norm_dx(gu * wp[i], xu, u.rs, u.mean_g, u.mean_gx));
-          dxv[i] = store<T>(math::row_norm_dx(gv * wp[i], xv, v.rs, v.mean_g, v.mean_gx));
-          A sw = pw[i];
+        for_elements<T, A>(i1 - i0, [&](int64_t j, auto lanes) {
+          constexpr int64_t K = decltype(lanes)::value;
+          const int64_t i = i0 + j;
+          const auto w = get<A, K>(wp + i);
+          const auto gu = get<A, K>(u.dy + i), xu = (get<A, K>(u.x + i) - splat<A, K>(u.mean)) * splat<A, K>(u.rs);
+          const auto gv = get<A, K>(v.dy + i), xv = (get<A, K>(v.x + i) - splat<A, K>(v.mean)) * splat<A, K>(v.rs);
+          put<A, K>(dxu + i, math::row_norm_dx(gu * w, xu, splat<A, K>(u.rs), splat<A, K>(u.mean_g),
+                                               splat<A, K>(u.mean_gx)));
+          put<A, K>(dxv + i, math::row_norm_dx(gv * w, xv, splat<A, K>(v.rs), splat<A, K>(v.mean_g),
+                                               splat<A, K>(v.mean_gx)));
+          auto sw = get<A, K>(pw + i);
           sw += gu * xu;
           sw += gv * xv;
-          pw[i] = sw;
+          put<A, K>(pw + i, sw);
           if constexpr (decltype(with_bias)::value) {
-            A sb = pb[i];
+            auto sb = get<A, K>(pb + i);
             sb += gu;
             sb += gv;
-            pb[i] = sb;
+            put<A, K>(pb + i, sb);
           }
-        }
+        });
       });
     };
     if (pb) {
@@ -235,13 +262,15 @@ void backward(const RowNormBackwardArgs& a) {
           const T* next[2] = {x_next, dy_next};
           auto with_partials = [&](auto with_bias) {
             segments_with_prefetch(n, next, [&](int64_t i0, int64_t i1) {
-#pragma omp simd
-              for (int64_t i = i0; i < i1; ++i) {
-                const A d = load<A>(dy[i]), xh = (load<A>(x[i]) - mean) * rs;
-                dx[i] = store<T>(math::row_norm_dx(d * wp[i], xh, rs, mean_g, mean_gx));
-                pw[i] += d * xh;
-                if constexpr (decltype(with_bias)::value) pb[i] += d;
-              }
+              for_elements<T, A>(i1 - i0, [&](int64_t j, auto lanes) {
+                constexpr int64_t K = decltype(lanes)::value;
+                const int64_t i = i0 + j;
+                const auto d = get<A, K>(dy + i), xh = (get<A, K>(x + i) - splat<A, K>(mean)) * splat<A, K>(rs);
+                put<A, K>(dx + i, math::row_norm_dx(d * get<A, K>(wp + i), xh, splat<A, K>(rs), splat<A, K>(mean_g),
+                                                    splat<A, K>(mean_gx)));
+                put<A, K>(pw + i, get<A, K>(pw + i) + d * xh);
+                if constexpr (decltype(with_bias)::value) put<A, K>(pb + i, get<A, K>(pb + i) + d);
+              });
             });
           };
           if (pw && pb) {
@@ -250,11 +279,13 @@ void backward(const RowNormBackwardArgs& a) {
             with_partials(std::false_type{});
           } else {
             segments_with_prefetch(n, next, [&](int64_t i0, int64_t i1) {
-#pragma omp simd
-              for (int64_t i = i0; i < i1; ++i) {
-                const A xh = (load<A>(x[i]) - mean) * rs;
-                dx[i] = store<T>(math::row_norm_dx(load<A>(dy[i]) * wp[i], xh, rs, mean_g, mean_gx));
-              }
+              for_elements<T, A>(i1 - i0, [&](int64_t j, auto lanes) {
+                constexpr int64_t K = decltype(lanes)::value;
+                const int64_t i = i0 + j;
+                const auto xh = (get<A, K>(x + i) - splat<A, K>(mean)) * splat<A, K>(rs);
+                put<A, K>(dx + i, math::row_norm_dx(get<A, K>(dy + i) * get<A, K>(wp + i), xh, splat<A, K>(rs),
+                                                    splat<A, K>(mean_g), splat<A, K>(mean_gx)));
+              });
             });
           }
           if (streaming) stream_copy(dx_out, dx, size_t(n) * sizeof(T));

@@ -7,6 +7,7 @@
 
 #include "cpu/kernels.h"
 #include "cpu/lanes.h"
+#include "cpu/vector_convert.h"
 #include "normkit/math.h"
 
 // Per-ISA namespace (see lanes.h).
@@ -59,9 +60,20 @@ constexpr int64_t kStatBlock = 4096;
 // error). A single block is its own result, without the merge's bookkeeping.
 template <class T, class A>
 NK_CPU_INLINE math::Moments<A> shifted_moments(const T* x, int64_t n, A shift) {
-  if (n <= kStatBlock) return shifted_block_moments(x, n, shift);
+  // float16 with hardware conversion: each block widened into a float buffer first (exact, so the
+  // same moments), as its one or two passes would convert every value again in software.
+  alignas(64) float wide[is_hardware_half<T> ? kStatBlock : 1];
+  auto block = [&](const T* xb, int64_t len) {
+    if constexpr (is_hardware_half<T>) {
+      widen_run(xb, wide, len);
+      return shifted_block_moments(static_cast<const float*>(wide), len, shift);
+    } else {
+      return shifted_block_moments(xb, len, shift);
+    }
+  };
+  if (n <= kStatBlock) return block(x, n);
   math::PairwiseMoments<A> m;
-  for (int64_t s = 0; s < n; s += kStatBlock) m.add(shifted_block_moments(x + s, std::min(kStatBlock, n - s), shift));
+  for (int64_t s = 0; s < n; s += kStatBlock) m.add(block(x + s, std::min(kStatBlock, n - s)));
   return m.result();
 }
 

@@ -1,0 +1,289 @@
+// Element conversions a whole 64-byte vector at a time, for the loops whose per-element
+// conversion the compiler does not vectorize well (float16: GCC 12 converts it value by value with
+// bit operations): load_vec/store_vec (float16 and bfloat16 <-> float, F16C where the build has it),
+// explicit vector loops (vector_loop and for_elements with get/put/splat), map_run over contiguous
+// runs, and widen_run (float16 -> float into a buffer that reductions then read).
+#pragma once
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+#include <type_traits>
+#include <utility>
+#include <vector>
+
+#include "cpu/lanes.h"
+#include "cpu/stream_store.h"
+#include "normkit/dtype.h"
+
+#if defined(__F16C__)
+#include <immintrin.h>
+#endif
+
+// Per-ISA namespace (see lanes.h).
+namespace normkit::cpu::NK_ISA {
+
+// 64 bytes of A (1 zmm, 2 ymm or 4 xmm).
+template <class A>
+struct Vec64 {
+  typedef A type __attribute__((vector_size(64)));
+  static constexpr int64_t kLanes = 64 / int64_t(sizeof(A));
+};
+
+// float16 and bfloat16 <-> float on whole vectors of 16, by the conversions of normkit/dtype.h
+// (bits::Lanes specialised below: the same steps, so the same values as the scalar ones).
+// Element by element through a stack array, GCC converted in 32-byte halves and reloaded them as
+// one 64-byte vector, a store-forwarding stall per vector (channels-last BatchNorm bfloat16
+// normalized slower than its channels-first twin, float16 3x slower than bfloat16).
+typedef uint16_t U16x16 __attribute__((vector_size(32)));
+typedef uint32_t U32x16 __attribute__((vector_size(64)));
+typedef float F32x16 __attribute__((vector_size(64)));
+
+// 16 two-byte values (float16 or bfloat16 bits) from or to memory, one per 32-bit lane.
+inline U32x16 load_u16x16(const void* p) {
+  U16x16 h;
+  std::memcpy(&h, p, sizeof(h));
+  return __builtin_convertvector(h, U32x16);
+}
+inline void store_u16x16(void* p, const U32x16& lanes) {
+  const U16x16 h = __builtin_convertvector(lanes, U16x16);
+  std::memcpy(p, &h, sizeof(h));
+}
+
+}  // namespace normkit::cpu::NK_ISA
+
+template <>
+struct normkit::bits::Lanes<normkit::cpu::NK_ISA::U32x16> {
+  using U = normkit::cpu::NK_ISA::U32x16;
+  using F = normkit::cpu::NK_ISA::F32x16;
+  // (Always inlined, as NK_HD: the kernels of every instruction set specialise this same type.)
+  static NK_HD U splat(uint32_t c) { return U{} + c; }
+  static NK_HD F as_float(const U& u) {
+    F f;
+    std::memcpy(&f, &u, sizeof(f));
+    return f;
+  }
+  static NK_HD U as_uint(const F& f) {
+    U u;
+    std::memcpy(&u, &f, sizeof(u));
+    return u;
+  }
+};
+
+namespace normkit::cpu::NK_ISA {
+
+// Whether float16 converts by the hardware in this build, and whether T is float16 converted so:
+// then the kernels take whole-vector loops and widen values into float buffers for their
+// reductions, which costs less than converting them one by one.
+constexpr bool kHardwareHalf =
+#if defined(__F16C__)
+    true;
+#else
+    false;
+#endif
+template <class T>
+constexpr bool is_hardware_half = std::is_same_v<T, half_t> && kHardwareHalf;
+
+#if defined(__F16C__)
+// float16 <-> float by the hardware where the kernels are built with F16C (the AVX2 and AVX-512
+// builds): one instruction per vector where the bit operations take about fifteen. The same values
+// as bits::half_bits_to_float and float_to_half_bits on every input (compared on all 2^16 halves
+// and all 2^32 floats), except that a signaling NaN comes in quieted, as the arithmetic after every
+// load would make it anyway. float16 BatchNorm normalized 2.5x slower than bfloat16 without it.
+inline void hardware_half_to_float(const half_t* p, F32x16& v) {
+#if defined(__AVX512F__)
+  const __m512 f = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+  std::memcpy(&v, &f, sizeof(v));
+#else
+  const __m256 lo = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+  const __m256 hi = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p + 8)));
+  std::memcpy(&v, &lo, sizeof(lo));
+  std::memcpy(reinterpret_cast<char*>(&v) + sizeof(lo), &hi, sizeof(hi));
+#endif
+}
+
+inline void hardware_float_to_half(half_t* p, const F32x16& v) {
+  constexpr int kNearestEven = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC;
+#if defined(__AVX512F__)
+  __m512 f;
+  std::memcpy(&f, &v, sizeof(f));
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), _mm512_cvtps_ph(f, kNearestEven));
+#else
+  __m256 lo, hi;
+  std::memcpy(&lo, &v, sizeof(lo));
+  std::memcpy(&hi, reinterpret_cast<const char*>(&v) + sizeof(lo), sizeof(hi));
+  _mm_storeu_si128(reinterpret_cast<__m128i*>(p), _mm256_cvtps_ph(lo, kNearestEven));
+  _mm_storeu_si128(reinterpret_cast<__m128i*>(p + 8), _mm256_cvtps_ph(hi, kNearestEven));
+#endif
+}
+#endif
+
+template <class T, class A>
+inline typename Vec64<A>::type load_vec(const T* p) {
+  typename Vec64<A>::type v;
+  if constexpr (std::is_same_v<T, A>) {
+    std::memcpy(&v, p, sizeof(v));
+  } else if constexpr (std::is_same_v<T, bfloat16_t> && std::is_same_v<A, float>) {
+    v = bits::bf16_bits_to_float(load_u16x16(p));
+  } else if constexpr (std::is_same_v<T, half_t> && std::is_same_v<A, float>) {
+#if defined(__F16C__)
+    hardware_half_to_float(p, v);
+#else
+    v = bits::half_bits_to_float(load_u16x16(p));
+#endif
+  } else {
+    alignas(64) A t[Vec64<A>::kLanes];
+#pragma omp simd
+    for (int64_t j = 0; j < Vec64<A>::kLanes; ++j) t[j] = load<A>(p[j]);
+    std::memcpy(&v, t, sizeof(v));
+  }
+  return v;
+}
+
+template <class T, class A>
+inline void store_vec(T* p, const typename Vec64<A>::type& v) {
+  if constexpr (std::is_same_v<T, A>) {
+    std::memcpy(p, &v, sizeof(v));
+  } else if constexpr (std::is_same_v<T, bfloat16_t> && std::is_same_v<A, float>) {
+    store_u16x16(p, bits::float_to_bf16_bits<U32x16>(v));
+  } else if constexpr (std::is_same_v<T, half_t> && std::is_same_v<A, float>) {
+#if defined(__F16C__)
+    hardware_float_to_half(p, v);
+#else
+    store_u16x16(p, bits::float_to_half_bits<U32x16>(v));
+#endif
+  } else {
+    alignas(64) A t[Vec64<A>::kLanes];
+    std::memcpy(t, &v, sizeof(v));
+#pragma omp simd
+    for (int64_t j = 0; j < Vec64<A>::kLanes; ++j) p[j] = store<T>(t[j]);
+  }
+}
+
+// `value` in every lane of a 64-byte vector of A (the vector form of a per-run operand). (An
+// initialiser list compiles to one broadcast; a loop over the lanes compiled to one insert per lane.)
+template <class A, size_t... Lane>
+inline typename Vec64<A>::type broadcast_lanes(A value, std::index_sequence<Lane...>) {
+  return typename Vec64<A>::type{(void(Lane), value)...};
+}
+template <class A>
+inline typename Vec64<A>::type broadcast(A value) {
+  return broadcast_lanes(value, std::make_index_sequence<size_t(Vec64<A>::kLanes)>{});
+}
+
+// Explicit vector loops: vector_loop<A>(n, body) calls body(i, lanes) for i in [0, n), a whole
+// 64-byte vector of A at a time (lanes = Vec64<A>::kLanes) and then value by value (lanes = 1).
+// The body reads and writes through get/put/splat<A, lanes>, which are load_vec/store_vec/broadcast
+// on vectors and load/store on single values, so one body serves both.
+template <class A, class Body>
+inline void vector_loop(int64_t n, Body&& body) {
+  constexpr int64_t L = Vec64<A>::kLanes;
+  int64_t i = 0;
+  for (; i + L <= n; i += L) body(i, std::integral_constant<int64_t, L>{});
+  for (; i < n; ++i) body(i, std::integral_constant<int64_t, 1>{});
+}
+
+template <class A, int64_t Lanes, class T>
+inline auto get(const T* p) {
+  if constexpr (Lanes == 1) {
+    return load<A>(*p);
+  } else {
+    return load_vec<T, A>(p);
+  }
+}
+
+template <class A, int64_t Lanes, class T, class X>
+inline void put(T* p, const X& v) {
+  if constexpr (Lanes == 1) {
+    *p = store<T>(v);
+  } else {
+    store_vec<T, A>(p, v);
+  }
+}
+
+template <class A, int64_t Lanes>
+inline auto splat(A value) {
+  if constexpr (Lanes == 1) {
+    return value;
+  } else {
+    return broadcast(value);
+  }
+}
+
+// body(i, lanes) for i in [0, n), for loops over element type T: whole vectors (vector_loop) where T
+// is float16 converted by the hardware, whose conversions the compiler does not vectorize; else one
+// value at a time (lanes = 1) in a loop the compiler vectorizes itself, as it does well for the
+// other types. So a loop body is written once, with get/put/splat, for every element type.
+template <class T, class A, class Body>
+inline void for_elements(int64_t n, Body&& body) {
+  if constexpr (is_hardware_half<T>) {
+    vector_loop<A>(n, body);
+  } else {
+#pragma omp simd
+    for (int64_t i = 0; i < n; ++i) body(i, std::integral_constant<int64_t, 1>{});
+  }
+}
+
+// out[i] = store(fn(the inputs' value i, the operands)) for i in [0, n) of contiguous runs that
+// share P scalar operands; fn(a, q) takes arrays of I input values and P operands, vectors or
+// scalars (as map_rows' fn). When `stream`, through a cache-resident stage (write_run).
+template <int I, int P, class T, class A, class Fn>
+inline void map_run(int64_t n, const T* const (&in)[I], T* out, const A (&par)[P], bool stream, Fn&& fn) {
+  auto run = [&](int64_t i0, int64_t len, T* dst) {
+    vector_loop<A>(len, [&](int64_t i, auto lanes) {
+      constexpr int64_t K = decltype(lanes)::value;
+      decltype(splat<A, K>(A())) a[I], q[P];
+      for (int k = 0; k < I; ++k) a[k] = get<A, K>(in[k] + i0 + i);
+      for (int p = 0; p < P; ++p) q[p] = splat<A, K>(par[p]);
+      put<A, K>(dst + i, fn(a, q));
+    });
+  };
+  if (!stream) {
+    run(0, n, out);
+    return;
+  }
+  constexpr int64_t kStage = kStageElements<T>;
+  alignas(64) T stage[kStage];
+  for (int64_t i0 = 0; i0 < n; i0 += kStage) {
+    const int64_t len = std::min(kStage, n - i0);
+    run(i0, len, stage);
+    stream_copy(out + i0, stage, size_t(len) * sizeof(T));
+  }
+}
+
+// out[i] = float(x[i]) for i in [0, n): exact, so sums over out are those over x.
+inline void widen_run(const half_t* x, float* out, int64_t n) {
+  vector_loop<float>(n, [&](int64_t i, auto lanes) {
+    constexpr int64_t K = decltype(lanes)::value;
+    put<float, K>(out + i, get<float, K>(x + i));
+  });
+}
+
+// K float16 inputs widened a lane block at a time for lane_sum_staged / lane_sum2_staged: as the
+// stage, it fills its buffers with values [b, e) of each input; at(k, i) is input k's value i of
+// the current block.
+template <int K>
+struct WidenedBlocks {
+  const half_t* src[K];
+  alignas(64) float buf[K][kLaneBlock];  // (left uninitialised: no aggregate initialisation)
+  int64_t base = 0;
+  template <class... P>
+  explicit WidenedBlocks(P... inputs) : src{inputs...} {}
+  void operator()(int64_t b, int64_t e) {
+    base = b;
+    for (int k = 0; k < K; ++k) widen_run(src[k] + b, buf[k], e - b);
+  }
+  float at(int k, int64_t i) const { return buf[k][i - base]; }
+};
+
+// n float16 values widened into this thread's scratch buffer `slot` (0 or 1), valid until the next
+// call with that slot: for the column walks over a block of channels-last rows, which would convert
+// each value in software.
+inline const float* widen_to_scratch(const half_t* x, int64_t n, int slot) {
+  thread_local std::vector<float> scratch[2];
+  std::vector<float>& buf = scratch[slot];
+  if (buf.size() < size_t(n)) buf.resize(size_t(n));
+  widen_run(x, buf.data(), n);
+  return buf.data();
+}
+
+}  // namespace normkit::cpu::NK_ISA
