@@ -495,8 +495,8 @@ void forward(const ChannelNormForwardArgs& a) {
   st.rstd.assign(size_t(ns), A(NAN));
   if (eval && C > 0) {
     // Running statistics per channel (groups == C, shared by all n).
-    const std::vector<A> rm = param_as_acc<A>(a.running_mean, a.running_dtype, C, A(0));
-    const std::vector<A> rv = param_as_acc<A>(a.running_var, a.running_dtype, C, A(0));
+    const ParamValues<A> rm(a.running_mean, a.running_dtype, C, A(0));
+    const ParamValues<A> rv(a.running_var, a.running_dtype, C, A(0));
     for (int64_t s = 0; s < ns; ++s) {
       const int64_t c = (s % p.G) * p.cpg;
       st.mean[size_t(s)] = rm[size_t(c)];
@@ -504,8 +504,8 @@ void forward(const ChannelNormForwardArgs& a) {
     }
   }
   if (!p.empty()) {
-    const std::vector<A> w = param_as_acc<A>(a.weight, a.weight_dtype, C, A(1));
-    const std::vector<A> b = param_as_acc<A>(a.bias, a.bias_dtype, C, A(0));
+    const ParamValues<A> w(a.weight, a.weight_dtype, C, A(1));
+    const ParamValues<A> b(a.bias, a.bias_dtype, C, A(0));
     const T* x = static_cast<const T*>(a.x);
     T* y = a.local_moments ? nullptr : static_cast<T*>(a.y);
     if (p.layout == Layout::NCS)
@@ -831,7 +831,7 @@ void backward(const ChannelNormBackwardArgs& a) {
   const int64_t K = (p.layout == Layout::NCS || p.per_sample) ? p.N : 1;
   std::vector<A> sum_dy(size_t(K * C), A(0)), sum_dyx(size_t(K * C), A(0));
   if (!p.empty() && (bp.want_dx || bp.need_sums)) {
-    const std::vector<A> w = param_as_acc<A>(a.weight, a.weight_dtype, C, A(1));
+    const ParamValues<A> w(a.weight, a.weight_dtype, C, A(1));
     std::vector<A> mg(size_t(p.num_stats), A(0)), mgx(size_t(p.num_stats), A(0));
     if (a.coefficients) {
       // Global coefficients (SyncBatchNorm): no sums from this process's values are needed for dx.

@@ -111,7 +111,7 @@ void forward(const MobnForwardArgs& a) {
   } else {
     for (int64_t c = 0; c < C; ++c) mean[c] = param_at<A>(a.running_mean, a.running_dtype, c, A(0));
   }
-  const std::vector<A> bias = param_as_acc<A>(a.bias, a.bias_dtype, C, A(0));
+  const ParamValues<A> bias(a.bias, a.bias_dtype, C, A(0));
   const A* b = bias.data();
   per_channel_map<T, A>(static_cast<const T*>(a.x), static_cast<T*>(a.y), sh,
                         [&](A x, int64_t c) { return math::mobn_apply(x, mean[c], b[c]); });

@@ -51,8 +51,8 @@ template <class T>
 void forward(const RowNormForwardArgs& a) {
   using A = acc_t<T>;
   const int64_t n = a.cols;
-  const std::vector<A> w = param_as_acc<A>(a.weight, a.weight_dtype, n, A(1));
-  const std::vector<A> b = param_as_acc<A>(a.bias, a.bias_dtype, n, A(0));
+  const ParamValues<A> w(a.weight, a.weight_dtype, n, A(1));
+  const ParamValues<A> b(a.bias, a.bias_dtype, n, A(0));
   const A eps = A(a.eps);
   const A* wp = w.data();
   const A* bp = b.data();
@@ -138,7 +138,7 @@ template <class T>
 void backward(const RowNormBackwardArgs& a) {
   using A = acc_t<T>;
   const int64_t n = a.cols, rows = a.rows;
-  const std::vector<A> w = param_as_acc<A>(a.weight, a.weight_dtype, n, A(1));
+  const ParamValues<A> w(a.weight, a.weight_dtype, n, A(1));
   const A* wp = w.data();
   const bool want_dx = a.dx != nullptr;
   const bool want_params = a.dweight || a.dbias;
