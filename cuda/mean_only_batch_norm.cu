@@ -192,7 +192,7 @@ __global__ void __launch_bounds__(kThreads) dx_kernel(MobnBackwardArgs a, const 
 
 void mean_only_batch_norm_forward(const MobnForwardArgs& args, void* stream) {
   const MobnShape& sh = args.shape;
-  if (sh.C == 0) return;  // an empty batch (eval only: ops refuse its batch mean) still gets save_mean
+  if (sh.C == 0) return;  // (an empty batch comes as evaluation: ops gives it no batch mean to take)
   cudaStream_t s = static_cast<cudaStream_t>(stream);
   const SumPlan plan = plan_sums(sh);
   dispatch_float(args.dtype, [&](auto tag) {

@@ -269,11 +269,14 @@ def test_mean_only_batch_norm_matches_cpu(shape, channels_last, dtype, training)
 
 
 def test_mean_only_batch_norm_empty_batch_on_cuda():
-    """N * S == 0, as on the CPU: no batch mean to take (ValueError), a zero dbias, the running mean in
-    eval."""
+    """N * S == 0, as on the CPU: in training an empty output, the running mean kept and a saved mean of
+    0; a zero dbias; the running mean in eval."""
     x = torch.zeros(0, 3, device="cuda")
-    with pytest.raises(ValueError, match="at least one value per channel"):
-        normkit.functional.mean_only_batch_norm_forward(x, None, None, True)
+    rm = torch.tensor([1.0, 2.0, 3.0], device="cuda")
+    y, mean = normkit.functional.mean_only_batch_norm_forward(x, rm, None, True, 0.5)
+    assert y.shape == x.shape
+    torch.testing.assert_close(mean.cpu(), torch.zeros(3), rtol=0, atol=0)
+    torch.testing.assert_close(rm.cpu(), torch.tensor([1.0, 2.0, 3.0]), rtol=0, atol=0)
     dx, db = normkit.functional.mean_only_batch_norm_backward(x, True)
     assert dx.shape == x.shape
     torch.testing.assert_close(db.cpu(), torch.zeros(3), rtol=0, atol=0)

@@ -22,6 +22,7 @@ import torch
 from normkit import functional as nkF
 from normkit import numpy as nknp
 from normkit import torch as nkt
+from normkit.torch import _torch_composite as composite
 
 # (C = 40: channels-last sums in register tiles plus a remainder)
 SHAPES = [(4, 3), (2, 3, 5), (3, 2, 4, 3), (2, 4, 3, 2, 2), (4, 5, 7, 6), (2, 3, 1, 1), (3, 40, 2, 3)]
@@ -336,7 +337,6 @@ def _x(shape=(2, 3, 4), dtype=torch.float32):
         ({"running_mean": torch.zeros(6)[::2], "x": torch.zeros(3)}, ValueError, r"x: expected at least 2 dimensions"),
         ({"x": torch.zeros((2, 3, 4), dtype=torch.int32)}, TypeError, "x: expected dtype float16.*got int32"),
         ({"x": torch.zeros(3)}, ValueError, r"x: expected at least 2 dimensions \[N, C, \*spatial\], got shape \[3\]"),
-        ({"x": torch.zeros((0, 3, 4))}, ValueError, "x: expected at least one value per channel"),
         ({"bias": torch.ones(3, dtype=torch.int64)}, TypeError, "bias: expected dtype .*got int64"),
         ({"bias": torch.ones(3, dtype=torch.float64)}, TypeError, r"bias: expected dtype float32 \(for x of dtype"),
         ({"momentum": float("nan")}, ValueError, "momentum: expected a finite number, got nan"),
@@ -378,6 +378,58 @@ def test_thread_count_determinism(shape, dtype, cl):
     for other in outs[1:]:
         for i, (a, c) in enumerate(zip(outs[0], other)):
             R.assert_bitwise_equal(f"output #{i}", a, c)
+
+
+@pytest.mark.parametrize("cl", (False, True))
+@pytest.mark.parametrize("shape", ((0, 3, 4), (2, 3, 0), (0, 3, 2, 2)))
+def test_empty_batch_in_training(shape, cl):
+    """As torch's BatchNorm on an empty batch: an empty output, the running mean left as it is (no
+    batch mean to move it by), a saved mean of 0 (normkit's BatchNorm saves 0 too), a zero dbias."""
+    x = torch.zeros(shape)
+    if cl:
+        x = channels_last(x)
+    rm = torch.tensor([1.0, 2.0, 3.0])
+    y, sm = nkF.mean_only_batch_norm_forward(x, rm, torch.ones(3), True, 0.5)
+    assert y.shape == x.shape
+    torch.testing.assert_close(rm, torch.tensor([1.0, 2.0, 3.0]), rtol=0, atol=0)
+    torch.testing.assert_close(sm, torch.zeros(3), rtol=0, atol=0)
+    _, bn_mean, _ = nkF.batch_norm_forward(x, None, None, None, None, True)
+    torch.testing.assert_close(sm, bn_mean, rtol=0, atol=0)
+    dx, db = nkF.mean_only_batch_norm_backward(x, True)
+    assert dx.shape == x.shape
+    torch.testing.assert_close(db, torch.zeros(3), rtol=0, atol=0)
+    # the differentiable form that double backward and torch.compile take agrees
+    assert composite.mean_only_batch_norm(x, rm, torch.ones(3), True, 0.5).shape == x.shape
+    torch.testing.assert_close(rm, torch.tensor([1.0, 2.0, 3.0]), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("momentum", (0.1, None))
+def test_module_empty_batch_like_batch_norm(momentum):
+    """The twin on an empty training batch does what torch.nn.BatchNorm2d does with its running mean and
+    batch count, and its bias gets a zero gradient; NumPy's layer the same."""
+    layer, bn = nkt.MeanOnlyBatchNorm2d(3, momentum=momentum), torch.nn.BatchNorm2d(3, momentum=momentum)
+    for m in (layer, bn):
+        m.running_mean.copy_(torch.tensor([0.5, -1.0, 2.0]))
+    x = torch.zeros(0, 3, 4, 4, requires_grad=True)
+    y, yb = layer(x), bn(x)
+    assert y.shape == yb.shape == x.shape
+    torch.testing.assert_close(layer.running_mean, bn.running_mean, rtol=0, atol=0)
+    torch.testing.assert_close(layer.running_mean, torch.tensor([0.5, -1.0, 2.0]), rtol=0, atol=0)
+    assert int(layer.num_batches_tracked) == int(bn.num_batches_tracked) == 1
+    y.sum().backward()
+    torch.testing.assert_close(layer.bias.grad, torch.zeros(3), rtol=0, atol=0)
+    # then a real batch moves the running mean as after no batch at all, but for the count (momentum=None)
+    xs = torch.randn(2, 3, 4, 4)
+    layer(xs)
+    mu = xs.mean(dim=(0, 2, 3))
+    factor = 0.5 if momentum is None else momentum
+    torch.testing.assert_close(layer.running_mean, (1 - factor) * torch.tensor([0.5, -1.0, 2.0]) + factor * mu)
+    np_layer = nknp.MeanOnlyBatchNorm2d(3)
+    np_layer.running_mean[...] = [0.5, -1.0, 2.0]
+    assert np_layer(np.zeros((0, 3, 4, 4), np.float32)).shape == (0, 3, 4, 4)
+    np.testing.assert_array_equal(np_layer.running_mean, np.float32([0.5, -1.0, 2.0]))
+    np.testing.assert_array_equal(np_layer.backward(np.zeros((0, 3, 4, 4), np.float32)).shape, (0, 3, 4, 4))
+    np.testing.assert_array_equal(np_layer.grads["bias"], np.zeros(3, np.float32))
 
 
 def test_empty_batch_in_eval():

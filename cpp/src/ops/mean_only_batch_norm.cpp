@@ -29,15 +29,12 @@ void mean_only_batch_norm_forward(const TensorView& x, const OptTensor& running_
   const DType running_dtype = ops::check_param_dtypes(running_mean, "running_mean", std::nullopt, "", x);
   check_value(training || running_mean.has_value(),
               "running_mean: expected an array in evaluation mode (training=False), got None");
-  const MobnShape s0 = ops::ncs_shape<MobnShape>(x, Layout::NCS);
-  check_value(!training || s0.N * s0.S > 0,
-              "x: expected at least one value per channel to compute the batch mean, got shape ", shape_str(x.shape));
   check_value(std::isfinite(momentum), "momentum: expected a finite number, got ", momentum);
   ops::check_same_device(y, "y", x, "x");
   ops::check_dtype(y, "y", x.dtype);
   ops::check_shape(y, "y", x.shape);
   const Layout layout = ops::output_layout(y, "y");
-  ops::check_output(save_mean, "save_mean", {s0.C}, acc_dtype(x.dtype), x, "x");
+  ops::check_output(save_mean, "save_mean", {x.shape[1]}, acc_dtype(x.dtype), x, "x");
 
   ops::check_no_overlap({{y, "y"}, {save_mean, "save_mean"}, {running_mean, "running_mean"}},
                         {{x, "x"}, {bias_in, "bias"}});
@@ -53,9 +50,13 @@ void mean_only_batch_norm_forward(const TensorView& x, const OptTensor& running_
   a.x = ops::data_in(x, layout, x_copy, stream);
   a.bias = bias ? bias->data : nullptr;
   a.bias_dtype = bias_dtype;
-  a.training = training;
+  // An empty batch (N * S == 0) has no batch mean: as torch's BatchNorm, an empty output, the running
+  // mean left as it is, and a saved mean of 0 (BatchNorm's empty-batch mean): both kernels then take
+  // the evaluation path with no running mean.
+  const bool batch_mean = training && shape.N * shape.S > 0;
+  a.training = batch_mean;
   a.momentum = momentum;
-  a.running_mean = running_mean ? running_mean->data : nullptr;
+  a.running_mean = running_mean && (batch_mean || !training) ? running_mean->data : nullptr;
   a.running_dtype = running_dtype;
   a.y = y.data;
   a.save_mean = save_mean.data;
@@ -84,7 +85,7 @@ void mean_only_batch_norm_backward(const TensorView& dy, bool training, const Op
   a.dtype = dy.dtype;
   a.shape = shape;
   a.dy = ops::data_in(dy, layout, dy_copy, stream);
-  a.training = training;
+  a.training = training && shape.N * shape.S > 0;  // (an empty batch has no mean to subtract)
   a.dx = dx ? dx->data : nullptr;
   a.dbias = dbias ? dbias->data : nullptr;
   a.dbias_dtype = dbias ? dbias->dtype : dy.dtype;

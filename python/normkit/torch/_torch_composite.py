@@ -46,11 +46,13 @@ def mean_only_batch_norm(input, running_mean, bias=None, training=False, momentu
     dims = [d for d in range(input.dim()) if d != 1]
     shape = [1, -1] + [1] * (input.dim() - 2)
     acc = torch.float64 if input.dtype == torch.float64 else torch.float32  # (as the kernels: one rounding)
-    if training:
+    if training and input.numel() > 0:
         mean = input.mean(dim=dims, dtype=acc)
         if running_mean is not None:
             with torch.no_grad():
                 running_mean.copy_(running_mean.to(acc) * (1 - momentum) + mean.detach() * momentum)
+    elif training:  # an empty batch, as the kernels: no batch mean (0), the running mean kept
+        mean = torch.zeros(input.shape[1], dtype=acc, device=input.device)
     else:
         mean = running_mean.to(acc)
     y = input.to(acc) - mean.reshape(shape)
