@@ -149,14 +149,19 @@ def device_time(fn, n: int, device: str) -> tuple[float, float]:
     """(seconds, activities) per call that the device itself spent, from torch.profiler: on CUDA the
     kernels, copies and memsets of the trace, i.e. the work without the host's launch overhead (on the
     H100 machine the host time per call, not the kernels, set most loop times); on the CPU dry run the
-    ops' self time."""
+    self time of every event in a range around each call, i.e. the whole call (normkit's CPU kernels
+    are no torch ops, and a call may run none: its outputs can come from normkit's host cache)."""
     from torch.autograd import DeviceType
-    from torch.profiler import ProfilerActivity, profile
+    from torch.profiler import ProfilerActivity, profile, record_function
 
     cuda = device == "cuda"
     with profile(activities=[ProfilerActivity.CUDA if cuda else ProfilerActivity.CPU]) as prof:
         for _ in range(n):
-            fn()
+            if cuda:
+                fn()
+            else:
+                with record_function("call"):
+                    fn()
         _sync(device)
     if cuda:
         events = [e for e in prof.events() if e.device_type == DeviceType.CUDA]

@@ -81,7 +81,7 @@ struct ForwardParams {
   const B* bias;    // nullable
   T* y;
   A* mean;  // nullable
-  A* rstd;
+  A* rstd;  // nullable
   int64_t rows, cols;
   A eps;
   bool center;
@@ -118,7 +118,7 @@ __global__ void __launch_bounds__(kRowThreads) row_norm_forward_kernel(ForwardPa
     }
     if (rank == 0) {
       if (p.mean) p.mean[r] = mean;
-      p.rstd[r] = rstd;
+      if (p.rstd) p.rstd[r] = rstd;
     }
     T* __restrict__ yr = p.y + r * p.cols;
     for (int64_t j = rank; j < p.cols; j += nthreads) {

@@ -10,15 +10,16 @@ void export_row_norm(nb::module_& m) {
   m.def(
       "layer_norm_forward",
       [](InArray x, Shape normalized_shape, OptInArray weight, OptInArray bias, double eps, OutArray y,
-         OutArray mean, OutArray rstd, uintptr_t stream) {
+         OptOutArray mean, OptOutArray rstd, uintptr_t stream) {
         const TensorView xv = view(x, "x");
         const OptTensor wv = view(weight, "weight"), bv = view(bias, "bias");
-        const TensorView yv = view(y, "y"), mv = view(mean, "mean"), rv = view(rstd, "rstd");
+        const TensorView yv = view(y, "y");
+        const OptTensor mv = view(mean, "mean"), rv = view(rstd, "rstd");
         nb::gil_scoped_release release;
         layer_norm_forward(xv, normalized_shape, wv, bv, eps, yv, mv, rv, stream_ptr(stream));
       },
-      "x"_a, "normalized_shape"_a, "weight"_a.none(), "bias"_a.none(), "eps"_a, "y"_a, "mean"_a, "rstd"_a,
-      "stream"_a = 0);
+      "x"_a, "normalized_shape"_a, "weight"_a.none(), "bias"_a.none(), "eps"_a, "y"_a, "mean"_a.none(),
+      "rstd"_a.none(), "stream"_a = 0);
 
   m.def(
       "layer_norm_backward",
@@ -36,15 +37,15 @@ void export_row_norm(nb::module_& m) {
 
   m.def(
       "rms_norm_forward",
-      [](InArray x, Shape normalized_shape, OptInArray weight, double eps, OutArray y, OutArray rstd,
+      [](InArray x, Shape normalized_shape, OptInArray weight, double eps, OutArray y, OptOutArray rstd,
          uintptr_t stream) {
         const TensorView xv = view(x, "x");
-        const OptTensor wv = view(weight, "weight");
-        const TensorView yv = view(y, "y"), rv = view(rstd, "rstd");
+        const OptTensor wv = view(weight, "weight"), rv = view(rstd, "rstd");
+        const TensorView yv = view(y, "y");
         nb::gil_scoped_release release;
         rms_norm_forward(xv, normalized_shape, wv, eps, yv, rv, stream_ptr(stream));
       },
-      "x"_a, "normalized_shape"_a, "weight"_a.none(), "eps"_a, "y"_a, "rstd"_a, "stream"_a = 0);
+      "x"_a, "normalized_shape"_a, "weight"_a.none(), "eps"_a, "y"_a, "rstd"_a.none(), "stream"_a = 0);
 
   m.def(
       "rms_norm_backward",

@@ -156,23 +156,31 @@ def layer_norm_forward(x, normalized_shape, weight=None, bias=None, eps=1e-5):
     ``mean`` and ``rstd`` have the leading shape of x and the accumulation dtype (float32; float64 for
     float64 inputs).
     """
+    return _layer_norm(x, normalized_shape, weight, bias, eps, True)
+
+
+def layer_norm(x, normalized_shape, weight=None, bias=None, eps=1e-5):
+    """LayerNorm forward (see :func:`layer_norm_forward`), without the statistics."""
+    return _layer_norm(x, normalized_shape, weight, bias, eps, False)[0]
+
+
+def _layer_norm(x, normalized_shape, weight, bias, eps, stats):
+    """(y, mean, rstd), the statistics None unless `stats` (two allocations fewer per call)."""
     kind = kind_of(x)
     shape = normalized_shape_tuple(normalized_shape)
     xs, dt = kind.shape(x), kind.dtype_name(x)
-    lead, acc = _leading(xs, shape), acc_dtype_name(dt)
     y = kind.empty(xs, dt, x)
-    mean = kind.empty(lead, acc, x)
-    rstd = kind.empty(lead, acc, x)
+    mean = rstd = None
+    if stats:
+        lead, acc = _leading(xs, shape), acc_dtype_name(dt)
+        mean, rstd = kind.empty(lead, acc, x), kind.empty(lead, acc, x)
     _core.layer_norm_forward(
         to_core(x), shape, to_core(weight, "weight"), to_core(bias, "bias"), float_arg(eps, "eps"),
         to_core(y), to_core(mean), to_core(rstd), kind.stream(x),
     )
+    if not stats:
+        return kind.wrap(y), None, None
     return kind.wrap(y), kind.wrap(mean), kind.wrap(rstd)
-
-
-def layer_norm(x, normalized_shape, weight=None, bias=None, eps=1e-5):
-    """LayerNorm forward (see :func:`layer_norm_forward`)."""
-    return layer_norm_forward(x, normalized_shape, weight, bias, eps)[0]
 
 
 def layer_norm_backward(dy, x, normalized_shape, mean, rstd, weight=None, output_mask=(True, True, True),
@@ -207,6 +215,16 @@ def rms_norm_forward(x, normalized_shape, weight=None, eps=None):
     epsilon of the accumulation type (float32's for half and float32 inputs, float64's for float64),
     which is what ``torch.nn.functional.rms_norm`` uses.
     """
+    return _rms_norm(x, normalized_shape, weight, eps, True)
+
+
+def rms_norm(x, normalized_shape, weight=None, eps=None):
+    """RMSNorm forward (see :func:`rms_norm_forward`), without the statistics."""
+    return _rms_norm(x, normalized_shape, weight, eps, False)[0]
+
+
+def _rms_norm(x, normalized_shape, weight, eps, stats):
+    """(y, rstd), rstd None unless `stats`."""
     kind = kind_of(x)
     shape = normalized_shape_tuple(normalized_shape)
     xs, dt = kind.shape(x), kind.dtype_name(x)
@@ -214,16 +232,11 @@ def rms_norm_forward(x, normalized_shape, weight=None, eps=None):
     if eps is None:
         eps = _MACHINE_EPS[acc]
     y = kind.empty(xs, dt, x)
-    rstd = kind.empty(_leading(xs, shape), acc, x)
+    rstd = kind.empty(_leading(xs, shape), acc, x) if stats else None
     _core.rms_norm_forward(
         to_core(x), shape, to_core(weight, "weight"), float_arg(eps, "eps"), to_core(y), to_core(rstd), kind.stream(x)
     )
-    return kind.wrap(y), kind.wrap(rstd)
-
-
-def rms_norm(x, normalized_shape, weight=None, eps=None):
-    """RMSNorm forward (see :func:`rms_norm_forward`)."""
-    return rms_norm_forward(x, normalized_shape, weight, eps)[0]
+    return kind.wrap(y), None if rstd is None else kind.wrap(rstd)
 
 
 def rms_norm_backward(dy, x, normalized_shape, rstd, weight=None, output_mask=(True, True)):

@@ -16,9 +16,10 @@ namespace normkit {
 using Shape = std::vector<int64_t>;
 
 // LayerNorm over the trailing dimensions `normalized_shape`: y = (x - mean) * rstd * weight + bias.
+// mean and rstd (one per row) may be left out where no backward follows.
 void layer_norm_forward(const TensorView& x, const Shape& normalized_shape, const OptTensor& weight,
-                        const OptTensor& bias, double eps, const TensorView& y, const TensorView& mean,
-                        const TensorView& rstd, void* stream = nullptr);
+                        const OptTensor& bias, double eps, const TensorView& y, const OptTensor& mean,
+                        const OptTensor& rstd, void* stream = nullptr);
 
 // Gradients of layer_norm_forward given the saved mean and rstd. Any of dx, dweight, dbias may be
 // absent when that gradient is not wanted.
@@ -27,9 +28,9 @@ void layer_norm_backward(const TensorView& dy, const TensorView& x, const Shape&
                          const OptTensor& dx, const OptTensor& dweight, const OptTensor& dbias,
                          void* stream = nullptr);
 
-// RMSNorm: y = x * rstd * weight with rstd = 1 / sqrt(mean(x^2) + eps).
+// RMSNorm: y = x * rstd * weight with rstd = 1 / sqrt(mean(x^2) + eps) (rstd may be left out).
 void rms_norm_forward(const TensorView& x, const Shape& normalized_shape, const OptTensor& weight,
-                      double eps, const TensorView& y, const TensorView& rstd, void* stream = nullptr);
+                      double eps, const TensorView& y, const OptTensor& rstd, void* stream = nullptr);
 
 void rms_norm_backward(const TensorView& dy, const TensorView& x, const Shape& normalized_shape,
                        const TensorView& rstd, const OptTensor& weight, const OptTensor& dx,

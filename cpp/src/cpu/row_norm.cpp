@@ -83,7 +83,7 @@ void forward(const RowNormForwardArgs& a) {
     }
     const A rstd = math::rstd_from_var(var, eps);
     if (a.mean) static_cast<A*>(a.mean)[r] = mean;
-    static_cast<A*>(a.rstd)[r] = rstd;
+    if (a.rstd) static_cast<A*>(a.rstd)[r] = rstd;
     return std::pair<A, A>{mean, rstd};
   };
   auto apply = [&](const T* x, T* y, int64_t i0, int64_t i1, A mean, A rstd) {

@@ -20,9 +20,10 @@ void check_stats(const TensorView& s, const char* arg, int64_t rows, const Tenso
               " contiguous values (one per row of x), got shape ", shape_str(s.shape));
 }
 
+// center: LayerNorm (else RMSNorm). mean and rstd: the statistics written out, where given.
 void forward(const TensorView& x, const Shape& normalized_shape, const OptTensor& weight_in,
-             const OptTensor& bias_in, double eps, const TensorView& y, const TensorView* mean,
-             const TensorView& rstd, void* stream) {
+             const OptTensor& bias_in, double eps, const TensorView& y, bool center, const OptTensor& mean,
+             const OptTensor& rstd, void* stream) {
   ops::check_device_supported(x, "x");
   const int64_t rows = ops::check_normalized_shape(x, "x", normalized_shape);
   check_param(weight_in, "weight", normalized_shape, x);
@@ -31,7 +32,7 @@ void forward(const TensorView& x, const Shape& normalized_shape, const OptTensor
   ops::check_eps(eps);
   ops::check_output(y, "y", x.shape, x.dtype, x, "x");
   if (mean) check_stats(*mean, "mean", rows, x);
-  check_stats(rstd, "rstd", rows, x);
+  if (rstd) check_stats(*rstd, "rstd", rows, x);
 
   ops::check_no_overlap({{y, "y"}, {mean, "mean"}, {rstd, "rstd"}},
                         {{x, "x"}, {weight_in, "weight"}, {bias_in, "bias"}});
@@ -48,7 +49,7 @@ void forward(const TensorView& x, const Shape& normalized_shape, const OptTensor
   a.rows = rows;
   a.cols = 1;
   for (auto s : normalized_shape) a.cols *= s;
-  a.center = mean != nullptr;
+  a.center = center;
   a.x = xr.data;
   a.x_row_stride = xr.stride;
   a.weight = weight ? weight->data : nullptr;
@@ -58,7 +59,7 @@ void forward(const TensorView& x, const Shape& normalized_shape, const OptTensor
   a.eps = eps;
   a.y = y.data;
   a.mean = mean ? mean->data : nullptr;
-  a.rstd = rstd.data;
+  a.rstd = rstd ? rstd->data : nullptr;
   NK_RUN_KERNEL(x.device, row_norm_forward, a, stream);
 }
 
@@ -114,9 +115,9 @@ void backward(const TensorView& dy, const TensorView& x, const Shape& normalized
 }  // namespace
 
 void layer_norm_forward(const TensorView& x, const Shape& normalized_shape, const OptTensor& weight,
-                        const OptTensor& bias, double eps, const TensorView& y, const TensorView& mean,
-                        const TensorView& rstd, void* stream) {
-  forward(x, normalized_shape, weight, bias, eps, y, &mean, rstd, stream);
+                        const OptTensor& bias, double eps, const TensorView& y, const OptTensor& mean,
+                        const OptTensor& rstd, void* stream) {
+  forward(x, normalized_shape, weight, bias, eps, y, true, mean, rstd, stream);
 }
 
 void layer_norm_backward(const TensorView& dy, const TensorView& x, const Shape& normalized_shape,
@@ -127,8 +128,8 @@ void layer_norm_backward(const TensorView& dy, const TensorView& x, const Shape&
 }
 
 void rms_norm_forward(const TensorView& x, const Shape& normalized_shape, const OptTensor& weight,
-                      double eps, const TensorView& y, const TensorView& rstd, void* stream) {
-  forward(x, normalized_shape, weight, std::nullopt, eps, y, nullptr, rstd, stream);
+                      double eps, const TensorView& y, const OptTensor& rstd, void* stream) {
+  forward(x, normalized_shape, weight, std::nullopt, eps, y, false, std::nullopt, rstd, stream);
 }
 
 void rms_norm_backward(const TensorView& dy, const TensorView& x, const Shape& normalized_shape,

@@ -20,8 +20,8 @@ struct RowNormForwardArgs {
   DType bias_dtype;  // == weight_dtype, which is dtype or its accumulation dtype (checked)
   double eps;
   void* y;
-  void* mean;  // nullable (RMSNorm), acc dtype
-  void* rstd;  // acc dtype
+  void* mean;  // nullable (RMSNorm, or not wanted), acc dtype
+  void* rstd;  // nullable (not wanted: a forward no backward follows), acc dtype
 };
 
 struct RowNormBackwardArgs {
