@@ -58,7 +58,7 @@ template <> struct dtype_of<double> { static constexpr DType value = DType::Floa
 
 namespace bits {
 // The conversions are written once, on "lanes": one value (uint32_t and float, host and device) or
-// a whole host vector of them (GCC vector types, cpu/channel_map.h, which specialises Lanes). So the
+// a whole host vector of them (GCC vector types, cpu/vector_convert.h, which specialises Lanes). So the
 // CPU's vector loops and every scalar path, CUDA's included, round with the same steps.
 //   Lanes<U>::F           the float type with U's lanes
 //   Lanes<U>::splat(c)    the constant c in every lane

@@ -276,14 +276,27 @@ void finish_stat(Stats<A>& st, int64_t s, Moments<A> m, A shift, A eps) {
   st.rstd[size_t(s)] = math::rstd_from_var(math::biased_var(m), eps);
 }
 
+// The per-element maps of map_run and map_rows (v: the input values, q: the operands; vectors or
+// scalars): y from {x} with {mean, rstd, weight, bias}; dx from {dy, x} with {weight, mean, rstd,
+// mean(g), mean(g * xhat)} (batch statistics) or with {weight, rstd} (fixed statistics).
+constexpr auto kApplyMap = [](const auto* v, const auto* q) {
+  return math::row_norm_apply(v[0], q[0], q[1], q[2], q[3]);
+};
+constexpr auto kDxMap = [](const auto* v, const auto* q) {
+  return math::row_norm_dx(v[0] * q[0], (v[1] - q[1]) * q[2], q[2], q[3], q[4]);
+};
+constexpr auto kFixedStatsDxMap = [](const auto* v, const auto* q) {
+  const std::remove_cv_t<std::remove_reference_t<decltype(v[0])>> zero{};
+  return math::row_norm_dx(v[0] * q[0], zero, q[1], zero, zero);
+};
+
 // y = row_norm_apply(x) over n contiguous values that share one channel.
 template <class T, class A>
 void apply_run(const T* x, T* y, int64_t n, A mean, A rstd, A w, A b, bool stream) {
   if constexpr (is_hardware_half<T>) {  // (whole vectors: vector_convert.h)
     const T* in[1] = {x};
     const A par[4] = {mean, rstd, w, b};
-    map_run(n, in, y, par, stream,
-            [](const auto* v, const auto* q) { return math::row_norm_apply(v[0], q[0], q[1], q[2], q[3]); });
+    map_run(n, in, y, par, stream, kApplyMap);
   } else {
     write_run(y, n, stream, [&](int64_t i) { return store<T>(math::row_norm_apply(load<A>(x[i]), mean, rstd, w, b)); });
   }
@@ -377,8 +390,7 @@ void apply_rows(const Problem& p, const T* x, T* y, int64_t r0, int64_t r1, cons
                 const A* b) {
   const T* in[1] = {x};
   const A* par[4] = {me, re, w, b};
-  map_rows(p.C, r0, r1, in, y, par, p.streams(sizeof(T)),
-           [](const auto* v, const auto* q) { return math::row_norm_apply(v[0], q[0], q[1], q[2], q[3]); });
+  map_rows(p.C, r0, r1, in, y, par, p.streams(sizeof(T)), kApplyMap);
 }
 
 template <class T, class A>
@@ -584,15 +596,10 @@ void dx_run(const T* dy, const T* x, T* dx, int64_t n, A mean, A rstd, A w, A mg
     const T* in[2] = {dy, x};
     if (batch_stats) {
       const A par[5] = {w, mean, rstd, mg, mgx};
-      map_run(n, in, dx, par, stream, [](const auto* v, const auto* q) {
-        return math::row_norm_dx(v[0] * q[0], (v[1] - q[1]) * q[2], q[2], q[3], q[4]);
-      });
+      map_run(n, in, dx, par, stream, kDxMap);
     } else {
       const A par[2] = {w, rstd};
-      map_run(n, in, dx, par, stream, [](const auto* v, const auto* q) {
-        const std::remove_cv_t<std::remove_reference_t<decltype(v[0])>> zero{};
-        return math::row_norm_dx(v[0] * q[0], zero, q[1], zero, zero);
-      });
+      map_run(n, in, dx, par, stream, kFixedStatsDxMap);
     }
     return;
   }
@@ -609,17 +616,10 @@ void dx_run(const T* dy, const T* x, T* dx, int64_t n, A mean, A rstd, A w, A mg
 // Sums of dy and dy * xhat over n contiguous values.
 template <class T, class A>
 NK_SHARED_REDUCTION std::pair<A, A> run_sums(const T* dy, const T* x, int64_t n, A mean, A rstd) {
-  if constexpr (is_hardware_half<T>) {
-    // Each block of the sums widened into float buffers first (exact: the same terms).
-    WidenedBlocks<2> w(dy, x);
-    return lane_sum2_staged<A>(n, w, [&](int64_t i, A& d, A& dx) {
-      d = w.at(0, i);
-      dx = d * ((w.at(1, i) - mean) * rstd);
-    });
-  }
-  return lane_sum2<A>(n, [&](int64_t i, A& d, A& dx) {
-    d = load<A>(dy[i]);
-    dx = d * ((load<A>(x[i]) - mean) * rstd);
+  SummedInputs<T, 2> in(dy, x);
+  return lane_sum2_staged<A>(n, in, [&](int64_t i, A& d, A& dx) {
+    d = in.at(0, i);
+    dx = d * ((in.at(1, i) - mean) * rstd);
   });
 }
 
@@ -731,16 +731,11 @@ void backward_nsc(const Problem& p, const ChannelNormBackwardArgs& a, const Back
     if (bp.batch_stats) {
       const T* in[2] = {dy + base, x + base};
       const A* par[5] = {w, mk, rk, &ge[size_t(k * C)], &gxe[size_t(k * C)]};
-      map_rows(C, r0, r1, in, dx + base, par, stream, [](const auto* v, const auto* q) {
-        return math::row_norm_dx(v[0] * q[0], (v[1] - q[1]) * q[2], q[2], q[3], q[4]);
-      });
+      map_rows(C, r0, r1, in, dx + base, par, stream, kDxMap);
     } else {
       const T* in[1] = {dy + base};
       const A* par[2] = {w, rk};
-      map_rows(C, r0, r1, in, dx + base, par, stream, [](const auto* v, const auto* q) {
-        const std::remove_cv_t<std::remove_reference_t<decltype(v[0])>> zero{};
-        return math::row_norm_dx(v[0] * q[0], zero, q[1], zero, zero);
-      });
+      map_rows(C, r0, r1, in, dx + base, par, stream, kFixedStatsDxMap);
     }
   };
   // Row group k's (k, c) sums from its block partials, pairwise in block order.

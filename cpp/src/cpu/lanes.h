@@ -114,35 +114,31 @@ NK_CPU_INLINE std::pair<A, A> lane_sum2_over(int64_t n, Stage& stage, F&& f) {
 // lanes, one 64-byte vector, so that at most 15 values go to the scalar remainder, a chain of
 // dependent adds (with 64 lanes, all 49 values of a 7x7 plane did). The lane count is a function of n
 // alone, so results still never depend on the thread count.
-template <class A, class F>
-NK_CPU_INLINE A lane_sum(int64_t n, F&& f) {
-  auto no_stage = [](int64_t, int64_t) {};
-  constexpr int L = kLanes<A>;
-  return n >= 4 * L ? lane_sum_over<A, L>(n, no_stage, f) : lane_sum_over<A, L / 4>(n, no_stage, f);
-}
-
-// lane_sum with stage(b, e) called before the terms of each block [b, e) (see lane_sum2_staged).
+//
+// The _staged forms call stage(b, e) before the terms i in [b, e) of each block are taken: a caller
+// converts the block's inputs into a cache-resident buffer there (float16 through the hardware,
+// vector_convert.h) for f to read. The same blocks and lanes, so the same sums.
 template <class A, class Stage, class F>
 NK_CPU_INLINE A lane_sum_staged(int64_t n, Stage&& stage, F&& f) {
   constexpr int L = kLanes<A>;
   return n >= 4 * L ? lane_sum_over<A, L>(n, stage, f) : lane_sum_over<A, L / 4>(n, stage, f);
 }
 
-// Two sums in one pass: f(i, &a, &b) returns its two terms through a and b.
 template <class A, class F>
-NK_CPU_INLINE std::pair<A, A> lane_sum2(int64_t n, F&& f) {
-  auto no_stage = [](int64_t, int64_t) {};
-  constexpr int L = kLanes<A>;
-  return n >= 4 * L ? lane_sum2_over<A, L>(n, no_stage, f) : lane_sum2_over<A, L / 4>(n, no_stage, f);
+NK_CPU_INLINE A lane_sum(int64_t n, F&& f) {
+  return lane_sum_staged<A>(n, [](int64_t, int64_t) {}, f);
 }
 
-// lane_sum2 with stage(b, e) called before the terms i in [b, e) of each block are taken: a caller
-// converts the block's inputs into a cache-resident buffer there (float16 through the hardware,
-// vector_convert.h) for f to read. The same blocks and lanes, so the same sums.
+// Two sums in one pass: f(i, &a, &b) returns its two terms through a and b.
 template <class A, class Stage, class F>
 NK_CPU_INLINE std::pair<A, A> lane_sum2_staged(int64_t n, Stage&& stage, F&& f) {
   constexpr int L = kLanes<A>;
   return n >= 4 * L ? lane_sum2_over<A, L>(n, stage, f) : lane_sum2_over<A, L / 4>(n, stage, f);
+}
+
+template <class A, class F>
+NK_CPU_INLINE std::pair<A, A> lane_sum2(int64_t n, F&& f) {
+  return lane_sum2_staged<A>(n, [](int64_t, int64_t) {}, f);
 }
 
 }  // namespace normkit::cpu::NK_ISA

@@ -68,16 +68,10 @@ void forward(const RowNormForwardArgs& a) {
       const math::Moments<A> m = row_moments(x, n);
       mean = m.mean;
       var = math::biased_var(m);
-    } else if constexpr (is_hardware_half<T>) {
-      // float16: each block widened into float first (exact: the same terms)
-      WidenedBlocks<1> wx(x);
-      var = lane_sum_staged<A>(n, wx, [&](int64_t i) {
-        const A v = wx.at(0, i);
-        return v * v;
-      }) / A(n);
     } else {
-      var = lane_sum<A>(n, [&](int64_t i) {
-        const A v = load<A>(x[i]);
+      SummedInputs<T, 1> in(x);
+      var = lane_sum_staged<A>(n, in, [&](int64_t i) {
+        const A v = in.at(0, i);
         return v * v;
       }) / A(n);
     }
@@ -167,27 +161,15 @@ void backward(const RowNormBackwardArgs& a) {
     Row o{x_row(r), dy_row(r),
           a.mean ? static_cast<const A*>(a.mean)[r] : A(0), static_cast<const A*>(a.rstd)[r], A(0), A(0)};
     if (!want_dx) return o;
-    const T* x = o.x;
-    const T* dy = o.dy;
     A sum_g = 0, sum_gx = 0;
-    if constexpr (is_hardware_half<T>) {
-      // float16: each block of dy and x widened into float first (exact: the same terms)
-      WidenedBlocks<2> w(dy, x);
-      if (a.center) {
-        std::tie(sum_g, sum_gx) = lane_sum2_staged<A>(n, w, [&](int64_t i, A& g, A& gx) {
-          g = w.at(0, i) * wp[i];
-          gx = g * ((w.at(1, i) - o.mean) * o.rs);
-        });
-      } else {
-        sum_gx = lane_sum_staged<A>(n, w, [&](int64_t i) { return w.at(0, i) * wp[i] * (w.at(1, i) * o.rs); });
-      }
-    } else if (a.center) {
-      std::tie(sum_g, sum_gx) = lane_sum2<A>(n, [&](int64_t i, A& g, A& gx) {
-        g = load<A>(dy[i]) * wp[i];
-        gx = g * ((load<A>(x[i]) - o.mean) * o.rs);
+    SummedInputs<T, 2> in(o.dy, o.x);
+    if (a.center) {
+      std::tie(sum_g, sum_gx) = lane_sum2_staged<A>(n, in, [&](int64_t i, A& g, A& gx) {
+        g = in.at(0, i) * wp[i];
+        gx = g * ((in.at(1, i) - o.mean) * o.rs);
       });
     } else {
-      sum_gx = lane_sum<A>(n, [&](int64_t i) { return load<A>(dy[i]) * wp[i] * (load<A>(x[i]) * o.rs); });
+      sum_gx = lane_sum_staged<A>(n, in, [&](int64_t i) { return in.at(0, i) * wp[i] * (in.at(1, i) * o.rs); });
     }
     o.mean_g = sum_g * inv_n;
     o.mean_gx = sum_gx * inv_n;

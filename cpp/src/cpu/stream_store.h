@@ -71,23 +71,31 @@ inline void stream_fence() {
 template <class T>
 constexpr int64_t kStageElements = int64_t(8192 / sizeof(T));
 
-// Writes value(i) for i in [0, n) to out: directly, or, when `stream`, a cache-resident stage at a
-// time followed by a streaming copy. The caller fences (parallel_for does after each chunk).
-template <class T, class V>
-inline void write_run(T* out, int64_t n, bool stream, V&& value) {
+// Writes out[0, n): produce(i0, len, dst) writes values [i0, i0 + len) to dst[0, len), directly into
+// out or, when `stream`, a cache-resident stage at a time followed by a streaming copy. The caller
+// fences (parallel_for does after each chunk).
+template <class T, class Produce>
+inline void write_staged(T* out, int64_t n, bool stream, Produce&& produce) {
   if (!stream) {
-#pragma omp simd
-    for (int64_t i = 0; i < n; ++i) out[i] = value(i);
+    produce(int64_t(0), n, out);
     return;
   }
   constexpr int64_t kStage = kStageElements<T>;
   alignas(64) T stage[kStage];
   for (int64_t i0 = 0; i0 < n; i0 += kStage) {
     const int64_t len = std::min(kStage, n - i0);
-#pragma omp simd
-    for (int64_t i = 0; i < len; ++i) stage[i] = value(i0 + i);
+    produce(i0, len, stage);
     stream_copy(out + i0, stage, size_t(len) * sizeof(T));
   }
+}
+
+// Writes value(i) for i in [0, n) to out (see write_staged).
+template <class T, class V>
+inline void write_run(T* out, int64_t n, bool stream, V&& value) {
+  write_staged(out, n, stream, [&](int64_t i0, int64_t len, T* dst) {
+#pragma omp simd
+    for (int64_t i = 0; i < len; ++i) dst[i] = value(i0 + i);
+  });
 }
 
 // Writes rows [r0, r1) of `width` values each (row r at out + r * width): row(r, dst) produces row r

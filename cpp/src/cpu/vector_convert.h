@@ -225,10 +225,10 @@ inline void for_elements(int64_t n, Body&& body) {
 
 // out[i] = store(fn(the inputs' value i, the operands)) for i in [0, n) of contiguous runs that
 // share P scalar operands; fn(a, q) takes arrays of I input values and P operands, vectors or
-// scalars (as map_rows' fn). When `stream`, through a cache-resident stage (write_run).
+// scalars (as map_rows' fn). When `stream`, through a cache-resident stage (write_staged).
 template <int I, int P, class T, class A, class Fn>
 inline void map_run(int64_t n, const T* const (&in)[I], T* out, const A (&par)[P], bool stream, Fn&& fn) {
-  auto run = [&](int64_t i0, int64_t len, T* dst) {
+  write_staged(out, n, stream, [&](int64_t i0, int64_t len, T* dst) {
     vector_loop<A>(len, [&](int64_t i, auto lanes) {
       constexpr int64_t K = decltype(lanes)::value;
       decltype(splat<A, K>(A())) a[I], q[P];
@@ -236,18 +236,7 @@ inline void map_run(int64_t n, const T* const (&in)[I], T* out, const A (&par)[P
       for (int p = 0; p < P; ++p) q[p] = splat<A, K>(par[p]);
       put<A, K>(dst + i, fn(a, q));
     });
-  };
-  if (!stream) {
-    run(0, n, out);
-    return;
-  }
-  constexpr int64_t kStage = kStageElements<T>;
-  alignas(64) T stage[kStage];
-  for (int64_t i0 = 0; i0 < n; i0 += kStage) {
-    const int64_t len = std::min(kStage, n - i0);
-    run(i0, len, stage);
-    stream_copy(out + i0, stage, size_t(len) * sizeof(T));
-  }
+  });
 }
 
 // out[i] = float(x[i]) for i in [0, n): exact, so sums over out are those over x.
@@ -274,6 +263,22 @@ struct WidenedBlocks {
   }
   float at(int k, int64_t i) const { return buf[k][i - base]; }
 };
+
+// K inputs read where they lie, with WidenedBlocks' interface (its stage does nothing).
+template <class T, int K>
+struct InPlaceInputs {
+  const T* src[K];
+  template <class... P>
+  explicit InPlaceInputs(P... inputs) : src{inputs...} {}
+  void operator()(int64_t, int64_t) const {}
+  acc_t<T> at(int k, int64_t i) const { return load<acc_t<T>>(src[k][i]); }
+};
+
+// The inputs of a lane sum over T values, as the sum's stage and at(k, i): float16 widened a block
+// at a time where the hardware converts it (WidenedBlocks), every other type read in place. One
+// loop body then serves every element type.
+template <class T, int K>
+using SummedInputs = std::conditional_t<is_hardware_half<T>, WidenedBlocks<K>, InPlaceInputs<T, K>>;
 
 // n float16 values widened into this thread's scratch buffer `slot` (0 or 1), valid until the next
 // call with that slot: for the column walks over a block of channels-last rows, which would convert
