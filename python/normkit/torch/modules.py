@@ -384,23 +384,24 @@ class SyncBatchNorm(_AnyRank, _BatchNormForward, torch.nn.modules.batchnorm._Bat
         """As ``torch.nn.SyncBatchNorm.convert_sync_batchnorm`` (see :func:`convert_sync_batchnorm`)."""
         return convert_sync_batchnorm(module, process_group=process_group)
 
+    # A method, not a function of the layer: torch 2.11's dynamo takes a bound method's result as a
+    # constant, but refuses a module passed as an argument.
+    @torch.compiler.assume_constant_result
+    def _single_process(self) -> bool:
+        """Whether the communicator has one process (a constant for torch.compile, which cannot trace
+        the communicator objects: a single-process SyncBatchNorm then compiles as BatchNorm does)."""
+        return self._communicator().size == 1
+
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         # As torch: no communication in evaluation, nor for a single process (plain BatchNorm, which also
         # takes an empty batch: one process alone has no global count to check).
-        if not self.training or _single_process(self):
+        if not self.training or self._single_process():
             return _BatchNormForward.forward(self, input)
         self._check_input_dim(input)
         # As torch: running statistics only while track_running_stats (it may be switched off later).
         rm, rv = (self.running_mean, self.running_var) if self.track_running_stats else (None, None)
         return _counting_batch(self, self.track_running_stats, lambda factor: F.sync_batch_norm(
             input, rm, rv, self.weight, self.bias, factor, self.eps, self._communicator(), self._sync.next_call()))
-
-
-@torch.compiler.assume_constant_result
-def _single_process(layer: SyncBatchNorm) -> bool:
-    """Whether the layer's communicator has one process (a constant for torch.compile, which cannot trace
-    the communicator objects: a single-process SyncBatchNorm then compiles as BatchNorm does)."""
-    return layer._communicator().size == 1
 
 
 def _moved_state(src: torch.nn.Module, dst: torch.nn.Module) -> torch.nn.Module:
