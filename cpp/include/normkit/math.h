@@ -4,9 +4,11 @@
 #pragma once
 #include <cmath>
 #include <cstdint>
+#include <type_traits>
 
 #include "normkit/dtype.h"
 #include "normkit/pairwise.h"
+#include "normkit/vector_fma.h"
 
 namespace normkit::math {
 
@@ -147,11 +149,34 @@ NK_HD SyncMoments sync_merge(double count, double s1, double q, double s2) {
   return {mean, q + (between > 0 ? between : 0.0)};
 }
 
+// a * b + c: one rounding (a fused multiply-add) where the processor has the instruction (CUDA, and
+// the CPU kernels built for AVX2 or AVX-512), else two. The CPU kernels are compiled without
+// contraction (-ffp-contract=off), so a fused product is spelled here, never left to the compiler:
+// every dtype's loop and every FMA-capable build round it alike. (Fusing the normalization's last
+// product and add saves an instruction per value, which bfloat16 loops, short of registers for
+// their conversions, notice.)
+// (A may also be a GCC vector of floats or doubles, as in the CPU kernels' register blocks and
+// float16 loops: normkit/vector_fma.h.)
+template <class A>
+NK_HD A mul_add(A a, A b, A c) {
+#if defined(__CUDA_ARCH__)
+  return std::fma(a, b, c);
+#elif defined(__FMA__)
+  if constexpr (std::is_floating_point_v<A>) {
+    return std::fma(a, b, c);
+  } else {
+    return vector_fma(a, b, c);
+  }
+#else
+  return a * b + c;
+#endif
+}
+
 // ---- Row normalization: LayerNorm (kCenter) and RMSNorm (!kCenter) -----------------------------
 // Forward: y = (x - mean) * rstd * w + b, with mean = 0 and b = 0 for RMSNorm.
 template <class A>
 NK_HD A row_norm_apply(A x, A mean, A rstd, A w, A b) {
-  return (x - mean) * rstd * w + b;
+  return mul_add((x - mean) * rstd, w, b);
 }
 
 // Backward, per element: with g = dy * w and xhat = (x - mean) * rstd,
@@ -160,7 +185,7 @@ NK_HD A row_norm_apply(A x, A mean, A rstd, A w, A b) {
 // mean_g is passed as 0 for RMSNorm.
 template <class A>
 NK_HD A row_norm_dx(A g, A xhat, A rstd, A mean_g, A mean_g_xhat) {
-  return rstd * (g - mean_g - xhat * mean_g_xhat);
+  return rstd * mul_add(-xhat, mean_g_xhat, g - mean_g);
 }
 
 // ---- LocalResponseNorm -----------------------------------------------------------------------------
@@ -175,7 +200,7 @@ NK_HD int64_t lrn_twindow_hi(int64_t j, int64_t size) { return j + size / 2; }
 // s = k + alpha / size * (sum of a^2 over the window); alpha_over_size is alpha / size.
 template <class A>
 NK_HD A lrn_scale(A window_sq_sum, A alpha_over_size, A k) {
-  return k + alpha_over_size * window_sq_sum;
+  return mul_add(alpha_over_size, window_sq_sum, k);
 }
 
 // s^-0.75 = 1 / (sqrt(s) * sqrt(sqrt(s))): correctly rounded square roots and one division, a few
@@ -206,7 +231,7 @@ NK_HD A lrn_backward_term(A g, A a, A p, A s) {
 }
 template <class A>
 NK_HD A lrn_dx(A g, A a, A p, A coef, A term_sum) {
-  return g * p - coef * a * term_sum;
+  return mul_add(-(coef * a), term_sum, g * p);
 }
 
 // ---- WeightNorm: w = g v / ||v|| per slice ---------------------------------------------------------

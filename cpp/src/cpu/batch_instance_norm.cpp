@@ -44,10 +44,7 @@ void forward(const BinForwardArgs& a) {
       const int64_t n = p / C, c = p % C;
       const T* xp = x + sh.plane_base(n, c);
       const A mean = lane_sum<A>(S, [&](int64_t i) { return load<A>(xp[i * step]); }) / A(S);
-      const A sq = lane_sum<A>(S, [&](int64_t i) {
-        const A d = load<A>(xp[i * step]) - mean;
-        return d * d;
-      });
+      const A sq = lane_sum<A>(S, [&](int64_t i, A& d, A& d_again) { d = d_again = load<A>(xp[i * step]) - mean; });
       mean_in[p] = mean;
       m2[size_t(p)] = sq;
       rstd_in[p] = math::rstd_from_var(math::biased_var(math::block_moments<A>(S, mean, sq)), eps);
@@ -106,11 +103,11 @@ void backward(const BinBackwardArgs& a) {
       const int64_t base = sh.plane_base(n, c);
       const A mi = mean_in[p], ri = rstd_in[p], mb = mean_bn[c], rb = rstd_bn[c];
       sdy[size_t(p)] = lane_sum<A>(S, [&](int64_t i) { return load<A>(dy[base + i * step]); });
-      const auto s2 = lane_sum2<A>(S, [&](int64_t i, A& u, A& v) {
-        const A g = load<A>(dy[base + i * step]);
+      const auto s2 = lane_sum2<A>(S, [&](int64_t i, A& u, A& g, A& xhat_bn) {
+        g = load<A>(dy[base + i * step]);
         const A xv = load<A>(x[base + i * step]);
         u = g * ((xv - mi) * ri);
-        v = g * ((xv - mb) * rb);
+        xhat_bn = (xv - mb) * rb;
       });
       sdi[size_t(p)] = s2.first;
       sdb[size_t(p)] = s2.second;

@@ -50,12 +50,6 @@
 #include "normkit/pairwise.h"
 #include "normkit/parallel.h"
 
-// The reductions that two code paths share (fused and unfused statistics, masked and full
-// backward) are compiled once, not inlined: with -ffp-contract=fast, whether a product is fused into
-// the following add can depend on the inlining context, and both paths must round alike (the fused
-// choice depends on the thread count; a masked call must equal the full one bitwise).
-#define NK_SHARED_REDUCTION __attribute__((noinline))
-
 namespace normkit::cpu::NK_ISA {
 namespace {
 
@@ -98,11 +92,6 @@ bool fuse_stats(int64_t bytes, int64_t tasks) {
   return bytes <= budget && tasks >= 2 * threads;
 }
 
-// Moments of the `len` contiguous values x - shift (shifted_moments), one shared copy.
-template <class T, class A = acc_t<T>>
-NK_SHARED_REDUCTION Moments<A> contiguous_moments(const T* x, int64_t len, A shift) {
-  return shifted_moments(x, len, shift);
-}
 
 // The problem after normalising the layout: with S == 1 both layouts are [N, C] rows (NSC), with
 // C == 1 both are [N, S] planes (NCS).
@@ -202,7 +191,7 @@ auto column_block(const T* x, int64_t n, int64_t C, int slot) {
 // Moments of x - shift of each of the G groups over `rows` rows of C channels starting at x (as
 // column_block gives the block), with sh[c] the shift of channel c's group.
 template <class T, class A>
-NK_SHARED_REDUCTION void row_block_moments(const Problem& p, const T* x, int64_t rows, const A* sh, RowScratch<A>& sc,
+void row_block_moments(const Problem& p, const T* x, int64_t rows, const A* sh, RowScratch<A>& sc,
                                            Moments<A>* out) {
   const int64_t C = p.C, G = p.G, cpg = p.cpg;
   A* acc = sc.a.data();
@@ -329,7 +318,7 @@ void forward_ncs(const Problem& p, const T* x, T* y, const A* w, const A* b, A e
   const int64_t L = p.seg_len(), nch = p.seg_chunks();
   const bool stream = p.streams(sizeof(T));
   auto chunk_moments = [&](int64_t n, int64_t g, int64_t ch, A shift) {
-    return contiguous_moments(x + (n * C + g * cpg) * S + ch * kChunk, std::min(kChunk, L - ch * kChunk), shift);
+    return shifted_moments(x + (n * C + g * cpg) * S + ch * kChunk, std::min(kChunk, L - ch * kChunk), shift);
   };
   if (batch) {
     // (Not for BatchNorm: its planes lie a sample apart, and many short strided streams read slower
@@ -615,11 +604,11 @@ void dx_run(const T* dy, const T* x, T* dx, int64_t n, A mean, A rstd, A w, A mg
 
 // Sums of dy and dy * xhat over n contiguous values.
 template <class T, class A>
-NK_SHARED_REDUCTION std::pair<A, A> run_sums(const T* dy, const T* x, int64_t n, A mean, A rstd) {
+std::pair<A, A> run_sums(const T* dy, const T* x, int64_t n, A mean, A rstd) {
   SummedInputs<T, 2> in(dy, x);
-  return lane_sum2_staged<A>(n, in, [&](int64_t i, A& d, A& dx) {
-    d = in.at(0, i);
-    dx = d * ((in.at(1, i) - mean) * rstd);
+  return lane_sum2_staged<A>(n, in, [&](int64_t i, A& d, A& d_again, A& xhat) {
+    d = d_again = in.at(0, i);
+    xhat = (in.at(1, i) - mean) * rstd;
   });
 }
 
@@ -714,7 +703,7 @@ void backward_nsc(const Problem& p, const ChannelNormBackwardArgs& a, const Back
     expand_groups(p, k, &gxe[size_t(k * C)], [&](int64_t s) { return bp.batch_stats ? mgx[s] : A(0); });
   };
   // Per-channel sums of a block of rows.
-  auto block_sums = [&](int64_t k, int64_t r0, int64_t rows, A* sd, A* sdx) NK_SHARED_REDUCTION {
+  auto block_sums = [&](int64_t k, int64_t r0, int64_t rows, A* sd, A* sdx) {
     const A* mk = &me[size_t(k * C)];
     const A* rk = &re[size_t(k * C)];
     const auto* dyb = column_block<A>(dy + (k * R + r0) * C, rows * C, C, 0);

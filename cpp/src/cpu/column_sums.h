@@ -16,12 +16,13 @@
 // sums in order. One running sum over thousands of rows (a small C gives blocks of that many rows)
 // rounds every term against the whole sum, an error that grows with the row count; chunks bound it
 // by about (kChunkRows + rows / kChunkRows) roundings. The tiles and the plain loop for the last
-// channels chunk alike, products fused into the add exactly where `s1[c] += a * b` fuses them
-// (-ffp-contract=fast): the tiling changes the speed, never a value.
+// channels chunk add the same terms in the same order: the tiling changes the speed, never a value.
 #pragma once
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
+
+#include "normkit/math.h"
 
 // Per-ISA namespace (see lanes.h).
 namespace normkit::cpu::NK_ISA {
@@ -45,7 +46,7 @@ struct ColumnTile {
     for (int v = 0; v < kVecs; ++v) sum[v] += at(a, v);
   }
   void add_product(const A* a, const A* b) {
-    for (int v = 0; v < kVecs; ++v) dot[v] += at(a, v) * at(b, v);
+    for (int v = 0; v < kVecs; ++v) dot[v] = math::mul_add(at(a, v), at(b, v), dot[v]);
   }
   // Adds a chunk's sums (takes them as they are for the first chunk).
   void add_chunk(const ColumnTile& c, bool first) {
@@ -85,7 +86,8 @@ inline int64_t column_tiles(int64_t c0, int64_t C, int64_t rows, A* s0, A* s1, T
 }
 
 // The kernel of column_sum / column_sum2: for c in [0, C), over r in [0, rows),
-// s0[c] = sum of a (kSum) and s1[c] = sum of a * b (kDot), with term(r, c, a, b).
+// s0[c] = sum of a (kSum) and s1[c] = sum of a * b (kDot, each product fused into its add:
+// math::mul_add), with term(r, c, a, b).
 template <bool kSum, bool kDot, class A, class Term>
 inline void column_sums(int64_t C, int64_t rows, A* s0, A* s1, Term&& term) {
   int64_t c0 = column_tiles<4, kSum, kDot>(0, C, rows, s0, s1, term);
@@ -108,7 +110,7 @@ inline void column_sums(int64_t C, int64_t rows, A* s0, A* s1, Term&& term) {
         A a, b;
         term(r, c0 + c, a, b);
         if constexpr (kSum) part0[c] += a;
-        if constexpr (kDot) part1[c] += a * b;
+        if constexpr (kDot) part1[c] = math::mul_add(a, b, part1[c]);
       }
     }
     for (int64_t c = 0; c < n; ++c) {

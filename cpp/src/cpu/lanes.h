@@ -4,8 +4,10 @@
 #pragma once
 #include <algorithm>
 #include <cstdint>
+#include <type_traits>
 #include <utility>
 
+#include "normkit/math.h"
 #include "normkit/pairwise.h"
 
 // Always inlined: these are the inner loops of every reduction, and whether the compiler inlines them
@@ -35,23 +37,40 @@ NK_CPU_INLINE A tree_sum(A (&acc)[L]) {
   }
 }
 
-// Sum of f(i) for i in [b, e) over L lanes: term i < e - (e - b) % L goes to lane (i - b) % L, the
-// lanes are folded by tree_sum, and the remainder is added in order to its own accumulator (indexing
-// the lane array with a run-time index would make the compiler keep it in memory instead of
-// registers).
+// Adds term i of a lane sum to acc. f(i) returns a plain term; f(i, p, q) gives a product p * q,
+// which is added with one rounding (math::mul_add: the kernels are compiled without contraction, so a
+// product returned as a plain term is rounded before the add). (Out-parameters, not a returned
+// struct: a struct inside an `omp simd` loop kept GCC from vectorizing it.)
+template <class A, class F>
+NK_CPU_INLINE A add_term(A acc, F& f, int64_t i) {
+  if constexpr (std::is_invocable_v<F&, int64_t, A&, A&>) {
+    A p, q;
+    f(i, p, q);
+    return math::mul_add(p, q, acc);
+  } else {
+    return acc + f(i);
+  }
+}
+
+// Sum of the terms i in [b, e) (add_term) over L lanes: term i < e - (e - b) % L goes to lane
+// (i - b) % L, the lanes are folded by tree_sum, and the remainder is added in order to its own
+// accumulator (indexing the lane array with a run-time index would make the compiler keep it in
+// memory instead of registers).
 template <class A, int L, class F>
 NK_CPU_INLINE A lane_block_sum(int64_t b, int64_t e, F& f) {
   A acc[L] = {};
   int64_t i = b;
   for (; i + L <= e; i += L) {
 #pragma omp simd
-    for (int j = 0; j < L; ++j) acc[j] += f(i + j);
+    for (int j = 0; j < L; ++j) acc[j] = add_term(acc[j], f, i + j);
   }
   A tail = 0;
-  for (; i < e; ++i) tail += f(i);
+  for (; i < e; ++i) tail = add_term(tail, f, i);
   return tree_sum(acc) + tail;
 }
 
+// Two sums in one pass: f(i, a, p, q) gives a term a of the first and a product p * q of the second
+// (added with one rounding, as in add_term).
 template <class A, int L, class F>
 NK_CPU_INLINE std::pair<A, A> lane_block_sum2(int64_t b, int64_t e, F& f) {
   A acc0[L] = {}, acc1[L] = {};
@@ -59,18 +78,18 @@ NK_CPU_INLINE std::pair<A, A> lane_block_sum2(int64_t b, int64_t e, F& f) {
   for (; i + L <= e; i += L) {
 #pragma omp simd
     for (int j = 0; j < L; ++j) {
-      A a, c;
-      f(i + j, a, c);
+      A a, p, q;
+      f(i + j, a, p, q);
       acc0[j] += a;
-      acc1[j] += c;
+      acc1[j] = math::mul_add(p, q, acc1[j]);
     }
   }
   A tail0 = 0, tail1 = 0;
   for (; i < e; ++i) {
-    A a, c;
-    f(i, a, c);
+    A a, p, q;
+    f(i, a, p, q);
     tail0 += a;
-    tail1 += c;
+    tail1 = math::mul_add(p, q, tail1);
   }
   return {tree_sum(acc0) + tail0, tree_sum(acc1) + tail1};
 }
@@ -129,7 +148,7 @@ NK_CPU_INLINE A lane_sum(int64_t n, F&& f) {
   return lane_sum_staged<A>(n, [](int64_t, int64_t) {}, f);
 }
 
-// Two sums in one pass: f(i, &a, &b) returns its two terms through a and b.
+// Two sums in one pass (lane_block_sum2's f).
 template <class A, class Stage, class F>
 NK_CPU_INLINE std::pair<A, A> lane_sum2_staged(int64_t n, Stage&& stage, F&& f) {
   constexpr int L = kLanes<A>;

@@ -84,7 +84,7 @@ inline void tile_window_sum(const T* x, int64_t stride, int64_t lo, int64_t hi, 
     for (int q = 0; q < Tile::kVecs; ++q) {
       typename Tile::Vec t;
       std::memcpy(&t, v + q * Tile::kLanes, sizeof(t));
-      sum[q] += kSquare ? t * t : t;
+      sum[q] = kSquare ? math::mul_add(t, t, sum[q]) : sum[q] + t;
     }
   }
   std::memcpy(out, sum, sizeof(sum));
@@ -95,7 +95,7 @@ inline A window_sum_at(const T* x, int64_t stride, int64_t lo, int64_t hi, int64
   A sum = 0;
   for (int64_t c = lo; c <= hi; ++c) {
     const A v = load<A>(x[c * stride + i]);
-    sum += kSquare ? v * v : v;
+    sum = kSquare ? math::mul_add(v, v, sum) : sum + v;
   }
   return sum;
 }
@@ -205,7 +205,7 @@ inline void padded_window_sum(const A* pad, int64_t C, int64_t width, A* out) {
   for (int64_t d = 0; d < width; ++d) {
     const A* v = pad + d;
 #pragma omp simd
-    for (int64_t c = 0; c < C; ++c) out[c] += kSquare ? v[c] * v[c] : v[c];
+    for (int64_t c = 0; c < C; ++c) out[c] = kSquare ? math::mul_add(v[c], v[c], out[c]) : out[c] + v[c];
   }
 }
 

@@ -70,10 +70,7 @@ void forward(const RowNormForwardArgs& a) {
       var = math::biased_var(m);
     } else {
       SummedInputs<T, 1> in(x);
-      var = lane_sum_staged<A>(n, in, [&](int64_t i) {
-        const A v = in.at(0, i);
-        return v * v;
-      }) / A(n);
+      var = lane_sum_staged<A>(n, in, [&](int64_t i, A& v, A& v_again) { v = v_again = in.at(0, i); }) / A(n);
     }
     const A rstd = math::rstd_from_var(var, eps);
     if (a.mean) static_cast<A*>(a.mean)[r] = mean;
@@ -164,12 +161,15 @@ void backward(const RowNormBackwardArgs& a) {
     A sum_g = 0, sum_gx = 0;
     SummedInputs<T, 2> in(o.dy, o.x);
     if (a.center) {
-      std::tie(sum_g, sum_gx) = lane_sum2_staged<A>(n, in, [&](int64_t i, A& g, A& gx) {
-        g = in.at(0, i) * wp[i];
-        gx = g * ((in.at(1, i) - o.mean) * o.rs);
+      std::tie(sum_g, sum_gx) = lane_sum2_staged<A>(n, in, [&](int64_t i, A& g, A& g_again, A& xhat) {
+        g = g_again = in.at(0, i) * wp[i];
+        xhat = (in.at(1, i) - o.mean) * o.rs;
       });
     } else {
-      sum_gx = lane_sum_staged<A>(n, in, [&](int64_t i) { return in.at(0, i) * wp[i] * (in.at(1, i) * o.rs); });
+      sum_gx = lane_sum_staged<A>(n, in, [&](int64_t i, A& g, A& xhat) {
+        g = in.at(0, i) * wp[i];
+        xhat = in.at(1, i) * o.rs;
+      });
     }
     o.mean_g = sum_g * inv_n;
     o.mean_gx = sum_gx * inv_n;
@@ -198,8 +198,8 @@ void backward(const RowNormBackwardArgs& a) {
           put<A, K>(dxv + i, math::row_norm_dx(gv * w, xv, splat<A, K>(v.rs), splat<A, K>(v.mean_g),
                                                splat<A, K>(v.mean_gx)));
           auto sw = get<A, K>(pw + i);
-          sw += gu * xu;
-          sw += gv * xv;
+          sw = math::mul_add(gu, xu, sw);
+          sw = math::mul_add(gv, xv, sw);
           put<A, K>(pw + i, sw);
           if constexpr (decltype(with_bias)::value) {
             auto sb = get<A, K>(pb + i);
@@ -250,7 +250,7 @@ void backward(const RowNormBackwardArgs& a) {
                 const auto d = get<A, K>(dy + i), xh = (get<A, K>(x + i) - splat<A, K>(mean)) * splat<A, K>(rs);
                 put<A, K>(dx + i, math::row_norm_dx(d * get<A, K>(wp + i), xh, splat<A, K>(rs), splat<A, K>(mean_g),
                                                     splat<A, K>(mean_gx)));
-                put<A, K>(pw + i, get<A, K>(pw + i) + d * xh);
+                put<A, K>(pw + i, math::mul_add(d, xh, get<A, K>(pw + i)));
                 if constexpr (decltype(with_bias)::value) put<A, K>(pb + i, get<A, K>(pb + i) + d);
               });
             });
@@ -275,7 +275,7 @@ void backward(const RowNormBackwardArgs& a) {
 #pragma omp simd
           for (int64_t i = 0; i < n; ++i) {
             const A d = load<A>(dy[i]);
-            pw[i] += d * ((load<A>(x[i]) - mean) * rs);
+            pw[i] = math::mul_add(d, (load<A>(x[i]) - mean) * rs, pw[i]);
             if (pb) pb[i] += d;
           }
         }

@@ -28,7 +28,10 @@ void mat_vec(const T* W, const A* x, A* out, int64_t H, int64_t K) {
   parallel_for(H, grain_of(K), [&](int64_t i0, int64_t i1) {
     for (int64_t i = i0; i < i1; ++i) {
       const T* row = W + i * K;
-      out[i] = lane_sum<A>(K, [&](int64_t j) { return load<A>(row[j]) * x[j]; });
+      out[i] = lane_sum<A>(K, [&](int64_t j, A& p, A& q) {
+        p = load<A>(row[j]);
+        q = x[j];
+      });
     }
   });
 }
@@ -63,7 +66,7 @@ void mat_t_vec(const T* W, const A* x, A* partial, A* out, int64_t H, int64_t K)
 // dst = normalize(src) = src / max(||src||, eps), rounded to T element by element.
 template <class T, class A>
 void normalize_into(const A* src, A* dst, int64_t n, A eps) {
-  const A denom = math::sn_denom(lane_sum<A>(n, [&](int64_t i) { return src[i] * src[i]; }), eps);
+  const A denom = math::sn_denom(lane_sum<A>(n, [&](int64_t i, A& p, A& q) { p = q = src[i]; }), eps);
   for (int64_t i = 0; i < n; ++i) dst[i] = math::sn_normalized<T>(src[i], denom);
 }
 
@@ -83,7 +86,10 @@ void estimate(const SpectralNormForwardArgs& a) {
   A sigma;
   if (a.iterations == 0) {
     mat_vec(W, v, wv, H, K);
-    sigma = lane_sum<A>(H, [&](int64_t i) { return u[i] * wv[i]; });
+    sigma = lane_sum<A>(H, [&](int64_t i, A& p, A& q) {
+      p = u[i];
+      q = wv[i];
+    });
   } else {
     for (int64_t it = 0; it < a.iterations; ++it) {
       mat_vec(W, v, wv, H, K);
@@ -92,7 +98,10 @@ void estimate(const SpectralNormForwardArgs& a) {
       normalize_into<T>(wtu, v, K, eps);
     }
     // u^T W v = (W^T u) . v: the last product already holds W^T u.
-    sigma = lane_sum<A>(K, [&](int64_t j) { return wtu[j] * v[j]; });
+    sigma = lane_sum<A>(K, [&](int64_t j, A& p, A& q) {
+      p = wtu[j];
+      q = v[j];
+    });
   }
   work[L.sigma()] = sigma;
 }
@@ -130,7 +139,10 @@ void backward(const SpectralNormBackwardArgs& a) {
   A* row_dot = static_cast<A*>(a.work);
   parallel_for(H, grain_of(K), [&](int64_t i0, int64_t i1) {
     for (int64_t i = i0; i < i1; ++i)
-      row_dot[i] = lane_sum<A>(K, [&](int64_t j) { return load<A>(dy[i * K + j]) * load<A>(W[i * K + j]); });
+      row_dot[i] = lane_sum<A>(K, [&](int64_t j, A& p, A& q) {
+        p = load<A>(dy[i * K + j]);
+        q = load<A>(W[i * K + j]);
+      });
   });
   const A dot = math::pairwise_sum<A>(H, [&](int64_t i) { return row_dot[i]; });
   const A sigma = *static_cast<const A*>(a.sigma);

@@ -56,10 +56,7 @@ void forward(const SnForwardArgs& a) {
     for (int64_t p = p0; p < p1; ++p) {
       const T* xp = x + sh.plane_base(p / C, p % C);
       const A m = lane_sum<A>(S, [&](int64_t i) { return load<A>(xp[i * step]); }) / A(S);
-      const A sq = lane_sum<A>(S, [&](int64_t i) {
-        const A d = load<A>(xp[i * step]) - m;
-        return d * d;
-      });
+      const A sq = lane_sum<A>(S, [&](int64_t i, A& d, A& d_again) { d = d_again = load<A>(xp[i * step]) - m; });
       pm[p] = m;
       pv[p] = sq / A(S);
     }
@@ -123,10 +120,9 @@ void backward(const SnBackwardArgs& a) {
       const int64_t c = p % C;
       const int64_t base = sh.plane_base(p / C, c);
       const A mu = mean[p], r = rstd[p];
-      const auto s2 = lane_sum2<A>(S, [&](int64_t i, A& u, A& v) {
-        const A g = load<A>(dy[base + i * step]);
-        u = g;
-        v = g * ((load<A>(x[base + i * step]) - mu) * r);
+      const auto s2 = lane_sum2<A>(S, [&](int64_t i, A& g, A& g_again, A& xhat) {
+        g = g_again = load<A>(dy[base + i * step]);
+        xhat = (load<A>(x[base + i * step]) - mu) * r;
       });
       Dy[size_t(p)] = s2.first;
       Dx[size_t(p)] = s2.second;

@@ -25,10 +25,7 @@ void forward(const WeightNormForwardArgs& a) {
     for (int64_t d = d0; d < d1; ++d) {
       const T* v = static_cast<const T*>(a.v) + d * R;
       T* w = static_cast<T*>(a.w) + d * R;
-      const A sq = lane_sum<A>(R, [&](int64_t i) {
-        const A x = load<A>(v[i]);
-        return x * x;
-      });
+      const A sq = lane_sum<A>(R, [&](int64_t i, A& x, A& x_again) { x = x_again = load<A>(v[i]); });
       const A n = math::weight_norm_norm(sq);
       static_cast<A*>(a.norms)[d] = n;
       const A scale = math::weight_norm_scale(load<A>(static_cast<const T*>(a.g)[d]), n);
@@ -47,7 +44,10 @@ void backward(const WeightNormBackwardArgs& a) {
       const T* v = static_cast<const T*>(a.v) + d * R;
       const T* dw = static_cast<const T*>(a.dw) + d * R;
       T* dv = static_cast<T*>(a.dv) + d * R;
-      const A dot = lane_sum<A>(R, [&](int64_t i) { return load<A>(dw[i]) * load<A>(v[i]); });
+      const A dot = lane_sum<A>(R, [&](int64_t i, A& p, A& q) {
+        p = load<A>(dw[i]);
+        q = load<A>(v[i]);
+      });
       const A n = static_cast<const A*>(a.norms)[d];
       static_cast<T*>(a.dg)[d] = store<T>(math::weight_norm_dg(dot, n));
       const A scale = math::weight_norm_scale(load<A>(static_cast<const T*>(a.g)[d]), n);
