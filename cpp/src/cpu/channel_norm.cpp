@@ -92,7 +92,6 @@ bool fuse_stats(int64_t bytes, int64_t tasks) {
   return bytes <= budget && tasks >= 2 * threads;
 }
 
-
 // The problem after normalising the layout: with S == 1 both layouts are [N, C] rows (NSC), with
 // C == 1 both are [N, S] planes (NCS).
 struct Problem {
@@ -192,7 +191,7 @@ auto column_block(const T* x, int64_t n, int64_t C, int slot) {
 // column_block gives the block), with sh[c] the shift of channel c's group.
 template <class T, class A>
 void row_block_moments(const Problem& p, const T* x, int64_t rows, const A* sh, RowScratch<A>& sc,
-                                           Moments<A>* out) {
+                       Moments<A>* out) {
   const int64_t C = p.C, G = p.G, cpg = p.cpg;
   A* acc = sc.a.data();
   A* mref = sc.b.data();

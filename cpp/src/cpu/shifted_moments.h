@@ -35,14 +35,14 @@ NK_CPU_INLINE math::Moments<A> corrected_moments(int64_t n, A estimate, A se, A 
 // the rounding of m).
 template <class T, class A>
 NK_CPU_INLINE math::Moments<A> shifted_block_moments(const T* x, int64_t n, A shift) {
-  const auto [s1, s2] = lane_sum2<A>(n, [&](int64_t i, A& d, A& d_p, A& d_q) { d = d_p = d_q = load<A>(x[i]) - shift; });
+  const auto [s1, s2] = lane_sum2<A>(n, [&](int64_t i, A& d, A& p, A& q) { d = p = q = load<A>(x[i]) - shift; });
   const A mean = s1 / A(n);
   const A m2 = s2 - s1 * mean;
   if (mean * mean * A(n) <= A(4) * m2) return math::block_moments(n, mean, m2);
   // Also taken for NaN and m2 < 0 (m2 == 0 passes only with a zero mean: all d zero, exact).
   const A estimate = lane_sum<A>(n, [&](int64_t i) { return load<A>(x[i]) - shift; }) / A(n);
-  const auto [se, se2] = lane_sum2<A>(n, [&](int64_t i, A& e, A& e_p, A& e_q) {
-    e = e_p = e_q = (load<A>(x[i]) - shift) - estimate;
+  const auto [se, se2] = lane_sum2<A>(n, [&](int64_t i, A& e, A& p, A& q) {
+    e = p = q = (load<A>(x[i]) - shift) - estimate;
   });
   return corrected_moments(n, estimate, se, se2);
 }
