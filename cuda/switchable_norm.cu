@@ -113,7 +113,7 @@ __global__ void __launch_bounds__(kThreads) apply_kernel(SnForwardArgs a) {
     const A w = param_at<A>(a.weight, a.param_dtype, c, A(1));
     const A b = param_at<A>(a.bias, a.param_dtype, c, A(0));
     for (int64_t i = threadIdx.x; i < S; i += blockDim.x)
-      y[base + i * step] = store<T>(w * ((load<A>(x[base + i * step]) - mu) * r) + b);
+      y[base + i * step] = store<T>(math::sn_apply(load<A>(x[base + i * step]), mu, r, w, b));
   }
 }
 

@@ -276,13 +276,14 @@ NK_HD A bin_rho_mask(A rho) {
 // y = w (r xhat_BN + (1 - r) xhat_IN) + b.
 template <class A>
 NK_HD A bin_apply(A x, A mean_bn, A rstd_bn, A mean_in, A rstd_in, A r, A w, A b) {
-  return w * (r * ((x - mean_bn) * rstd_bn) + (A(1) - r) * ((x - mean_in) * rstd_in)) + b;
+  return mul_add(w, mul_add(r, (x - mean_bn) * rstd_bn, (A(1) - r) * ((x - mean_in) * rstd_in)), b);
 }
 // dx of one element; the means are of g = dy w over the channel (BN, 0 without batch statistics) and
 // over the plane (IN).
 template <class A>
 NK_HD A bin_dx(A g, A xhat_bn, A xhat_in, A r, A rstd_bn, A rstd_in, A mg_bn, A mgx_bn, A mg_in, A mgx_in) {
-  return r * rstd_bn * (g - mg_bn - xhat_bn * mgx_bn) + (A(1) - r) * rstd_in * (g - mg_in - xhat_in * mgx_in);
+  return mul_add(r * rstd_bn, mul_add(-xhat_bn, mgx_bn, g - mg_bn),
+                 (A(1) - r) * rstd_in * mul_add(-xhat_in, mgx_in, g - mg_in));
 }
 
 // ---- Switchable Normalization ----------------------------------------------------------------------
@@ -333,9 +334,14 @@ NK_HD void sn_dx_coefs(A dmu, A ds2, A SA_n, A SB_n, A SA_c, A SB_c, const A* wm
   a = as / A(S);
   b = bs / A(S);
 }
+// Forward: y = w (x - mu) rstd + b, with mu and rstd the plane's mixed statistics.
+template <class A>
+NK_HD A sn_apply(A x, A mu, A rstd, A w, A b) {
+  return mul_add(w, (x - mu) * rstd, b);
+}
 template <class A>
 NK_HD A sn_dx(A g, A x, A rstd, A pm, A a, A b) {
-  return rstd * g + a + b * (x - pm);
+  return mul_add(b, x - pm, mul_add(rstd, g, a));
 }
 // d logit_j = w_j sum_p dstat_p (stat_j(p) - stat(p)): the softmax backward, centred per plane.
 

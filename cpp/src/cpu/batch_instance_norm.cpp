@@ -10,6 +10,7 @@
 
 #include "cpu/kernels.h"
 #include "cpu/params.h"
+#include "cpu/plane_step.h"
 #include "cpu/lanes.h"
 #include "normkit/math.h"
 #include "normkit/pairwise.h"
@@ -26,11 +27,11 @@ constexpr int64_t kTaskElements = 1 << 15;
 
 int64_t grain_of(int64_t S) { return std::max<int64_t>(1, kTaskElements / std::max<int64_t>(S, 1)); }
 
-template <class T>
-void forward(const BinForwardArgs& a) {
+template <class T, class Step>
+void forward(const BinForwardArgs& a, Step step) {
   using A = acc_t<T>;
   const BinShape& sh = a.shape;
-  const int64_t N = sh.N, C = sh.C, S = sh.S, step = sh.plane_step();
+  const int64_t N = sh.N, C = sh.C, S = sh.S;
   const T* x = static_cast<const T*>(a.x);
   T* y = static_cast<T*>(a.y);
   A* mean_in = static_cast<A*>(a.save_mean_in);
@@ -84,11 +85,11 @@ void forward(const BinForwardArgs& a) {
   });
 }
 
-template <class T>
-void backward(const BinBackwardArgs& a) {
+template <class T, class Step>
+void backward(const BinBackwardArgs& a, Step step) {
   using A = acc_t<T>;
   const BinShape& sh = a.shape;
-  const int64_t N = sh.N, C = sh.C, S = sh.S, step = sh.plane_step();
+  const int64_t N = sh.N, C = sh.C, S = sh.S;
   const T* x = static_cast<const T*>(a.x);
   const T* dy = static_cast<const T*>(a.dy);
   const A* mean_in = static_cast<const A*>(a.save_mean_in);
@@ -156,12 +157,16 @@ void backward(const BinBackwardArgs& a) {
 
 void batch_instance_norm_forward(const BinForwardArgs& a) {
   if (a.shape.numel() == 0) return;
-  dispatch_float(a.dtype, [&](auto tag) { forward<decltype(tag)>(a); });
+  dispatch_float(a.dtype, [&](auto tag) {
+    with_plane_step(a.shape.plane_step(), [&](auto step) { forward<decltype(tag)>(a, step); });
+  });
 }
 
 void batch_instance_norm_backward(const BinBackwardArgs& a) {
   if (a.shape.numel() == 0) return;
-  dispatch_float(a.dtype, [&](auto tag) { backward<decltype(tag)>(a); });
+  dispatch_float(a.dtype, [&](auto tag) {
+    with_plane_step(a.shape.plane_step(), [&](auto step) { backward<decltype(tag)>(a, step); });
+  });
 }
 
 }  // namespace normkit::cpu::NK_ISA

@@ -10,6 +10,7 @@
 
 #include "cpu/kernels.h"
 #include "cpu/params.h"
+#include "cpu/plane_step.h"
 #include "cpu/lanes.h"
 #include "normkit/math.h"
 #include "normkit/parallel.h"
@@ -34,11 +35,11 @@ void softmaxes(const void* mw, const void* vw, DType t, bool use_in, A* wm, A* w
                       use_in, wv);
 }
 
-template <class T>
-void forward(const SnForwardArgs& a) {
+template <class T, class Step>
+void forward(const SnForwardArgs& a, Step step) {
   using A = acc_t<T>;
   const SnShape& sh = a.shape;
-  const int64_t N = sh.N, C = sh.C, S = sh.S, step = sh.plane_step();
+  const int64_t N = sh.N, C = sh.C, S = sh.S;
   const T* x = static_cast<const T*>(a.x);
   T* y = static_cast<T*>(a.y);
   const SnSaved sv{N, C};
@@ -91,16 +92,16 @@ void forward(const SnForwardArgs& a) {
       const A w = param_at<A>(a.weight, a.param_dtype, c, A(1));
       const A b = param_at<A>(a.bias, a.param_dtype, c, A(0));
       for (int64_t i = 0; i < S; ++i)
-        y[base + i * step] = store<T>(w * ((load<A>(x[base + i * step]) - mu) * r) + b);
+        y[base + i * step] = store<T>(math::sn_apply(load<A>(x[base + i * step]), mu, r, w, b));
     }
   });
 }
 
-template <class T>
-void backward(const SnBackwardArgs& a) {
+template <class T, class Step>
+void backward(const SnBackwardArgs& a, Step step) {
   using A = acc_t<T>;
   const SnShape& sh = a.shape;
-  const int64_t N = sh.N, C = sh.C, S = sh.S, step = sh.plane_step();
+  const int64_t N = sh.N, C = sh.C, S = sh.S;
   const T* x = static_cast<const T*>(a.x);
   const T* dy = static_cast<const T*>(a.dy);
   const SnSaved sv{N, C};
@@ -190,12 +191,16 @@ void backward(const SnBackwardArgs& a) {
 
 void switchable_norm_forward(const SnForwardArgs& a) {
   if (a.shape.numel() == 0) return;
-  dispatch_float(a.dtype, [&](auto tag) { forward<decltype(tag)>(a); });
+  dispatch_float(a.dtype, [&](auto tag) {
+    with_plane_step(a.shape.plane_step(), [&](auto step) { forward<decltype(tag)>(a, step); });
+  });
 }
 
 void switchable_norm_backward(const SnBackwardArgs& a) {
   if (a.shape.numel() == 0) return;
-  dispatch_float(a.dtype, [&](auto tag) { backward<decltype(tag)>(a); });
+  dispatch_float(a.dtype, [&](auto tag) {
+    with_plane_step(a.shape.plane_step(), [&](auto step) { backward<decltype(tag)>(a, step); });
+  });
 }
 
 }  // namespace normkit::cpu::NK_ISA
