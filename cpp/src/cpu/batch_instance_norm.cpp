@@ -45,7 +45,7 @@ void forward(const BinForwardArgs& a, Step step) {
       const int64_t n = p / C, c = p % C;
       const T* xp = x + sh.plane_base(n, c);
       const A mean = lane_sum<A>(S, [&](int64_t i) { return load<A>(xp[i * step]); }) / A(S);
-      const A sq = lane_sum<A>(S, [&](int64_t i, A& d, A& d_again) { d = d_again = load<A>(xp[i * step]) - mean; });
+      const A sq = lane_sum_of_squares<A>(S, [&](int64_t i) { return load<A>(xp[i * step]) - mean; });
       mean_in[p] = mean;
       m2[size_t(p)] = sq;
       rstd_in[p] = math::rstd_from_var(math::biased_var(math::block_moments<A>(S, mean, sq)), eps);

@@ -66,7 +66,7 @@ void mat_t_vec(const T* W, const A* x, A* partial, A* out, int64_t H, int64_t K)
 // dst = normalize(src) = src / max(||src||, eps), rounded to T element by element.
 template <class T, class A>
 void normalize_into(const A* src, A* dst, int64_t n, A eps) {
-  const A denom = math::sn_denom(lane_sum<A>(n, [&](int64_t i, A& p, A& q) { p = q = src[i]; }), eps);
+  const A denom = math::sn_denom(lane_sum_of_squares<A>(n, [&](int64_t i) { return src[i]; }), eps);
   for (int64_t i = 0; i < n; ++i) dst[i] = math::sn_normalized<T>(src[i], denom);
 }
 

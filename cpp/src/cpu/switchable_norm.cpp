@@ -57,7 +57,7 @@ void forward(const SnForwardArgs& a, Step step) {
     for (int64_t p = p0; p < p1; ++p) {
       const T* xp = x + sh.plane_base(p / C, p % C);
       const A m = lane_sum<A>(S, [&](int64_t i) { return load<A>(xp[i * step]); }) / A(S);
-      const A sq = lane_sum<A>(S, [&](int64_t i, A& d, A& d_again) { d = d_again = load<A>(xp[i * step]) - m; });
+      const A sq = lane_sum_of_squares<A>(S, [&](int64_t i) { return load<A>(xp[i * step]) - m; });
       pm[p] = m;
       pv[p] = sq / A(S);
     }

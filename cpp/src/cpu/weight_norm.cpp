@@ -25,7 +25,7 @@ void forward(const WeightNormForwardArgs& a) {
     for (int64_t d = d0; d < d1; ++d) {
       const T* v = static_cast<const T*>(a.v) + d * R;
       T* w = static_cast<T*>(a.w) + d * R;
-      const A sq = lane_sum<A>(R, [&](int64_t i, A& x, A& x_again) { x = x_again = load<A>(v[i]); });
+      const A sq = lane_sum_of_squares<A>(R, [&](int64_t i) { return load<A>(v[i]); });
       const A n = math::weight_norm_norm(sq);
       static_cast<A*>(a.norms)[d] = n;
       const A scale = math::weight_norm_scale(load<A>(static_cast<const T*>(a.g)[d]), n);
