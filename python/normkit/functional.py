@@ -164,6 +164,10 @@ def layer_norm(x, normalized_shape, weight=None, bias=None, eps=1e-5):
     return _layer_norm(x, normalized_shape, weight, bias, eps, False)[0]
 
 
+def _wrap_optional(kind, a):
+    return None if a is None else kind.wrap(a)
+
+
 def _layer_norm(x, normalized_shape, weight, bias, eps, stats):
     """(y, mean, rstd), the statistics None unless `stats` (two allocations fewer per call)."""
     kind = kind_of(x)
@@ -178,9 +182,7 @@ def _layer_norm(x, normalized_shape, weight, bias, eps, stats):
         to_core(x), shape, to_core(weight, "weight"), to_core(bias, "bias"), float_arg(eps, "eps"),
         to_core(y), to_core(mean), to_core(rstd), kind.stream(x),
     )
-    if not stats:
-        return kind.wrap(y), None, None
-    return kind.wrap(y), kind.wrap(mean), kind.wrap(rstd)
+    return kind.wrap(y), _wrap_optional(kind, mean), _wrap_optional(kind, rstd)
 
 
 def layer_norm_backward(dy, x, normalized_shape, mean, rstd, weight=None, output_mask=(True, True, True),
@@ -236,7 +238,7 @@ def _rms_norm(x, normalized_shape, weight, eps, stats):
     _core.rms_norm_forward(
         to_core(x), shape, to_core(weight, "weight"), float_arg(eps, "eps"), to_core(y), to_core(rstd), kind.stream(x)
     )
-    return kind.wrap(y), None if rstd is None else kind.wrap(rstd)
+    return kind.wrap(y), _wrap_optional(kind, rstd)
 
 
 def rms_norm_backward(dy, x, normalized_shape, rstd, weight=None, output_mask=(True, True)):

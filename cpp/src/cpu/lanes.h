@@ -148,10 +148,15 @@ NK_CPU_INLINE A lane_sum(int64_t n, F&& f) {
   return lane_sum_staged<A>(n, [](int64_t, int64_t) {}, f);
 }
 
-// Sum of f(i)^2, each square fused into its add.
+// Sum of f(i)^2, each square fused into its add (the staged form as lane_sum_staged).
+template <class A, class Stage, class F>
+NK_CPU_INLINE A lane_sum_of_squares_staged(int64_t n, Stage&& stage, F&& f) {
+  return lane_sum_staged<A>(n, stage, [&](int64_t i, A& p, A& q) { p = q = f(i); });
+}
+
 template <class A, class F>
 NK_CPU_INLINE A lane_sum_of_squares(int64_t n, F&& f) {
-  return lane_sum<A>(n, [&](int64_t i, A& p, A& q) { p = q = f(i); });
+  return lane_sum_of_squares_staged<A>(n, [](int64_t, int64_t) {}, f);
 }
 
 // Two sums in one pass (lane_block_sum2's f).

@@ -66,6 +66,17 @@ inline void twindow(int64_t j, int64_t size, int64_t C, int64_t& lo, int64_t& hi
 // in registers (a sum array in memory, stored and reloaded once per window channel, made the sums
 // cost more than the rest of the op). Positions past the last whole tile take the scalar loop with
 // the same sequence of operations, so every position rounds alike.
+// sum plus one window term: v^2 (kSquare, fused into the add) or v. Every window sum adds through
+// this, so the tiles, the scalar positions and the padded channels-last sums round alike.
+template <bool kSquare, class V>
+inline V window_add(V sum, V v) {
+  if constexpr (kSquare) {
+    return math::mul_add(v, v, sum);
+  } else {
+    return sum + v;
+  }
+}
+
 template <class A>
 struct WindowTile {
   typedef A Vec __attribute__((vector_size(64)));
@@ -84,7 +95,7 @@ inline void tile_window_sum(const T* x, int64_t stride, int64_t lo, int64_t hi, 
     for (int q = 0; q < Tile::kVecs; ++q) {
       typename Tile::Vec t;
       std::memcpy(&t, v + q * Tile::kLanes, sizeof(t));
-      sum[q] = kSquare ? math::mul_add(t, t, sum[q]) : sum[q] + t;
+      sum[q] = window_add<kSquare>(sum[q], t);
     }
   }
   std::memcpy(out, sum, sizeof(sum));
@@ -95,7 +106,7 @@ inline A window_sum_at(const T* x, int64_t stride, int64_t lo, int64_t hi, int64
   A sum = 0;
   for (int64_t c = lo; c <= hi; ++c) {
     const A v = load<A>(x[c * stride + i]);
-    sum = kSquare ? math::mul_add(v, v, sum) : sum + v;
+    sum = window_add<kSquare>(sum, v);
   }
   return sum;
 }
@@ -205,7 +216,7 @@ inline void padded_window_sum(const A* pad, int64_t C, int64_t width, A* out) {
   for (int64_t d = 0; d < width; ++d) {
     const A* v = pad + d;
 #pragma omp simd
-    for (int64_t c = 0; c < C; ++c) out[c] = kSquare ? math::mul_add(v[c], v[c], out[c]) : out[c] + v[c];
+    for (int64_t c = 0; c < C; ++c) out[c] = window_add<kSquare>(out[c], v[c]);
   }
 }
 

@@ -70,7 +70,7 @@ void forward(const RowNormForwardArgs& a) {
       var = math::biased_var(m);
     } else {
       SummedInputs<T, 1> in(x);
-      var = lane_sum_staged<A>(n, in, [&](int64_t i, A& v, A& v_again) { v = v_again = in.at(0, i); }) / A(n);
+      var = lane_sum_of_squares_staged<A>(n, in, [&](int64_t i) { return in.at(0, i); }) / A(n);
     }
     const A rstd = math::rstd_from_var(var, eps);
     if (a.mean) static_cast<A*>(a.mean)[r] = mean;
