@@ -261,9 +261,10 @@ def rms_norm_backward(dy, x, normalized_shape, rstd, weight=None, output_mask=(T
 # ---- BatchNorm, InstanceNorm, GroupNorm: x is [N, C, *spatial]; outputs keep x's memory format ----
 
 
-def _channel_outputs(kind, x, saved_shape):
+def _channel_outputs(kind, x, saved_shape, channels_first=False):
     acc = acc_dtype_name(kind.dtype_name(x))
-    return empty_output_like(kind, x), kind.empty(saved_shape, acc, x), kind.empty(saved_shape, acc, x)
+    y = kind.empty(kind.shape(x), kind.dtype_name(x), x) if channels_first else empty_output_like(kind, x)
+    return y, kind.empty(saved_shape, acc, x), kind.empty(saved_shape, acc, x)
 
 
 def _channel_grads(kind, x, weight, output_mask, bias_dtype):
@@ -326,11 +327,18 @@ def instance_norm_forward(x, running_mean=None, running_var=None, weight=None, b
     """InstanceNorm over x = [N, C, *]; returns ``(y, save_mean, save_rstd)``, shaped [N, C] with
     use_input_stats (running statistics, if given, move toward the batch average of the instance
     statistics, as torch does) and [C] without (the running statistics normalize)."""
+    return _instance_norm_forward(x, running_mean, running_var, weight, bias, use_input_stats, momentum, eps)
+
+
+def _instance_norm_forward(x, running_mean, running_var, weight, bias, use_input_stats, momentum, eps,
+                           channels_first=False):
+    """instance_norm_forward; `channels_first`: y channels-first whatever x's layout, as torch's
+    instance_norm returns it (the core then reads a channels-last x through one transposing copy)."""
     kind = kind_of(x)
     shape = kind.shape(x)
     use_input_stats = bool_arg(use_input_stats, "use_input_stats")  # (it picks the statistics' shape)
     saved = tuple(shape[:2]) if use_input_stats else (_channels(kind, x),)
-    y, sm, sr = _channel_outputs(kind, x, saved)
+    y, sm, sr = _channel_outputs(kind, x, saved, channels_first)
     stats = _RunningStats(running_mean, running_var, updated=use_input_stats)
     _core.instance_norm_forward(
         to_core(x), stats.core(0, "running_mean"), stats.core(1, "running_var"),

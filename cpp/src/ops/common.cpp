@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "cpu/strided_copy.h"
+#include "normkit/host_cache.h"
 
 #if defined(__linux__)
 #include <sys/mman.h>
@@ -194,8 +195,9 @@ std::shared_ptr<void> compact_copy(const TensorView& t, void* stream) {
   const size_t bytes = std::max<size_t>(1, checked_bytes(t.numel(), size_t(dtype_size(t.dtype))));
   std::shared_ptr<void> holder;
   if (t.device.kind == DeviceKind::CPU) {
-    holder = std::shared_ptr<void>(std::malloc(bytes), std::free);
-    if (!holder) throw RuntimeError(concat("out of host memory copying a ", bytes, "-byte view"));
+    // (From the host cache: a fresh multi-megabyte malloc is faulted in page by page, which cost as
+    // much as the copy.)
+    holder = std::shared_ptr<void>(host_cache_acquire(bytes), [bytes](void* p) { host_cache_release(p, bytes); });
     cpu::contiguous_copy(t, holder.get());
   } else {
 #if defined(NORMKIT_WITH_CUDA)
