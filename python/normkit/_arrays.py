@@ -259,7 +259,7 @@ def kind_of(x, arg: str = "x"):
 
 def to_core(x, arg: str = "x", written: bool = False, required: bool = False):
     """What the extension accepts for x: NumPy arrays as they are, torch tensors as a DLPack capsule
-    (detached: the autograd graph is the torch adapter's business), None as None. Called for every
+    (of the data only: the autograd graph is the torch adapter's business), None as None. Called for every
     argument of every op, so the common cases come first. `written`: the op updates x in place
     (running statistics, power-iteration vectors), so a read-only NumPy array is a ValueError naming
     `arg` (the extension would only say that no overload matched). `required`: None is a TypeError
@@ -281,7 +281,9 @@ def to_core(x, arg: str = "x", written: bool = False, required: bool = False):
                                  "got one with is_neg() True")
             x = x.resolve_neg()
         try:
-            return _TO_DLPACK(x.detach() if x.requires_grad else x)
+            # (A tensor that requires grad exports as it is: torch's C export takes the data, never the graph;
+            # detaching it first cost as much as the export.)
+            return _TO_DLPACK(x)
         except (BufferError, RuntimeError):
             _check_exportable(sys.modules["torch"], x, arg)
             raise
