@@ -256,7 +256,9 @@ def channel_norm_cases() -> list[Case]:
     bn512 = lambda: (_nk_modules().BatchNorm2d(512), torch.nn.BatchNorm2d(512))  # noqa: E731
     add("BatchNorm2d train", "batchnorm2d-train", (32, 512, 7, 7), (torch.float32,), bn512, channels_last=False)
     inorm = lambda: (_nk_modules().InstanceNorm2d(64, affine=True), torch.nn.InstanceNorm2d(64, affine=True))  # noqa: E731
-    add("InstanceNorm2d", "instancenorm2d", (32, 64, 56, 56), (torch.float32,), inorm, channels_last=False)
+    for cl in (False, True):  # (channels-last: torch's output is contiguous, a transposition on both sides)
+        add("InstanceNorm2d" + (" NHWC" if cl else ""), "instancenorm2d", (32, 64, 56, 56), (torch.float32,), inorm,
+            channels_last=cl)
     gn = lambda: (_nk_modules().GroupNorm(32, 256), torch.nn.GroupNorm(32, 256))  # noqa: E731
     for cl in (False, True):
         add("GroupNorm" + (" NHWC" if cl else ""), "groupnorm", (8, 256, 64, 64), (torch.float32,), gn,

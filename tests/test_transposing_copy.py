@@ -68,3 +68,21 @@ def test_channels_last_3d_input(dtype):
     x = _data((2, 20, 3, 4, 17), dtype, seed=5)
     from_cl = nkF.instance_norm(x.contiguous(memory_format=torch.channels_last_3d))
     _same_bits(from_cl, nkF.instance_norm(x))
+
+
+VIEWS = {
+    # (Dims merge only where their strides line up: here H and W do not, every other row being skipped.)
+    "every other row": lambda x: x.contiguous(memory_format=CL)[:, :, ::2, :],
+    "flipped width": lambda x: x.contiguous(memory_format=CL).flip(3),
+    "broadcast width": lambda x: x[:, :, :, :1].contiguous(memory_format=CL).expand(-1, -1, -1, 40),
+    "size-1 height": lambda x: x[:, :, :1, :].contiguous(memory_format=CL),
+}
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("view", VIEWS)
+def test_views_that_merge_no_or_some_dims(dtype, view):
+    """Before choosing its tiles the copy merges the dims laid out as one (H and W of a channels-last
+    tensor) and drops size-1 dims; sliced, flipped and broadcast views must not merge wrongly."""
+    x = VIEWS[view](_data((2, 40, 6, 40), dtype, seed=11))
+    _same_bits(nkF.instance_norm(x), nkF.instance_norm(x.contiguous()))

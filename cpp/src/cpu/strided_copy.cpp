@@ -57,10 +57,10 @@ int unit_stride_dim(const TensorView& src) {
 }
 
 // A cache line of dst from `line`: one store per line in flight (16 scalar stores a line filled the
-// store buffer while each waited for its line), streaming past the caches when aligned.
+// store buffer while each waited for its line), streaming past the caches when it is a whole line.
 inline void write_line(void* dst, const void* line) {
 #if defined(__SSE2__)
-  if (reinterpret_cast<uintptr_t>(dst) % 16 == 0) {
+  if (reinterpret_cast<uintptr_t>(dst) % 64 == 0) {  // (a part of a line streamed costs a read of it)
     for (int i = 0; i < 4; ++i)
       _mm_stream_si128(static_cast<__m128i*>(dst) + i, _mm_load_si128(static_cast<const __m128i*>(line) + i));
     return;
@@ -70,9 +70,8 @@ inline void write_line(void* dst, const void* line) {
 }
 
 // The copy of such a view in tiles of its (k, last) planes: a tile of T values of the last dim (a
-// cache line of dst) by up to kRun values of dim k. Its lines of src are requested first, in address
-// order, so that their misses overlap; the tile is then read across from L1 and written along
-// dst's lines.
+// cache line of dst) by up to kRun values of dim k, read across from L1 and written along dst's
+// lines.
 template <class E>
 void transpose_tiles(const TensorView& src, int k, E* dst) {
   constexpr int64_t T = 64 / int64_t(sizeof(E));  // a cache line of elements
@@ -96,38 +95,79 @@ void transpose_tiles(const TensorView& src, int k, E* dst) {
   const int no = int(outer_dims.size());
   const int64_t j_tiles = (J + T - 1) / T, k_runs = (K + kRun - 1) / kRun;
   const E* base = static_cast<const E*>(src.data);
-  parallel_for(outer * j_tiles * k_runs, 4, [&](int64_t u0, int64_t u1) {
+  // Unit u: the tile (outer index o, j tile jt, k run kr), at s_off in src and d_off in dst.
+  struct Unit {
+    int64_t j0, j1, k0, k1, s_off, d_off;
+  };
+  auto unit = [&](int64_t u) {
+    const int64_t o = u / (j_tiles * k_runs), jt = u / k_runs % j_tiles, kr = u % k_runs;
+    Unit t{jt * T, std::min(J, jt * T + T), kr * kRun, std::min(K, kr * kRun + kRun), 0, 0};
+    for (int64_t i = no - 1, rem = o; i >= 0; --i) {
+      const int d = outer_dims[size_t(i)];
+      const int64_t idx = rem % src.shape[d];
+      rem /= src.shape[d];
+      t.s_off += idx * src.strides[d];
+      t.d_off += idx * dst_strides[size_t(d)];
+    }
+    return t;
+  };
+  // A tile's lines of src: requested a tile ahead, since a tile is often a 4 KB page of src, beyond
+  // which the hardware prefetchers do not run.
+  auto request = [&](const Unit& t) {
+    for (int64_t j = t.j0; j < t.j1; ++j)
+      for (int64_t kk = t.k0; kk < t.k1; kk += T) __builtin_prefetch(base + t.s_off + kk + j * sj, 0, 3);
+  };
+  parallel_for(outer * j_tiles * k_runs, 16, [&](int64_t u0, int64_t u1) {
+    Unit next = unit(u0);
+    request(next);
     for (int64_t u = u0; u < u1; ++u) {
-      const int64_t o = u / (j_tiles * k_runs), jt = u / k_runs % j_tiles, kr = u % k_runs;
-      const int64_t j0 = jt * T, j1 = std::min(J, j0 + T), k0 = kr * kRun, k1 = std::min(K, k0 + kRun);
-      int64_t s_off = 0, d_off = 0, rem = o;
-      for (int i = no - 1; i >= 0; --i) {
-        const int d = outer_dims[size_t(i)];
-        const int64_t idx = rem % src.shape[d];
-        rem /= src.shape[d];
-        s_off += idx * src.strides[d];
-        d_off += idx * dst_strides[size_t(d)];
+      const Unit t = next;
+      if (u + 1 < u1) {
+        next = unit(u + 1);
+        request(next);
       }
-      const E* s = base + s_off;
-      E* out = dst + d_off;
-      for (int64_t j = j0; j < j1; ++j)
-        for (int64_t kk = k0; kk < k1; kk += T) __builtin_prefetch(s + kk + j * sj, 0, 3);
-      if (j1 - j0 == T) {
-        for (int64_t kk = k0; kk < k1; ++kk) {
+      const E* s = base + t.s_off;
+      E* out = dst + t.d_off;
+      if (t.j1 - t.j0 == T) {
+        for (int64_t kk = t.k0; kk < t.k1; ++kk) {
           alignas(64) E line[T];
-          for (int64_t j = 0; j < T; ++j) line[j] = s[kk + (j0 + j) * sj];
-          write_line(out + kk * dk + j0, line);
+          for (int64_t j = 0; j < T; ++j) line[j] = s[kk + (t.j0 + j) * sj];
+          write_line(out + kk * dk + t.j0, line);
         }
       } else {
-        for (int64_t kk = k0; kk < k1; ++kk)
-          for (int64_t j = j0; j < j1; ++j) out[kk * dk + j] = s[kk + j * sj];
+        for (int64_t kk = t.k0; kk < t.k1; ++kk)
+          for (int64_t j = t.j0; j < t.j1; ++j) out[kk * dk + j] = s[kk + j * sj];
       }
     }
   });
 }
 
+// src with its size-1 dims dropped and each dim merged into the one before it where the two are
+// laid out as one (stride[d] == shape[d + 1] * stride[d + 1]): the same elements in the same
+// row-major order, in fewer and longer dims. Channels-last [N, C, H, W] read channels first becomes
+// [N, C, H * W]: a transposition of whole planes, whose rows in dst are the planes of H * W values,
+// instead of W-value rows that cut cache lines.
+TensorView coalesced(const TensorView& src) {
+  TensorView c = src;
+  c.shape.clear();
+  c.strides.clear();
+  for (int d = 0; d < src.ndim(); ++d) {
+    const int64_t n = src.shape[size_t(d)], st = src.strides[size_t(d)];
+    if (n == 1) continue;
+    if (!c.shape.empty() && c.strides.back() == n * st) {
+      c.shape.back() *= n;
+      c.strides.back() = st;
+    } else {
+      c.shape.push_back(n);
+      c.strides.push_back(st);
+    }
+  }
+  return c;
+}
+
 template <class E>
-void copy(const TensorView& src, E* dst) {
+void copy(const TensorView& view, E* dst) {
+  const TensorView src = coalesced(view);
   const int k = unit_stride_dim(src);
   if (k >= 0)
     transpose_tiles(src, k, dst);
