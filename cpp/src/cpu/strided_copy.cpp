@@ -13,13 +13,13 @@ namespace normkit::cpu {
 
 namespace {
 
-// Offset (in src's elements) of the element of src at position `index` over the dims in `dims`,
-// the first dim the slowest.
-int64_t offset_of(const TensorView& src, const int* dims, int n, int64_t index) {
+// Offset, with `strides`, of position `index` over the dims `dims` of src's shape (the first dim
+// the slowest).
+int64_t offset_of(const TensorView& src, const int64_t* strides, const int* dims, int n, int64_t index) {
   int64_t off = 0;
   for (int i = n - 1; i >= 0; --i) {
     const int d = dims[i];
-    off += (index % src.shape[d]) * src.strides[d];
+    off += (index % src.shape[d]) * strides[d];
     index /= src.shape[d];
   }
   return off;
@@ -37,7 +37,7 @@ void gather(const TensorView& src, E* dst) {
   for (int d = 0; d + 1 < nd; ++d) dims[size_t(d)] = d;
   parallel_for(outer, std::max<int64_t>(1, (1 << 14) / std::max<int64_t>(inner, 1)), [&](int64_t o0, int64_t o1) {
     for (int64_t o = o0; o < o1; ++o) {
-      const E* s = base + offset_of(src, dims.data(), nd - 1, o);
+      const E* s = base + offset_of(src, src.strides.data(), dims.data(), nd - 1, o);
       E* out = dst + o * inner;
       for (int64_t i = 0; i < inner; ++i) out[i] = s[i * inner_stride];
     }
@@ -101,15 +101,9 @@ void transpose_tiles(const TensorView& src, int k, E* dst) {
   };
   auto unit = [&](int64_t u) {
     const int64_t o = u / (j_tiles * k_runs), jt = u / k_runs % j_tiles, kr = u % k_runs;
-    Unit t{jt * T, std::min(J, jt * T + T), kr * kRun, std::min(K, kr * kRun + kRun), 0, 0};
-    for (int64_t i = no - 1, rem = o; i >= 0; --i) {
-      const int d = outer_dims[size_t(i)];
-      const int64_t idx = rem % src.shape[d];
-      rem /= src.shape[d];
-      t.s_off += idx * src.strides[d];
-      t.d_off += idx * dst_strides[size_t(d)];
-    }
-    return t;
+    return Unit{jt * T, std::min(J, jt * T + T), kr * kRun, std::min(K, kr * kRun + kRun),
+                offset_of(src, src.strides.data(), outer_dims.data(), no, o),
+                offset_of(src, dst_strides.data(), outer_dims.data(), no, o)};
   };
   // A tile's lines of src: requested a tile ahead, since a tile is often a 4 KB page of src, beyond
   // which the hardware prefetchers do not run.

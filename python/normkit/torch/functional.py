@@ -177,9 +177,7 @@ def instance_norm(input, running_mean=None, running_var=None, weight=None, bias=
                                "use_input_stats")
 
 
-def _instance_norm_forward_contiguous(x, running_mean, running_var, weight, bias, use_input_stats, momentum, eps):
-    return _F._instance_norm_forward(x, running_mean, running_var, weight, bias, use_input_stats, momentum, eps,
-                                     channels_first=True)
+_instance_norm_forward_contiguous = functools.partial(_F._instance_norm_forward, channels_first=True)
 
 
 def group_norm(input, num_groups, weight=None, bias=None, eps=1e-5):
