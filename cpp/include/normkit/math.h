@@ -29,6 +29,17 @@ NK_HD void welford_push(Moments<A>& m, A x) {
   m.m2 += delta * (x - m.mean);
 }
 
+// The arithmetic of chan_merge below on one statistic: moments (b_mean, b_m2) merged into (mean, m2),
+// given the first's count `ac` and the second's share of the merged count `fb` (both counts nonzero).
+// Vector loops over statistics that share their counts (blocks of channels-last rows) merge with it
+// lane by lane, and round as chan_merge does.
+template <class A>
+NK_HD void chan_merge_lane(A& mean, A& m2, A b_mean, A b_m2, A ac, A fb) {
+  const A delta = b_mean - mean;
+  m2 = m2 + b_m2 + delta * delta * ac * fb;
+  mean = mean + delta * fb;
+}
+
 // Chan et al.'s pairwise merge: exact in exact arithmetic, stable when the means differ widely.
 template <class A>
 NK_HD Moments<A> chan_merge(const Moments<A>& a, const Moments<A>& b) {
@@ -36,12 +47,9 @@ NK_HD Moments<A> chan_merge(const Moments<A>& a, const Moments<A>& b) {
   if (n == 0) return a;
   if (a.count == 0) return b;
   if (b.count == 0) return a;
-  const A fb = A(b.count) / A(n);
-  const A delta = b.mean - a.mean;
-  Moments<A> r;
+  Moments<A> r = a;
   r.count = n;
-  r.mean = a.mean + delta * fb;
-  r.m2 = a.m2 + b.m2 + delta * delta * A(a.count) * fb;
+  chan_merge_lane(r.mean, r.m2, b.mean, b.m2, A(a.count), A(b.count) / A(n));
   return r;
 }
 

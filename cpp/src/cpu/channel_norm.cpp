@@ -37,6 +37,7 @@
 #include <algorithm>
 #include <cmath>
 #include <type_traits>
+#include <utility>
 #include <vector>
 
 #include "cpu/channel_map.h"
@@ -59,6 +60,7 @@ using detail::Layout;
 
 constexpr int64_t kChunk = 8 * kStatBlock;  // channels first: values per unit of parallel work
 constexpr int64_t kRowBlock = 16384;        // channels last: values per block of rows (L2)
+constexpr int64_t kMinBlockRows = 32;       // channels last: at least this many rows per block
 constexpr int64_t kTaskElements = 1 << 15;  // elements per parallel task, to amortise the hand-off
 constexpr int64_t kFuseMinBytes = 512 << 10;  // fuse statistics and normalization per task up to
 constexpr int64_t kFuseMaxBytes = 4 << 20;    // 16 MB / threads within these bounds (L2 / L3)
@@ -114,7 +116,7 @@ struct Problem {
   // Channels last: row groups (samples, or one group of all rows) and their blocks of rows.
   int64_t row_groups() const { return per_sample ? N : 1; }
   int64_t group_rows() const { return per_sample ? S : N * S; }
-  int64_t block_rows() const { return std::max<int64_t>(1, kRowBlock / C); }
+  int64_t block_rows() const { return std::max<int64_t>(kMinBlockRows, kRowBlock / C); }
   int64_t row_blocks() const { return ceil_div(group_rows(), block_rows()); }
   // Channels first: a segment (n, g) is cpg * S contiguous values, cut into chunks.
   int64_t seg_len() const { return cpg * S; }
@@ -187,11 +189,48 @@ auto column_block(const T* x, int64_t n, int64_t C, int slot) {
   }
 }
 
+// Block moments of channels-last row blocks as structure of arrays: per block, a row of the G group
+// means and a row of their M2s (all G of a block count rows * cpg values), so that the merges of
+// blocks and the per-group steps are vector loops over groups.
+template <class A>
+struct BlockRow {
+  A* mean = nullptr;
+  A* m2 = nullptr;
+  int64_t count = 0;
+};
+
+template <class A>
+struct BlockRows {
+  int64_t G;
+  std::vector<A> mean, m2;  // [block][group]
+  BlockRows(int64_t blocks, int64_t groups) : G(groups), mean(size_t(blocks * groups)), m2(size_t(blocks * groups)) {}
+  BlockRow<A> row(int64_t block, int64_t count, int64_t g0 = 0) {
+    return {&mean[size_t(block * G + g0)], &m2[size_t(block * G + g0)], count};
+  }
+};
+
+// The moments of groups [0, width) of `blocks` rows (rows(b): block b's row from group g0 on) merged
+// pairwise in block order, in place in the rows: each group's merges are those of
+// math::pairwise_moments over its blocks (the same tree, chan_merge's arithmetic per lane).
+template <class A, class RowOf>
+BlockRow<A> merge_block_rows(int64_t blocks, int64_t width, RowOf&& row_of) {
+  auto merge = [width](BlockRow<A> a, const BlockRow<A>& b) {
+    const A ac = A(a.count), fb = A(b.count) / A(a.count + b.count);
+#pragma omp simd
+    for (int64_t g = 0; g < width; ++g) math::chan_merge_lane(a.mean[g], a.m2[g], b.mean[g], b.m2[g], ac, fb);
+    a.count += b.count;
+    return a;
+  };
+  math::Pairwise<BlockRow<A>, decltype(merge)> rows(merge);
+  for (int64_t b = 0; b < blocks; ++b) rows.add(row_of(b));
+  return rows.result();
+}
+
 // Moments of x - shift of each of the G groups over `rows` rows of C channels starting at x (as
-// column_block gives the block), with sh[c] the shift of channel c's group.
+// column_block gives the block), with sh[c] the shift of channel c's group, into `out`.
 template <class T, class A>
 void row_block_moments(const Problem& p, const T* x, int64_t rows, const A* sh, RowScratch<A>& sc,
-                       Moments<A>* out) {
+                       const BlockRow<A>& out) {
   const int64_t C = p.C, G = p.G, cpg = p.cpg;
   A* acc = sc.a.data();
   A* mref = sc.b.data();
@@ -202,45 +241,74 @@ void row_block_moments(const Problem& p, const T* x, int64_t rows, const A* sh, 
     d = d_again = load<A>(x[r * C + c]) - sh[c];
   });
   const int64_t n = rows * cpg;
-  bool all_kept = true;
-  for (int64_t g = 0; g < G; ++g) {
-    A s1 = 0, s2 = 0;
-    for (int64_t c = g * cpg; c < (g + 1) * cpg; ++c) {
-      s1 += acc[c];
-      s2 += sq[c];
+  const A an = A(n);
+  // (false for NaN and m2 < 0; m2 == 0 passes only with a zero mean, all d zero: exact)
+  auto kept = [an](A mean, A m2) { return mean * mean * an <= A(4) * m2; };
+  int redo = 0;
+  if (cpg == 1) {
+    // A group per channel (BatchNorm, InstanceNorm): the steps below lane by lane, the same values
+    // (a sum of one term is that term). One group at a time, their scalar divisions and branches
+    // cost more than the block's sums when C is in the thousands.
+#pragma omp simd reduction(+ : redo)
+    for (int64_t c = 0; c < C; ++c) {
+      const A mean = acc[c] / an, m2 = sq[c] - acc[c] * mean;
+      out.mean[c] = mean;
+      out.m2[c] = m2;
+      redo += kept(mean, m2) ? 0 : 1;
     }
-    const A mean = s1 / A(n), m2 = s2 - s1 * mean;
-    // (false for NaN and m2 < 0; m2 == 0 passes only with a zero mean, all d zero: exact)
-    const bool keep = mean * mean * A(n) <= A(4) * m2;
-    if (keep) out[g] = math::block_moments(n, mean, m2);
-    mref[g * cpg] = keep ? A(1) : A(0);  // (reused as a flag until the estimates below)
-    all_kept = all_kept && keep;
+  } else {
+    for (int64_t g = 0; g < G; ++g) {
+      A s1 = 0, s2 = 0;
+      for (int64_t c = g * cpg; c < (g + 1) * cpg; ++c) {
+        s1 += acc[c];
+        s2 += sq[c];
+      }
+      const A mean = s1 / an, m2 = s2 - s1 * mean;
+      out.mean[g] = mean;
+      out.m2[g] = m2;
+      redo += kept(mean, m2) ? 0 : 1;
+    }
   }
-  if (all_kept) return;
+  if (redo == 0) return;
   // The corrected two-pass for the other groups, while the block is in cache. Pass 1: each group's
   // mean estimate from the per-channel sums of x - shift, which acc already holds from the one pass
   // (the sums a separate pass would take, bit for bit: the same terms in the same order).
-  std::vector<bool> redo(static_cast<size_t>(G));
-  for (int64_t g = 0; g < G; ++g) redo[size_t(g)] = mref[g * cpg] == A(0);
   const A inv_rows = A(1) / A(rows);
-  for (int64_t g = 0; g < G; ++g) {
-    A s = 0;
-    for (int64_t c = g * cpg; c < (g + 1) * cpg; ++c) s += acc[c];
-    const A mg = s * inv_rows / A(cpg);
-    for (int64_t c = g * cpg; c < (g + 1) * cpg; ++c) mref[c] = mg;
+  if (cpg == 1) {
+#pragma omp simd
+    for (int64_t c = 0; c < C; ++c) mref[c] = acc[c] * inv_rows;  // (/ A(1) below: exact)
+  } else {
+    for (int64_t g = 0; g < G; ++g) {
+      A s = 0;
+      for (int64_t c = g * cpg; c < (g + 1) * cpg; ++c) s += acc[c];
+      const A mg = s * inv_rows / A(cpg);
+      for (int64_t c = g * cpg; c < (g + 1) * cpg; ++c) mref[c] = mg;
+    }
   }
   // Pass 2: per-channel sums of d and d^2 around the group's estimate.
   column_sum2(C, rows, acc, sq, [&](int64_t r, int64_t c, A& d, A& d_again) {
     d = d_again = (load<A>(x[r * C + c]) - sh[c]) - mref[c];
   });
+  if (cpg == 1) {
+#pragma omp simd
+    for (int64_t c = 0; c < C; ++c) {
+      const Moments<A> m = corrected_moments(n, mref[c], acc[c], sq[c]);
+      const bool keep = kept(out.mean[c], out.m2[c]);
+      out.mean[c] = keep ? out.mean[c] : m.mean;
+      out.m2[c] = keep ? out.m2[c] : m.m2;
+    }
+    return;
+  }
   for (int64_t g = 0; g < G; ++g) {
-    if (!redo[size_t(g)]) continue;
+    if (kept(out.mean[g], out.m2[g])) continue;
     A sd = 0, s2 = 0;
     for (int64_t c = g * cpg; c < (g + 1) * cpg; ++c) {
       sd += acc[c];
       s2 += sq[c];
     }
-    out[g] = corrected_moments(n, mref[g * cpg], sd, s2);
+    const Moments<A> m = corrected_moments(n, mref[g * cpg], sd, s2);
+    out.mean[g] = m.mean;
+    out.m2[g] = m.m2;
   }
 }
 
@@ -393,25 +461,33 @@ void forward_nsc(const Problem& p, const T* x, T* y, const A* w, const A* b, A e
   };
   if (batch) {
     // Per row group, each channel's shift (that of its statistic).
+    // (Computed per statistic in parallel first: a BatchNorm's K = 1 expansion is one task, and
+    // its thousands of strided samples took 8% of [8,2048,7,7]'s forward on one thread.)
+    const std::vector<A> stat_shift_values = stat_shifts<T, A>(p, x);
     std::vector<A> shifts(size_t(K * C));
     for_row_groups(p, [&](int64_t k) {
-      expand_groups(p, k, &shifts[size_t(k * C)], [&](int64_t s) { return stat_shift(p, x, s); });
+      expand_groups(p, k, &shifts[size_t(k * C)], [&](int64_t s) { return stat_shift_values[size_t(s)]; });
     });
     // Block moments per [sample][block][group], each block's from row_block_moments, and a sample's
     // statistics from its blocks' moments, pairwise in block order: the same arithmetic on every path.
-    std::vector<Moments<A>> um(size_t(K * nb * G));
+    BlockRows<A> um(K * nb, G);
+    auto block_count = [&](int64_t blk) { return std::min(Rb, R - blk * Rb) * p.cpg; };
     auto block_moments = [&](int64_t k, int64_t blk, RowScratch<A>& sc) {
       const int64_t r0 = blk * Rb, rows = std::min(Rb, R - r0);
       row_block_moments(p, column_block<A>(x + (k * R + r0) * C, rows * C, C, 0), rows, &shifts[size_t(k * C)], sc,
-                        &um[size_t((k * nb + blk) * G)]);
+                        um.row(k * nb + blk, block_count(blk)));
     };
-    auto finish_group = [&](int64_t k, int64_t g) {
-      finish_stat(st, k * G + g,
-                  math::pairwise_moments<A>(nb, [&](int64_t blk) { return um[size_t((k * nb + blk) * G + g)]; }),
-                  shifts[size_t(k * C + g * p.cpg)], eps);
+    // Statistics [g0, g1) of sample k (the merges change um's rows: once per statistic).
+    auto finish_groups = [&](int64_t k, int64_t g0, int64_t g1) {
+      const BlockRow<A> m = merge_block_rows<A>(nb, g1 - g0, [&](int64_t blk) {
+        return um.row(k * nb + blk, block_count(blk), g0);
+      });
+      for (int64_t g = g0; g < g1; ++g)
+        finish_stat(st, k * G + g, math::block_moments(m.count, m.mean[g - g0], m.m2[g - g0]),
+                    shifts[size_t(k * C + g * p.cpg)], eps);
     };
     auto finish_sample = [&](int64_t k) {
-      for (int64_t g = 0; g < G; ++g) finish_group(k, g);
+      finish_groups(k, 0, G);
       expand(k);
     };
     // Normalizes block a of sample k counted from the last: what the statistics read last is
@@ -464,7 +540,11 @@ void forward_nsc(const Problem& p, const T* x, T* y, const A* w, const A* b, A e
       for (int64_t u = u0; u < u1; ++u) block_moments(u / nb, u % nb, sc);
     });
     parallel_for(p.num_stats, std::max<int64_t>(1, 4096 / nb), [&](int64_t s0, int64_t s1) {
-      for (int64_t s = s0; s < s1; ++s) finish_group(s / G, s % G);
+      for (int64_t s = s0; s < s1;) {
+        const int64_t k = s / G, e = std::min(s1, (k + 1) * G);
+        finish_groups(k, s - k * G, e - k * G);
+        s = e;
+      }
     });
   }
   if (!y) return;  // statistics only (SyncBatchNorm's local phase)
@@ -726,16 +806,26 @@ void backward_nsc(const Problem& p, const ChannelNormBackwardArgs& a, const Back
       map_rows(C, r0, r1, in, dx + base, par, stream, kFixedStatsDxMap);
     }
   };
-  // Row group k's (k, c) sums from its block partials, pairwise in block order.
-  auto group_sums = [&](int64_t k, const A* part_dy, const A* part_dyx, int64_t c0 = 0, int64_t c1 = -1) {
-    for (int64_t c = c0; c < (c1 < 0 ? C : c1); ++c) {
-      sum_dy[k * C + c] = math::pairwise_sum<A>(nb, [&](int64_t blk) { return part_dy[blk * C + c]; });
-      sum_dyx[k * C + c] = math::pairwise_sum<A>(nb, [&](int64_t blk) { return part_dyx[blk * C + c]; });
+  // Row group k's (k, c) sums from its block partials, pairwise in block order: a row of channels at a
+  // time, added in place into the earlier block's row (the partials are scratch), the same additions
+  // as a channel at a time (math::pairwise_sum), in vector loops over the channels.
+  auto group_sums = [&](int64_t k, A* part_dy, A* part_dyx, int64_t c0 = 0, int64_t c1 = -1) {
+    const int64_t width = (c1 < 0 ? C : c1) - c0;
+    auto add_rows = [width](A* earlier, A* later) {
+#pragma omp simd
+      for (int64_t c = 0; c < width; ++c) earlier[c] = earlier[c] + later[c];
+      return earlier;
+    };
+    for (auto [part, sum] : {std::pair{part_dy, sum_dy}, std::pair{part_dyx, sum_dyx}}) {
+      math::Pairwise<A*, decltype(add_rows)> rows(add_rows);
+      for (int64_t blk = 0; blk < nb; ++blk) rows.add(part + blk * C + c0);
+      const A* total = rows.result(nullptr);
+      std::copy(total, total + width, sum + k * C + c0);
     }
   };
   // Per-sample norms: sample k's (k, c) sums from its block partials, its statistics' coefficients,
   // and their per-channel vectors for its dx.
-  auto sample_coefficients = [&](int64_t k, const A* part_dy, const A* part_dyx) {
+  auto sample_coefficients = [&](int64_t k, A* part_dy, A* part_dyx) {
     group_sums(k, part_dy, part_dyx);
     for (int64_t g = 0; g < G; ++g) stat_coefficients(p, k * G + g, sum_dy, sum_dyx, w, mg, mgx);
     expand_coef(k);
