@@ -6,11 +6,11 @@
 // loaded once per block "into registers": GCC kept them in a stack array instead (stored once per
 // tile and block, then reloaded per vector), so the tiles cost extra stores, and with rows of 2 KB
 // and more the walk across rows ran at half the speed of a walk in address order (a load of row
-// r + k then sits 4 KB past a store to row r still in flight, a likely cause). In interleaved runs
-// of BatchNorm2d eval on channels-last float32 (the map alone, best of 7), this walk was as fast or
-// faster at every C tried: [8,512,28,28] 0.74-0.93 -> 0.38-0.46 ms, [8,128,56,56] 0.61-1.12 ->
-// 0.37-0.57 ms, [8,1024,14,14] and [8,2048,7,7] ~20% faster, [32,64,56,56] and [8,256,56,56] (DRAM
-// bound) alike or a little faster; bfloat16 alike or faster ([8,256,56,56] 0.98-1.17 -> 0.78-0.94).
+// r + k then sits 4 KB past a store to row r still in flight, a likely cause). BatchNorm2d eval on
+// channels-last tensors (the map alone, best of 7, three alternating process pairs), tile walk ->
+// this walk: float32 [8,512,28,28] 0.77-1.26 -> 0.44-0.48 ms, [8,128,56,56] 0.50-0.92 -> 0.35-0.42,
+// [8,1024,14,14] and [8,2048,7,7] alike or faster, [32,64,56,56] and [8,256,56,56] (DRAM bound) alike;
+// bfloat16 alike, [8,256,56,56] 0.86-2.9 -> 0.79-0.82 ms.
 //
 // The map is one generic function, called with GCC vector types and with scalars for a row's last
 // channels, so the per-element formula is the shared one of normkit/math.h in both (each vector lane
