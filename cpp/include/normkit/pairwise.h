@@ -1,6 +1,6 @@
 // Pairwise (cascade) reduction of a sequence that arrives one value at a time: plain sums here,
 // moments merged with Chan's formula in math.h (PairwiseMoments), rows of partial sums added in
-// place in cpu/row_norm.cpp. A running merge rounds every new value against the whole result, an
+// place in cpu/pairwise_rows.h. A running merge rounds every new value against the whole result, an
 // error that grows with the number of values: 8192 planes of 8 values merged one after the other lost
 // 1e-3 of a variance, and 2^16 blocks of a long row 1e-5 of its mean of squares. Here a binary counter
 // keeps at most one partial per power of two, so the values meet in a fixed binary tree and the

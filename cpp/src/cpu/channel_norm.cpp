@@ -45,6 +45,7 @@
 #include "cpu/shifted_moments.h"
 #include "cpu/kernels.h"
 #include "cpu/lanes.h"
+#include "cpu/pairwise_rows.h"
 #include "cpu/params.h"
 #include "cpu/stream_store.h"
 #include "normkit/math.h"
@@ -809,20 +810,12 @@ void backward_nsc(const Problem& p, const ChannelNormBackwardArgs& a, const Back
       map_rows(C, r0, r1, in, dx + base, par, stream, kFixedStatsDxMap);
     }
   };
-  // Row group k's (k, c) sums from its block partials, pairwise in block order: a row of channels at a
-  // time, added in place into the earlier block's row (the partials are scratch), the same additions
-  // as a channel at a time (math::pairwise_sum), in vector loops over the channels.
+  // Row group k's (k, c) sums from its block partials, pairwise in block order a row of channels at
+  // a time (cpu/pairwise_rows.h; the partials are scratch).
   auto group_sums = [&](int64_t k, A* part_dy, A* part_dyx, int64_t c0 = 0, int64_t c1 = -1) {
     const int64_t width = (c1 < 0 ? C : c1) - c0;
-    auto add_rows = [width](A* earlier, A* later) {
-#pragma omp simd
-      for (int64_t c = 0; c < width; ++c) earlier[c] = earlier[c] + later[c];
-      return earlier;
-    };
     for (auto [part, sum] : {std::pair{part_dy, sum_dy}, std::pair{part_dyx, sum_dyx}}) {
-      math::Pairwise<A*, decltype(add_rows)> rows(add_rows);
-      for (int64_t blk = 0; blk < nb; ++blk) rows.add(part + blk * C + c0);
-      const A* total = rows.result(nullptr);
+      const A* total = pairwise_row_sums<A>(nb, width, [&](int64_t blk) { return part + blk * C + c0; });
       std::copy(total, total + width, sum + k * C + c0);
     }
   };

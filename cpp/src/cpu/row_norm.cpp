@@ -8,6 +8,7 @@
 
 #include "cpu/kernels.h"
 #include "cpu/lanes.h"
+#include "cpu/pairwise_rows.h"
 #include "cpu/params.h"
 #include "cpu/prefetch_ahead.h"
 #include "cpu/shifted_moments.h"
@@ -286,25 +287,15 @@ void backward(const RowNormBackwardArgs& a) {
   });
   if (!want_params) return;
 
-  // Column-wise sums of the block partials, pairwise in block order (normkit/pairwise.h), a row of
-  // columns at a time: each merge adds a later block's row of partials into an earlier one's in
-  // address order (vectorized); a column at a time read them with a stride of a whole row, one cache
-  // line per value, which cost as much as the dx pass (LayerNorm [2048,1024] backward: 1.27 ms with
-  // the parameter gradients, 0.51 ms without). The partials are this call's own scratch.
+  // Column-wise sums of the block partials, pairwise in block order a row at a time
+  // (cpu/pairwise_rows.h). The partials are this call's own scratch.
   auto reduce_into = [&](std::vector<A>& part, void* out, DType out_dtype) {
     dispatch_float(out_dtype, [&](auto tag) {
       using P = decltype(tag);
       P* o = static_cast<P*>(out);
       parallel_for(n, std::max<int64_t>(1024, kTaskElements / blocks), [&](int64_t c0, int64_t c1) {
         const int64_t width = c1 - c0;
-        auto add_rows = [width](A* earlier, A* later) {
-#pragma omp simd
-          for (int64_t c = 0; c < width; ++c) earlier[c] = earlier[c] + later[c];
-          return earlier;
-        };
-        math::Pairwise<A*, decltype(add_rows)> rows(add_rows);
-        for (int64_t blk = 0; blk < blocks; ++blk) rows.add(part.data() + blk * n + c0);
-        const A* sum = rows.result(nullptr);
+        const A* sum = pairwise_row_sums<A>(blocks, width, [&](int64_t blk) { return part.data() + blk * n + c0; });
         for (int64_t c = 0; c < width; ++c) o[c0 + c] = store<P>(sum[c]);
       });
     });
