@@ -53,6 +53,17 @@ def test_batch_norm_variance_accurate_whatever_the_first_value(first, hw, layout
     _check(_var_from_rstd(rstd), mean, groups)
 
 
+# Channels-first BatchNorm with planes under 1024 values takes moments per block of a channel's
+# planes (kStatBlock = 4096 values: 256 planes of 4x4, 83 of 7x7): several blocks here, the last short.
+@pytest.mark.parametrize("first", FIRSTS)
+@pytest.mark.parametrize("shape", [(600, 2, 4, 4), (130, 2, 7, 7), (9, 2, 31, 32)])
+def test_batch_norm_short_planes_accurate_whatever_the_first_value(first, shape):
+    x = _data(shape, first, seed=shape[0], layout="cf")
+    _, mean, rstd = F.batch_norm_forward(x, None, None, training=True, eps=EPS)
+    groups = x.astype(np.float64).transpose(1, 0, 2, 3).reshape(2, -1)
+    _check(_var_from_rstd(rstd), mean, groups)
+
+
 @pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("first", FIRSTS)
 @pytest.mark.parametrize("hw", SPATIAL)
