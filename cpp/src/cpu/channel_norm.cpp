@@ -437,19 +437,33 @@ void chunk_stats(const Problem& p, const T* x, const std::vector<A>& shifts, A e
 }
 
 // A short plane's values into a gathering buffer, in fixed-size moves the compiler inlines: a memcpy
-// call (which GCC also makes of a plain copy loop) cost more than a plane of 64 bytes.
+// call cost more than a plane of 64 bytes. GCC turns the loop of 64-byte moves back into a memcpy
+// call (loop distribution: 5% of BatchNorm2d(512) [16,512,4,4] forward+backward), hence the attribute.
+#if defined(__GNUC__) && !defined(__clang__)
+#define NK_NO_COPY_LOOP_CALLS __attribute__((optimize("no-tree-loop-distribute-patterns")))
+#else
+#define NK_NO_COPY_LOOP_CALLS
+#endif
 template <class T>
-void copy_plane(T* dst, const T* src, int64_t n) {
+NK_NO_COPY_LOOP_CALLS void copy_plane(T* dst, const T* src, int64_t n) {
   char* d = reinterpret_cast<char*>(dst);
   const char* s = reinterpret_cast<const char*>(src);
   const int64_t bytes = n * int64_t(sizeof(T));
   int64_t i = 0;
   for (; i + 64 <= bytes; i += 64) std::memcpy(d + i, s + i, 64);
-  for (int64_t step = 32; step >= 2; step /= 2)  // (the rest: at most one move of each size)
-    if (i + step <= bytes) {
-      std::memcpy(d + i, s + i, size_t(step));
-      i += step;
+  // The rest: at most one move of each size, each of a constant size (a loop over the sizes left
+  // them to run-time memcpy calls).
+  auto move = [&](auto step) {
+    if (i + step.value <= bytes) {
+      std::memcpy(d + i, s + i, size_t(step.value));
+      i += step.value;
     }
+  };
+  move(std::integral_constant<int64_t, 32>{});
+  move(std::integral_constant<int64_t, 16>{});
+  move(std::integral_constant<int64_t, 8>{});
+  move(std::integral_constant<int64_t, 4>{});
+  move(std::integral_constant<int64_t, 2>{});
 }
 
 // BatchNorm channels first with planes shorter than kShortPlane values (a CNN's last stages: 7x7,
