@@ -47,6 +47,7 @@
 #include "cpu/kernels.h"
 #include "cpu/lanes.h"
 #include "cpu/pairwise_rows.h"
+#include "cpu/plane_map.h"
 #include "cpu/params.h"
 #include "cpu/stream_store.h"
 #include "normkit/math.h"
@@ -376,6 +377,14 @@ void apply_run(const T* x, T* y, int64_t n, A mean, A rstd, A w, A b, bool strea
   }
 }
 
+// (n, c) of the plane after plane n * C + c.
+inline void next_plane(int64_t C, int64_t& n, int64_t& c) {
+  if (++c == C) {
+    c = 0;
+    ++n;
+  }
+}
+
 // fn(n, c, ch) for the units [u0, u1) of (plane n * C + c, chunk ch of pch) in order, counting
 // instead of dividing per unit (the divisions cost as much as the work on a short plane).
 template <class Fn>
@@ -385,10 +394,7 @@ void for_plane_chunks(int64_t C, int64_t pch, int64_t u0, int64_t u1, Fn&& fn) {
     fn(n, c, ch);
     if (++ch == pch) {
       ch = 0;
-      if (++c == C) {
-        c = 0;
-        ++n;
-      }
+      next_plane(C, n, c);
     }
   }
 }
@@ -531,6 +537,16 @@ void forward_ncs(const Problem& p, const T* x, T* y, const A* w, const A* b, A e
   // last may still be in the last-level cache.
   const int64_t pch = ceil_div(S, kChunk), units = N * C * pch;
   parallel_for_from_end(units, std::max<int64_t>(1, kTaskElements / std::min(S, kChunk)), [&](int64_t u0, int64_t u1) {
+    if (S < kShortPlane) {  // (whole planes: pch == 1, units are planes)
+      const T* in[1] = {x};
+      int64_t n = u0 / C, c = u0 % C;
+      map_planes<1, 4, T, A>(S, u0, u1, in, y, stream, [&](A (&op)[4]) {
+        const int64_t s = p.stat(n, c);
+        op[0] = st.mean[size_t(s)], op[1] = st.rstd[size_t(s)], op[2] = w[c], op[3] = b[c];
+        next_plane(C, n, c);
+      }, kApplyMap);
+      return;
+    }
     for_plane_chunks(C, pch, u0, u1, [&](int64_t n, int64_t c, int64_t ch) {
       const int64_t s = p.stat(n, c), off = (n * C + c) * S + ch * kChunk;
       apply_run(x + off, y + off, std::min(kChunk, S - ch * kChunk), st.mean[size_t(s)], st.rstd[size_t(s)], w[c],
@@ -871,7 +887,27 @@ void backward_ncs(const Problem& p, const ChannelNormBackwardArgs& a, const Back
       all_stat_coefficients(p, sum_dy, sum_dyx, w, mg, mgx);
   }
   if (!bp.want_dx) return;
+  const bool stream = p.streams(sizeof(T));
   parallel_for_from_end(units, grain, [&](int64_t u0, int64_t u1) {
+    if (S < kShortPlane) {  // (whole planes, as forward_ncs's normalization)
+      int64_t n = u0 / C, c = u0 % C;
+      if (bp.batch_stats) {
+        const T* in[2] = {dy, x};
+        map_planes<2, 5, T, A>(S, u0, u1, in, dx, stream, [&](A (&op)[5]) {
+          const int64_t s = p.stat(n, c);
+          op[0] = w[c], op[1] = mean[s], op[2] = rstd[s], op[3] = mg[s], op[4] = mgx[s];
+          next_plane(C, n, c);
+        }, kDxMap);
+      } else {
+        const T* in[1] = {dy};
+        map_planes<1, 2, T, A>(S, u0, u1, in, dx, stream, [&](A (&op)[2]) {
+          const int64_t s = p.stat(n, c);
+          op[0] = w[c], op[1] = rstd[s];
+          next_plane(C, n, c);
+        }, kFixedStatsDxMap);
+      }
+      return;
+    }
     for_plane_chunks(C, pch, u0, u1, [&](int64_t n, int64_t c, int64_t ch) {
       plane_dx(n, c, ch * kChunk, std::min(kChunk, S - ch * kChunk));
     });
