@@ -25,15 +25,20 @@
 // S values. Segments are cut into chunks of kChunk values (the unit of parallel work). When a
 // per-sample segment fits the cache budget (fuse_stats), one task computes its statistics and
 // normalizes it right away, so x comes from DRAM once (same arithmetic as the unfused path).
+// BatchNorm planes shorter than kShortPlane values instead go in blocks of a channel's planes
+// (gathered into L1, kStatBlock values each), and planes that short are normalized in one loop
+// over the planes (cpu/plane_map.h): per plane, the moments, merges and calls cost more than its
+// values.
 // Channels last (NSC): rows of C channels. The rows of a statistic's row group (a sample for
 // per-sample norms, all N * S rows for BatchNorm) are cut into fixed blocks of rows; per block,
 // per-channel vector sums give each group's block moments. Per-sample norms fuse per sample, or,
 // for samples of kPipelineMinBytes and more, pipeline the samples across all threads (forward).
 // Unfused normalization passes run last-to-first, to reuse what the statistics pass left in L3.
 //
-// Backward: per (k, c) sums of dy and dy * xhat (k = n, or k = 0 for channels-last BatchNorm) give
-// dbias, dweight (pairwise sums over k in order) and, per statistic, mean(g) and mean(g * xhat)
-// (pairwise sums over k then c in order); then dx = math::row_norm_dx per element.
+// Backward: per (k, c) sums of dy and dy * xhat (k = n, a block of planes for short planes, or k = 0
+// for channels-last BatchNorm) give dbias, dweight (pairwise sums over k in order) and, per
+// statistic, mean(g) and mean(g * xhat) (pairwise sums over k then c in order); then
+// dx = math::row_norm_dx per element.
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -130,7 +135,9 @@ struct Problem {
   int64_t seg_len() const { return cpg * S; }
   // Channels-first BatchNorm with planes shorter than kShortPlane values: moments and gradient sums per
   // block of a channel's planes, kStatBlock values (see batch_stats_of_short_planes).
-  bool short_planes() const { return !per_sample && layout == Layout::NCS && S > 0 && S < kShortPlane; }
+  bool short_planes() const {
+    return !per_sample && G == C && layout == Layout::NCS && S > 0 && S < kShortPlane;
+  }
   int64_t planes_per_block() const { return std::max<int64_t>(1, kStatBlock / S); }
   int64_t plane_blocks() const { return ceil_div(N, planes_per_block()); }
   // The k of the backward's (k, c) sums: samples (channels first, per-sample norms), blocks of
