@@ -51,13 +51,13 @@ int64_t now_ns() {
       .count();
 }
 
-// Spins until pred() holds or the spin time passes. `yield`: give the core to any other runnable
+// Spins until pred() holds or `us` microseconds pass. `yield`: give the core to any other runnable
 // thread now and then (an idle worker must not slow down torch's threads that run between normkit
 // calls); a caller waiting for its own job's chunks spins without yielding.
 template <class Pred>
-void spin_briefly(Pred&& pred, bool yield = false) {
+void spin_briefly(Pred&& pred, bool yield = false, int us = spin_microseconds()) {
   const auto start = std::chrono::steady_clock::now();
-  const auto limit = std::chrono::microseconds(spin_microseconds());
+  const auto limit = std::chrono::microseconds(us);
   for (int i = 0; !pred(); ++i) {
     cpu_relax();
     if ((i & 255) == 255) {
@@ -155,10 +155,15 @@ class ThreadPool {
     }
   }
 
-  // Between jobs a worker spins only while spinning pays: when the previous job came within the spin
-  // time of the one before (back-to-back normkit calls). When other work runs between normkit calls
-  // (torch ops in a model, with their own thread pool), a spinning worker would only take a core
-  // from it, so the worker goes to sleep at once.
+  // Between jobs a worker spins the full spin time only while that pays: when the previous job came
+  // within the spin time of the one before (back-to-back normkit calls). When other work runs
+  // between normkit calls (torch ops in a model, with their own thread pool), a spinning worker would
+  // only take a core from it, so the worker spins only kOpSpinUs, long enough to catch the next
+  // parallel loop of the same normkit call (an op runs several), then sleeps. Sleeping at once made
+  // every loop of a call pay a futex wake-up after a long gap: BatchNorm2d [16,512,4,4] float32 core
+  // calls with 1 ms of other work between them took 174-224 us forward and 204-265 us backward,
+  // 140-155 and 164-182 us with this short spin (95-120 and 120-150 back to back, either way).
+  static constexpr int kOpSpinUs = 50;
   void worker_loop() {
     t_in_pool_task = true;
     uint64_t seen = 0;
@@ -167,7 +172,8 @@ class ThreadPool {
     for (;;) {
       const std::function<void(int64_t)>* job;
       int64_t chunks;
-      if (spin) spin_briefly([&] { return published_.load(std::memory_order_acquire) != seen; }, true);
+      spin_briefly([&] { return published_.load(std::memory_order_acquire) != seen; }, true,
+                   spin ? spin_microseconds() : std::min(kOpSpinUs, spin_microseconds()));
       {
         std::unique_lock<std::mutex> lock(mu_);
         wake_.wait(lock, [&] { return stop_ || (generation_ != seen && job_ != nullptr); });
