@@ -140,6 +140,14 @@ struct Problem {
   }
   int64_t planes_per_block() const { return std::max<int64_t>(1, kStatBlock / S); }
   int64_t plane_blocks() const { return ceil_div(N, planes_per_block()); }
+  // Unit u of the short planes' blocks: channel c, block blk of its planes, samples [n0, n1).
+  struct PlaneBlock {
+    int64_t c, blk, n0, n1;
+  };
+  PlaneBlock plane_block(int64_t u) const {
+    const int64_t blocks = plane_blocks(), blk = u % blocks, n0 = blk * planes_per_block();
+    return {u / blocks, blk, n0, std::min(N, n0 + planes_per_block())};
+  }
   // The k of the backward's (k, c) sums: samples (channels first, per-sample norms), blocks of
   // planes (short planes), or one.
   int64_t sum_groups() const {
@@ -479,6 +487,12 @@ NK_NO_COPY_LOOP_CALLS void copy_plane(T* dst, const T* src, int64_t n) {
   move(std::integral_constant<int64_t, 2>{});
 }
 
+// The planes (n, c) of samples [n0, n1) of t, one after the other into dst.
+template <class T>
+void gather_planes(const Problem& p, const T* t, const Problem::PlaneBlock& pb, T* dst) {
+  for (int64_t n = pb.n0; n < pb.n1; ++n) copy_plane(dst + (n - pb.n0) * p.S, t + (n * p.C + pb.c) * p.S, p.S);
+}
+
 // BatchNorm channels first with planes shorter than kShortPlane values (a CNN's last stages: 7x7,
 // 4x4, 1x1): moments per block of a channel's planes instead of per plane, the block's planes
 // gathered into an L1 buffer (blocks of kStatBlock values: kStatBlock / S planes). Per plane, the
@@ -486,15 +500,14 @@ NK_NO_COPY_LOOP_CALLS void copy_plane(T* dst, const T* src, int64_t n) {
 // [16,512,4,4] float32 ran at 0.7x torch's speed.
 template <class T, class A>
 void batch_stats_of_short_planes(const Problem& p, const T* x, const std::vector<A>& shifts, A eps, Stats<A>& st) {
-  const int64_t N = p.N, C = p.C, S = p.S;
-  const int64_t per_block = p.planes_per_block(), blocks = p.plane_blocks();
+  const int64_t C = p.C, S = p.S, blocks = p.plane_blocks();
   std::vector<Moments<A>> um(static_cast<size_t>(C * blocks));
-  parallel_for(C * blocks, std::max<int64_t>(1, kTaskElements / (per_block * S)), [&](int64_t u0, int64_t u1) {
+  parallel_for(C * blocks, std::max<int64_t>(1, kTaskElements / (p.planes_per_block() * S)), [&](int64_t u0, int64_t u1) {
     alignas(64) T gathered[kStatBlock];
     for (int64_t u = u0; u < u1; ++u) {
-      const int64_t c = u / blocks, n0 = u % blocks * per_block, n1 = std::min(N, n0 + per_block);
-      for (int64_t n = n0; n < n1; ++n) copy_plane(gathered + (n - n0) * S, x + (n * C + c) * S, S);
-      um[size_t(u)] = shifted_moments(gathered, (n1 - n0) * S, shifts[size_t(c)]);
+      const Problem::PlaneBlock pb = p.plane_block(u);
+      gather_planes(p, x, pb, gathered);
+      um[size_t(u)] = shifted_moments(gathered, (pb.n1 - pb.n0) * S, shifts[size_t(pb.c)]);
     }
   });
   parallel_for(C, std::max<int64_t>(1, 4096 / blocks), [&](int64_t c0, int64_t c1) {
@@ -866,18 +879,16 @@ void backward_ncs(const Problem& p, const ChannelNormBackwardArgs& a, const Back
   const int64_t grain = std::max<int64_t>(1, kTaskElements / std::min(S, kChunk));
   if (bp.need_sums && p.short_planes()) {
     // Sums per block of a channel's planes, gathered into L1 buffers (as the forward's moments).
-    const int64_t per_block = p.planes_per_block(), blocks = p.plane_blocks();
-    parallel_for(C * blocks, std::max<int64_t>(1, kTaskElements / (per_block * S)), [&](int64_t u0, int64_t u1) {
+    parallel_for(C * p.plane_blocks(), std::max<int64_t>(1, kTaskElements / (p.planes_per_block() * S)),
+                 [&](int64_t u0, int64_t u1) {
       alignas(64) T gathered_dy[kStatBlock], gathered_x[kStatBlock];
       for (int64_t u = u0; u < u1; ++u) {
-        const int64_t c = u / blocks, blk = u % blocks, n0 = blk * per_block, n1 = std::min(N, n0 + per_block);
-        for (int64_t n = n0; n < n1; ++n) {
-          copy_plane(gathered_dy + (n - n0) * S, dy + (n * C + c) * S, S);
-          copy_plane(gathered_x + (n - n0) * S, x + (n * C + c) * S, S);
-        }
-        const std::pair<A, A> r = run_sums(gathered_dy, gathered_x, (n1 - n0) * S, mean[c], rstd[c]);
-        sum_dy[blk * C + c] = r.first;
-        sum_dyx[blk * C + c] = r.second;
+        const Problem::PlaneBlock pb = p.plane_block(u);
+        gather_planes(p, dy, pb, gathered_dy);
+        gather_planes(p, x, pb, gathered_x);
+        const std::pair<A, A> r = run_sums(gathered_dy, gathered_x, (pb.n1 - pb.n0) * S, mean[pb.c], rstd[pb.c]);
+        sum_dy[pb.blk * C + pb.c] = r.first;
+        sum_dyx[pb.blk * C + pb.c] = r.second;
       }
     });
     if (bp.want_dx && bp.batch_stats && !a.coefficients)

@@ -16,7 +16,7 @@
 // Per-ISA namespace (see lanes.h).
 namespace normkit::cpu::NK_ISA {
 
-// Planes [q0, q1): out[q][i] = store(fn(inputs[q][i], operands of q)), fn(a, op) as map_run's.
+// Planes [q0, q1): out[q][i] = store(fn(inputs[q][i], operands of q)), each plane a map_values run.
 // operands(op) fills the next plane's P scalar operands: it is called once per plane, for q0, q0 + 1,
 // ... in order (write_rows' order), so that it can count (n, c) instead of dividing per plane. When
 // `stream`, whole planes go through a cache-resident stage (write_rows); the caller fences.
@@ -26,14 +26,7 @@ inline void map_planes(int64_t S, int64_t q0, int64_t q1, const T* const (&in)[I
   write_rows(out, q0, q1, S, stream, [&](int64_t q, T* dst) {
     A op[P];
     operands(op);
-    const int64_t base = q * S;
-    vector_loop<A>(S, [&](int64_t i, auto lanes) {
-      constexpr int64_t K = decltype(lanes)::value;
-      decltype(splat<A, K>(A())) a[I], v[P];
-      for (int k = 0; k < I; ++k) a[k] = get<A, K>(in[k] + base + i);
-      for (int p = 0; p < P; ++p) v[p] = splat<A, K>(op[p]);
-      put<A, K>(dst + i, fn(a, v));
-    });
+    map_values(S, in, q * S, dst, op, fn);
   });
 }
 

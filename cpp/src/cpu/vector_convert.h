@@ -223,20 +223,25 @@ inline void for_elements(int64_t n, Body&& body) {
   }
 }
 
+// dst[i] = store(fn(the inputs' values at offset + i, the operands)) for i in [0, n): one run sharing
+// P scalar operands; fn(a, q) takes arrays of I input values and P operands, vectors or scalars (as
+// map_rows' fn).
+template <int I, int P, class T, class A, class Fn>
+inline void map_values(int64_t n, const T* const (&in)[I], int64_t offset, T* dst, const A (&par)[P], Fn& fn) {
+  vector_loop<A>(n, [&](int64_t i, auto lanes) {
+    constexpr int64_t K = decltype(lanes)::value;
+    decltype(splat<A, K>(A())) a[I], q[P];
+    for (int k = 0; k < I; ++k) a[k] = get<A, K>(in[k] + offset + i);
+    for (int p = 0; p < P; ++p) q[p] = splat<A, K>(par[p]);
+    put<A, K>(dst + i, fn(a, q));
+  });
+}
+
 // out[i] = store(fn(the inputs' value i, the operands)) for i in [0, n) of contiguous runs that
-// share P scalar operands; fn(a, q) takes arrays of I input values and P operands, vectors or
-// scalars (as map_rows' fn). When `stream`, through a cache-resident stage (write_staged).
+// share P scalar operands (map_values). When `stream`, through a cache-resident stage (write_staged).
 template <int I, int P, class T, class A, class Fn>
 inline void map_run(int64_t n, const T* const (&in)[I], T* out, const A (&par)[P], bool stream, Fn&& fn) {
-  write_staged(out, n, stream, [&](int64_t i0, int64_t len, T* dst) {
-    vector_loop<A>(len, [&](int64_t i, auto lanes) {
-      constexpr int64_t K = decltype(lanes)::value;
-      decltype(splat<A, K>(A())) a[I], q[P];
-      for (int k = 0; k < I; ++k) a[k] = get<A, K>(in[k] + i0 + i);
-      for (int p = 0; p < P; ++p) q[p] = splat<A, K>(par[p]);
-      put<A, K>(dst + i, fn(a, q));
-    });
-  });
+  write_staged(out, n, stream, [&](int64_t i0, int64_t len, T* dst) { map_values(len, in, i0, dst, par, fn); });
 }
 
 // out[i] = float(x[i]) for i in [0, n): exact, so sums over out are those over x.
