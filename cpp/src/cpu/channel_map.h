@@ -18,6 +18,9 @@
 #pragma once
 #include <algorithm>
 #include <cstdint>
+#include <cstring>
+#include <type_traits>
+#include <vector>
 
 #include "cpu/stream_store.h"
 #include "cpu/vector_convert.h"
@@ -25,6 +28,42 @@
 
 // Per-ISA namespace (see lanes.h).
 namespace normkit::cpu::NK_ISA {
+
+#if defined(__AVX512BW__)
+// map_rows for bfloat16 rows of whole pairs of vectors (C a multiple of 32), the values converted in
+// even/odd pairs (vector_convert.h load_bf16_pairs): each operand array is first split the same way,
+// a pair of vectors at a time (its 16 even channels, then its 16 odd ones). BatchNorm2d bfloat16
+// [32,64,56,56] channels last, core calls, alternating builds: eval 1012-1167 -> 750-946 us, train
+// forward 1440-1676 -> 1363-1514 us, backward 1943-2185 -> 1650-1916 us.
+template <int I, int P, class Fn>
+inline void map_rows_in_pairs(int64_t C, int64_t r0, int64_t r1, const bfloat16_t* const (&in)[I], bfloat16_t* out,
+                              const float* const (&par)[P], bool stream, Fn& fn) {
+  thread_local std::vector<float> split;
+  split.resize(size_t(P * C));
+  for (int p = 0; p < P; ++p)
+    for (int64_t c = 0; c < C; c += kBf16Pair)
+      for (int64_t j = 0; j < kBf16Pair / 2; ++j) {
+        split[size_t(p * C + c + j)] = par[p][c + 2 * j];
+        split[size_t(p * C + c + kBf16Pair / 2 + j)] = par[p][c + 2 * j + 1];
+      }
+  const int64_t base = r0 * C;
+  write_staged(out + base, (r1 - r0) * C, stream, [&](int64_t i0, int64_t len, bfloat16_t* dst) {
+    const bfloat16_t* src[I];
+    for (int k = 0; k < I; ++k) src[k] = in[k] + base + i0;
+    for (int64_t j = 0, c = (base + i0) % C; j < len; j += kBf16Pair) {
+      F32x16 even[I], odd[I], qe[P], qo[P];
+      for (int k = 0; k < I; ++k) load_bf16_pairs(src[k] + j, even[k], odd[k]);
+      for (int p = 0; p < P; ++p) {
+        std::memcpy(&qe[p], &split[size_t(p * C + c)], sizeof(F32x16));
+        std::memcpy(&qo[p], &split[size_t(p * C + c + kBf16Pair / 2)], sizeof(F32x16));
+      }
+      store_bf16_pairs(dst + j, fn(even, qe), fn(odd, qo));
+      c += kBf16Pair;
+      if (c == C) c = 0;
+    }
+  });
+}
+#endif
 
 // Rows [r0, r1) of C channels: out[r][c] = store(fn(inputs[r][c], operands[c])), where fn(a, op)
 // takes arrays of I input values and P operand values (vectors or scalars). When `stream`, the
@@ -35,6 +74,14 @@ inline void map_rows(int64_t C, int64_t r0, int64_t r1, const T* const (&in)[I],
   using V = decltype(splat<A, Vec64<A>::kLanes>(A()));
   constexpr int64_t L = Vec64<A>::kLanes;
   const int64_t base = r0 * C;
+#if defined(__AVX512BW__)
+  if constexpr (std::is_same_v<T, bfloat16_t> && std::is_same_v<A, float>) {
+    if (C % kBf16Pair == 0) {
+      map_rows_in_pairs(C, r0, r1, in, out, par, stream, fn);
+      return;
+    }
+  }
+#endif
   write_staged(out + base, (r1 - r0) * C, stream, [&](int64_t i0, int64_t len, T* dst) {
     if (C % L == 0) {
       // Rows of whole vectors (a stage holds whole vectors too): one flat loop, the channel offset

@@ -383,7 +383,7 @@ constexpr auto kFixedStatsDxMap = [](const auto* v, const auto* q) {
 // y = row_norm_apply(x) over n contiguous values that share one channel.
 template <class T, class A>
 void apply_run(const T* x, T* y, int64_t n, A mean, A rstd, A w, A b, bool stream) {
-  if constexpr (is_hardware_half<T>) {  // (whole vectors: vector_convert.h)
+  if constexpr (maps_whole_vectors<T>) {  // (whole vectors: vector_convert.h)
     const T* in[1] = {x};
     const A par[4] = {mean, rstd, w, b};
     map_run(n, in, y, par, stream, kApplyMap);
@@ -795,7 +795,7 @@ void all_stat_coefficients(const Problem& p, const A* sum_dy, const A* sum_dyx, 
 template <class T, class A>
 void dx_run(const T* dy, const T* x, T* dx, int64_t n, A mean, A rstd, A w, A mg, A mgx, bool batch_stats,
             bool stream) {
-  if constexpr (is_hardware_half<T>) {  // (whole vectors: vector_convert.h)
+  if constexpr (maps_whole_vectors<T>) {  // (whole vectors: vector_convert.h)
     const T* in[2] = {dy, x};
     if (batch_stats) {
       const A par[5] = {w, mean, rstd, mg, mgx};
