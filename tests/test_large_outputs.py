@@ -15,11 +15,15 @@ CHANNEL_SHAPE = (16, 64, 96, 65)
 # per block of planes, its y and dx in one loop over the planes, streamed a stage of whole planes at a
 # time; 3x3 planes of 36 bytes start at every alignment.
 SHORT_PLANE_SHAPE = (2048, 512, 3, 3)
+# bfloat16 past the streaming size: long planes (channels first) and rows of 64 channels (channels
+# last) go through the AVX-512 build's even/odd vector pairs and the staged streaming copy.
+BF16_SHAPE = (16, 64, 96, 130)
 
 
 def test_shapes_take_the_streaming_path():
     for shape in SHAPES + [CHANNEL_SHAPE, SHORT_PLANE_SHAPE]:
         assert 4 * torch.Size(shape).numel() >= STREAMING_BYTES, shape
+    assert 2 * torch.Size(BF16_SHAPE).numel() >= STREAMING_BYTES
 
 
 @pytest.mark.parametrize("shape", SHAPES)
@@ -121,3 +125,23 @@ def test_large_short_plane_batch_norm_matches_torch(training):
     torch.testing.assert_close(ours.bias.grad, ref.bias.grad, atol=2e-3, rtol=1e-5)
     torch.testing.assert_close(ours.running_mean, ref.running_mean, atol=1e-6, rtol=1e-5)
     torch.testing.assert_close(ours.running_var, ref.running_var, atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_large_bfloat16_maps_round_as_torch(channels_last):
+    """BatchNorm in eval mode with mean 0, variance 1, eps 0 and weight 1.5 gives y = x * 1.5 and
+    dx = dy * 1.5, exact in float32: y and dx must be torch's float32 products rounded to bfloat16,
+    bit for bit, across the stages of the streamed output."""
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(BF16_SHAPE, generator=g).to(torch.bfloat16)
+    dy = torch.randn(BF16_SHAPE, generator=g).to(torch.bfloat16)
+    if channels_last:
+        x, dy = (t.contiguous(memory_format=torch.channels_last) for t in (x, dy))
+    layer = nt.BatchNorm2d(64, eps=0.0).eval()
+    with torch.no_grad():
+        layer.weight.fill_(1.5)
+    xa = x.clone().requires_grad_()
+    y = layer(xa)
+    y.backward(dy)
+    assert torch.equal(y.detach().view(torch.int16), (x.float() * 1.5).to(torch.bfloat16).view(torch.int16))
+    assert torch.equal(xa.grad.view(torch.int16), (dy.float() * 1.5).to(torch.bfloat16).view(torch.int16))
