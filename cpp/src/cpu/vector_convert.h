@@ -255,7 +255,8 @@ inline void store_bf16_pairs(bfloat16_t* p, const F32x16& even, const F32x16& od
   const __m512i hi = bf16_in_high_half(odd), lo = _mm512_srli_epi32(bf16_in_high_half(even), 16);
   // Bitwise select: hi where the mask has ones (the high halves), lo elsewhere.
   constexpr int kSelectFirstWhereThird = 0xE4;
-  _mm512_storeu_si512(p, _mm512_ternarylogic_epi32(hi, lo, _mm512_set1_epi32(int(0xffff0000u)), kSelectFirstWhereThird));
+  const __m512i high_halves = _mm512_set1_epi32(int(0xffff0000u));
+  _mm512_storeu_si512(p, _mm512_ternarylogic_epi32(hi, lo, high_halves, kSelectFirstWhereThird));
 }
 constexpr bool kPairedBf16 = true;
 constexpr int64_t kBf16Pair = 32;  // values per pair of float vectors
