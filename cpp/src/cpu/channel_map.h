@@ -57,13 +57,12 @@ inline void map_rows_in_pairs(int64_t C, int64_t r0, int64_t r1, const bfloat16_
     const bfloat16_t* src[I];
     for (int k = 0; k < I; ++k) src[k] = in[k] + base + i0;
     for (int64_t j = 0, c = (base + i0) % C; j < len; j += kBf16Pair) {
-      F32x16 even[I], odd[I], qe[P], qo[P];
-      for (int k = 0; k < I; ++k) load_bf16_pairs(src[k] + j, even[k], odd[k]);
+      F32x16 qe[P], qo[P];
       for (int p = 0; p < P; ++p) {
         std::memcpy(&qe[p], ops + p * C + c, sizeof(F32x16));
         std::memcpy(&qo[p], ops + p * C + c + kBf16Pair / 2, sizeof(F32x16));
       }
-      store_bf16_pairs(dst + j, fn(even, qe), fn(odd, qo));
+      map_bf16_pair(src, j, dst + j, qe, qo, fn);
       c += kBf16Pair;
       if (c == C) c = 0;
     }

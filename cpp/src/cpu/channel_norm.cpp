@@ -400,6 +400,19 @@ inline void next_plane(int64_t C, int64_t& n, int64_t& c) {
   }
 }
 
+// map_planes (cpu/plane_map.h) over the planes [u0, u1) of a channels-first problem:
+// operands(op, c, s) fills plane (n, c)'s operands from its channel c and statistic s, (n, c)
+// counted along (next_plane) instead of divided out per plane.
+template <int I, int P, class T, class A, class Operands, class Fn>
+void map_planes_of(const Problem& p, int64_t u0, int64_t u1, const T* const (&in)[I], T* out, bool stream,
+                   Operands&& operands, Fn&& fn) {
+  int64_t n = u0 / p.C, c = u0 % p.C;
+  map_planes<I, P, T, A>(p.S, u0, u1, in, out, stream, [&](A (&op)[P]) {
+    operands(op, c, p.stat(n, c));
+    next_plane(p.C, n, c);
+  }, fn);
+}
+
 // fn(n, c, ch) for the units [u0, u1) of (plane n * C + c, chunk ch of pch) in order, counting
 // instead of dividing per unit (the divisions cost as much as the work on a short plane).
 template <class Fn>
@@ -559,11 +572,8 @@ void forward_ncs(const Problem& p, const T* x, T* y, const A* w, const A* b, A e
   parallel_for_from_end(units, std::max<int64_t>(1, kTaskElements / std::min(S, kChunk)), [&](int64_t u0, int64_t u1) {
     if (S < kShortPlane) {  // (whole planes: pch == 1, units are planes)
       const T* in[1] = {x};
-      int64_t n = u0 / C, c = u0 % C;
-      map_planes<1, 4, T, A>(S, u0, u1, in, y, stream, [&](A (&op)[4]) {
-        const int64_t s = p.stat(n, c);
+      map_planes_of<1, 4, T, A>(p, u0, u1, in, y, stream, [&](A (&op)[4], int64_t c, int64_t s) {
         op[0] = st.mean[size_t(s)], op[1] = st.rstd[size_t(s)], op[2] = w[c], op[3] = b[c];
-        next_plane(C, n, c);
       }, kApplyMap);
       return;
     }
@@ -908,20 +918,15 @@ void backward_ncs(const Problem& p, const ChannelNormBackwardArgs& a, const Back
   const bool stream = p.streams(sizeof(T));
   parallel_for_from_end(units, grain, [&](int64_t u0, int64_t u1) {
     if (S < kShortPlane) {  // (whole planes, as forward_ncs's normalization)
-      int64_t n = u0 / C, c = u0 % C;
       if (bp.batch_stats) {
         const T* in[2] = {dy, x};
-        map_planes<2, 5, T, A>(S, u0, u1, in, dx, stream, [&](A (&op)[5]) {
-          const int64_t s = p.stat(n, c);
+        map_planes_of<2, 5, T, A>(p, u0, u1, in, dx, stream, [&](A (&op)[5], int64_t c, int64_t s) {
           op[0] = w[c], op[1] = mean[s], op[2] = rstd[s], op[3] = mg[s], op[4] = mgx[s];
-          next_plane(C, n, c);
         }, kDxMap);
       } else {
         const T* in[1] = {dy};
-        map_planes<1, 2, T, A>(S, u0, u1, in, dx, stream, [&](A (&op)[2]) {
-          const int64_t s = p.stat(n, c);
+        map_planes_of<1, 2, T, A>(p, u0, u1, in, dx, stream, [&](A (&op)[2], int64_t c, int64_t s) {
           op[0] = w[c], op[1] = rstd[s];
-          next_plane(C, n, c);
         }, kFixedStatsDxMap);
       }
       return;

@@ -258,6 +258,15 @@ inline void store_bf16_pairs(bfloat16_t* p, const F32x16& even, const F32x16& od
   const __m512i high_halves = _mm512_set1_epi32(int(0xffff0000u));
   _mm512_storeu_si512(p, _mm512_ternarylogic_epi32(hi, lo, high_halves, kSelectFirstWhereThird));
 }
+// One pair step of a bfloat16 map: 32 values of each input at offset i, fn applied to the even
+// values with operands qe and to the odd ones with qo, stored at dst.
+template <int I, int P, class Fn>
+inline void map_bf16_pair(const bfloat16_t* const (&in)[I], int64_t i, bfloat16_t* dst, const F32x16 (&qe)[P],
+                          const F32x16 (&qo)[P], Fn& fn) {
+  F32x16 even[I], odd[I];
+  for (int k = 0; k < I; ++k) load_bf16_pairs(in[k] + i, even[k], odd[k]);
+  store_bf16_pairs(dst, fn(even, qe), fn(odd, qo));
+}
 constexpr bool kPairedBf16 = true;
 constexpr int64_t kBf16Pair = 32;  // values per pair of float vectors
 #else
@@ -295,11 +304,7 @@ inline void map_values(int64_t n, const T* const (&in)[I], int64_t offset, T* ds
     F32x16 q[P];
     for (int p = 0; p < P; ++p) q[p] = broadcast(par[p]);
     int64_t i = 0;
-    for (; i + kBf16Pair <= n; i += kBf16Pair) {
-      F32x16 even[I], odd[I];
-      for (int k = 0; k < I; ++k) load_bf16_pairs(in[k] + offset + i, even[k], odd[k]);
-      store_bf16_pairs(dst + i, fn(even, q), fn(odd, q));
-    }
+    for (; i + kBf16Pair <= n; i += kBf16Pair) map_bf16_pair(in, offset + i, dst + i, q, q, fn);
     if (i < n) map_vectors(n - i, in, offset + i, dst + i, par, fn);
     return;
   }
