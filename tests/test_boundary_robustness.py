@@ -4,6 +4,7 @@ thread pool that cannot start. Each must be a clear exception naming what is wro
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -261,12 +262,14 @@ import numpy as np
 import normkit
 from normkit import functional as F
 x = np.random.default_rng(0).normal(size=(64, 4096)).astype(np.float32)
-F.layer_norm(x, (4096,))  # the default pool starts
+F.layer_norm(x, (4096,))  # the default threads start
+# 1000 chunks of one row: a team is never larger than its chunk count
+wide = np.ones((1000, 32768), np.float32)
 used = int(open("/proc/self/statm").read().split()[0]) * resource.getpagesize()
 resource.setrlimit(resource.RLIMIT_AS, (used + (512 << 20), resource.getrlimit(resource.RLIMIT_AS)[1]))
 normkit.set_num_threads(1000)  # 999 workers' stacks do not fit in 512 MB more address space
 try:
-    F.layer_norm(x, (4096,))
+    F.layer_norm(wide, (32768,))
     print("no error")
 except RuntimeError as e:
     print("RuntimeError:", e)
@@ -276,11 +279,14 @@ print("after:", bool(np.isfinite(F.layer_norm(x, (4096,))).all()))
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="uses /proc and RLIMIT_AS")
-def test_a_pool_that_cannot_start_its_threads_raises_and_the_old_one_still_works():
+@pytest.mark.parametrize("threading", ["default", "pool"])
+def test_a_pool_that_cannot_start_its_threads_raises_and_the_old_one_still_works(threading):
     """Thread creation failing (here: no address space for the stacks) used to hang the process while
-    the half-built pool unwound; now the call raises and the previous pool keeps working."""
+    the half-built pool unwound, and the OpenMP runtime ends the process; now the call raises and the
+    threads started before keep working, on either backend (threading_backend())."""
+    env = dict(os.environ, NORMKIT_THREADING=threading)
     done = subprocess.run([sys.executable, "-c", _THREADS_THAT_CANNOT_START], capture_output=True, text=True,
-                          timeout=120)
+                          timeout=120, env=env)
     assert done.returncode == 0, done.stderr
     assert "RuntimeError: cannot start 999 worker threads" in done.stdout
     assert "after: True" in done.stdout

@@ -39,6 +39,7 @@ BuildInfo build_info() {
 #endif
   info.simd = cpu::isa_name(cpu::active_isa());
   info.num_threads = get_num_threads();
+  info.threading = threading_backend();
   return info;
 }
 

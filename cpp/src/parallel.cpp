@@ -10,11 +10,16 @@
 #include <exception>
 #include <memory>
 #include <mutex>
+#include <string>
 #include <system_error>
 #include <thread>
 #include <vector>
 
 #include "normkit/error.h"
+
+#ifdef NORMKIT_OPENMP
+#include "openmp_team.h"
+#endif
 
 namespace normkit {
 namespace {
@@ -206,6 +211,19 @@ class ThreadPool {
   bool stop_ = false;
 };
 
+#ifdef NORMKIT_OPENMP
+bool g_forked_child = false;  // OpenMP's threads stay the parent's: the child uses a pool of its own
+
+// NORMKIT_THREADING=pool: normkit's own pool even where the OpenMP runtime is there.
+bool use_openmp() {
+  static const bool wanted = [] {
+    const char* s = std::getenv("NORMKIT_THREADING");
+    return !(s && std::string(s) == "pool");
+  }();
+  return wanted && !g_forked_child;
+}
+#endif
+
 std::mutex g_pool_mu;
 int g_num_threads = 0;  // 0: not yet read from the environment
 ThreadPool* g_pool = nullptr;
@@ -215,12 +233,13 @@ ThreadPool* g_pool = nullptr;
 void after_fork_in_child() {
   g_pool = nullptr;
   new (&g_pool_mu) std::mutex();
+#ifdef NORMKIT_OPENMP
+  g_forked_child = true;
+#endif
 }
 
 ThreadPool* pool_for(int threads) {
   std::lock_guard<std::mutex> lock(g_pool_mu);
-  static bool atfork_registered = (pthread_atfork(nullptr, nullptr, after_fork_in_child), true);
-  (void)atfork_registered;
   if (!g_pool || g_pool->workers() != threads - 1) {
     // The old pool goes only once the new one exists: a pool that cannot start leaves g_pool valid.
     ThreadPool* fresh = new ThreadPool(threads - 1);
@@ -231,6 +250,13 @@ ThreadPool* pool_for(int threads) {
 }
 
 }  // namespace
+
+const char* threading_backend() {
+#ifdef NORMKIT_OPENMP
+  if (use_openmp()) return "openmp";
+#endif
+  return "pool";
+}
 
 int get_num_threads() {
   std::lock_guard<std::mutex> lock(g_pool_mu);
@@ -254,10 +280,27 @@ void parallel_for(int64_t n, int64_t grain, const std::function<void(int64_t, in
     store_fence();
     return;
   }
+  static const bool atfork_registered = (pthread_atfork(nullptr, nullptr, after_fork_in_child), true);
+  (void)atfork_registered;
   const std::function<void(int64_t)> chunk_fn = [&](int64_t c) {
     const int64_t begin = c * grain;
     fn(begin, std::min(n, begin + grain));
   };
+#ifdef NORMKIT_OPENMP
+  if (use_openmp()) {
+    detail::run_on_openmp_team(threads, chunks, [&](int64_t c) {
+      // A nested parallel_for from a chunk runs inline (the flag restored even when the chunk throws).
+      struct InTask {
+        bool was = t_in_pool_task;
+        InTask() { t_in_pool_task = true; }
+        ~InTask() { t_in_pool_task = was; }
+      } in_task;
+      chunk_fn(c);
+      store_fence();
+    });
+    return;
+  }
+#endif
   pool_for(threads)->run(chunks, chunk_fn);
 }
 

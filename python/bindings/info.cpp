@@ -19,6 +19,7 @@ void export_info(nb::module_& m) {
     d["nccl"] = b.nccl;
     d["simd"] = b.simd;
     d["num_threads"] = b.num_threads;
+    d["threading"] = b.threading;
     return d;
   });
   m.def("cuda_available", &cuda_available);

@@ -13,6 +13,7 @@ struct BuildInfo {
   bool nccl = false;                    // the NCCL communicator module was built
   std::string simd;                     // the CPU kernel ISA in use
   int num_threads = 1;
+  std::string threading;                // threading_backend()
 };
 
 BuildInfo build_info();

@@ -11,6 +11,10 @@ namespace normkit {
 int get_num_threads();
 void set_num_threads(int n);
 
+// Whose threads run the chunks: "openmp" (the OpenMP runtime's, shared with PyTorch where it is
+// loaded) or "pool" (normkit's own: built without OpenMP, NORMKIT_THREADING=pool, or after fork()).
+const char* threading_backend();
+
 // Calls fn(begin, end) over consecutive chunks of [0, n) of at most `grain` indices each, on up to
 // get_num_threads() threads; returns when all chunks are done. Runs inline for a single chunk, and
 // when called from inside a pool task (no nested parallelism). The first exception thrown by a chunk
