@@ -8,6 +8,7 @@
 
 #include "cpu/kernels.h"
 #include "cpu/lanes.h"
+#include "cpu/offset_partials.h"
 #include "cpu/pairwise_rows.h"
 #include "cpu/params.h"
 #include "cpu/prefetch_ahead.h"
@@ -135,8 +136,10 @@ void backward(const RowNormBackwardArgs& a) {
   const bool want_dx = a.dx != nullptr;
   const bool want_params = a.dweight || a.dbias;
   const int64_t blocks = row_blocks(rows);
-  std::vector<A> part_w(want_params ? size_t(blocks * n) : 0, A(0));
-  std::vector<A> part_b(want_params && a.dbias ? size_t(blocks * n) : 0, A(0));
+  // dweight's (and dbias's) partials, one row of n per block.
+  const OffsetPartials<A> parts(size_t(blocks * n), want_params ? (a.dbias ? 2 : 1) : 0, a.dx ? a.dx : a.x);
+  A* const part_w = parts[0];
+  A* const part_b = parts[1];
   const A inv_n = A(1) / A(n);
   const bool streaming = want_dx && streams_output(size_t(rows * n) * sizeof(T));
   // The dx passes over row r request the x and dy of row r + ahead; those over rows r and r + 1, of
@@ -221,8 +224,8 @@ void backward(const RowNormBackwardArgs& a) {
   parallel_for(blocks, 1, [&](int64_t b0, int64_t b1) {
     std::vector<T> staging(streaming ? size_t(2 * n) : 0);
     for (int64_t blk = b0; blk < b1; ++blk) {
-      A* pw = want_params ? part_w.data() + blk * n : nullptr;
-      A* pb = part_b.empty() ? nullptr : part_b.data() + blk * n;
+      A* pw = want_params ? part_w + blk * n : nullptr;
+      A* pb = part_b ? part_b + blk * n : nullptr;
       const int64_t r_begin = rows * blk / blocks, r_end = rows * (blk + 1) / blocks;
       for (int64_t r = r_begin; r < r_end;) {
         if (want_dx && pw && r + 1 < r_end) {
@@ -289,13 +292,13 @@ void backward(const RowNormBackwardArgs& a) {
 
   // Column-wise sums of the block partials, pairwise in block order a row at a time
   // (cpu/pairwise_rows.h). The partials are this call's own scratch.
-  auto reduce_into = [&](std::vector<A>& part, void* out, DType out_dtype) {
+  auto reduce_into = [&](A* part, void* out, DType out_dtype) {
     dispatch_float(out_dtype, [&](auto tag) {
       using P = decltype(tag);
       P* o = static_cast<P*>(out);
       parallel_for(n, std::max<int64_t>(1024, kTaskElements / blocks), [&](int64_t c0, int64_t c1) {
         const int64_t width = c1 - c0;
-        const A* sum = pairwise_row_sums<A>(blocks, width, [&](int64_t blk) { return part.data() + blk * n + c0; });
+        const A* sum = pairwise_row_sums<A>(blocks, width, [&](int64_t blk) { return part + blk * n + c0; });
         for (int64_t c = 0; c < width; ++c) o[c0 + c] = store<P>(sum[c]);
       });
     });
