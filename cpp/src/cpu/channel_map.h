@@ -31,9 +31,9 @@ namespace normkit::cpu::NK_ISA {
 
 #if defined(__AVX512BW__)
 // map_rows for bfloat16 rows of whole pairs of vectors (C a multiple of 32), the values converted in
-// even/odd pairs (vector_convert.h load_bf16_pairs): each operand array is first split the same way,
-// a pair of vectors at a time (its 16 even channels, then its 16 odd ones: two permutes; split
-// value by value, the copies cost ~5% of [8,2048,7,7]'s eval map). BatchNorm2d bfloat16
+// even/odd pairs (vector_convert.h load_bf16_pairs): each operand array is first split the same way
+// (split_in_pair_order: two permutes per 32 channels; split value by value, the copies cost ~5% of
+// [8,2048,7,7]'s eval map). BatchNorm2d bfloat16
 // [32,64,56,56] channels last, core calls, alternating builds: eval 1012-1167 -> 750-946 us, train
 // forward 1440-1676 -> 1363-1514 us, backward 1943-2185 -> 1650-1916 us.
 template <int I, int P, class Fn>
@@ -41,14 +41,7 @@ inline void map_rows_in_pairs(int64_t C, int64_t r0, int64_t r1, const bfloat16_
                               const float* const (&par)[P], bool stream, Fn& fn) {
   thread_local std::vector<float> split;
   split.resize(size_t(P * C));
-  const __m512i evens = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
-  const __m512i odds = _mm512_add_epi32(evens, _mm512_set1_epi32(1));
-  for (int p = 0; p < P; ++p)
-    for (int64_t c = 0; c < C; c += kBf16Pair) {
-      const __m512 lo = _mm512_loadu_ps(par[p] + c), hi = _mm512_loadu_ps(par[p] + c + kBf16Pair / 2);
-      _mm512_storeu_ps(&split[size_t(p * C + c)], _mm512_permutex2var_ps(lo, evens, hi));
-      _mm512_storeu_ps(&split[size_t(p * C + c + kBf16Pair / 2)], _mm512_permutex2var_ps(lo, odds, hi));
-    }
+  for (int p = 0; p < P; ++p) split_in_pair_order(par[p], C, split.data() + p * C);
   const int64_t base = r0 * C;
   const float* const ops = split.data();
   // (The loop reads locals only: its vector stores may alias anything, which made GCC reload C and

@@ -2,6 +2,7 @@
 // gradients sum over rows in fixed row blocks (partials per block, then a column-wise sum of the
 // partials in block order), which keeps them bitwise independent of the thread count.
 #include <algorithm>
+#include <cstring>
 #include <type_traits>
 #include <utility>
 #include <vector>
@@ -79,7 +80,40 @@ void forward(const RowNormForwardArgs& a) {
     if (a.rstd) static_cast<A*>(a.rstd)[r] = rstd;
     return std::pair<A, A>{mean, rstd};
   };
+#if defined(__AVX512BW__)
+  // bfloat16 rows of whole vector pairs: x converted 32 values at a time as its even and its odd
+  // values (vector_convert.h load_bf16_pairs), weight and bias split once per call into the same
+  // order. The same per-element formula, so the same values. LayerNorm bfloat16 forward, core calls,
+  // alternating builds: [64, 4096] 59-63 -> 55-60 us, [8192, 1024] 1.35-1.36 -> 1.15-1.18 ms.
+  const bool pairs = std::is_same_v<T, bfloat16_t> && n % kBf16Pair == 0;
+  std::vector<float> split(pairs ? size_t(2 * n) : 0);
+  if constexpr (std::is_same_v<T, bfloat16_t>) {
+    if (pairs) {
+      split_in_pair_order(wp, n, split.data());
+      split_in_pair_order(bp, n, split.data() + n);
+    }
+  }
+#endif
   auto apply = [&](const T* x, T* y, int64_t i0, int64_t i1, A mean, A rstd) {
+#if defined(__AVX512BW__)
+    if constexpr (std::is_same_v<T, bfloat16_t>) {
+      if (pairs) {
+        const F32x16 m = splat<A, 16>(mean), s = splat<A, 16>(rstd);
+        const float* ws = split.data();
+        const float* bs = ws + n;
+        for (int64_t i = i0; i < i1; i += kBf16Pair) {
+          F32x16 xe, xo, we, wo, be, bo;
+          load_bf16_pairs(x + i, xe, xo);
+          std::memcpy(&we, ws + i, sizeof(we));
+          std::memcpy(&wo, ws + i + kBf16Pair / 2, sizeof(wo));
+          std::memcpy(&be, bs + i, sizeof(be));
+          std::memcpy(&bo, bs + i + kBf16Pair / 2, sizeof(bo));
+          store_bf16_pairs(y + i, math::row_norm_apply(xe, m, s, we, be), math::row_norm_apply(xo, m, s, wo, bo));
+        }
+        return;
+      }
+    }
+#endif
     for_elements<T, A>(i1 - i0, [&](int64_t j, auto lanes) {
       constexpr int64_t K = decltype(lanes)::value;
       const int64_t i = i0 + j;

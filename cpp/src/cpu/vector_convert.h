@@ -269,6 +269,18 @@ inline void map_bf16_pair(const bfloat16_t* const (&in)[I], int64_t i, bfloat16_
 }
 constexpr bool kPairedBf16 = true;
 constexpr int64_t kBf16Pair = 32;  // values per pair of float vectors
+
+// Per-value operands of a map over whole pairs, in the pairs' order: of each 32 values of src (n a
+// multiple of kBf16Pair), the 16 even-indexed ones, then the 16 odd-indexed ones.
+inline void split_in_pair_order(const float* src, int64_t n, float* dst) {
+  const __m512i evens = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+  const __m512i odds = _mm512_add_epi32(evens, _mm512_set1_epi32(1));
+  for (int64_t c = 0; c < n; c += kBf16Pair) {
+    const __m512 lo = _mm512_loadu_ps(src + c), hi = _mm512_loadu_ps(src + c + kBf16Pair / 2);
+    _mm512_storeu_ps(dst + c, _mm512_permutex2var_ps(lo, evens, hi));
+    _mm512_storeu_ps(dst + c + kBf16Pair / 2, _mm512_permutex2var_ps(lo, odds, hi));
+  }
+}
 #else
 constexpr bool kPairedBf16 = false;
 #endif
