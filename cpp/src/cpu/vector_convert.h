@@ -281,6 +281,17 @@ inline void split_in_pair_order(const float* src, int64_t n, float* dst) {
     _mm512_storeu_ps(dst + c + kBf16Pair / 2, _mm512_permutex2var_ps(lo, odds, hi));
   }
 }
+
+// The inverse of split_in_pair_order: values in pair order back in their own order.
+inline void merge_from_pair_order(const float* src, int64_t n, float* dst) {
+  const __m512i first = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
+  const __m512i second = _mm512_add_epi32(first, _mm512_set1_epi32(8));
+  for (int64_t c = 0; c < n; c += kBf16Pair) {
+    const __m512 even = _mm512_loadu_ps(src + c), odd = _mm512_loadu_ps(src + c + kBf16Pair / 2);
+    _mm512_storeu_ps(dst + c, _mm512_permutex2var_ps(even, first, odd));
+    _mm512_storeu_ps(dst + c + kBf16Pair / 2, _mm512_permutex2var_ps(even, second, odd));
+  }
+}
 #else
 constexpr bool kPairedBf16 = false;
 #endif
