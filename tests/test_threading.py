@@ -63,8 +63,9 @@ def test_one_openmp_runtime_with_torch(first):
 
 
 _FORK = """
-import os, pickle
+import os, pickle, sys
 import numpy as np
+import torch
 import normkit
 from normkit import functional as F
 normkit.set_num_threads(2)
@@ -75,7 +76,11 @@ def run():
     y, mean, rstd = F.layer_norm_forward(x, (1024,), None, None, 1e-5)
     return y, F.layer_norm_backward(dy, x, (1024,), mean, rstd, np.ones(1024, np.float32))[1]
 
-parent = run()  # the parent's threads are running now
+if sys.argv[1] == "normkit":
+    parent = run()  # normkit's threads are running now
+else:
+    torch.set_num_threads(2)
+    torch.ones(1 << 22).mul(2)  # torch's OpenMP threads are running, normkit has run nothing parallel
 read, write = os.pipe()
 pid = os.fork()
 if pid == 0:
@@ -87,12 +92,18 @@ while chunk := os.read(read, 1 << 20):
     data += chunk
 os.waitpid(pid, 0)
 backend, child = pickle.loads(data)
+if sys.argv[1] != "normkit":
+    parent = run()
 print(backend, all(np.array_equal(a, b) for a, b in zip(parent, child)))
 """
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork()")
-def test_a_forked_child_computes_on_its_own_threads():
+@pytest.mark.parametrize("parent_ran", ["normkit", "torch"])
+def test_a_forked_child_computes_on_its_own_threads(parent_ran):
     """The OpenMP runtime's threads are the parent's: in the child, parallel ops run on a fresh pool
-    (with the runtime's they would wait forever for threads that do not exist there)."""
-    assert run_script(_FORK, timeout=60) == "pool True\n"
+    (with the runtime's they would wait forever for threads that do not exist there), also when only
+    torch had started the runtime's threads before the fork."""
+    done = subprocess.run([sys.executable, "-c", _FORK, parent_ran], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "pool True\n"

@@ -238,6 +238,10 @@ void after_fork_in_child() {
 #endif
 }
 
+// Registered when the module loads: a child forked before normkit's first parallel call must know it
+// too, since torch's OpenMP threads may exist in the parent by then.
+[[maybe_unused]] const bool g_atfork_registered = (pthread_atfork(nullptr, nullptr, after_fork_in_child), true);
+
 ThreadPool* pool_for(int threads) {
   std::lock_guard<std::mutex> lock(g_pool_mu);
   if (!g_pool || g_pool->workers() != threads - 1) {
@@ -280,8 +284,6 @@ void parallel_for(int64_t n, int64_t grain, const std::function<void(int64_t, in
     store_fence();
     return;
   }
-  static const bool atfork_registered = (pthread_atfork(nullptr, nullptr, after_fork_in_child), true);
-  (void)atfork_registered;
   const std::function<void(int64_t)> chunk_fn = [&](int64_t c) {
     const int64_t begin = c * grain;
     fn(begin, std::min(n, begin + grain));
