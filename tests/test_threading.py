@@ -4,6 +4,7 @@ own pool with NORMKIT_THREADING=pool, in a child after fork(), or in a build wit
 import json
 import os
 import pathlib
+import signal
 import subprocess
 import sys
 import textwrap
@@ -104,6 +105,14 @@ def test_a_forked_child_computes_on_its_own_threads(parent_ran):
     """The OpenMP runtime's threads are the parent's: in the child, parallel ops run on a fresh pool
     (with the runtime's they would wait forever for threads that do not exist there), also when only
     torch had started the runtime's threads before the fork."""
-    done = subprocess.run([sys.executable, "-c", _FORK, parent_ran], capture_output=True, text=True, timeout=60)
-    assert done.returncode == 0, done.stderr
-    assert done.stdout == "pool True\n"
+    # (Its own session: on a timeout the hung child goes with the parent.)
+    proc = subprocess.Popen([sys.executable, "-c", _FORK, parent_ran], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        raise
+    assert proc.returncode == 0, err
+    assert out == "pool True\n"
