@@ -33,9 +33,9 @@ namespace normkit::cpu::NK_ISA {
 // map_rows for bfloat16 rows of whole pairs of vectors (C a multiple of 32), the values converted in
 // even/odd pairs (vector_convert.h load_bf16_pairs): each operand array is first split the same way
 // (split_in_pair_order: two permutes per 32 channels; split value by value, the copies cost ~5% of
-// [8,2048,7,7]'s eval map). BatchNorm2d bfloat16
-// [32,64,56,56] channels last, core calls, alternating builds: eval 1012-1167 -> 750-946 us, train
-// forward 1440-1676 -> 1363-1514 us, backward 1943-2185 -> 1650-1916 us.
+// [8,2048,7,7]'s eval map). BatchNorm2d bfloat16 [32,64,56,56] channels last, core calls,
+// alternating builds: eval 1012-1167 -> 750-946 us, train forward 1440-1676 -> 1363-1514 us,
+// backward 1943-2185 -> 1650-1916 us.
 template <int I, int P, class Fn>
 inline void map_rows_in_pairs(int64_t C, int64_t r0, int64_t r1, const bfloat16_t* const (&in)[I], bfloat16_t* out,
                               const float* const (&par)[P], bool stream, Fn& fn) {

@@ -2,7 +2,6 @@
 // gradients sum over rows in fixed row blocks (partials per block, then a column-wise sum of the
 // partials in block order), which keeps them bitwise independent of the thread count.
 #include <algorithm>
-#include <cstring>
 #include <type_traits>
 #include <utility>
 #include <vector>
@@ -13,6 +12,7 @@
 #include "cpu/pairwise_rows.h"
 #include "cpu/params.h"
 #include "cpu/prefetch_ahead.h"
+#include "cpu/row_pairs.h"
 #include "cpu/shifted_moments.h"
 #include "cpu/stream_store.h"
 #include "cpu/vector_convert.h"
@@ -81,10 +81,9 @@ void forward(const RowNormForwardArgs& a) {
     return std::pair<A, A>{mean, rstd};
   };
 #if defined(__AVX512BW__)
-  // bfloat16 rows of whole vector pairs: x converted 32 values at a time as its even and its odd
-  // values (vector_convert.h load_bf16_pairs), weight and bias split once per call into the same
-  // order. The same per-element formula, so the same values. LayerNorm bfloat16 forward, core calls,
-  // alternating builds: [64, 4096] 59-63 -> 55-60 us, [8192, 1024] 1.35-1.36 -> 1.15-1.18 ms.
+  // bfloat16 rows of whole vector pairs (cpu/row_pairs.h), weight and bias split once per call.
+  // LayerNorm bfloat16 forward, core calls, alternating builds: [64, 4096] 59-63 -> 55-60 us,
+  // [8192, 1024] 1.35-1.36 -> 1.15-1.18 ms.
   const bool pairs = std::is_same_v<T, bfloat16_t> && n % kBf16Pair == 0;
   std::vector<float> split(pairs ? size_t(2 * n) : 0);
   if constexpr (std::is_same_v<T, bfloat16_t>) {
@@ -98,18 +97,7 @@ void forward(const RowNormForwardArgs& a) {
 #if defined(__AVX512BW__)
     if constexpr (std::is_same_v<T, bfloat16_t>) {
       if (pairs) {
-        const F32x16 m = splat<A, 16>(mean), s = splat<A, 16>(rstd);
-        const float* ws = split.data();
-        const float* bs = ws + n;
-        for (int64_t i = i0; i < i1; i += kBf16Pair) {
-          F32x16 xe, xo, we, wo, be, bo;
-          load_bf16_pairs(x + i, xe, xo);
-          std::memcpy(&we, ws + i, sizeof(we));
-          std::memcpy(&wo, ws + i + kBf16Pair / 2, sizeof(wo));
-          std::memcpy(&be, bs + i, sizeof(be));
-          std::memcpy(&bo, bs + i + kBf16Pair / 2, sizeof(bo));
-          store_bf16_pairs(y + i, math::row_norm_apply(xe, m, s, we, be), math::row_norm_apply(xo, m, s, wo, bo));
-        }
+        row_apply_in_pairs(x, y, i0, i1, mean, rstd, split.data(), split.data() + n);
         return;
       }
     }
@@ -214,68 +202,21 @@ void backward(const RowNormBackwardArgs& a) {
     return o;
   };
 
-  // dx of two rows and their terms of the block partials in one pass: the partials are loaded and
-  // stored once per pair instead of once per row (0-15% faster in interleaved runs, most on
-  // [64, 4096]; no loss measured beyond the noise). Each partial still adds row r's term, then row
-  // r + 1's: the same operations in the same order as one row at a time, so results are bitwise
-  // those of single rows.
 #if defined(__AVX512BW__)
-  // bfloat16 rows of whole vector pairs: pass 2 (dx and the partials; pass 1's sums keep their lane
-  // order) takes dy and x 32 values at a time as their even and odd values (vector_convert.h
-  // load_bf16_pairs), with the weight split once per call into that order. The partials are kept in
-  // that order too and put back in column order when summed. The same operations per element, in
-  // the same row order, so the same values. LayerNorm bfloat16 backward, core calls, alternating
-  // builds: [64, 4096] 84-115 -> 78-90 us, [8192, 1024] 2.08 -> 1.73-1.75 ms.
+  // bfloat16 rows of whole vector pairs (cpu/row_pairs.h): pass 2, dx and the partials, in pair
+  // order (pass 1's sums keep their lane order), the weight split once per call; the summed partials
+  // go back to column order. LayerNorm bfloat16 backward, core calls, alternating builds:
+  // [64, 4096] 84-115 -> 78-90 us, [8192, 1024] 2.08 -> 1.73-1.75 ms.
   const bool pairs = std::is_same_v<T, bfloat16_t> && n % kBf16Pair == 0;
   std::vector<float> w_split(pairs ? size_t(n) : 0);
   if constexpr (std::is_same_v<T, bfloat16_t>) {
     if (pairs) split_in_pair_order(wp, n, w_split.data());
   }
-  // Pass 2 of R rows (1 or 2) over [i0, i1): dx[k] of row k unless dx is null, the partials unless null.
+  // Pass 2 of R rows over [i0, i1): dx[k] of row k unless dx is null, the partials unless null.
   auto paired_pass2 = [&](auto rows_tag, const Row* rw, T* const* dx, A* pw, A* pb, int64_t i0, int64_t i1) {
     constexpr int R = decltype(rows_tag)::value;
     if constexpr (std::is_same_v<T, bfloat16_t>) {
-      F32x16 mean[R], rs[R], mean_g[R], mean_gx[R];
-      for (int k = 0; k < R; ++k) {
-        mean[k] = splat<A, 16>(rw[k].mean);
-        rs[k] = splat<A, 16>(rw[k].rs);
-        mean_g[k] = splat<A, 16>(rw[k].mean_g);
-        mean_gx[k] = splat<A, 16>(rw[k].mean_gx);
-      }
-      for (int64_t i = i0; i < i1; i += kBf16Pair) {
-        constexpr int64_t kOdd = kBf16Pair / 2;
-        F32x16 w[2], sw[2] = {}, sb[2] = {};
-        std::memcpy(&w[0], w_split.data() + i, sizeof(F32x16));
-        std::memcpy(&w[1], w_split.data() + i + kOdd, sizeof(F32x16));
-        if (pw) {
-          std::memcpy(&sw[0], pw + i, sizeof(F32x16));
-          std::memcpy(&sw[1], pw + i + kOdd, sizeof(F32x16));
-        }
-        if (pb) {
-          std::memcpy(&sb[0], pb + i, sizeof(F32x16));
-          std::memcpy(&sb[1], pb + i + kOdd, sizeof(F32x16));
-        }
-        for (int k = 0; k < R; ++k) {
-          F32x16 g[2], xh[2], d[2];
-          load_bf16_pairs(rw[k].dy + i, g[0], g[1]);
-          load_bf16_pairs(rw[k].x + i, xh[0], xh[1]);
-          for (int h = 0; h < 2; ++h) {
-            xh[h] = (xh[h] - mean[k]) * rs[k];
-            d[h] = math::row_norm_dx(g[h] * w[h], xh[h], rs[k], mean_g[k], mean_gx[k]);
-            sw[h] = math::mul_add(g[h], xh[h], sw[h]);
-            sb[h] += g[h];
-          }
-          if (dx) store_bf16_pairs(dx[k] + i, d[0], d[1]);
-        }
-        if (pw) {
-          std::memcpy(pw + i, &sw[0], sizeof(F32x16));
-          std::memcpy(pw + i + kOdd, &sw[1], sizeof(F32x16));
-        }
-        if (pb) {
-          std::memcpy(pb + i, &sb[0], sizeof(F32x16));
-          std::memcpy(pb + i + kOdd, &sb[1], sizeof(F32x16));
-        }
-      }
+      row_pass2_in_pairs<R>(rw, dx, w_split.data(), pw, pb, i0, i1);
     }
   };
   // Summed partials (in pair order) in column order, in buf.
@@ -290,6 +231,11 @@ void backward(const RowNormBackwardArgs& a) {
   auto in_column_order = [](const A* sum, int64_t, std::vector<A>&) { return sum; };
 #endif
 
+  // dx of two rows and their terms of the block partials in one pass: the partials are loaded and
+  // stored once per pair instead of once per row (0-15% faster in interleaved runs, most on
+  // [64, 4096]; no loss measured beyond the noise). Each partial still adds row r's term, then row
+  // r + 1's: the same operations in the same order as one row at a time, so results are bitwise
+  // those of single rows.
   auto pair_pass2 = [&](int64_t r, const Row& u, const Row& v, T* dxu, T* dxv, A* pw, A* pb) {
     const auto [x0, dy0] = ahead_of(r, 2 * ahead);
     const auto [x1, dy1] = ahead_of(r, 2 * ahead + 1);

@@ -1,0 +1,74 @@
+// LayerNorm/RMSNorm rows of bfloat16 on AVX-512 in even/odd vector pairs (vector_convert.h
+// load_bf16_pairs): x, dy and dx 32 values at a time as their even and their odd values, the weight,
+// bias and the backward's partials in that same order (split_in_pair_order), so that no value
+// crosses lanes. The per-element formulas (normkit/math.h) and their order are the other loops', so
+// the values are the same bit for bit. Ranges [i0, i1) are whole pairs (multiples of kBf16Pair).
+#pragma once
+#include <cstdint>
+#include <cstring>
+
+#include "cpu/vector_convert.h"
+#include "normkit/math.h"
+
+// Per-ISA namespace (see lanes.h).
+namespace normkit::cpu::NK_ISA {
+
+#if defined(__AVX512BW__)
+inline F32x16 pair_half(const float* p) {
+  F32x16 v;
+  std::memcpy(&v, p, sizeof(v));
+  return v;
+}
+inline void store_pair_half(float* p, const F32x16& v) { std::memcpy(p, &v, sizeof(v)); }
+
+// The forward of one row: y = row_norm_apply(x, mean, rstd, w, b), ws/bs the weight/bias in pair order.
+inline void row_apply_in_pairs(const bfloat16_t* x, bfloat16_t* y, int64_t i0, int64_t i1, float mean, float rstd,
+                               const float* ws, const float* bs) {
+  constexpr int64_t kOdd = kBf16Pair / 2;
+  const F32x16 m = splat<float, 16>(mean), s = splat<float, 16>(rstd);
+  for (int64_t i = i0; i < i1; i += kBf16Pair) {
+    F32x16 xe, xo;
+    load_bf16_pairs(x + i, xe, xo);
+    store_bf16_pairs(y + i, math::row_norm_apply(xe, m, s, pair_half(ws + i), pair_half(bs + i)),
+                     math::row_norm_apply(xo, m, s, pair_half(ws + i + kOdd), pair_half(bs + i + kOdd)));
+  }
+}
+
+// Pass 2 of the backward for R rows (rows[k]: its x, dy, mean, rs, mean_g, mean_gx): dx of each row
+// unless dx is null, and each row's terms added in row order to the partials pw (dweight) and pb
+// (dbias) unless null, all in pair order. ws: the weight in pair order.
+template <int R, class Row>
+inline void row_pass2_in_pairs(const Row* rows, bfloat16_t* const* dx, const float* ws, float* pw, float* pb,
+                               int64_t i0, int64_t i1) {
+  constexpr int64_t kOdd = kBf16Pair / 2;
+  F32x16 mean[R], rs[R], mean_g[R], mean_gx[R];
+  for (int k = 0; k < R; ++k) {
+    mean[k] = splat<float, 16>(rows[k].mean);
+    rs[k] = splat<float, 16>(rows[k].rs);
+    mean_g[k] = splat<float, 16>(rows[k].mean_g);
+    mean_gx[k] = splat<float, 16>(rows[k].mean_gx);
+  }
+  for (int64_t i = i0; i < i1; i += kBf16Pair) {
+    const F32x16 w[2] = {pair_half(ws + i), pair_half(ws + i + kOdd)};
+    F32x16 sw[2] = {}, sb[2] = {};
+    if (pw) sw[0] = pair_half(pw + i), sw[1] = pair_half(pw + i + kOdd);
+    if (pb) sb[0] = pair_half(pb + i), sb[1] = pair_half(pb + i + kOdd);
+    for (int k = 0; k < R; ++k) {
+      F32x16 g[2], xh[2], d[2];
+      load_bf16_pairs(rows[k].dy + i, g[0], g[1]);
+      load_bf16_pairs(rows[k].x + i, xh[0], xh[1]);
+      for (int h = 0; h < 2; ++h) {
+        xh[h] = (xh[h] - mean[k]) * rs[k];
+        d[h] = math::row_norm_dx(g[h] * w[h], xh[h], rs[k], mean_g[k], mean_gx[k]);
+        sw[h] = math::mul_add(g[h], xh[h], sw[h]);
+        sb[h] += g[h];
+      }
+      if (dx) store_bf16_pairs(dx[k] + i, d[0], d[1]);
+    }
+    if (pw) store_pair_half(pw + i, sw[0]), store_pair_half(pw + i + kOdd, sw[1]);
+    if (pb) store_pair_half(pb + i, sb[0]), store_pair_half(pb + i + kOdd, sb[1]);
+  }
+}
+#endif
+
+}  // namespace normkit::cpu::NK_ISA
