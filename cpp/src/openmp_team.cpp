@@ -44,8 +44,7 @@ void check_threads_can_start(int threads) {
     });
   } catch (const std::system_error& e) {
     join_all();
-    throw RuntimeError(concat("cannot start ", threads - 1, " worker threads (", e.what(), "); set fewer with ",
-                              "normkit.set_num_threads or NORMKIT_NUM_THREADS"));
+    throw cannot_start_threads(threads - 1, e.what());
   }
   join_all();
   proven = threads;

@@ -17,9 +17,7 @@
 
 #include "normkit/error.h"
 
-#ifdef NORMKIT_OPENMP
 #include "openmp_team.h"
-#endif
 
 namespace normkit {
 namespace {
@@ -96,8 +94,7 @@ class ThreadPool {
       // The system would not start another thread (a pids or memory limit): stop the ones that
       // started (a thrown constructor runs no destructor) and say so.
       stop_all();
-      throw RuntimeError(concat("cannot start ", workers, " worker threads (", e.what(), "); set fewer with ",
-                                "normkit.set_num_threads or NORMKIT_NUM_THREADS"));
+      throw detail::cannot_start_threads(workers, e.what());
     }
   }
   ~ThreadPool() { stop_all(); }
@@ -254,6 +251,11 @@ ThreadPool* pool_for(int threads) {
 }
 
 }  // namespace
+
+RuntimeError detail::cannot_start_threads(int workers, const char* why) {
+  return RuntimeError(concat("cannot start ", workers, " worker threads (", why, "); set fewer with ",
+                             "normkit.set_num_threads or NORMKIT_NUM_THREADS"));
+}
 
 const char* threading_backend() {
 #ifdef NORMKIT_OPENMP

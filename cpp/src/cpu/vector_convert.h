@@ -270,27 +270,27 @@ inline void map_bf16_pair(const bfloat16_t* const (&in)[I], int64_t i, bfloat16_
 constexpr bool kPairedBf16 = true;
 constexpr int64_t kBf16Pair = 32;  // values per pair of float vectors
 
-// Per-value operands of a map over whole pairs, in the pairs' order: of each 32 values of src (n a
-// multiple of kBf16Pair), the 16 even-indexed ones, then the 16 odd-indexed ones.
+// Each 32 values of src (n a multiple of kBf16Pair) as two float vectors a and b, stored as the
+// two-source permutes (a, b) by `first` and by `second`.
+inline void permute_pairs(const float* src, int64_t n, float* dst, __m512i first, __m512i second) {
+  for (int64_t c = 0; c < n; c += kBf16Pair) {
+    const __m512 a = _mm512_loadu_ps(src + c), b = _mm512_loadu_ps(src + c + kBf16Pair / 2);
+    _mm512_storeu_ps(dst + c, _mm512_permutex2var_ps(a, first, b));
+    _mm512_storeu_ps(dst + c + kBf16Pair / 2, _mm512_permutex2var_ps(a, second, b));
+  }
+}
+
+// Per-value operands of a map over whole pairs, in the pairs' order: of each 32 values of src, the
+// 16 even-indexed ones, then the 16 odd-indexed ones.
 inline void split_in_pair_order(const float* src, int64_t n, float* dst) {
   const __m512i evens = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
-  const __m512i odds = _mm512_add_epi32(evens, _mm512_set1_epi32(1));
-  for (int64_t c = 0; c < n; c += kBf16Pair) {
-    const __m512 lo = _mm512_loadu_ps(src + c), hi = _mm512_loadu_ps(src + c + kBf16Pair / 2);
-    _mm512_storeu_ps(dst + c, _mm512_permutex2var_ps(lo, evens, hi));
-    _mm512_storeu_ps(dst + c + kBf16Pair / 2, _mm512_permutex2var_ps(lo, odds, hi));
-  }
+  permute_pairs(src, n, dst, evens, _mm512_add_epi32(evens, _mm512_set1_epi32(1)));
 }
 
 // The inverse of split_in_pair_order: values in pair order back in their own order.
 inline void merge_from_pair_order(const float* src, int64_t n, float* dst) {
   const __m512i first = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
-  const __m512i second = _mm512_add_epi32(first, _mm512_set1_epi32(8));
-  for (int64_t c = 0; c < n; c += kBf16Pair) {
-    const __m512 even = _mm512_loadu_ps(src + c), odd = _mm512_loadu_ps(src + c + kBf16Pair / 2);
-    _mm512_storeu_ps(dst + c, _mm512_permutex2var_ps(even, first, odd));
-    _mm512_storeu_ps(dst + c + kBf16Pair / 2, _mm512_permutex2var_ps(even, second, odd));
-  }
+  permute_pairs(src, n, dst, first, _mm512_add_epi32(first, _mm512_set1_epi32(8)));
 }
 #else
 constexpr bool kPairedBf16 = false;
