@@ -55,7 +55,7 @@ def test_broadcast_views_past_2_62_bytes_are_a_value_error_not_a_crash(call):
             F.sync_batch_norm_backward(x, x, torch.zeros(8), torch.ones(8), comm=comm, output_mask=(False, True, True))
 
 
-@pytest.mark.parametrize("framework", ["numpy", "torch"])
+@pytest.mark.parametrize("framework", ["numpy", "dltensor"])
 def test_host_cache_rejects_sizes_past_2_62_bytes(framework):
     with pytest.raises(ValueError, match="shape: expected an array of at most 2\\^62 bytes"):
         _core.empty_cached([2**62], "float32", framework)

@@ -148,6 +148,25 @@ def test_eager_calls_never_go_through_the_custom_ops(monkeypatch):
         assert getattr(getattr(nF, name), "_torchdynamo_disable", False), name
 
 
+def test_eager_calls_with_and_without_a_dynamo_frame_hook_agree(monkeypatch):
+    """Outside compiled code dynamo sets no frame hook and the adapters are called directly; with one
+    set (code called from a compiled region) they run under torch.compiler.disable. Same bits."""
+    assert nF._frame_hook() is None
+
+    def run():
+        g = torch.Generator().manual_seed(3)
+        x = torch.randn(4, 6, 5, generator=g, requires_grad=True)
+        w = torch.randn(5, generator=g, requires_grad=True)
+        y = nF.layer_norm(x, (5,), w) + nt.BatchNorm1d(6)(x)
+        y.backward(torch.randn(y.shape, generator=g))
+        return y.detach(), x.grad, w.grad
+
+    direct = run()
+    monkeypatch.setattr(nF, "_frame_hook", lambda: object())
+    for a, b in zip(direct, run()):
+        assert torch.equal(a, b)
+
+
 def _opcheck(op, *args):
     torch.library.opcheck(op, args)
 

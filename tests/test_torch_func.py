@@ -128,6 +128,30 @@ def test_eager_calls_take_the_kernels(monkeypatch):
     nt.GroupNorm(2, 6)(x).sum().backward()
 
 
+def test_a_tensor_left_over_from_a_transform_works_as_with_torch():
+    """A tensor that escaped a torch.func transform is a dead wrapper without storage; torch's layers
+    unwrap it, and so does normkit's autograd path (torch.autograd.Function.apply did; the adapters
+    call its C++ apply directly and keep that step)."""
+    leaked = []
+
+    def f(x):
+        leaked.append(x)
+        return x.sum()
+
+    x = torch.randn(4, 12, generator=_gen(5), requires_grad=True)
+    grad(f)(x)
+    dead = leaked[0]
+    assert torch._C._functorch.is_functorch_wrapped_tensor(dead)
+    w = torch.randn(12, generator=_gen(6), requires_grad=True)
+    for ours, theirs in ((nF.layer_norm(dead, (12,), w), torch.nn.functional.layer_norm(x, (12,), w)),
+                         (nF.rms_norm(dead, (12,), w), torch.nn.functional.rms_norm(x, (12,), w))):
+        torch.testing.assert_close(ours, theirs)
+        got = torch.autograd.grad(ours.square().sum(), (x, w))
+        expected = torch.autograd.grad(theirs.square().sum(), (x, w))
+        for a, b in zip(got, expected):
+            torch.testing.assert_close(a, b)
+
+
 def test_a_forward_ad_level_without_dual_arguments_runs_the_kernels():
     """An open forward-AD level alone changes nothing: plain tensors take the eager kernels, the ops
     without a torch form included."""

@@ -164,8 +164,18 @@ def layer_norm(x, normalized_shape, weight=None, bias=None, eps=1e-5):
     return _layer_norm(x, normalized_shape, weight, bias, eps, False)[0]
 
 
-def _wrap_optional(kind, a):
-    return None if a is None else kind.wrap(a)
+def _out(kind, a):
+    """An output this module allocated, as the core takes it: without to_core's checks, which it passes by
+    construction (dense, writable, no negative bit)."""
+    return a if a is None else kind.export(a)
+
+
+def _results(kind, *arrays):
+    """The op's results as the caller's kind, None staying None. (NumPy arrays and torch tensors are
+    already: no call per result for them.)"""
+    if not kind.wraps:
+        return arrays
+    return tuple(None if a is None else kind.wrap(a) for a in arrays)
 
 
 def _layer_norm(x, normalized_shape, weight, bias, eps, stats):
@@ -180,9 +190,9 @@ def _layer_norm(x, normalized_shape, weight, bias, eps, stats):
         mean, rstd = kind.empty(lead, acc, x), kind.empty(lead, acc, x)
     _core.layer_norm_forward(
         to_core(x), shape, to_core(weight, "weight"), to_core(bias, "bias"), float_arg(eps, "eps"),
-        to_core(y), to_core(mean), to_core(rstd), kind.stream(x),
+        _out(kind, y), _out(kind, mean), _out(kind, rstd), kind.stream(x),
     )
-    return kind.wrap(y), _wrap_optional(kind, mean), _wrap_optional(kind, rstd)
+    return _results(kind, y, mean, rstd)
 
 
 def layer_norm_backward(dy, x, normalized_shape, mean, rstd, weight=None, output_mask=(True, True, True),
@@ -205,9 +215,9 @@ def layer_norm_backward(dy, x, normalized_shape, mean, rstd, weight=None, output
     db = kind.empty(gs, bias_dtype or pdt, x) if output_mask[2] else None
     _core.layer_norm_backward(
         _required(dy, "dy"), to_core(x), shape, _required(mean, "mean"), _required(rstd, "rstd"),
-        to_core(weight, "weight"), to_core(dx), to_core(dw), to_core(db), kind.stream(x),
+        to_core(weight, "weight"), _out(kind, dx), _out(kind, dw), _out(kind, db), kind.stream(x),
     )
-    return tuple(None if a is None else kind.wrap(a) for a in (dx, dw, db))
+    return _results(kind, dx, dw, db)
 
 
 def rms_norm_forward(x, normalized_shape, weight=None, eps=None):
@@ -236,9 +246,10 @@ def _rms_norm(x, normalized_shape, weight, eps, stats):
     y = kind.empty(xs, dt, x)
     rstd = kind.empty(_leading(xs, shape), acc, x) if stats else None
     _core.rms_norm_forward(
-        to_core(x), shape, to_core(weight, "weight"), float_arg(eps, "eps"), to_core(y), to_core(rstd), kind.stream(x)
+        to_core(x), shape, to_core(weight, "weight"), float_arg(eps, "eps"), _out(kind, y), _out(kind, rstd),
+        kind.stream(x),
     )
-    return kind.wrap(y), _wrap_optional(kind, rstd)
+    return _results(kind, y, rstd)
 
 
 def rms_norm_backward(dy, x, normalized_shape, rstd, weight=None, output_mask=(True, True)):
@@ -253,9 +264,9 @@ def rms_norm_backward(dy, x, normalized_shape, rstd, weight=None, output_mask=(T
         dw = kind.empty(_grad_shape(shape, xs), _dtype_name(weight, "weight"), x)
     _core.rms_norm_backward(
         _required(dy, "dy"), to_core(x), shape, _required(rstd, "rstd"), to_core(weight, "weight"),
-        to_core(dx), to_core(dw), kind.stream(x),
+        _out(kind, dx), _out(kind, dw), kind.stream(x),
     )
-    return tuple(None if a is None else kind.wrap(a) for a in (dx, dw))
+    return _results(kind, dx, dw)
 
 
 # ---- BatchNorm, InstanceNorm, GroupNorm: x is [N, C, *spatial]; outputs keep x's memory format ----
@@ -296,10 +307,11 @@ def batch_norm_forward(x, running_mean, running_var, weight=None, bias=None, tra
     _core.batch_norm_forward(
         to_core(x), stats.core(0, "running_mean"), stats.core(1, "running_var"),
         to_core(weight, "weight"), to_core(bias, "bias"), bool_arg(training, "training"),
-        float_arg(momentum, "momentum"), float_arg(eps, "eps"), to_core(y), to_core(sm), to_core(sr), kind.stream(x),
+        float_arg(momentum, "momentum"), float_arg(eps, "eps"), _out(kind, y), _out(kind, sm), _out(kind, sr),
+        kind.stream(x),
     )
     stats.write_back()
-    return kind.wrap(y), kind.wrap(sm), kind.wrap(sr)
+    return _results(kind, y, sm, sr)
 
 
 def batch_norm(x, running_mean, running_var, weight=None, bias=None, training=False, momentum=0.1, eps=1e-5):
@@ -316,10 +328,10 @@ def batch_norm_backward(dy, x, save_mean, save_rstd, weight=None, training=True,
     dx, dw, db = _channel_grads(kind, x, weight, output_mask, bias_dtype)
     _core.batch_norm_backward(
         _required(dy, "dy"), to_core(x), _required(save_mean, "save_mean"), _required(save_rstd, "save_rstd"),
-        to_core(weight, "weight"), bool_arg(training, "training"), to_core(dx), to_core(dw), to_core(db),
+        to_core(weight, "weight"), bool_arg(training, "training"), _out(kind, dx), _out(kind, dw), _out(kind, db),
         kind.stream(x),
     )
-    return tuple(None if a is None else kind.wrap(a) for a in (dx, dw, db))
+    return _results(kind, dx, dw, db)
 
 
 def instance_norm_forward(x, running_mean=None, running_var=None, weight=None, bias=None, use_input_stats=True,
@@ -343,10 +355,11 @@ def _instance_norm_forward(x, running_mean, running_var, weight, bias, use_input
     _core.instance_norm_forward(
         to_core(x), stats.core(0, "running_mean"), stats.core(1, "running_var"),
         to_core(weight, "weight"), to_core(bias, "bias"), use_input_stats,
-        float_arg(momentum, "momentum"), float_arg(eps, "eps"), to_core(y), to_core(sm), to_core(sr), kind.stream(x),
+        float_arg(momentum, "momentum"), float_arg(eps, "eps"), _out(kind, y), _out(kind, sm), _out(kind, sr),
+        kind.stream(x),
     )
     stats.write_back()
-    return kind.wrap(y), kind.wrap(sm), kind.wrap(sr)
+    return _results(kind, y, sm, sr)
 
 
 def instance_norm(x, running_mean=None, running_var=None, weight=None, bias=None, use_input_stats=True,
@@ -363,10 +376,10 @@ def instance_norm_backward(dy, x, save_mean, save_rstd, weight=None, use_input_s
     dx, dw, db = _channel_grads(kind, x, weight, output_mask, bias_dtype)
     _core.instance_norm_backward(
         _required(dy, "dy"), to_core(x), _required(save_mean, "save_mean"), _required(save_rstd, "save_rstd"),
-        to_core(weight, "weight"), bool_arg(use_input_stats, "use_input_stats"), to_core(dx), to_core(dw), to_core(db),
-        kind.stream(x),
+        to_core(weight, "weight"), bool_arg(use_input_stats, "use_input_stats"), _out(kind, dx), _out(kind, dw),
+        _out(kind, db), kind.stream(x),
     )
-    return tuple(None if a is None else kind.wrap(a) for a in (dx, dw, db))
+    return _results(kind, dx, dw, db)
 
 
 def group_norm_forward(x, num_groups, weight=None, bias=None, eps=1e-5):
@@ -381,9 +394,9 @@ def group_norm_forward(x, num_groups, weight=None, bias=None, eps=1e-5):
     y, sm, sr = _channel_outputs(kind, x, (shape[0] if shape else 0, stat_groups))
     _core.group_norm_forward(
         to_core(x), groups, to_core(weight, "weight"), to_core(bias, "bias"), float_arg(eps, "eps"),
-        to_core(y), to_core(sm), to_core(sr), kind.stream(x),
+        _out(kind, y), _out(kind, sm), _out(kind, sr), kind.stream(x),
     )
-    return kind.wrap(y), kind.wrap(sm), kind.wrap(sr)
+    return _results(kind, y, sm, sr)
 
 
 def group_norm(x, num_groups, weight=None, bias=None, eps=1e-5):
@@ -399,9 +412,10 @@ def group_norm_backward(dy, x, num_groups, mean, rstd, weight=None, output_mask=
     dx, dw, db = _channel_grads(kind, x, weight, output_mask, bias_dtype)
     _core.group_norm_backward(
         _required(dy, "dy"), to_core(x), int_arg(num_groups, "num_groups"), _required(mean, "mean"),
-        _required(rstd, "rstd"), to_core(weight, "weight"), to_core(dx), to_core(dw), to_core(db), kind.stream(x),
+        _required(rstd, "rstd"), to_core(weight, "weight"), _out(kind, dx), _out(kind, dw), _out(kind, db),
+        kind.stream(x),
     )
-    return tuple(None if a is None else kind.wrap(a) for a in (dx, dw, db))
+    return _results(kind, dx, dw, db)
 
 
 # ---- Batch-Instance Normalization: x is [N, C, *spatial]; outputs keep x's memory format ------------
@@ -434,11 +448,11 @@ def batch_instance_norm_forward(x, rho, running_mean, running_var, weight=None, 
     _core.batch_instance_norm_forward(
         to_core(x), _required(rho, "rho"), to_core(weight, "weight"), to_core(bias, "bias"),
         stats.core(0, "running_mean"), stats.core(1, "running_var"), bool_arg(training, "training"),
-        float_arg(momentum, "momentum"), float_arg(eps, "eps"), to_core(y), to_core(mb), to_core(sb), to_core(mi),
-        to_core(si), kind.stream(x),
+        float_arg(momentum, "momentum"), float_arg(eps, "eps"), _out(kind, y), _out(kind, mb), _out(kind, sb),
+        _out(kind, mi), _out(kind, si), kind.stream(x),
     )
     stats.write_back()
-    return tuple(kind.wrap(a) for a in (y, mb, sb, mi, si))
+    return _results(kind, y, mb, sb, mi, si)
 
 
 def batch_instance_norm(x, rho, running_mean, running_var, weight=None, bias=None, training=False, momentum=0.1,
@@ -467,9 +481,9 @@ def batch_instance_norm_backward(dy, x, rho, save_mean_bn, save_rstd_bn, save_me
         _required(dy, "dy"), to_core(x), _required(rho, "rho"), to_core(weight, "weight"),
         _required(save_mean_bn, "save_mean_bn"), _required(save_rstd_bn, "save_rstd_bn"),
         _required(save_mean_in, "save_mean_in"), _required(save_rstd_in, "save_rstd_in"),
-        bool_arg(training, "training"), to_core(dx), to_core(dw), to_core(db), to_core(dr), kind.stream(x),
+        bool_arg(training, "training"), _out(kind, dx), _out(kind, dw), _out(kind, db), _out(kind, dr), kind.stream(x),
     )
-    return tuple(None if a is None else kind.wrap(a) for a in (dx, dw, db, dr))
+    return _results(kind, dx, dw, db, dr)
 
 
 # ---- Switchable Normalization: x is [N, C, *spatial]; outputs keep x's memory format ---------------
@@ -507,10 +521,10 @@ def switchable_norm_forward(x, mean_weight, var_weight, running_mean, running_va
         to_core(x), _required(mean_weight, "mean_weight"), _required(var_weight, "var_weight"),
         to_core(weight, "weight"), to_core(bias, "bias"), stats.core(0, "running_mean"),
         stats.core(1, "running_var"), bool_arg(training, "training"), float_arg(momentum, "momentum"),
-        float_arg(eps, "eps"), to_core(y), to_core(saved), kind.stream(x),
+        float_arg(eps, "eps"), _out(kind, y), _out(kind, saved), kind.stream(x),
     )
     stats.write_back()
-    return kind.wrap(y), kind.wrap(saved)
+    return _results(kind, y, saved)
 
 
 def switchable_norm(x, mean_weight, var_weight, running_mean, running_var, weight=None, bias=None, training=False,
@@ -537,10 +551,10 @@ def switchable_norm_backward(dy, x, mean_weight, var_weight, saved, weight=None,
     dv = kind.empty((3,), ldt, x) if output_mask[4] else None
     _core.switchable_norm_backward(
         _required(dy, "dy"), to_core(x), _required(mean_weight, "mean_weight"), _required(var_weight, "var_weight"),
-        to_core(weight, "weight"), _required(saved, "saved"), bool_arg(training, "training"), to_core(dx), to_core(dw),
-        to_core(db), to_core(dm), to_core(dv), kind.stream(x),
+        to_core(weight, "weight"), _required(saved, "saved"), bool_arg(training, "training"), _out(kind, dx),
+        _out(kind, dw), _out(kind, db), _out(kind, dm), _out(kind, dv), kind.stream(x),
     )
-    return tuple(None if a is None else kind.wrap(a) for a in (dx, dw, db, dm, dv))
+    return _results(kind, dx, dw, db, dm, dv)
 
 
 # ---- LocalResponseNorm: x is [N, C, *spatial]; outputs keep x's memory format -----------------------
@@ -558,7 +572,7 @@ def local_response_norm(x, size, alpha=1e-4, beta=0.75, k=1.0):
     y = empty_like_layout(kind, x)
     _core.local_response_norm_forward(
         to_core(x), int_arg(size, "size"), float_arg(alpha, "alpha"), float_arg(beta, "beta"), float_arg(k, "k"),
-        to_core(y), kind.stream(x),
+        _out(kind, y), kind.stream(x),
     )
     return kind.wrap(y)
 
@@ -570,7 +584,7 @@ def local_response_norm_backward(dy, x, size, alpha=1e-4, beta=0.75, k=1.0):
     dx = empty_like_layout(kind, x)
     _core.local_response_norm_backward(
         _required(dy, "dy"), to_core(x), int_arg(size, "size"), float_arg(alpha, "alpha"), float_arg(beta, "beta"),
-        float_arg(k, "k"), to_core(dx), kind.stream(x),
+        float_arg(k, "k"), _out(kind, dx), kind.stream(x),
     )
     return kind.wrap(dx)
 
@@ -609,7 +623,7 @@ def weight_norm_forward(v, g, dim=0):
     norms = kind.empty(_param_shape(gs, vs), acc_dtype_name(dt), v)
     _core.weight_norm_forward(to_core(v, "v"), _required(g, "g"), _weight_norm_dim(dim), to_core(w, "w"),
                               to_core(norms, "norms"), kind.stream(v))
-    return kind.wrap(w), kind.wrap(norms)
+    return _results(kind, w, norms)
 
 
 def weight_norm(v, g, dim=0):
@@ -630,7 +644,7 @@ def weight_norm_backward(dw, v, g, norms, dim=0):
     dg = kind.empty(_param_shape(gs, vs), dt, v)
     _core.weight_norm_backward(_required(dw, "dw"), to_core(v, "v"), _required(g, "g"), _required(norms, "norms"),
                                _weight_norm_dim(dim), to_core(dv, "dv"), to_core(dg, "dg"), kind.stream(v))
-    return kind.wrap(dv), kind.wrap(dg)
+    return _results(kind, dv, dg)
 
 
 def _communicator(comm):
@@ -655,10 +669,10 @@ def sync_batch_norm_forward(x, running_mean=None, running_var=None, weight=None,
     _core.sync_batch_norm_forward(
         to_core(x), stats.core(0, "running_mean"), stats.core(1, "running_var"),
         to_core(weight, "weight"), to_core(bias, "bias"), float_arg(momentum, "momentum"), float_arg(eps, "eps"),
-        _communicator(comm), check, to_core(y), to_core(sm), to_core(sr), kind.stream(x),
+        _communicator(comm), check, _out(kind, y), _out(kind, sm), _out(kind, sr), kind.stream(x),
     )
     stats.write_back()
-    return kind.wrap(y), kind.wrap(sm), kind.wrap(sr)
+    return _results(kind, y, sm, sr)
 
 
 def sync_batch_norm_backward(dy, x, save_mean, save_rstd, weight=None, comm=None, check=None,
@@ -670,10 +684,10 @@ def sync_batch_norm_backward(dy, x, save_mean, save_rstd, weight=None, comm=None
     dx, dw, db = _channel_grads(kind, x, weight, output_mask, bias_dtype)
     _core.sync_batch_norm_backward(
         _required(dy, "dy"), to_core(x), _required(save_mean, "save_mean"), _required(save_rstd, "save_rstd"),
-        to_core(weight, "weight"), _communicator(comm), check, to_core(dx), to_core(dw), to_core(db),
+        to_core(weight, "weight"), _communicator(comm), check, _out(kind, dx), _out(kind, dw), _out(kind, db),
         kind.stream(x),
     )
-    return tuple(None if a is None else kind.wrap(a) for a in (dx, dw, db))
+    return _results(kind, dx, dw, db)
 # ---- SpectralNorm (Miyato et al., 2018): W / sigma, sigma estimated by power iteration ---------------
 
 
@@ -715,7 +729,7 @@ def spectral_norm_forward(w, u, v, n_power_iterations=1, eps=1e-12, dim=0, train
         int_arg(n_power_iterations, "n_power_iterations"), float_arg(eps, "eps"), training,
         bool_arg(check_sigma, "check_sigma"), to_core(y, "y"), to_core(sigma, "sigma"), kind.stream(w),
     )
-    return kind.wrap(y), kind.wrap(sigma)
+    return _results(kind, y, sigma)
 
 
 def spectral_norm(w, u, v, n_power_iterations=1, eps=1e-12, dim=0, training=True):
@@ -767,10 +781,10 @@ def mean_only_batch_norm_forward(x, running_mean, bias=None, training=False, mom
     stats = _RunningStats(running_mean, updated=training)
     _core.mean_only_batch_norm_forward(
         to_core(x), stats.core(0, "running_mean"), to_core(bias, "bias"), bool_arg(training, "training"),
-        float_arg(momentum, "momentum"), to_core(y), to_core(sm), kind.stream(x),
+        float_arg(momentum, "momentum"), _out(kind, y), _out(kind, sm), kind.stream(x),
     )
     stats.write_back()
-    return kind.wrap(y), kind.wrap(sm)
+    return _results(kind, y, sm)
 
 
 def mean_only_batch_norm(x, running_mean, bias=None, training=False, momentum=0.1):
@@ -796,4 +810,4 @@ def mean_only_batch_norm_backward(dy, training=True, output_mask=(True, True), b
     _core.mean_only_batch_norm_backward(
         _required(dy, "dy"), bool_arg(training, "training"), to_core(dx, "dx"), to_core(db, "dbias"), kind.stream(dy),
     )
-    return tuple(None if a is None else kind.wrap(a) for a in (dx, db))
+    return _results(kind, dx, db)
