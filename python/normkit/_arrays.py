@@ -365,6 +365,11 @@ def empty_output_like(kind, x):
     """A layer's output for x: like x (empty_like_layout), except where the library has no channels-last
     format for x's rank (torch: 3-D [N, C, L] stored as NLC gives a contiguous output, as torch's layers
     do; gradients keep x's layout)."""
+    fast = getattr(kind, "empty_like_dense", None)
+    if fast is not None:  # (contiguous, or 4-D channels-last: like x whatever the rank rule says)
+        out = fast(x)
+        if out is not None:
+            return out
     ranks = getattr(kind, "output_channels_last_ranks", None)
     shape = kind.shape(x)
     if ranks is not None and len(shape) not in ranks and is_channels_last(kind, x):
