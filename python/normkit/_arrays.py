@@ -389,9 +389,12 @@ def empty_in_layout(kind, shape, dtype_name, like, channels_last: bool):
 
 def normalized_shape_tuple(normalized_shape) -> tuple:
     """torch accepts an int or a sequence of ints for normalized_shape."""
-    if type(normalized_shape) is tuple and all(type(s) is int and _INT64_MIN <= s <= _INT64_MAX
-                                               for s in normalized_shape):
-        return normalized_shape  # (the common case, already what the core takes)
+    if type(normalized_shape) is tuple:  # (the common case, already what the core takes; a loop, not
+        for s in normalized_shape:        # all() over a generator: half the time, on every call)
+            if type(s) is not int or not _INT64_MIN <= s <= _INT64_MAX:
+                break
+        else:
+            return normalized_shape
     if isinstance(normalized_shape, (int, np.integer)) and not isinstance(normalized_shape, bool):
         return (int_arg(normalized_shape, "normalized_shape"),)
     if isinstance(normalized_shape, (str, bytes)) or not hasattr(normalized_shape, "__iter__"):

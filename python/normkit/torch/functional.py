@@ -165,9 +165,9 @@ def layer_norm(input, normalized_shape, weight=None, bias=None, eps=1e-5):
 def rms_norm(input, normalized_shape, weight=None, eps=None):
     """Like ``torch.nn.functional.rms_norm`` (``eps=None``: machine epsilon of the accumulation type)."""
     shape = normalized_shape_tuple(normalized_shape)
-    _needs_autograd(input=input, weight=weight)  # (types first: rms_weight reads dtypes)
-    weight = rms_weight(input, weight)
-    if not _needs_autograd(input=input, weight=weight):
+    needs = _needs_autograd(input=input, weight=weight)  # (types first: rms_weight reads dtypes)
+    weight = rms_weight(input, weight)  # (a cast weight requires grad where the weight did)
+    if not needs:
         return _F.rms_norm(input, shape, weight, eps)
     return _rms_norm(input, weight, shape, eps)
 
