@@ -91,7 +91,8 @@ def _large(shape, dtype_name) -> bool:
 
 
 # torch.Tensor and torch's DLPack export, looked up once torch is imported (to_core runs for every
-# argument of every op; the lookups cost as much as the export). normkit never imports torch itself.
+# caller's argument of every op; the lookups cost as much as the export). normkit never imports torch
+# itself.
 _TENSOR = _TO_DLPACK = None
 
 
@@ -274,11 +275,12 @@ def kind_of(x, arg: str = "x"):
 
 def to_core(x, arg: str = "x", written: bool = False, required: bool = False):
     """What the extension accepts for x: NumPy arrays as they are, torch tensors as a DLPack capsule
-    (of the data only: the autograd graph is the torch adapter's business), None as None. Called for every
-    argument of every op, so the common cases come first. `written`: the op updates x in place
-    (running statistics, power-iteration vectors), so a read-only NumPy array is a ValueError naming
-    `arg` (the extension would only say that no overload matched). `required`: None is a TypeError
-    naming `arg` (same reason)."""
+    (of the data only: the autograd graph is the torch adapter's business), None as None. Called for
+    every caller's argument of every op (the outputs an op allocates pass without it: functional._out),
+    so the common cases come first. `written`: the op updates x in place (running statistics,
+    power-iteration vectors), so a read-only NumPy array is a ValueError naming `arg` (the extension
+    would only say that no overload matched). `required`: None is a TypeError naming `arg` (same
+    reason)."""
     if x is None:
         if required:
             raise TypeError(f"{arg}: expected an array, got None")
