@@ -439,7 +439,8 @@ __global__ void __launch_bounds__(kThreads)
     const int64_t off = plane * p.S + start;
     const T* __restrict__ xs = x + off;
     T* __restrict__ ys = y + off;
-    for (int64_t i = l.rank; i < len; i += l.size) ys[i] = store<T>(math::row_norm_apply(load<A>(xs[i]), mu, rs, wc, bc));
+    for (int64_t i = l.rank; i < len; i += l.size)
+      ys[i] = store<T>(math::row_norm_apply(load<A>(xs[i]), mu, rs, wc, bc));
   }
 }
 

@@ -34,10 +34,13 @@ __global__ void __launch_bounds__(kThreads)
   NK_CHANNEL_LOOP(c, C) detail::sync_finish_moments(c, C, payload, momentum, mean, var, rm, rv);
 }
 
-__global__ void header_kernel(detail::SyncHeader h, double* __restrict__ payload) { detail::sync_write_header(h, payload); }
+__global__ void header_kernel(detail::SyncHeader h, double* __restrict__ payload) {
+  detail::sync_write_header(h, payload);
+}
 
 template <class O>
-__global__ void __launch_bounds__(kThreads) cast_kernel(const double* __restrict__ src, int64_t C, O* __restrict__ out) {
+__global__ void __launch_bounds__(kThreads)
+    cast_kernel(const double* __restrict__ src, int64_t C, O* __restrict__ out) {
   NK_CHANNEL_LOOP(c, C) out[c] = store<O>(src[c]);
 }
 
@@ -65,9 +68,9 @@ void sync_finish_forward(const double* payload, int64_t C, DType acc, double mom
     using A = decltype(a);
     dispatch_float(running_dtype, [&](auto p) {
       using P = decltype(p);
-      finish_forward_kernel<A, P><<<grid_for(C), kThreads, 0, st>>>(payload, C, A(momentum), static_cast<A*>(mean),
-                                                                     static_cast<A*>(var), static_cast<P*>(running_mean),
-                                                                     static_cast<P*>(running_var));
+      finish_forward_kernel<A, P><<<grid_for(C), kThreads, 0, st>>>(
+          payload, C, A(momentum), static_cast<A*>(mean), static_cast<A*>(var), static_cast<P*>(running_mean),
+          static_cast<P*>(running_var));
     });
   });
   check_launch("sync finish_forward_kernel");

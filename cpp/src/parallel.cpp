@@ -202,8 +202,8 @@ class ThreadPool {
   std::atomic<int64_t> next_{0}, pending_{0};
   std::exception_ptr error_;
   uint64_t generation_ = 0;
-  std::atomic<uint64_t> published_{0};
-  std::atomic<int64_t> published_ns_{0};  // when the current job was published (steady clock)  // generation_, readable without the lock (for spinning)
+  std::atomic<uint64_t> published_{0};    // generation_, readable without the lock (for spinning)
+  std::atomic<int64_t> published_ns_{0};  // when the current job was published (steady clock)
   std::atomic<int> active_{0};  // workers inside the current job (taken under mu_)
   bool stop_ = false;
 };

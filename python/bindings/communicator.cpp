@@ -89,7 +89,9 @@ void export_communicator(nb::module_& m) {
                        "array: expected float32 or float64, got ", dtype_name(v.dtype));
           },
           "array"_a, "In-place sum over the one process: nothing to do.")
-      .def_prop_ro("_nk_handle", [](LocalCommunicator& c) { return reinterpret_cast<uintptr_t>(static_cast<Communicator*>(&c)); });
+      .def_prop_ro("_nk_handle", [](LocalCommunicator& c) {
+        return reinterpret_cast<uintptr_t>(static_cast<Communicator*>(&c));
+      });
 }
 
 }  // namespace normkit::bindings

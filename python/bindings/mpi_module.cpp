@@ -27,7 +27,8 @@ NB_MODULE(_mpi, m) {
   using normkit::MpiCommunicator;
   nb::class_<MpiCommunicator>(m, "MPICommunicator")
       .def(
-          "__init__", [](MpiCommunicator* self, uintptr_t handle) { new (self) MpiCommunicator(comm_from_handle(handle)); },
+          "__init__",
+          [](MpiCommunicator* self, uintptr_t handle) { new (self) MpiCommunicator(comm_from_handle(handle)); },
           "handle"_a, "From the MPI_Comm handle of an mpi4py communicator (MPI._handleof(comm)).")
       .def_prop_ro("rank", &MpiCommunicator::rank)
       .def_prop_ro("size", &MpiCommunicator::size)

@@ -31,7 +31,8 @@ inline void append_text(std::string& s, const char* v) { s += v; }
 inline void append_text(std::string& s, const std::string& v) { s += v; }
 inline void append_text(std::string& s, char v) { s += v; }
 inline void append_text(std::string& s, bool v) { s += v ? '1' : '0'; }
-template <class T, std::enable_if_t<std::is_integral_v<T> && !std::is_same_v<T, char> && !std::is_same_v<T, bool>, int> = 0>
+template <class T,
+          std::enable_if_t<std::is_integral_v<T> && !std::is_same_v<T, char> && !std::is_same_v<T, bool>, int> = 0>
 void append_text(std::string& s, T v) {
   char buf[24];
   const auto r = std::to_chars(buf, buf + sizeof buf, v);

@@ -464,8 +464,8 @@ void chunk_stats(const Problem& p, const T* x, const std::vector<A>& shifts, A e
   parallel_for(p.num_stats, std::max<int64_t>(1, 4096 / (N * nch)), [&](int64_t s0, int64_t s1) {
     for (int64_t s = s0; s < s1; ++s) {
       const int64_t g = members(p, s).g;
-      finish_stat(st, s, chain_chunks<A>(p, s, [&](int64_t n, int64_t ch) { return um[size_t((n * G + g) * nch + ch)]; }),
-                  shifts[size_t(s)], eps);
+      auto unit = [&](int64_t n, int64_t ch) { return um[size_t((n * G + g) * nch + ch)]; };
+      finish_stat(st, s, chain_chunks<A>(p, s, unit), shifts[size_t(s)], eps);
     }
   });
 }
@@ -515,7 +515,8 @@ template <class T, class A>
 void batch_stats_of_short_planes(const Problem& p, const T* x, const std::vector<A>& shifts, A eps, Stats<A>& st) {
   const int64_t C = p.C, S = p.S, blocks = p.plane_blocks();
   std::vector<Moments<A>> um(static_cast<size_t>(C * blocks));
-  parallel_for(C * blocks, std::max<int64_t>(1, kTaskElements / (p.planes_per_block() * S)), [&](int64_t u0, int64_t u1) {
+  const int64_t grain = std::max<int64_t>(1, kTaskElements / (p.planes_per_block() * S));
+  parallel_for(C * blocks, grain, [&](int64_t u0, int64_t u1) {
     alignas(64) T gathered[kStatBlock];
     for (int64_t u = u0; u < u1; ++u) {
       const Problem::PlaneBlock pb = p.plane_block(u);
@@ -547,8 +548,8 @@ void forward_ncs(const Problem& p, const T* x, T* y, const A* w, const A* b, A e
         for (int64_t s = s0; s < s1; ++s) {
           const A shift = stat_shift(p, x, s);
           const Members mb = members(p, s);
-          finish_stat(st, s, chain_chunks<A>(p, s, [&](int64_t n, int64_t ch) { return chunk_moments(n, mb.g, ch, shift); }),
-                      shift, eps);
+          auto chunk = [&](int64_t n, int64_t ch) { return chunk_moments(n, mb.g, ch, shift); };
+          finish_stat(st, s, chain_chunks<A>(p, s, chunk), shift, eps);
           for (int64_t n = mb.n0; n < mb.n1; ++n)
             for (int64_t c = mb.g * cpg; c < (mb.g + 1) * cpg; ++c) {
               const int64_t off = (n * C + c) * S;
@@ -1090,7 +1091,8 @@ void backward(const ChannelNormBackwardArgs& a) {
   auto reduce_k = [&](const std::vector<A>& part, void* out, DType dt) {
     std::vector<A> v(size_t(C), A(0));
     parallel_for(C, std::max<int64_t>(1, kTaskElements / std::max<int64_t>(K, 1)), [&](int64_t c0, int64_t c1) {
-      for (int64_t c = c0; c < c1; ++c) v[size_t(c)] = math::pairwise_sum<A>(K, [&](int64_t k) { return part[size_t(k * C + c)]; });
+      for (int64_t c = c0; c < c1; ++c)
+        v[size_t(c)] = math::pairwise_sum<A>(K, [&](int64_t k) { return part[size_t(k * C + c)]; });
     });
     store_params(v, out, dt);
   };

@@ -53,7 +53,8 @@ void backward(const WeightNormBackwardArgs& a) {
       const A scale = math::weight_norm_scale(load<A>(static_cast<const T*>(a.g)[d]), n);
       const A coef = math::weight_norm_coef(dot, n);
 #pragma omp simd
-      for (int64_t i = 0; i < R; ++i) dv[i] = store<T>(math::weight_norm_dv(load<A>(dw[i]), load<A>(v[i]), scale, coef));
+      for (int64_t i = 0; i < R; ++i)
+        dv[i] = store<T>(math::weight_norm_dv(load<A>(dw[i]), load<A>(v[i]), scale, coef));
     }
   });
 }

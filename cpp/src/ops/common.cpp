@@ -68,8 +68,8 @@ DType check_param_dtypes(const OptTensor& a, const char* a_arg, const OptTensor&
   for (const auto& [p, arg] : {std::pair<const OptTensor&, const char*>{a, a_arg}, {b, b_arg}}) {
     if (!p) continue;
     check_type(p->dtype == x.dtype || p->dtype == acc, arg, ": expected dtype ", dtype_name(x.dtype),
-               x.dtype == acc ? "" : " or ", x.dtype == acc ? "" : dtype_name(acc), " (for x of dtype ", dtype_name(x.dtype),
-               "), got ", dtype_name(p->dtype));
+               x.dtype == acc ? "" : " or ", x.dtype == acc ? "" : dtype_name(acc), " (for x of dtype ",
+               dtype_name(x.dtype), "), got ", dtype_name(p->dtype));
   }
   if (a && b) {
     check_type(a->dtype == b->dtype, b_arg, ": expected dtype ", dtype_name(a->dtype), " (that of ", a_arg,

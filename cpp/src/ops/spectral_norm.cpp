@@ -89,7 +89,8 @@ void spectral_norm_forward(const TensorView& w, const TensorView& u, const Tenso
   ops::DeviceScope scope(w.device);
   const int64_t work_values = detail::SpectralNormWork{shape.H, shape.K}.size();
   std::shared_ptr<void> w_copy, y_scratch, u_copy, v_copy;
-  const std::shared_ptr<void> work = ops::device_buffer(w.device, work_values, size_t(dtype_size(acc_dtype(w.dtype))), stream);
+  const std::shared_ptr<void> work =
+      ops::device_buffer(w.device, work_values, size_t(dtype_size(acc_dtype(w.dtype))), stream);
   detail::SpectralNormForwardArgs a{};
   a.dtype = w.dtype;
   a.shape = shape;
@@ -132,7 +133,8 @@ void spectral_norm_backward(const TensorView& dy, const TensorView& w, const Ten
   const OptTensor uc = ops::compact_param(u, u_copy, stream);
   const OptTensor vc = ops::compact_param(v, v_copy, stream);
   const OptTensor sc = ops::compact_param(sigma, s_copy, stream);
-  const std::shared_ptr<void> work = ops::device_buffer(w.device, shape.H + 1, size_t(dtype_size(acc_dtype(w.dtype))), stream);
+  const std::shared_ptr<void> work =
+      ops::device_buffer(w.device, shape.H + 1, size_t(dtype_size(acc_dtype(w.dtype))), stream);
   detail::SpectralNormBackwardArgs a{};
   a.dtype = w.dtype;
   a.shape = shape;

@@ -17,7 +17,9 @@ struct BinShape {
   Layout layout = Layout::NCS;
   int64_t numel() const { return N * C * S; }
   // Offset of element (n, c, s) and the distance between consecutive s of one plane.
-  NK_HD int64_t plane_base(int64_t n, int64_t c) const { return layout == Layout::NCS ? (n * C + c) * S : n * S * C + c; }
+  NK_HD int64_t plane_base(int64_t n, int64_t c) const {
+    return layout == Layout::NCS ? (n * C + c) * S : n * S * C + c;
+  }
   NK_HD int64_t plane_step() const { return layout == Layout::NCS ? 1 : C; }
 };
 

@@ -56,7 +56,8 @@ NK_HD void sync_write_header(const SyncHeader& h, double* payload) {
 // Forward, before the all-reduce: channel c's terms from the local moments (hi[C], lo[C], m2[C]).
 template <class A>
 NK_HD void sync_pack_moments(int64_t c, int64_t C, double count, const A* moments, double* payload) {
-  const math::SyncTerms t = math::sync_terms(count, double(moments[c]), double(moments[C + c]), double(moments[2 * C + c]));
+  const math::SyncTerms t =
+      math::sync_terms(count, double(moments[c]), double(moments[C + c]), double(moments[2 * C + c]));
   payload[1 + c] = t.s1;
   payload[1 + C + c] = t.q;
   payload[1 + 2 * C + c] = t.s2;
@@ -66,8 +67,8 @@ NK_HD void sync_pack_moments(int64_t c, int64_t C, double count, const A* moment
 // the running statistics updated with the unbiased variance of the global batch. Only called with a
 // global count of at least 2 values per channel.
 template <class A, class P>
-NK_HD void sync_finish_moments(int64_t c, int64_t C, const double* payload, A momentum, A* mean, A* var, P* running_mean,
-                               P* running_var) {
+NK_HD void sync_finish_moments(int64_t c, int64_t C, const double* payload, A momentum, A* mean, A* var,
+                               P* running_mean, P* running_var) {
   const double n = payload[0];
   const math::SyncMoments m = math::sync_merge(n, payload[1 + c], payload[1 + C + c], payload[1 + 2 * C + c]);
   mean[c] = A(m.mean);
