@@ -70,7 +70,7 @@ def _refuse_inference(**saved):
 # that unwrapping kept saves ~1.7 us of the ~5 us the wrapper costs per call, for the ops used on small
 # tensors (LayerNorm, RMSNorm, GroupNorm, BatchNorm, InstanceNorm). (torch.autograd.Function.apply
 # where a torch lacks either.)
-_unwrap_if_dead = getattr(torch._C._functorch, "unwrap_if_dead", None)
+_unwrap_if_dead = getattr(getattr(torch._C, "_functorch", None), "unwrap_if_dead", None)
 _C_APPLY = torch._C._FunctionBase.__dict__.get("apply") if _unwrap_if_dead is not None else None
 
 
@@ -477,7 +477,8 @@ def _tracing() -> bool:
 # Where no torch.compile'd code is running, no frame hook of dynamo's is set, and the adapter can be called
 # without torch.compiler.disable's wrapper (which unsets the hook around it: ~1 us per call, a fifth of
 # a small LayerNorm's). (Always through the wrapper where a torch lacks the getter.)
-_frame_hook = getattr(torch._C._dynamo.eval_frame, "get_eval_frame_callback", None) or (lambda: True)
+_frame_hook = (getattr(getattr(getattr(torch._C, "_dynamo", None), "eval_frame", None), "get_eval_frame_callback", None)
+               or (lambda: True))
 
 
 def _routed(name, adapter):
