@@ -7,16 +7,12 @@
 #include <cstdint>
 #include <functional>
 
-#include "normkit/error.h"
-
 namespace normkit::detail {
 
-// Runs chunk_fn(c) for every c in [0, chunks) on up to `threads` threads, the caller's included, and
-// returns when all have run. An exception from a chunk is rethrown here after the other chunks ran.
-// RuntimeError if the threads cannot be started (the runtime itself would end the process).
-void run_on_openmp_team(int threads, int64_t chunks, const std::function<void(int64_t)>& chunk_fn);
-
-// The error for `workers` threads that the system would not start (parallel.cpp; the pool's too).
-RuntimeError cannot_start_threads(int workers, const char* why);
+// Runs chunk_fn(c) for every c in [0, chunks) on a team of `team` threads (at most `chunks`), the
+// caller's included, and returns when all have run. An exception from a chunk is rethrown here after
+// the other chunks ran. The caller first proves that the team can start: the runtime itself would end
+// the process where it cannot (parallel.cpp).
+void run_on_openmp_team(int team, int64_t chunks, const std::function<void(int64_t)>& chunk_fn);
 
 }  // namespace normkit::detail

@@ -94,7 +94,8 @@ class ThreadPool {
       // The system would not start another thread (a pids or memory limit): stop the ones that
       // started (a thrown constructor runs no destructor) and say so.
       stop_all();
-      throw detail::cannot_start_threads(workers, e.what());
+      throw RuntimeError(concat("cannot start ", workers, " worker threads (", e.what(), "); set fewer with ",
+                                "normkit.set_num_threads or NORMKIT_NUM_THREADS"));
     }
   }
   ~ThreadPool() { stop_all(); }
@@ -219,6 +220,18 @@ bool use_openmp() {
   }();
   return wanted && !g_forked_child;
 }
+
+// libgomp ends the process when it cannot start a thread (a pids or address-space limit). Before a
+// team larger than any before, as many threads start as a pool of our own, all alive at once, and
+// stop again: where the system refuses them that raises the pool's RuntimeError, and nothing has run.
+void prove_team_can_start(int team) {
+  static std::mutex mu;
+  static int proven = 1;
+  std::lock_guard<std::mutex> lock(mu);
+  if (team <= proven) return;
+  ThreadPool probe(team - 1);
+  proven = team;
+}
 #endif
 
 std::mutex g_pool_mu;
@@ -251,11 +264,6 @@ ThreadPool* pool_for(int threads) {
 }
 
 }  // namespace
-
-RuntimeError detail::cannot_start_threads(int workers, const char* why) {
-  return RuntimeError(concat("cannot start ", workers, " worker threads (", why, "); set fewer with ",
-                             "normkit.set_num_threads or NORMKIT_NUM_THREADS"));
-}
 
 const char* threading_backend() {
 #ifdef NORMKIT_OPENMP
@@ -292,7 +300,9 @@ void parallel_for(int64_t n, int64_t grain, const std::function<void(int64_t, in
   };
 #ifdef NORMKIT_OPENMP
   if (use_openmp()) {
-    detail::run_on_openmp_team(threads, chunks, [&](int64_t c) {
+    const int team = int(std::min<int64_t>(threads, chunks));
+    prove_team_can_start(team);
+    detail::run_on_openmp_team(team, chunks, [&](int64_t c) {
       // A nested parallel_for from a chunk runs inline (the flag restored even when the chunk throws).
       struct InTask {
         bool was = t_in_pool_task;

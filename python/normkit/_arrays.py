@@ -181,7 +181,7 @@ class _TorchKind:
         dtype = self.dtypes.get(dtype_name) or getattr(self.torch, dtype_name)
         # (is_cpu rather than like.device.type: a device object costs more than the check.)
         if like.is_cpu and shape:
-            if math.prod(shape) * dtype.itemsize >= CACHED_OUTPUT_BYTES:
+            if _large(shape, dtype_name):
                 return self.from_dlpack(_core.empty_cached(shape, dtype_name, "dltensor"))
             return self.torch.empty(*shape, dtype=dtype)  # (torch parses sizes faster than a tuple of them)
         return like.new_empty(shape, dtype=dtype)

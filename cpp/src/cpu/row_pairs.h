@@ -5,7 +5,6 @@
 // the values are the same bit for bit. Ranges [i0, i1) are whole pairs (multiples of kBf16Pair).
 #pragma once
 #include <cstdint>
-#include <cstring>
 
 #include "cpu/vector_convert.h"
 #include "normkit/math.h"
@@ -14,13 +13,6 @@
 namespace normkit::cpu::NK_ISA {
 
 #if defined(__AVX512BW__)
-inline F32x16 pair_half(const float* p) {
-  F32x16 v;
-  std::memcpy(&v, p, sizeof(v));
-  return v;
-}
-inline void store_pair_half(float* p, const F32x16& v) { std::memcpy(p, &v, sizeof(v)); }
-
 // The forward of one row: y = row_norm_apply(x, mean, rstd, w, b), ws/bs the weight/bias in pair order.
 inline void row_apply_in_pairs(const bfloat16_t* x, bfloat16_t* y, int64_t i0, int64_t i1, float mean, float rstd,
                                const float* ws, const float* bs) {
@@ -29,8 +21,8 @@ inline void row_apply_in_pairs(const bfloat16_t* x, bfloat16_t* y, int64_t i0, i
   for (int64_t i = i0; i < i1; i += kBf16Pair) {
     F32x16 xe, xo;
     load_bf16_pairs(x + i, xe, xo);
-    store_bf16_pairs(y + i, math::row_norm_apply(xe, m, s, pair_half(ws + i), pair_half(bs + i)),
-                     math::row_norm_apply(xo, m, s, pair_half(ws + i + kOdd), pair_half(bs + i + kOdd)));
+    store_bf16_pairs(y + i, math::row_norm_apply(xe, m, s, get<float, 16>(ws + i), get<float, 16>(bs + i)),
+                     math::row_norm_apply(xo, m, s, get<float, 16>(ws + i + kOdd), get<float, 16>(bs + i + kOdd)));
   }
 }
 
@@ -49,10 +41,10 @@ inline void row_pass2_in_pairs(const Row* rows, bfloat16_t* const* dx, const flo
     mean_gx[k] = splat<float, 16>(rows[k].mean_gx);
   }
   for (int64_t i = i0; i < i1; i += kBf16Pair) {
-    const F32x16 w[2] = {pair_half(ws + i), pair_half(ws + i + kOdd)};
+    const F32x16 w[2] = {get<float, 16>(ws + i), get<float, 16>(ws + i + kOdd)};
     F32x16 sw[2] = {}, sb[2] = {};
-    if (pw) sw[0] = pair_half(pw + i), sw[1] = pair_half(pw + i + kOdd);
-    if (pb) sb[0] = pair_half(pb + i), sb[1] = pair_half(pb + i + kOdd);
+    if (pw) sw[0] = get<float, 16>(pw + i), sw[1] = get<float, 16>(pw + i + kOdd);
+    if (pb) sb[0] = get<float, 16>(pb + i), sb[1] = get<float, 16>(pb + i + kOdd);
     for (int k = 0; k < R; ++k) {
       F32x16 g[2], xh[2], d[2];
       load_bf16_pairs(rows[k].dy + i, g[0], g[1]);
@@ -65,8 +57,8 @@ inline void row_pass2_in_pairs(const Row* rows, bfloat16_t* const* dx, const flo
       }
       if (dx) store_bf16_pairs(dx[k] + i, d[0], d[1]);
     }
-    if (pw) store_pair_half(pw + i, sw[0]), store_pair_half(pw + i + kOdd, sw[1]);
-    if (pb) store_pair_half(pb + i, sb[0]), store_pair_half(pb + i + kOdd, sb[1]);
+    if (pw) put<float, 16>(pw + i, sw[0]), put<float, 16>(pw + i + kOdd, sw[1]);
+    if (pb) put<float, 16>(pb + i, sb[0]), put<float, 16>(pb + i + kOdd, sb[1]);
   }
 }
 #endif
