@@ -293,7 +293,12 @@ def test_numpy_layer(case, dtype, affine):
                                          ((3, 32, 16, 20), 8, "cl"),
                                          # channels-last samples of 1.2 MB (float32): the forward
                                          # pipelines samples across all threads
-                                         ((3, 64, 64, 72), 8, "cl")])
+                                         ((3, 64, 64, 72), 8, "cl"),
+                                         # 1 thread: each task takes its 3 statistics' moments and
+                                         # normalizes them, pipelined (segments of 2 chunks, the
+                                         # second ending in a short block); 2 threads: too few
+                                         # statistics for a task each, unfused passes
+                                         ((1, 3, 200, 201), 3, "nc")])
 def test_threads_bitwise_identical(shape, g, fmt, dtype):
     c = shape[1]
     x = layout(R.make_torch(shape, dtype, 1), fmt)

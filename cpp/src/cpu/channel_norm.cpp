@@ -24,7 +24,8 @@
 // GroupNorm) are one contiguous segment of cpg * S values; a BatchNorm statistic c is N segments of
 // S values. Segments are cut into chunks of kChunk values (the unit of parallel work). When a
 // per-sample segment fits the cache budget (fuse_stats), one task computes its statistics and
-// normalizes it right away, so x comes from DRAM once (same arithmetic as the unfused path).
+// normalizes it right away, so x comes from DRAM once (same arithmetic as the unfused path; the
+// forward normalizes a statistic while it takes the next one's moments).
 // BatchNorm planes shorter than kShortPlane values instead go in blocks of a channel's planes
 // (gathered into L1, kStatBlock values each), and planes that short are normalized in one loop
 // over the planes (cpu/plane_map.h): per plane, the moments, merges and calls cost more than its
@@ -79,6 +80,8 @@ constexpr int64_t kFuseMaxBytes = 4 << 20;    // 16 MB / threads within these bo
 // Channels-last per-sample norms pipeline samples of at least this many bytes of x across all threads
 // (forward); smaller ones go a sample per task (1 MB samples measured alike).
 constexpr int64_t kPipelineMinBytes = 1 << 20;
+// Channels-first fused per-sample norms: bytes of x per task (fused_forward_ncs).
+constexpr int64_t kFusedTaskBytes = 1 << 20;
 
 template <class A>
 using Moments = math::Moments<A>;
@@ -531,6 +534,81 @@ void batch_stats_of_short_planes(const Problem& p, const T* x, const std::vector
   });
 }
 
+// The moments of a per-sample statistic's segment (len contiguous values) a block at a time, in the
+// blocks, chunks and pairwise merges of chain_chunks over shifted_moments per chunk: the same bits.
+template <class T, class A>
+class SegmentWalk {
+ public:
+  SegmentWalk(const T* seg, int64_t len, A shift) : seg_(seg), len_(len), shift_(shift) {}
+  bool done() const { return pos_ >= len_; }
+  A shift() const { return shift_; }
+  // Takes the moments of the next block; returns its length.
+  int64_t step() {
+    const int64_t in_chunk = pos_ % kChunk, chunk_len = std::min(kChunk, len_ - (pos_ - in_chunk));
+    const int64_t n = std::min(kStatBlock, chunk_len - in_chunk);
+    const Moments<A> m = shifted_moments(seg_ + pos_, n, shift_);
+    if (chunk_len <= kStatBlock) {  // (a one-block chunk is its own moments, as in shifted_moments)
+      chunks_.add(m);
+    } else {
+      blocks_.add(m);
+      if (in_chunk + n == chunk_len) {
+        chunks_.add(blocks_.result());
+        blocks_ = math::PairwiseMoments<A>();
+      }
+    }
+    pos_ += n;
+    return n;
+  }
+  Moments<A> result() const { return chunks_.result(); }
+
+ private:
+  const T* seg_;
+  int64_t len_, pos_ = 0;
+  A shift_;
+  math::PairwiseMoments<A> chunks_, blocks_;
+};
+
+// Per-sample norms channels first whose statistics fit the cache budget (fuse_stats): each task takes
+// consecutive statistics, and normalizes statistic s a block at a time, each block after a block of
+// statistic s + 1's moments. The normalization reads s from L2 (a GroupNorm segment outgrows L1)
+// while the moments read s + 1 from memory; one statistic after the other, the L2 pass left memory
+// idle: GroupNorm [8,256,64,64] float32 forward took 14% longer than LayerNorm's same bytes, now
+// as long (1.55 -> 1.43 ms, alternating builds). Tasks of kFusedTaskBytes: the pipeline restarts
+// at each task's first statistic.
+template <class T, class A>
+void fused_forward_ncs(const Problem& p, const T* x, T* y, const A* w, const A* b, A eps, Stats<A>& st,
+                       bool stream) {
+  const int64_t L = p.seg_len(), S = p.S;
+  auto walk = [&](int64_t s) { return SegmentWalk<T, A>(x + s * L, L, stat_shift(p, x, s)); };
+  auto finish = [&](int64_t s, const SegmentWalk<T, A>& wk) { finish_stat(st, s, wk.result(), wk.shift(), eps); };
+  // Values [o0, o1) of statistic s's segment, channel by channel.
+  auto normalize = [&](int64_t s, int64_t o0, int64_t o1) {
+    const int64_t base = s * L, c0 = (s % p.G) * p.cpg;
+    for (int64_t o = o0; o < o1;) {
+      const int64_t c = o / S, e = std::min(o1, (c + 1) * S);
+      apply_run(x + base + o, y + base + o, e - o, st.mean[size_t(s)], st.rstd[size_t(s)], w[c0 + c], b[c0 + c],
+                stream);
+      o = e;
+    }
+  };
+  const int64_t grain = std::max<int64_t>(1, kFusedTaskBytes / (L * int64_t(sizeof(T))));
+  parallel_for(p.num_stats, grain, [&](int64_t s0, int64_t s1) {
+    SegmentWalk<T, A> cur = walk(s0);
+    while (!cur.done()) cur.step();
+    finish(s0, cur);
+    for (int64_t s = s0; s + 1 < s1; ++s) {
+      SegmentWalk<T, A> next = walk(s + 1);
+      for (int64_t o = 0; !next.done();) {
+        const int64_t n = next.step();
+        normalize(s, o, o + n);
+        o += n;
+      }
+      finish(s + 1, next);
+    }
+    normalize(s1 - 1, 0, L);
+  });
+}
+
 template <class T, class A>
 void forward_ncs(const Problem& p, const T* x, T* y, const A* w, const A* b, A eps, bool batch, Stats<A>& st) {
   const int64_t N = p.N, C = p.C, S = p.S, G = p.G, cpg = p.cpg;
@@ -543,20 +621,7 @@ void forward_ncs(const Problem& p, const T* x, T* y, const A* w, const A* b, A e
     // (Not for BatchNorm: its planes lie a sample apart, and many short strided streams read slower
     // than the unfused passes.)
     if (p.per_sample && fuse_stats(p.count * int64_t(sizeof(T)), p.num_stats)) {
-      // One task per statistic: its moments, then its planes normalized while still in cache.
-      parallel_for(p.num_stats, std::max<int64_t>(1, kTaskElements / p.count), [&](int64_t s0, int64_t s1) {
-        for (int64_t s = s0; s < s1; ++s) {
-          const A shift = stat_shift(p, x, s);
-          const Members mb = members(p, s);
-          auto chunk = [&](int64_t n, int64_t ch) { return chunk_moments(n, mb.g, ch, shift); };
-          finish_stat(st, s, chain_chunks<A>(p, s, chunk), shift, eps);
-          for (int64_t n = mb.n0; n < mb.n1; ++n)
-            for (int64_t c = mb.g * cpg; c < (mb.g + 1) * cpg; ++c) {
-              const int64_t off = (n * C + c) * S;
-              apply_run(x + off, y + off, S, st.mean[size_t(s)], st.rstd[size_t(s)], w[c], b[c], stream);
-            }
-        }
-      });
+      fused_forward_ncs(p, x, y, w, b, eps, st, stream);
       return;
     }
     const std::vector<A> shifts = stat_shifts<T, A>(p, x);
