@@ -563,19 +563,27 @@ def test_numpy_layer_matches_torch_module_multistep():
 
 @pytest.mark.parametrize("dtype", ("float32", "bfloat16"))
 @pytest.mark.parametrize("fmt", ("nc", "cl"))
-def test_threads_bitwise_identical(fmt, dtype):
-    shape = (16, 48, 24, 25)  # ~460k elements: ~14 parallel tasks of 32k elements in the core
+@pytest.mark.parametrize("shape", [
+    (16, 48, 24, 25),  # ~460k elements: ~14 parallel tasks of 32k elements in the core
+    # Channels first, 3 channels: on 1 thread a task per channel takes its moments and normalizes it
+    # (sums, then dx); on 2 threads too few channels for that, unfused passes. A forward over 24 KB
+    # channels (float32) goes a channel at a time; channels of 2 planes of 2 chunks each, the second
+    # ending in a short block, pipelined (the next channel's moments or sums between the blocks of
+    # this one's output).
+    (3, 3, 40, 50), (2, 3, 200, 201)], ids=("short-planes", "fused", "fused-pipelined"))
+def test_threads_bitwise_identical(shape, fmt, dtype):
+    c = shape[1]
     x = layout(R.make_torch(shape, dtype, 1), fmt)
     dy = layout(R.make_torch(shape, dtype, 2, 1.0, 0.0), fmt)
-    w = R.make_torch((48,), dtype, 3, 0.5, 1.0)
-    b = R.make_torch((48,), dtype, 4)
+    w = R.make_torch((c,), dtype, 3, 0.5, 1.0)
+    b = R.make_torch((c,), dtype, 4)
     before = normkit.get_num_threads()
     results = []
     try:
         for threads in (1, 2, 1):
             normkit.set_num_threads(threads)
             assert normkit.get_num_threads() == threads
-            rm, rv = torch.zeros(48, dtype=w.dtype), torch.ones(48, dtype=w.dtype)
+            rm, rv = torch.zeros(c, dtype=w.dtype), torch.ones(c, dtype=w.dtype)
             y, sm, sr = nkF.batch_norm_forward(x, rm, rv, w, b, True, 0.1, EPS)
             dx, dw, db = nkF.batch_norm_backward(dy, x, sm, sr, w, True)
             results.append({"y": y, "save_mean": sm, "save_rstd": sr, "running_mean": rm, "running_var": rv,

@@ -23,9 +23,9 @@
 // Channels first (NCS): the values of statistic (n, g) of a per-sample norm (InstanceNorm,
 // GroupNorm) are one contiguous segment of cpg * S values; a BatchNorm statistic c is N segments of
 // S values. Segments are cut into chunks of kChunk values (the unit of parallel work). When a
-// per-sample segment fits the cache budget (fuse_stats), one task computes its statistics and
-// normalizes it right away, so x comes from DRAM once (same arithmetic as the unfused path; the
-// forward normalizes a statistic while it takes the next one's moments).
+// statistic's values fit the cache budget (fuse_stats), one task computes its statistics and
+// normalizes them right away (forward; backward: sums, then dx), so x comes from DRAM once (same
+// arithmetic as the unfused path); past L1, a task's statistics are pipelined (fused_tasks).
 // BatchNorm planes shorter than kShortPlane values instead go in blocks of a channel's planes
 // (gathered into L1, kStatBlock values each), and planes that short are normalized in one loop
 // over the planes (cpu/plane_map.h): per plane, the moments, merges and calls cost more than its
@@ -80,8 +80,10 @@ constexpr int64_t kFuseMaxBytes = 4 << 20;    // 16 MB / threads within these bo
 // Channels-last per-sample norms pipeline samples of at least this many bytes of x across all threads
 // (forward); smaller ones go a sample per task (1 MB samples measured alike).
 constexpr int64_t kPipelineMinBytes = 1 << 20;
-// Channels-first fused per-sample norms: bytes of x per task (fused_forward_ncs).
+// Channels-first fused passes (fused_tasks): bytes per pipelined task, and the bytes of a statistic's
+// values from which tasks pipeline (L1: 48 KB here).
 constexpr int64_t kFusedTaskBytes = 1 << 20;
+constexpr int64_t kPipelineMinStatBytes = 32 << 10;
 
 template <class A>
 using Moments = math::Moments<A>;
@@ -107,6 +109,20 @@ bool fuse_stats(int64_t bytes, int64_t tasks) {
   const int threads = get_num_threads();
   const int64_t budget = std::clamp<int64_t>((int64_t(16) << 20) / threads, kFuseMinBytes, kFuseMaxBytes);
   return bytes <= budget && tasks >= 2 * threads;
+}
+
+// Tasks of the fused channels-first passes (fused_forward_ncs): statistics per task, and whether a
+// task pipelines them. Only statistics whose values outgrow L1 gain from it: within L1 the second
+// pass is fast already, and interleaving two statistics' values there cost time (InstanceNorm
+// [32,64,56,56] float32 backward, 25 KB of dy and x per statistic: 7% slower).
+struct FusedTasks {
+  int64_t grain;
+  bool pipelined;
+};
+FusedTasks fused_tasks(int64_t values_per_stat, size_t bytes_per_value) {
+  const int64_t bytes = values_per_stat * int64_t(bytes_per_value);
+  if (bytes > kPipelineMinStatBytes) return {std::max<int64_t>(1, kFusedTaskBytes / bytes), true};
+  return {std::max<int64_t>(1, kTaskElements / values_per_stat), false};
 }
 
 // The problem after normalising the layout: with S == 1 both layouts are [N, C] rows (NSC), with
@@ -534,56 +550,65 @@ void batch_stats_of_short_planes(const Problem& p, const T* x, const std::vector
   });
 }
 
-// The moments of a per-sample statistic's segment (len contiguous values) a block at a time, in the
-// blocks, chunks and pairwise merges of chain_chunks over shifted_moments per chunk: the same bits.
+// The moments of statistic s a block at a time, in chain_chunks's order (its segments (n, g), their
+// chunks, shifted_moments's blocks of each chunk) with the same pairwise merges: the same bits.
 template <class T, class A>
-class SegmentWalk {
+class StatWalk {
  public:
-  SegmentWalk(const T* seg, int64_t len, A shift) : seg_(seg), len_(len), shift_(shift) {}
-  bool done() const { return pos_ >= len_; }
+  // Where a block lies: segment n, values [o, o + len) of it.
+  struct Block {
+    int64_t n, o, len;
+  };
+  StatWalk(const Problem& p, const T* x, int64_t s)
+      : p_(p), x_(x), mb_(members(p, s)), n_(mb_.n0), shift_(stat_shift(p, x, s)) {}
+  bool done() const { return n_ >= mb_.n1; }
   A shift() const { return shift_; }
-  // Takes the moments of the next block; returns its length.
-  int64_t step() {
-    const int64_t in_chunk = pos_ % kChunk, chunk_len = std::min(kChunk, len_ - (pos_ - in_chunk));
-    const int64_t n = std::min(kStatBlock, chunk_len - in_chunk);
-    const Moments<A> m = shifted_moments(seg_ + pos_, n, shift_);
+  Moments<A> result() const { return chain_.result(); }
+  // Takes the moments of the next block.
+  Block step() {
+    const int64_t L = p_.seg_len(), in_chunk = pos_ % kChunk, chunk_len = std::min(kChunk, L - (pos_ - in_chunk));
+    const int64_t len = std::min(kStatBlock, chunk_len - in_chunk);
+    const T* seg = x_ + (n_ * p_.C + mb_.g * p_.cpg) * p_.S;
+    const Moments<A> m = shifted_moments(seg + pos_, len, shift_);
     if (chunk_len <= kStatBlock) {  // (a one-block chunk is its own moments, as in shifted_moments)
-      chunks_.add(m);
+      chain_.add(m);
     } else {
       blocks_.add(m);
-      if (in_chunk + n == chunk_len) {
-        chunks_.add(blocks_.result());
+      if (in_chunk + len == chunk_len) {
+        chain_.add(blocks_.result());
         blocks_ = math::PairwiseMoments<A>();
       }
     }
-    pos_ += n;
-    return n;
+    const Block blk{n_, pos_, len};
+    pos_ += len;
+    if (pos_ == L) pos_ = 0, ++n_;
+    return blk;
   }
-  Moments<A> result() const { return chunks_.result(); }
 
  private:
-  const T* seg_;
-  int64_t len_, pos_ = 0;
+  const Problem& p_;
+  const T* x_;
+  Members mb_;
+  int64_t n_, pos_ = 0;
   A shift_;
-  math::PairwiseMoments<A> chunks_, blocks_;
+  math::PairwiseMoments<A> chain_, blocks_;
 };
 
-// Per-sample norms channels first whose statistics fit the cache budget (fuse_stats): each task takes
-// consecutive statistics, and normalizes statistic s a block at a time, each block after a block of
-// statistic s + 1's moments. The normalization reads s from L2 (a GroupNorm segment outgrows L1)
-// while the moments read s + 1 from memory; one statistic after the other, the L2 pass left memory
-// idle: GroupNorm [8,256,64,64] float32 forward took 14% longer than LayerNorm's same bytes, now
-// as long (1.55 -> 1.43 ms, alternating builds). Tasks of kFusedTaskBytes: the pipeline restarts
-// at each task's first statistic.
+// Channels first, statistics that fit the cache budget (fuse_stats): each task takes consecutive
+// statistics, and normalizes statistic s a block at a time, each block after the same block of
+// statistic s + 1's moments. The normalization reads s from L2 (a GroupNorm segment or a BatchNorm
+// channel outgrows L1) while the moments read s + 1 from memory; one statistic after the other, the
+// L2 pass left memory idle: GroupNorm [8,256,64,64] float32 forward took 14% longer than LayerNorm's
+// same bytes, now as long (1.55 -> 1.43 ms, alternating builds). Tasks of kFusedTaskBytes: the
+// pipeline restarts at each task's first statistic.
 template <class T, class A>
 void fused_forward_ncs(const Problem& p, const T* x, T* y, const A* w, const A* b, A eps, Stats<A>& st,
                        bool stream) {
   const int64_t L = p.seg_len(), S = p.S;
-  auto walk = [&](int64_t s) { return SegmentWalk<T, A>(x + s * L, L, stat_shift(p, x, s)); };
-  auto finish = [&](int64_t s, const SegmentWalk<T, A>& wk) { finish_stat(st, s, wk.result(), wk.shift(), eps); };
-  // Values [o0, o1) of statistic s's segment, channel by channel.
-  auto normalize = [&](int64_t s, int64_t o0, int64_t o1) {
-    const int64_t base = s * L, c0 = (s % p.G) * p.cpg;
+  auto finish = [&](int64_t s, const StatWalk<T, A>& wk) { finish_stat(st, s, wk.result(), wk.shift(), eps); };
+  // Values [o0, o1) of segment n of statistic s, channel by channel.
+  auto normalize = [&](int64_t s, int64_t n, int64_t o0, int64_t o1) {
+    const int64_t c0 = members(p, s).g * p.cpg, base = (n * p.C + c0) * S;
     for (int64_t o = o0; o < o1;) {
       const int64_t c = o / S, e = std::min(o1, (c + 1) * S);
       apply_run(x + base + o, y + base + o, e - o, st.mean[size_t(s)], st.rstd[size_t(s)], w[c0 + c], b[c0 + c],
@@ -591,21 +616,33 @@ void fused_forward_ncs(const Problem& p, const T* x, T* y, const A* w, const A* 
       o = e;
     }
   };
-  const int64_t grain = std::max<int64_t>(1, kFusedTaskBytes / (L * int64_t(sizeof(T))));
-  parallel_for(p.num_stats, grain, [&](int64_t s0, int64_t s1) {
-    SegmentWalk<T, A> cur = walk(s0);
-    while (!cur.done()) cur.step();
-    finish(s0, cur);
+  auto take = [&](int64_t s) {
+    StatWalk<T, A> wk(p, x, s);
+    while (!wk.done()) wk.step();
+    finish(s, wk);
+  };
+  auto normalize_all = [&](int64_t s) {
+    const Members mb = members(p, s);
+    for (int64_t n = mb.n0; n < mb.n1; ++n) normalize(s, n, 0, L);
+  };
+  const FusedTasks ft = fused_tasks(p.count, sizeof(T));
+  parallel_for(p.num_stats, ft.grain, [&](int64_t s0, int64_t s1) {
+    if (!ft.pipelined) {
+      for (int64_t s = s0; s < s1; ++s) take(s), normalize_all(s);
+      return;
+    }
+    take(s0);
     for (int64_t s = s0; s + 1 < s1; ++s) {
-      SegmentWalk<T, A> next = walk(s + 1);
-      for (int64_t o = 0; !next.done();) {
-        const int64_t n = next.step();
-        normalize(s, o, o + n);
-        o += n;
+      // (Segment n of s + 1 pairs with segment n - dn of s: per-sample statistics lie in different samples.)
+      const int64_t dn = members(p, s + 1).n0 - members(p, s).n0;
+      StatWalk<T, A> next(p, x, s + 1);
+      while (!next.done()) {
+        const auto blk = next.step();
+        normalize(s, blk.n - dn, blk.o, blk.o + blk.len);
       }
       finish(s + 1, next);
     }
-    normalize(s1 - 1, 0, L);
+    normalize_all(s1 - 1);
   });
 }
 
@@ -618,9 +655,9 @@ void forward_ncs(const Problem& p, const T* x, T* y, const A* w, const A* b, A e
     return shifted_moments(x + (n * C + g * cpg) * S + ch * kChunk, std::min(kChunk, L - ch * kChunk), shift);
   };
   if (batch) {
-    // (Not for BatchNorm: its planes lie a sample apart, and many short strided streams read slower
-    // than the unfused passes.)
-    if (p.per_sample && fuse_stats(p.count * int64_t(sizeof(T)), p.num_stats)) {
+    // (Fused where a statistic fits the cache budget; BatchNorm's short planes take their gathered
+    // blocks, and the statistics alone (SyncBatchNorm's local phase) the unfused pass.)
+    if (y && (p.per_sample || !p.short_planes()) && fuse_stats(p.count * int64_t(sizeof(T)), p.num_stats)) {
       fused_forward_ncs(p, x, y, w, b, eps, st, stream);
       return;
     }
@@ -935,19 +972,44 @@ void backward_ncs(const Problem& p, const ChannelNormBackwardArgs& a, const Back
     dx_run(dy + off, x + off, dx + off, len, mean[s], rstd[s], w[c], mg[s], mgx[s], bp.batch_stats,
            p.streams(sizeof(T)));
   };
-  if (bp.want_dx && bp.need_sums && p.per_sample &&
+  if (bp.want_dx && bp.need_sums && !a.coefficients && (p.per_sample || !p.short_planes()) &&
       fuse_stats(2 * p.count * int64_t(sizeof(T)), p.num_stats)) {
-    // One task per statistic: the sums of its planes, then their dx while they are in cache.
-    parallel_for(p.num_stats, std::max<int64_t>(1, kTaskElements / p.count), [&](int64_t s0, int64_t s1) {
-      for (int64_t s = s0; s < s1; ++s) {
-        const Members mb = members(p, s);
-        for (int64_t n = mb.n0; n < mb.n1; ++n)
-          for (int64_t c = mb.g * p.cpg; c < (mb.g + 1) * p.cpg; ++c)
-            plane_sums(n, c, [&](int64_t ch) { return chunk_sums(n, c, ch); });
-        stat_coefficients(p, s, sum_dy, sum_dyx, w, mg, mgx);
-        for (int64_t n = mb.n0; n < mb.n1; ++n)
-          for (int64_t c = mb.g * p.cpg; c < (mb.g + 1) * p.cpg; ++c) plane_dx(n, c, 0, S);
+    // Consecutive statistics per task, as fused_forward_ncs: the sums of statistic s + 1's planes a
+    // chunk at a time, each chunk followed by the dx of the same chunk of s, which dy and x are in
+    // L2 for (BatchNorm [32,64,56,56] float32: a channel's planes are 784 KB of dy and x).
+    auto stat_sums = [&](int64_t s, auto&& after_chunk) {
+      const Members mb = members(p, s);
+      for (int64_t n = mb.n0; n < mb.n1; ++n)
+        for (int64_t c = mb.g * p.cpg; c < (mb.g + 1) * p.cpg; ++c)
+          plane_sums(n, c, [&](int64_t ch) {
+            const std::pair<A, A> r = chunk_sums(n, c, ch);
+            after_chunk(n, c, ch);
+            return r;
+          });
+      stat_coefficients(p, s, sum_dy, sum_dyx, w, mg, mgx);
+    };
+    auto dx_all = [&](int64_t s) {
+      const Members mb = members(p, s);
+      for (int64_t n = mb.n0; n < mb.n1; ++n)
+        for (int64_t c = mb.g * p.cpg; c < (mb.g + 1) * p.cpg; ++c) plane_dx(n, c, 0, S);
+    };
+    auto nothing = [](int64_t, int64_t, int64_t) {};
+    const FusedTasks ft = fused_tasks(p.count, 2 * sizeof(T));
+    parallel_for(p.num_stats, ft.grain, [&](int64_t s0, int64_t s1) {
+      if (!ft.pipelined) {
+        for (int64_t s = s0; s < s1; ++s) stat_sums(s, nothing), dx_all(s);
+        return;
       }
+      stat_sums(s0, nothing);
+      for (int64_t s = s0; s + 1 < s1; ++s) {
+        // (Plane (n, c) of s + 1 pairs with plane (n - dn, c - dc) of s.)
+        const Members m0 = members(p, s), m1 = members(p, s + 1);
+        const int64_t dn = m1.n0 - m0.n0, dc = (m1.g - m0.g) * p.cpg;
+        stat_sums(s + 1, [&](int64_t n, int64_t c, int64_t ch) {
+          plane_dx(n - dn, c - dc, ch * kChunk, std::min(kChunk, S - ch * kChunk));
+        });
+      }
+      dx_all(s1 - 1);
     });
     return;
   }
