@@ -551,7 +551,8 @@ void batch_stats_of_short_planes(const Problem& p, const T* x, const std::vector
 }
 
 // The moments of statistic s a block at a time, in chain_chunks's order (its segments (n, g), their
-// chunks, shifted_moments's blocks of each chunk) with the same pairwise merges: the same bits.
+// chunks, shifted_moments's blocks of each chunk) with the same pairwise merges: the same bits as
+// chunk_stats (the determinism tests compare the two: 1 thread fuses where 2 threads do not).
 template <class T, class A>
 class StatWalk {
  public:
