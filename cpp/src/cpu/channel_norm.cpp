@@ -80,8 +80,8 @@ constexpr int64_t kFuseMaxBytes = 4 << 20;    // 16 MB / threads within these bo
 // Channels-last per-sample norms pipeline samples of at least this many bytes of x across all threads
 // (forward); smaller ones go a sample per task (1 MB samples measured alike).
 constexpr int64_t kPipelineMinBytes = 1 << 20;
-// Channels-first fused passes (fused_tasks): bytes per pipelined task, and the bytes of a statistic's
-// values from which tasks pipeline (L1: 48 KB here).
+// Channels-first fused passes (fused_tasks): bytes per pipelined task (a task of one statistic does
+// not pipeline), and the bytes of a statistic's values from which tasks pipeline (L1: 48 KB here).
 constexpr int64_t kFusedTaskBytes = 1 << 20;
 constexpr int64_t kPipelineMinStatBytes = 32 << 10;
 
@@ -977,7 +977,9 @@ void backward_ncs(const Problem& p, const ChannelNormBackwardArgs& a, const Back
       fuse_stats(2 * p.count * int64_t(sizeof(T)), p.num_stats)) {
     // Consecutive statistics per task, as fused_forward_ncs: the sums of statistic s + 1's planes a
     // chunk at a time, each chunk followed by the dx of the same chunk of s, which dy and x are in
-    // L2 for (BatchNorm [32,64,56,56] float32: a channel's planes are 784 KB of dy and x).
+    // L2 for. (BatchNorm [32,64,56,56] float32, 784 KB of dy and x per channel, goes a channel per
+    // task: fused, its backward took 2.20 -> 1.86 ms; tasks of 4 MB, pipelining 5 channels, were 7%
+    // slower than that, two channels outgrowing L2.)
     auto stat_sums = [&](int64_t s, auto&& after_chunk) {
       const Members mb = members(p, s);
       for (int64_t n = mb.n0; n < mb.n1; ++n)
