@@ -99,6 +99,32 @@ def test_large_channel_norms_match_torch(layer, channels_last):
     torch.testing.assert_close(ours.bias.grad, ref.bias.grad, atol=5e-2, rtol=1e-4)
 
 
+# Mean-only BatchNorm (Salimans & Kingma): y = x - mean_c(x) + b_c, dx = dy - mean_c(dy), db = sum_c(dy),
+# with y and dx streamed; checked against the formula in float64.
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_large_mean_only_batch_norm_matches_the_formula(channels_last):
+    torch.manual_seed(5)
+    layer = nt.MeanOnlyBatchNorm2d(64)
+    with torch.no_grad():
+        layer.bias.uniform_(-1, 1)
+    x = torch.randn(CHANNEL_SHAPE) * 2 + 1
+    dy = torch.randn_like(x)
+    if channels_last:
+        x, dy = (t.contiguous(memory_format=torch.channels_last) for t in (x, dy))
+    xa = x.clone().requires_grad_()
+    y = layer(xa)
+    y.backward(dy)
+    assert y.is_contiguous(memory_format=torch.channels_last) == channels_last
+    x64, dy64, b64 = x.double(), dy.double(), layer.bias.detach().double().view(1, -1, 1, 1)
+    y_ref = x64 - x64.mean(dim=(0, 2, 3), keepdim=True) + b64
+    dx_ref = dy64 - dy64.mean(dim=(0, 2, 3), keepdim=True)
+    # float32 sums over 4e5 values per channel: y and dx within a few float32 roundings of values ~10,
+    # dbias (a sum of 4e5 values of ~1) within ~1e-4
+    torch.testing.assert_close(y.double(), y_ref, atol=1e-5, rtol=1e-6)
+    torch.testing.assert_close(xa.grad.double(), dx_ref, atol=1e-5, rtol=1e-6)
+    torch.testing.assert_close(layer.bias.grad.double(), dy64.sum(dim=(0, 2, 3)), atol=1e-3, rtol=1e-6)
+
+
 @pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
 def test_large_short_plane_batch_norm_matches_torch(training):
     torch.manual_seed(3)

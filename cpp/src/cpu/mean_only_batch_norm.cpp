@@ -12,6 +12,7 @@
 #include "cpu/kernels.h"
 #include "cpu/lanes.h"
 #include "cpu/params.h"
+#include "cpu/stream_store.h"
 #include "normkit/math.h"
 #include "normkit/parallel.h"
 #include "normkit/spectral_norm_math.h"
@@ -66,29 +67,30 @@ std::vector<A> channel_sums(const T* t, const MobnShape& sh) {
   return sums;
 }
 
-// out(n, c, s) = f(in(n, c, s), c) for every element, in the shape's layout.
+// out(n, c, s) = f(in(n, c, s), c) for every element, in the shape's layout. Large outputs are
+// written with streaming stores, as BatchNorm's (stream_store.h; parallel_for fences each chunk):
+// [32,64,56,56] float32 forward, core calls, alternating builds: NCHW 1.46-1.49 -> 1.34-1.37 ms,
+// NHWC 1.52-1.53 -> 1.41-1.58 ms.
 template <class T, class A, class F>
 void per_channel_map(const T* in, T* out, const MobnShape& sh, F&& f) {
   const int64_t N = sh.N, C = sh.C, S = sh.S;
+  const bool stream = streams_output(size_t(N * C * S) * sizeof(T));
   if (!by_rows(sh)) {
     parallel_for(N * C, grain_of(S), [&](int64_t p0, int64_t p1) {
       for (int64_t p = p0; p < p1; ++p) {
         const int64_t c = p % C;
         const T* ip = in + p * S;
-        T* op = out + p * S;
-#pragma omp simd
-        for (int64_t i = 0; i < S; ++i) op[i] = store<T>(f(load<A>(ip[i]), c));
+        write_run(out + p * S, S, stream, [&](int64_t i) { return store<T>(f(load<A>(ip[i]), c)); });
       }
     });
     return;
   }
   parallel_for(N * S, grain_of(C), [&](int64_t r0, int64_t r1) {
-    for (int64_t r = r0; r < r1; ++r) {
+    write_rows(out, r0, r1, C, stream, [&](int64_t r, T* orow) {
       const T* ir = in + r * C;
-      T* orow = out + r * C;
 #pragma omp simd
       for (int64_t c = 0; c < C; ++c) orow[c] = store<T>(f(load<A>(ir[c]), c));
-    }
+    });
   });
 }
 
