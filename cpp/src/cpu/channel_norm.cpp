@@ -649,8 +649,8 @@ void fused_forward_ncs(const Problem& p, const T* x, T* y, const A* w, const A* 
 
 template <class T, class A>
 void forward_ncs(const Problem& p, const T* x, T* y, const A* w, const A* b, A eps, bool batch, Stats<A>& st) {
-  const int64_t N = p.N, C = p.C, S = p.S, G = p.G, cpg = p.cpg;
-  const int64_t L = p.seg_len(), nch = p.seg_chunks();
+  const int64_t N = p.N, C = p.C, S = p.S, cpg = p.cpg;
+  const int64_t L = p.seg_len();
   const bool stream = p.streams(sizeof(T));
   auto chunk_moments = [&](int64_t n, int64_t g, int64_t ch, A shift) {
     return shifted_moments(x + (n * C + g * cpg) * S + ch * kChunk, std::min(kChunk, L - ch * kChunk), shift);
