@@ -125,6 +125,22 @@ FusedTasks fused_tasks(int64_t values_per_stat, size_t bytes_per_value) {
   return {std::max<int64_t>(1, kTaskElements / values_per_stat), false};
 }
 
+// Statistics [s0, s1) of a fused task: gather(s, after) takes statistic s's moments or sums a piece
+// at a time, calling after(piece...) after each piece; emit(s, piece...) writes the output of s where
+// that piece of s + 1 lies in s + 1's segments (pair_shift); emit_all(s) writes all of s's output.
+// Pipelined, s's output goes piece by piece between the pieces of s + 1's statistics.
+template <class Gather, class Emit, class EmitAll>
+void run_fused_task(const FusedTasks& ft, int64_t s0, int64_t s1, Gather&& gather, Emit&& emit, EmitAll&& emit_all) {
+  auto nothing = [](auto&&...) {};
+  if (!ft.pipelined) {
+    for (int64_t s = s0; s < s1; ++s) gather(s, nothing), emit_all(s);
+    return;
+  }
+  gather(s0, nothing);
+  for (int64_t s = s0; s + 1 < s1; ++s) gather(s + 1, [&](auto... piece) { emit(s, piece...); });
+  emit_all(s1 - 1);
+}
+
 // The problem after normalising the layout: with S == 1 both layouts are [N, C] rows (NSC), with
 // C == 1 both are [N, S] planes (NCS).
 struct Problem {
@@ -455,6 +471,16 @@ Members members(const Problem& p, int64_t s) {
   return {0, p.N, s};
 }
 
+// Plane (n, c) of statistic s + 1 lies where plane (n - dn, c - dc) of s does in s's segments
+// (per-sample statistics lie in different samples and groups; BatchNorm's in different channels).
+struct PairShift {
+  int64_t dn, dc;
+};
+PairShift pair_shift(const Problem& p, int64_t s) {
+  const Members m0 = members(p, s), m1 = members(p, s + 1);
+  return {m1.n0 - m0.n0, (m1.g - m0.g) * p.cpg};
+}
+
 // Channels first: the moments of statistic s, merged pairwise over its segments and their chunks in
 // order. `chunk(n, ch)` gives the moments of chunk ch of segment (n, g).
 template <class A, class ChunkFn>
@@ -570,15 +596,11 @@ class StatWalk {
     const int64_t L = p_.seg_len(), in_chunk = pos_ % kChunk, chunk_len = std::min(kChunk, L - (pos_ - in_chunk));
     const int64_t len = std::min(kStatBlock, chunk_len - in_chunk);
     const T* seg = x_ + (n_ * p_.C + mb_.g * p_.cpg) * p_.S;
-    const Moments<A> m = shifted_moments(seg + pos_, len, shift_);
-    if (chunk_len <= kStatBlock) {  // (a one-block chunk is its own moments, as in shifted_moments)
-      chain_.add(m);
-    } else {
-      blocks_.add(m);
-      if (in_chunk + len == chunk_len) {
-        chain_.add(blocks_.result());
-        blocks_ = math::PairwiseMoments<A>();
-      }
+    // (A one-block chunk too: a pairwise merge of one value is that value, as shifted_moments's.)
+    blocks_.add(shifted_moments(seg + pos_, len, shift_));
+    if (in_chunk + len == chunk_len) {
+      chain_.add(blocks_.result());
+      blocks_ = math::PairwiseMoments<A>();
     }
     const Block blk{n_, pos_, len};
     pos_ += len;
@@ -606,7 +628,6 @@ template <class T, class A>
 void fused_forward_ncs(const Problem& p, const T* x, T* y, const A* w, const A* b, A eps, Stats<A>& st,
                        bool stream) {
   const int64_t L = p.seg_len(), S = p.S;
-  auto finish = [&](int64_t s, const StatWalk<T, A>& wk) { finish_stat(st, s, wk.result(), wk.shift(), eps); };
   // Values [o0, o1) of segment n of statistic s, channel by channel.
   auto normalize = [&](int64_t s, int64_t n, int64_t o0, int64_t o1) {
     const int64_t c0 = members(p, s).g * p.cpg, base = (n * p.C + c0) * S;
@@ -617,10 +638,14 @@ void fused_forward_ncs(const Problem& p, const T* x, T* y, const A* w, const A* 
       o = e;
     }
   };
-  auto take = [&](int64_t s) {
+  auto take = [&](int64_t s, auto&& after) {
     StatWalk<T, A> wk(p, x, s);
-    while (!wk.done()) wk.step();
-    finish(s, wk);
+    while (!wk.done()) after(wk.step());
+    finish_stat(st, s, wk.result(), wk.shift(), eps);
+  };
+  // (A block's offset within its segment is the same in s: whole segments pair up.)
+  auto normalize_at = [&](int64_t s, const typename StatWalk<T, A>::Block& blk) {
+    normalize(s, blk.n - pair_shift(p, s).dn, blk.o, blk.o + blk.len);
   };
   auto normalize_all = [&](int64_t s) {
     const Members mb = members(p, s);
@@ -628,22 +653,7 @@ void fused_forward_ncs(const Problem& p, const T* x, T* y, const A* w, const A* 
   };
   const FusedTasks ft = fused_tasks(p.count, sizeof(T));
   parallel_for(p.num_stats, ft.grain, [&](int64_t s0, int64_t s1) {
-    if (!ft.pipelined) {
-      for (int64_t s = s0; s < s1; ++s) take(s), normalize_all(s);
-      return;
-    }
-    take(s0);
-    for (int64_t s = s0; s + 1 < s1; ++s) {
-      // (Segment n of s + 1 pairs with segment n - dn of s: per-sample statistics lie in different samples.)
-      const int64_t dn = members(p, s + 1).n0 - members(p, s).n0;
-      StatWalk<T, A> next(p, x, s + 1);
-      while (!next.done()) {
-        const auto blk = next.step();
-        normalize(s, blk.n - dn, blk.o, blk.o + blk.len);
-      }
-      finish(s + 1, next);
-    }
-    normalize_all(s1 - 1);
+    run_fused_task(ft, s0, s1, take, normalize_at, normalize_all);
   });
 }
 
@@ -996,23 +1006,13 @@ void backward_ncs(const Problem& p, const ChannelNormBackwardArgs& a, const Back
       for (int64_t n = mb.n0; n < mb.n1; ++n)
         for (int64_t c = mb.g * p.cpg; c < (mb.g + 1) * p.cpg; ++c) plane_dx(n, c, 0, S);
     };
-    auto nothing = [](int64_t, int64_t, int64_t) {};
+    auto dx_at = [&](int64_t s, int64_t n, int64_t c, int64_t ch) {
+      const PairShift d = pair_shift(p, s);
+      plane_dx(n - d.dn, c - d.dc, ch * kChunk, std::min(kChunk, S - ch * kChunk));
+    };
     const FusedTasks ft = fused_tasks(p.count, 2 * sizeof(T));
     parallel_for(p.num_stats, ft.grain, [&](int64_t s0, int64_t s1) {
-      if (!ft.pipelined) {
-        for (int64_t s = s0; s < s1; ++s) stat_sums(s, nothing), dx_all(s);
-        return;
-      }
-      stat_sums(s0, nothing);
-      for (int64_t s = s0; s + 1 < s1; ++s) {
-        // (Plane (n, c) of s + 1 pairs with plane (n - dn, c - dc) of s.)
-        const Members m0 = members(p, s), m1 = members(p, s + 1);
-        const int64_t dn = m1.n0 - m0.n0, dc = (m1.g - m0.g) * p.cpg;
-        stat_sums(s + 1, [&](int64_t n, int64_t c, int64_t ch) {
-          plane_dx(n - dn, c - dc, ch * kChunk, std::min(kChunk, S - ch * kChunk));
-        });
-      }
-      dx_all(s1 - 1);
+      run_fused_task(ft, s0, s1, stat_sums, dx_at, dx_all);
     });
     return;
   }
