@@ -5,6 +5,7 @@
 //   channels last (and [N, C]): the N * S rows of C values go in fixed chunks, each chunk summing its
 //   rows in order into a partial of C values (chunks in parallel), then the partials in chunk order.
 // The elementwise pass runs planes (channels first) or chunks of rows (channels last) in parallel.
+// Channels first, where a channel fits the cache budget, both passes go together (fused_channels).
 #include <algorithm>
 #include <vector>
 
@@ -35,6 +36,19 @@ bool by_rows(const MobnShape& sh) { return sh.layout == Layout::NSC || sh.S == 1
 // Rows of C values per chunk: at least 64, at most 256 chunks.
 int64_t rows_per_chunk(int64_t rows) { return std::max<int64_t>(64, (rows + 255) / 256); }
 
+// The sum of plane (n, c) of channels-first t, and a channel's sum from its planes' (plane(n)),
+// pairwise over n (normkit/pairwise.h: a running sum over thousands of planes loses digits). The
+// fused and the unfused paths both sum this way, so both give the same bits.
+template <class T, class A>
+A plane_sum(const T* t, const MobnShape& sh, int64_t n, int64_t c) {
+  const T* tp = t + (n * sh.C + c) * sh.S;
+  return lane_sum<A>(sh.S, [&](int64_t i) { return load<A>(tp[i]); });
+}
+template <class A, class Plane>
+A channel_sum(int64_t N, Plane&& plane) {
+  return math::pairwise_sum<A>(N, plane);
+}
+
 // sums[c] = sum over n and s of t(n, c, s).
 template <class T, class A>
 std::vector<A> channel_sums(const T* t, const MobnShape& sh) {
@@ -43,14 +57,10 @@ std::vector<A> channel_sums(const T* t, const MobnShape& sh) {
   if (!by_rows(sh)) {
     std::vector<A> plane(static_cast<size_t>(N * C));
     parallel_for(N * C, grain_of(S), [&](int64_t p0, int64_t p1) {
-      for (int64_t p = p0; p < p1; ++p) {
-        const T* tp = t + p * S;
-        plane[size_t(p)] = lane_sum<A>(S, [&](int64_t i) { return load<A>(tp[i]); });
-      }
+      for (int64_t p = p0; p < p1; ++p) plane[size_t(p)] = plane_sum<T, A>(t, sh, p / C, p % C);
     });
-    // Pairwise over n (normkit/pairwise.h): a running sum over thousands of planes loses digits.
     for (int64_t c = 0; c < C; ++c)
-      sums[size_t(c)] = math::pairwise_sum<A>(N, [&](int64_t n) { return plane[size_t(n * C + c)]; });
+      sums[size_t(c)] = channel_sum<A>(N, [&](int64_t n) { return plane[size_t(n * C + c)]; });
     return sums;
   }
   const int64_t rows = N * S, rpc = rows_per_chunk(rows), chunks = (rows + rpc - 1) / rpc;
@@ -94,29 +104,79 @@ void per_channel_map(const T* in, T* out, const MobnShape& sh, F&& f) {
   });
 }
 
+// Channels first: whether a channel's values (`bytes`) fit the cache budget that lets one task sum
+// them and then map them while they are in cache (per thread: 16 MB / threads, within 512 KB and
+// 4 MB, as channel_norm.cpp's fuse_stats), with at least two tasks per thread. The choice may
+// depend on the thread count: it never changes a value.
+bool fuses(const MobnShape& sh, int64_t bytes) {
+  const int threads = get_num_threads();
+  const int64_t budget = std::clamp<int64_t>((int64_t(16) << 20) / threads, int64_t(512) << 10, int64_t(4) << 20);
+  return !by_rows(sh) && bytes <= budget && sh.C >= 2 * threads;
+}
+
+// Channels first, the channel sums and the map in one pass over channels: a task takes consecutive
+// channels and sums channel c + 1's planes one by one, each followed by the map of the same plane
+// of channel c, whose sum (finish(c, sum)) came before. Channel c's planes, read one channel ago,
+// are then in L2, and DRAM serves the reads of c + 1 while c's outputs are written (as BatchNorm's
+// fused passes, channel_norm.cpp). The same plane sums and merges as channel_sums.
+template <class T, class A, class Finish, class F>
+void fused_channels(const T* t, T* out, const MobnShape& sh, Finish&& finish, F&& f) {
+  const int64_t N = sh.N, C = sh.C, S = sh.S;
+  const bool stream = streams_output(size_t(N * C * S) * sizeof(T));
+  const int64_t channel_bytes = N * S * int64_t(sizeof(T));
+  // Channels per task: about 1 MB of them (a task's first channel is summed before any map), and
+  // at least two tasks per thread.
+  const int64_t per_thread = (C + 2 * get_num_threads() - 1) / (2 * get_num_threads());
+  const int64_t grain = std::clamp<int64_t>((int64_t(1) << 20) / std::max<int64_t>(channel_bytes, 1), 1, per_thread);
+  parallel_for(C, grain, [&](int64_t c0, int64_t c1) {
+    std::vector<A> plane(static_cast<size_t>(N));
+    auto finish_channel = [&](int64_t c) {
+      finish(c, channel_sum<A>(N, [&](int64_t n) { return plane[size_t(n)]; }));
+    };
+    for (int64_t n = 0; n < N; ++n) plane[size_t(n)] = plane_sum<T, A>(t, sh, n, c0);
+    finish_channel(c0);
+    for (int64_t c = c0; c < c1; ++c) {
+      const bool next = c + 1 < c1;
+      for (int64_t n = 0; n < N; ++n) {
+        if (next) plane[size_t(n)] = plane_sum<T, A>(t, sh, n, c + 1);
+        const T* ip = t + (n * C + c) * S;
+        write_run(out + (n * C + c) * S, S, stream, [&](int64_t i) { return store<T>(f(load<A>(ip[i]), c)); });
+      }
+      if (next) finish_channel(c + 1);
+    }
+  });
+}
+
 template <class T>
 void forward(const MobnForwardArgs& a) {
   using A = acc_t<T>;
   const MobnShape& sh = a.shape;
   const int64_t C = sh.C;
   A* mean = static_cast<A*>(a.save_mean);
+  const T* x = static_cast<const T*>(a.x);
+  const A count = A(sh.N * sh.S);
+  // Channel c's mean from its sum, and its running mean's update.
+  auto finish = [&](int64_t c, A sum) {
+    mean[c] = sum / count;
+    if (a.running_mean)
+      param_put<A>(a.running_mean, a.running_dtype, c,
+                   math::running_update(param_at<A>(a.running_mean, a.running_dtype, c, A(0)), mean[c],
+                                        A(a.momentum)));
+  };
+  const ParamValues<A> bias(a.bias, a.bias_dtype, C, A(0));
+  const A* b = bias.data();
+  auto apply = [&](A v, int64_t c) { return math::mobn_apply(v, mean[c], b[c]); };
+  if (a.training && fuses(sh, sh.N * sh.S * int64_t(sizeof(T)))) {
+    fused_channels<T, A>(x, static_cast<T*>(a.y), sh, finish, apply);
+    return;
+  }
   if (a.training) {
-    const std::vector<A> sums = channel_sums<T, A>(static_cast<const T*>(a.x), sh);
-    const A count = A(sh.N * sh.S);
-    for (int64_t c = 0; c < C; ++c) mean[c] = sums[size_t(c)] / count;
-    if (a.running_mean) {
-      const A mom = A(a.momentum);
-      for (int64_t c = 0; c < C; ++c)
-        param_put<A>(a.running_mean, a.running_dtype, c,
-                     math::running_update(param_at<A>(a.running_mean, a.running_dtype, c, A(0)), mean[c], mom));
-    }
+    const std::vector<A> sums = channel_sums<T, A>(x, sh);
+    for (int64_t c = 0; c < C; ++c) finish(c, sums[size_t(c)]);
   } else {
     for (int64_t c = 0; c < C; ++c) mean[c] = param_at<A>(a.running_mean, a.running_dtype, c, A(0));
   }
-  const ParamValues<A> bias(a.bias, a.bias_dtype, C, A(0));
-  const A* b = bias.data();
-  per_channel_map<T, A>(static_cast<const T*>(a.x), static_cast<T*>(a.y), sh,
-                        [&](A x, int64_t c) { return math::mobn_apply(x, mean[c], b[c]); });
+  per_channel_map<T, A>(x, static_cast<T*>(a.y), sh, apply);
 }
 
 template <class T>
@@ -126,17 +186,25 @@ void backward(const MobnBackwardArgs& a) {
   const int64_t C = sh.C;
   const T* dy = static_cast<const T*>(a.dy);
   std::vector<A> mean_dy(static_cast<size_t>(C), A(0));
-  if (a.dbias || a.training) {
-    const std::vector<A> sums = channel_sums<T, A>(dy, sh);
-    if (a.dbias) store_params(sums, a.dbias, a.dbias_dtype);
-    if (a.training) {
-      const A count = A(sh.N * sh.S);
-      for (int64_t c = 0; c < C; ++c) mean_dy[size_t(c)] = sums[size_t(c)] / count;
-    }
+  const A count = A(sh.N * sh.S);
+  // Channel c's dbias and mean of dy from its sum of dy.
+  auto finish = [&](int64_t c, A sum) {
+    if (a.dbias) param_put<A>(a.dbias, a.dbias_dtype, c, sum);
+    if (a.training) mean_dy[size_t(c)] = sum / count;
+  };
+  const A* m = mean_dy.data();
+  auto dx_of = [&](A g, int64_t c) { return math::mobn_dx(g, m[c]); };
+  const bool sums = a.dbias || a.training;
+  if (sums && a.dx && fuses(sh, sh.N * sh.S * int64_t(sizeof(T)))) {
+    fused_channels<T, A>(dy, static_cast<T*>(a.dx), sh, finish, dx_of);
+    return;
+  }
+  if (sums) {
+    const std::vector<A> s = channel_sums<T, A>(dy, sh);
+    for (int64_t c = 0; c < C; ++c) finish(c, s[size_t(c)]);
   }
   if (!a.dx) return;
-  const A* m = mean_dy.data();
-  per_channel_map<T, A>(dy, static_cast<T*>(a.dx), sh, [&](A g, int64_t c) { return math::mobn_dx(g, m[c]); });
+  per_channel_map<T, A>(dy, static_cast<T*>(a.dx), sh, dx_of);
 }
 
 }  // namespace
