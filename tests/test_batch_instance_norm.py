@@ -407,15 +407,20 @@ def test_bad_backward_inputs():
         nkF.batch_instance_norm_backward(x, x, rho, stats[0], stats[1], stats[0], stats[3])
 
 
+# Channels first, (9, 3, 33, 17): on 1 thread tasks of channels {0, 1} and {2} take their statistics
+# and normalize them (channel 1's plane statistics between the outputs of channel 0's planes), on 2
+# threads too few channels for that: a pass of statistics, then one of outputs (and so the backward's
+# sums and dx). Nine planes per channel, so that a merge in another order shows (a reversed one over
+# four planes gave the same bits). (4, 6, 33, 17) takes the fused passes on both.
 @pytest.mark.parametrize("cl", (False, True))
 @pytest.mark.parametrize("dtype", ("float32", "bfloat16"))
-def test_thread_count_determinism(dtype, cl):
-    shape = (4, 6, 33, 17)
+@pytest.mark.parametrize("shape", ((4, 6, 33, 17), (9, 3, 33, 17)), ids=shape_id)
+def test_thread_count_determinism(shape, dtype, cl):
     x = R.make_torch(shape, dtype, 90)
     dy = R.make_torch(shape, dtype, 91)
     if cl:
         x, dy = channels_last(x), channels_last(dy)
-    w, b, rho, rm, rv = make_params(6, dtype, 92)
+    w, b, rho, rm, rv = make_params(shape[1], dtype, 92)
     outs = []
     for threads in (1, 2, 2):
         normkit.set_num_threads(threads)
