@@ -84,12 +84,6 @@ constexpr int64_t kPipelineMinBytes = 1 << 20;
 // not pipeline), and the bytes of a statistic's values from which tasks pipeline (L1: 48 KB here).
 constexpr int64_t kFusedTaskBytes = 1 << 20;
 constexpr int64_t kPipelineMinStatBytes = 32 << 10;
-// The fused passes write their outputs with plain stores even past the streaming size: their reads
-// come from L2, which leaves the last-level cache free to take the outputs, and streaming them to
-// DRAM measured slower (alternating builds, float32 forward: GroupNorm [8,256,64,64] 1.46-1.50 ->
-// 1.30-1.36 ms, BatchNorm [32,64,56,56] 1.23-1.27 -> 1.17-1.18 ms; GroupNorm backward 2.26-2.31 ->
-// 2.18-2.24 ms). cpu/fused_channels.h's users measured alike.
-constexpr bool kFusedStreams = false;
 
 template <class A>
 using Moments = math::Moments<A>;
@@ -629,11 +623,10 @@ class StatWalk {
 // channel outgrows L1) while the moments read s + 1 from memory; one statistic after the other, the
 // L2 pass left memory idle: GroupNorm [8,256,64,64] float32 forward took 14% longer than LayerNorm's
 // same bytes, now as long (1.55 -> 1.43 ms, alternating builds). Tasks of kFusedTaskBytes: the
-// pipeline restarts at each task's first statistic. Plain stores, whatever the output's size (see
-// kFusedStreams).
+// pipeline restarts at each task's first statistic.
 template <class T, class A>
-void fused_forward_ncs(const Problem& p, const T* x, T* y, const A* w, const A* b, A eps, Stats<A>& st) {
-  constexpr bool stream = kFusedStreams;
+void fused_forward_ncs(const Problem& p, const T* x, T* y, const A* w, const A* b, A eps, Stats<A>& st,
+                       bool stream) {
   const int64_t L = p.seg_len(), S = p.S;
   // Values [o0, o1) of segment n of statistic s, channel by channel.
   auto normalize = [&](int64_t s, int64_t n, int64_t o0, int64_t o1) {
@@ -676,7 +669,7 @@ void forward_ncs(const Problem& p, const T* x, T* y, const A* w, const A* b, A e
     // (Fused where a statistic fits the cache budget; BatchNorm's short planes take their gathered
     // blocks, and the statistics alone (SyncBatchNorm's local phase) the unfused pass.)
     if (y && (p.per_sample || !p.short_planes()) && fuse_stats(p.count * int64_t(sizeof(T)), p.num_stats)) {
-      fused_forward_ncs(p, x, y, w, b, eps, st);
+      fused_forward_ncs(p, x, y, w, b, eps, st, stream);
       return;
     }
     const std::vector<A> shifts = stat_shifts<T, A>(p, x);
@@ -985,14 +978,13 @@ void backward_ncs(const Problem& p, const ChannelNormBackwardArgs& a, const Back
     sum_dy[n * C + c] = sd.result();
     sum_dyx[n * C + c] = sdx.result();
   };
-  const bool fused_dx = bp.want_dx && bp.need_sums && !a.coefficients && (p.per_sample || !p.short_planes()) &&
-      fuse_stats(2 * p.count * int64_t(sizeof(T)), p.num_stats);
   auto plane_dx = [&](int64_t n, int64_t c, int64_t o, int64_t len) {
     const int64_t s = p.stat(n, c), off = (n * C + c) * S + o;
     dx_run(dy + off, x + off, dx + off, len, mean[s], rstd[s], w[c], mg[s], mgx[s], bp.batch_stats,
-           fused_dx ? kFusedStreams : p.streams(sizeof(T)));
+           p.streams(sizeof(T)));
   };
-  if (fused_dx) {
+  if (bp.want_dx && bp.need_sums && !a.coefficients && (p.per_sample || !p.short_planes()) &&
+      fuse_stats(2 * p.count * int64_t(sizeof(T)), p.num_stats)) {
     // Consecutive statistics per task, as fused_forward_ncs: the sums of statistic s + 1's planes a
     // chunk at a time, each chunk followed by the dx of the same chunk of s, which dy and x are in
     // L2 for. (BatchNorm [32,64,56,56] float32, 784 KB of dy and x per channel, goes a channel per

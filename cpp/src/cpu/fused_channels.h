@@ -6,8 +6,7 @@
 // followed by the map of the same plane of channel c, whose merge came before. Channel c's planes,
 // read one channel ago, are then in L2, and DRAM serves the reads of c + 1 while c's outputs are
 // written (as channel_norm.cpp's fused passes). Each plane's statistic and each channel's merge are
-// the caller's same functions as on its unfused path, so both paths give the same bits. Maps write
-// with plain stores, as channel_norm.cpp's fused passes (kFusedStreams): streaming ones measured slower.
+// the caller's same functions as on its unfused path, so both paths give the same bits.
 #pragma once
 #include <algorithm>
 #include <cstdint>
