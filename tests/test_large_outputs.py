@@ -21,7 +21,7 @@ BF16_SHAPE = (16, 64, 96, 130)
 
 
 def test_shapes_take_the_streaming_path():
-    for shape in SHAPES + [CHANNEL_SHAPE, SHORT_PLANE_SHAPE]:
+    for shape in SHAPES + [CHANNEL_SHAPE, UNFUSED_SHAPE, SHORT_PLANE_SHAPE]:
         assert 4 * torch.Size(shape).numel() >= STREAMING_BYTES, shape
     assert 2 * torch.Size(BF16_SHAPE).numel() >= STREAMING_BYTES
 
@@ -60,13 +60,20 @@ def test_large_rms_norm_matches_torch(shape):
     torch.testing.assert_close(got[1], want[1], atol=2e-3, rtol=1e-4)
 
 
-# [16, 64, 64, 65] float32 is 17 MB: streaming stores for y and dx, in both layouts.
+# CHANNEL_SHAPE float32 is 26 MB: streaming stores for y and dx in both layouts; channels first, the
+# statistics that fit the cache budget take the fused passes. UNFUSED_SHAPE's 3 channels of 8.6 MB do
+# not (BatchNorm's unfused passes, streamed).
+UNFUSED_SHAPE = (16, 3, 384, 350)
+
+
 @pytest.mark.parametrize("channels_last", [False, True])
-@pytest.mark.parametrize("layer", ["batch_train", "batch_eval", "group", "instance"])
+@pytest.mark.parametrize("layer", ["batch_train", "batch_eval", "group", "instance", "batch_train_unfused"])
 def test_large_channel_norms_match_torch(layer, channels_last):
     torch.manual_seed(2)
+    shape = UNFUSED_SHAPE if layer == "batch_train_unfused" else CHANNEL_SHAPE
     make = {
         "batch_train": lambda cls: cls.BatchNorm2d(64),
+        "batch_train_unfused": lambda cls: cls.BatchNorm2d(3),
         "batch_eval": lambda cls: cls.BatchNorm2d(64),
         "group": lambda cls: cls.GroupNorm(8, 64),
         "instance": lambda cls: cls.InstanceNorm2d(64, affine=True),
@@ -81,28 +88,31 @@ def test_large_channel_norms_match_torch(layer, channels_last):
             ref.eval()
     ours.load_state_dict(ref.state_dict())
     ours.train(ref.training)
-    x = torch.randn(CHANNEL_SHAPE) * 2 + 1
+    # The 3-channel reference in float64: torch's own float32 channels-last BatchNorm over 2.2e6 values
+    # per channel is 1.4e-3 off in y (ours 4.6e-7).
+    ref_dtype = torch.float64 if layer == "batch_train_unfused" else torch.float32
+    ref.to(ref_dtype)
+    x = torch.randn(shape) * 2 + 1
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     dy = torch.randn_like(x)
-    xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
+    xa, xb = x.clone().requires_grad_(), x.to(ref_dtype).requires_grad_()
     ya, yb = ours(xa), ref(xb)
     ya.backward(dy)
-    yb.backward(dy)
+    yb.backward(dy.to(ref_dtype))
     # torch.nn's memory format (InstanceNorm gives a contiguous output whatever its input's)
     assert ya.is_contiguous(memory_format=torch.channels_last) == yb.is_contiguous(memory_format=torch.channels_last)
     assert ya.is_contiguous() == yb.is_contiguous()
-    # float32; statistics over 4e5 (BatchNorm) or 5e4 values summed in different orders
-    torch.testing.assert_close(ya, yb, atol=2e-5, rtol=1e-5)
-    torch.testing.assert_close(xa.grad, xb.grad, atol=1e-4, rtol=1e-4)
-    torch.testing.assert_close(ours.weight.grad, ref.weight.grad, atol=5e-2, rtol=1e-4)
-    torch.testing.assert_close(ours.bias.grad, ref.bias.grad, atol=5e-2, rtol=1e-4)
+    # float32; statistics over 4e5 (BatchNorm; 2.2e6 with 3 channels) or 5e4 values summed in different orders
+    torch.testing.assert_close(ya.to(ref_dtype), yb, atol=2e-5, rtol=1e-5)
+    torch.testing.assert_close(xa.grad.to(ref_dtype), xb.grad, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(ours.weight.grad.to(ref_dtype), ref.weight.grad, atol=5e-2, rtol=1e-4)
+    torch.testing.assert_close(ours.bias.grad.to(ref_dtype), ref.bias.grad, atol=5e-2, rtol=1e-4)
 
 
 # Mean-only BatchNorm (Salimans & Kingma): y = x - mean_c(x) + b_c, dx = dy - mean_c(dy), db = sum_c(dy),
-# checked against the formula in float64. y and dx are streamed channels last, and channels first where
-# a channel outgrows the cache budget (3 channels of 8.6 MB); 64 channels of 400 KB take the fused
-# passes instead (cpu/fused_channels.h).
+# with y and dx streamed, checked against the formula in float64. Channels first, 64 channels of 400 KB
+# take the fused passes (cpu/fused_channels.h), 3 channels of 8.6 MB the unfused ones.
 @pytest.mark.parametrize("shape", [CHANNEL_SHAPE, (16, 3, 384, 350)], ids=["64-channels", "3-channels"])
 @pytest.mark.parametrize("channels_last", [False, True])
 def test_large_mean_only_batch_norm_matches_the_formula(channels_last, shape):

@@ -13,9 +13,10 @@
 
 #include "cpu/fused_channels.h"
 #include "cpu/kernels.h"
+#include "cpu/lanes.h"
 #include "cpu/params.h"
 #include "cpu/plane_step.h"
-#include "cpu/lanes.h"
+#include "cpu/stream_store.h"
 #include "normkit/math.h"
 #include "normkit/pairwise.h"
 #include "normkit/parallel.h"
@@ -46,6 +47,7 @@ void forward(const BinForwardArgs& a, Step step) {
   A* mean_bn = static_cast<A*>(a.save_mean_bn);
   A* rstd_bn = static_cast<A*>(a.save_rstd_bn);
   const A eps = A(a.eps);
+  const bool stream = streams_output(size_t(N * C * S) * sizeof(T));
   // Plane (n, c)'s instance moments, a two-pass lane_sum (mean, then centred squares), saved as its
   // mean and rstd.
   auto plane_moments = [&](int64_t n, int64_t c) {
@@ -80,8 +82,14 @@ void forward(const BinForwardArgs& a, Step step) {
     const A w = param_at<A>(a.weight, a.param_dtype, c, A(1));
     const A b = param_at<A>(a.bias, a.param_dtype, c, A(0));
     const A mb = mean_bn[c], rb = rstd_bn[c], mi = mean_in[p], ri = rstd_in[p];
-    for (int64_t i = 0; i < S; ++i)
-      y[base + i * step] = store<T>(math::bin_apply(load<A>(x[base + i * step]), mb, rb, mi, ri, r, w, b));
+    auto value = [&](int64_t i) {
+      return store<T>(math::bin_apply(load<A>(x[base + i * step]), mb, rb, mi, ri, r, w, b));
+    };
+    if constexpr (kContiguousPlanes<Step>) {
+      write_run(y + base, S, stream, value);
+    } else {
+      for (int64_t i = 0; i < S; ++i) y[base + i * step] = value(i);
+    }
   };
   const int64_t channel_bytes = N * S * int64_t(sizeof(T));
   if constexpr (kContiguousPlanes<Step>) {
@@ -160,6 +168,7 @@ void backward(const BinBackwardArgs& a, Step step) {
     if (a.drho) param_put<A>(a.drho, a.drho_dtype, c, math::bin_rho_mask(rho) * w * (cs.dyx_bn - cs.dyx_in));
   };
   const A inv_bn = A(1) / A(N * S), inv_in = A(1) / A(S);
+  const bool stream = streams_output(size_t(N * C * S) * sizeof(T));
   auto dx_plane = [&](int64_t n, int64_t c) {
     const int64_t p = n * C + c, base = sh.plane_base(n, c);
     const A r = math::bin_clip_rho(param_at<A>(a.rho, a.rho_dtype, c, A(1)));
@@ -170,11 +179,15 @@ void backward(const BinBackwardArgs& a, Step step) {
     const A mg_bn = a.batch_stats ? w * cs.dy * inv_bn : A(0);
     const A mgx_bn = a.batch_stats ? w * cs.dyx_bn * inv_bn : A(0);
     const A mg_in = w * ps.dy * inv_in, mgx_in = w * ps.dyx_in * inv_in;
-    for (int64_t i = 0; i < S; ++i) {
+    auto value = [&](int64_t i) {
       const A xv = load<A>(x[base + i * step]);
       const A g = load<A>(dy[base + i * step]) * w;
-      dx[base + i * step] =
-          store<T>(math::bin_dx(g, (xv - mb) * rb, (xv - mi) * ri, r, rb, ri, mg_bn, mgx_bn, mg_in, mgx_in));
+      return store<T>(math::bin_dx(g, (xv - mb) * rb, (xv - mi) * ri, r, rb, ri, mg_bn, mgx_bn, mg_in, mgx_in));
+    };
+    if constexpr (kContiguousPlanes<Step>) {
+      write_run(dx + base, S, stream, value);
+    } else {
+      for (int64_t i = 0; i < S; ++i) dx[base + i * step] = value(i);
     }
   };
   const int64_t channel_bytes = 2 * N * S * int64_t(sizeof(T));  // (dy and x)

@@ -106,22 +106,21 @@ void per_channel_map(const T* in, T* out, const MobnShape& sh, F&& f) {
 }
 
 // Channels first, where a channel fits the cache budget: the sums and the map fused per channel
-// (cpu/fused_channels.h), with the same plane sums and pairwise merges as channel_sums. Plain stores
-// here: streaming ones made [32,64,56,56] float32 slower on this path (forward 1.03-1.05 against
-// 1.09-1.16 ms, backward 1.01-1.05 against 1.09-1.13 ms, alternating builds).
+// (cpu/fused_channels.h), with the same plane sums and pairwise merges as channel_sums; large
+// outputs streamed as per_channel_map's.
 template <class T>
 bool fuses(const MobnShape& sh) {
   return !by_rows(sh) && fuses_channels(sh.C, sh.N * sh.S * int64_t(sizeof(T)));
 }
 template <class T, class A, class Finish, class F>
 void sum_and_map(const T* t, T* out, const MobnShape& sh, Finish&& finish, F&& f) {
+  const bool stream = streams_output(size_t(sh.N * sh.C * sh.S) * sizeof(T));
   fused_channels<A>(
       sh.N, sh.C, sh.N * sh.S * int64_t(sizeof(T)), [&](int64_t n, int64_t c) { return plane_sum<T, A>(t, sh, n, c); },
       [&](int64_t c, const A* planes) { finish(c, channel_sum<A>(sh.N, [&](int64_t n) { return planes[n]; })); },
       [&](int64_t n, int64_t c) {
         const int64_t base = (n * sh.C + c) * sh.S;
-#pragma omp simd
-        for (int64_t i = 0; i < sh.S; ++i) out[base + i] = store<T>(f(load<A>(t[base + i]), c));
+        write_run(out + base, sh.S, stream, [&](int64_t i) { return store<T>(f(load<A>(t[base + i]), c)); });
       });
 }
 
