@@ -9,7 +9,7 @@
 // the caller's same functions as on its unfused path, so both paths give the same bits.
 //
 // Large outputs are still best streamed here (stream_store.h). A loop of one op favours plain stores
-// (forward+backward ~10% faster): each call rewrites the same output buffer while it sits dirty in
+// (forward and backward each 5-10% faster): each call rewrites the same output buffer while it sits dirty in
 // the last-level cache, so its lines never reach DRAM. Inside the benchmark, with torch's work between
 // the calls, streaming won: mean-only BatchNorm [32,64,56,56] float32 forward+backward 2.96-3.05 ->
 // 2.52-2.54 ms, Batch-Instance Norm 4.23-4.50 -> 3.93-4.06 ms (forwards alike).
