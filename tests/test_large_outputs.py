@@ -11,6 +11,9 @@ STREAMING_BYTES = 24 << 20
 # Just above it in float32; 1023 makes every row start at a different alignment.
 SHAPES = [(6200, 1024), (6201, 1023)]
 CHANNEL_SHAPE = (16, 64, 96, 65)
+# Channels first, 3 channels of 8.6 MB: past the fused passes' cache budget (and too few channels for
+# two threads' tasks), so the unfused passes, streamed.
+UNFUSED_SHAPE = (16, 3, 384, 350)
 # BatchNorm channels first with planes shorter than 1024 values (kShortPlane): its statistics and sums
 # per block of planes, its y and dx in one loop over the planes, streamed a stage of whole planes at a
 # time; 3x3 planes of 36 bytes start at every alignment.
@@ -61,11 +64,7 @@ def test_large_rms_norm_matches_torch(shape):
 
 
 # CHANNEL_SHAPE float32 is 26 MB: streaming stores for y and dx in both layouts; channels first, the
-# statistics that fit the cache budget take the fused passes. UNFUSED_SHAPE's 3 channels of 8.6 MB do
-# not (BatchNorm's unfused passes, streamed).
-UNFUSED_SHAPE = (16, 3, 384, 350)
-
-
+# statistics that fit the cache budget take the fused passes, UNFUSED_SHAPE's the unfused ones.
 @pytest.mark.parametrize("channels_last", [False, True])
 @pytest.mark.parametrize("layer", ["batch_train", "batch_eval", "group", "instance", "batch_train_unfused"])
 def test_large_channel_norms_match_torch(layer, channels_last):
@@ -111,9 +110,9 @@ def test_large_channel_norms_match_torch(layer, channels_last):
 
 
 # Mean-only BatchNorm (Salimans & Kingma): y = x - mean_c(x) + b_c, dx = dy - mean_c(dy), db = sum_c(dy),
-# with y and dx streamed, checked against the formula in float64. Channels first, 64 channels of 400 KB
-# take the fused passes (cpu/fused_channels.h), 3 channels of 8.6 MB the unfused ones.
-@pytest.mark.parametrize("shape", [CHANNEL_SHAPE, (16, 3, 384, 350)], ids=["64-channels", "3-channels"])
+# with y and dx streamed, checked against the formula in float64. Channels first, CHANNEL_SHAPE's 64
+# channels of 400 KB take the fused passes (cpu/fused_channels.h), UNFUSED_SHAPE's the unfused ones.
+@pytest.mark.parametrize("shape", [CHANNEL_SHAPE, UNFUSED_SHAPE], ids=["64-channels", "3-channels"])
 @pytest.mark.parametrize("channels_last", [False, True])
 def test_large_mean_only_batch_norm_matches_the_formula(channels_last, shape):
     torch.manual_seed(5)
