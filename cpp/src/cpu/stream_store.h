@@ -19,7 +19,11 @@ namespace normkit::cpu::NK_ISA {
 // Outputs at least this large are written with streaming stores. Below it an output and its input
 // can still share a 32 MiB last-level cache, and plain stores measured faster (LayerNorm bfloat16
 // [8192, 1024], a 16 MiB output: ~7%); above it streaming won or tied (LayerNorm float32 forward
-// 32 MiB: 13-28% faster, GroupNorm 32 MiB: 5-26%), measured op by op, interleaved.
+// 32 MiB: 13-28% faster, GroupNorm 32 MiB: 5-26%), measured op by op, interleaved. Rechecked inside
+// the benchmark on a 260 MB last-level cache (2026-11-24, alternating builds): streaming from 8 MiB
+// made the bfloat16 outputs of 12.8-16 MB slower (BatchNorm [32,64,56,56] forward 0.86 -> 1.05 ms,
+// LayerNorm [8192, 1024] 1.15 -> 1.48 ms). Judge store types inside the benchmark, not in a loop of
+// one op: that rewrites one output buffer while it sits dirty in the cache, which favours plain stores.
 constexpr size_t kStreamingOutputBytes = size_t(24) << 20;
 
 // Whether an output of `bytes` is written with streaming stores.
