@@ -93,7 +93,7 @@ void forward(const BinForwardArgs& a, Step step) {
   };
   const int64_t channel_bytes = N * S * int64_t(sizeof(T));
   if constexpr (kContiguousPlanes<Step>) {
-    if (a.training && fuses_channels(C, channel_bytes)) {
+    if (a.training && fuse_stats(channel_bytes, C)) {
       fused_channels<math::Moments<A>>(
           N, C, channel_bytes, plane_moments,
           [&](int64_t c, const math::Moments<A>* planes) { batch_stats(c, [&](int64_t n) { return planes[n]; }); },
@@ -192,7 +192,7 @@ void backward(const BinBackwardArgs& a, Step step) {
   };
   const int64_t channel_bytes = 2 * N * S * int64_t(sizeof(T));  // (dy and x)
   if constexpr (kContiguousPlanes<Step>) {
-    if (dx && fuses_channels(C, channel_bytes)) {
+    if (dx && fuse_stats(channel_bytes, C)) {
       fused_channels<BinSums<A>>(
           N, C, channel_bytes, plane_sums,
           [&](int64_t c, const BinSums<A>* planes) { channel_sums(c, [&](int64_t n) { return planes[n]; }); },

@@ -49,6 +49,7 @@
 
 #include "cpu/channel_map.h"
 #include "cpu/column_sums.h"
+#include "cpu/fused_channels.h"
 #include "cpu/shifted_moments.h"
 #include "cpu/kernels.h"
 #include "cpu/lanes.h"
@@ -75,8 +76,6 @@ constexpr int64_t kRowBlock = 16384;        // channels last: values per block o
 constexpr int64_t kMinBlockRows = 32;
 constexpr int64_t kTaskElements = 1 << 15;  // elements per parallel task, to amortise the hand-off
 constexpr int64_t kShortPlane = 1024;       // BatchNorm channels first: shorter planes go in blocks
-constexpr int64_t kFuseMinBytes = 512 << 10;  // fuse statistics and normalization per task up to
-constexpr int64_t kFuseMaxBytes = 4 << 20;    // 16 MB / threads within these bounds (L2 / L3)
 // Channels-last per-sample norms pipeline samples of at least this many bytes of x across all threads
 // (forward); smaller ones go a sample per task (1 MB samples measured alike).
 constexpr int64_t kPipelineMinBytes = 1 << 20;
@@ -102,43 +101,14 @@ void parallel_for_from_end(int64_t n, int64_t grain, Fn&& fn) {
   });
 }
 
-// Whether to compute a statistic and normalize its values in one task (`bytes` per task, `tasks`
-// tasks): the values are then read from DRAM once and again from cache. Both paths do the same
-// arithmetic, so the choice (which may depend on the thread count) never changes a result.
-bool fuse_stats(int64_t bytes, int64_t tasks) {
-  const int threads = get_num_threads();
-  const int64_t budget = std::clamp<int64_t>((int64_t(16) << 20) / threads, kFuseMinBytes, kFuseMaxBytes);
-  return bytes <= budget && tasks >= 2 * threads;
-}
-
 // Tasks of the fused channels-first passes (fused_forward_ncs): statistics per task, and whether a
 // task pipelines them. Only statistics whose values outgrow L1 gain from it: within L1 the second
 // pass is fast already, and interleaving two statistics' values there cost time (InstanceNorm
 // [32,64,56,56] float32 backward, 25 KB of dy and x per statistic: 7% slower).
-struct FusedTasks {
-  int64_t grain;
-  bool pipelined;
-};
 FusedTasks fused_tasks(int64_t values_per_stat, size_t bytes_per_value) {
   const int64_t bytes = values_per_stat * int64_t(bytes_per_value);
   if (bytes > kPipelineMinStatBytes) return {std::max<int64_t>(1, kFusedTaskBytes / bytes), true};
   return {std::max<int64_t>(1, kTaskElements / values_per_stat), false};
-}
-
-// Statistics [s0, s1) of a fused task: gather(s, after) takes statistic s's moments or sums a piece
-// at a time, calling after(piece...) after each piece; emit(s, piece...) writes the output of s where
-// that piece of s + 1 lies in s + 1's segments (pair_shift); emit_all(s) writes all of s's output.
-// Pipelined, s's output goes piece by piece between the pieces of s + 1's statistics.
-template <class Gather, class Emit, class EmitAll>
-void run_fused_task(const FusedTasks& ft, int64_t s0, int64_t s1, Gather&& gather, Emit&& emit, EmitAll&& emit_all) {
-  auto nothing = [](auto&&...) {};
-  if (!ft.pipelined) {
-    for (int64_t s = s0; s < s1; ++s) gather(s, nothing), emit_all(s);
-    return;
-  }
-  gather(s0, nothing);
-  for (int64_t s = s0; s + 1 < s1; ++s) gather(s + 1, [&](auto... piece) { emit(s, piece...); });
-  emit_all(s1 - 1);
 }
 
 // The problem after normalising the layout: with S == 1 both layouts are [N, C] rows (NSC), with

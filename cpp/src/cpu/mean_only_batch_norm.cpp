@@ -110,7 +110,7 @@ void per_channel_map(const T* in, T* out, const MobnShape& sh, F&& f) {
 // outputs streamed as per_channel_map's.
 template <class T>
 bool fuses(const MobnShape& sh) {
-  return !by_rows(sh) && fuses_channels(sh.C, sh.N * sh.S * int64_t(sizeof(T)));
+  return !by_rows(sh) && fuse_stats(sh.N * sh.S * int64_t(sizeof(T)), sh.C);
 }
 template <class T, class A, class Finish, class F>
 void sum_and_map(const T* t, T* out, const MobnShape& sh, Finish&& finish, F&& f) {
