@@ -570,7 +570,10 @@ def test_numpy_layer_matches_torch_module_multistep():
     # channels (float32) goes a channel at a time; channels of 2 planes of 2 chunks each, the second
     # ending in a short block, pipelined (the next channel's moments or sums between the blocks of
     # this one's output).
-    (3, 3, 40, 50), (2, 3, 200, 201)], ids=("short-planes", "fused", "fused-pipelined"))
+    (3, 3, 40, 50), (2, 3, 200, 201),
+    # 7x7 planes (fewer than 64 values): statistics and outputs per group of channels, the outputs in
+    # runs of planes; 16 channels a group on 1 thread, 10 on 2 (runs ending mid-vector, value by value).
+    (33, 40, 7, 7)], ids=("short-planes", "fused", "fused-pipelined", "plane-runs"))
 def test_threads_bitwise_identical(shape, fmt, dtype):
     c = shape[1]
     x = layout(R.make_torch(shape, dtype, 1), fmt)

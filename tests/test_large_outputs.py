@@ -14,9 +14,9 @@ CHANNEL_SHAPE = (16, 64, 96, 65)
 # Channels first, 3 channels of 8.6 MB: past the fused passes' cache budget (and too few channels for
 # two threads' tasks), so the unfused passes, streamed.
 UNFUSED_SHAPE = (16, 3, 384, 350)
-# BatchNorm channels first with planes shorter than 1024 values (kShortPlane): its statistics and sums
-# per block of planes, its y and dx in one loop over the planes, streamed a stage of whole planes at a
-# time; 3x3 planes of 36 bytes start at every alignment.
+# BatchNorm channels first with planes shorter than 64 values (kRunPlane): its statistics and sums per
+# block of planes, its y and dx in runs of planes per group of channels, streamed a stage at a time;
+# 3x3 planes of 36 bytes start at every alignment.
 SHORT_PLANE_SHAPE = (2048, 512, 3, 3)
 # bfloat16 past the streaming size: long planes (channels first) and rows of 64 channels (channels
 # last) go through the AVX-512 build's even/odd vector pairs and the staged streaming copy.

@@ -29,7 +29,8 @@
 // BatchNorm planes shorter than kShortPlane values instead go in blocks of a channel's planes
 // (gathered into L1, kStatBlock values each), and planes that short are normalized in one loop
 // over the planes (cpu/plane_map.h): per plane, the moments, merges and calls cost more than its
-// values.
+// values. Planes shorter still (kRunPlane) are fused per group of channels, a group's statistics
+// then its outputs, mapped in runs of planes with the operands expanded per value.
 // Channels last (NSC): rows of C channels. The rows of a statistic's row group (a sample for
 // per-sample norms, all N * S rows for BatchNorm) are cut into fixed blocks of rows; per block,
 // per-channel vector sums give each group's block moments. Per-sample norms fuse per sample, or,
@@ -43,6 +44,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <numeric>
 #include <type_traits>
 #include <utility>
 #include <vector>
@@ -76,6 +78,18 @@ constexpr int64_t kRowBlock = 16384;        // channels last: values per block o
 constexpr int64_t kMinBlockRows = 32;
 constexpr int64_t kTaskElements = 1 << 15;  // elements per parallel task, to amortise the hand-off
 constexpr int64_t kShortPlane = 1024;       // BatchNorm channels first: shorter planes go in blocks
+// BatchNorm channels first, planes of fewer than kRunPlane values (four float vectors: a CNN's 7x7,
+// 4x4, 2x2): statistics and outputs fused per group of channels, the outputs mapped in runs of
+// planes (map_short_plane_runs). A group's inputs take about kShortTaskBytes (they stay in L2 between
+// the two passes), its expanded operands at most kShortOperandBytes (read from L1 with the inputs).
+// Core calls, alternating builds, float32: [32,512,7,7] forward 226-264 -> 199-227 us, backward
+// 365-390 -> 301-317 us; [8,2048,7,7] 263-300 -> 241-248 and 392-401 -> 309-347 us; [64,128,2,2]
+// bfloat16 backward 154-166 -> 56-59 us. (8x8 planes gained on [128,256,8,8] but lost 15% on the
+// L2-sized [32,64,8,8], whose planes of whole vectors map fast one by one: hence fewer than 64.)
+constexpr int64_t kRunPlane = 64;
+constexpr int64_t kShortTaskBytes = 256 << 10;
+constexpr int64_t kShortOperandBytes = 16 << 10;
+constexpr int64_t kVectorValues = 16;  // float lanes of a 64-byte vector
 // Channels-last per-sample norms pipeline samples of at least this many bytes of x across all threads
 // (forward); smaller ones go a sample per task (1 MB samples measured alike).
 constexpr int64_t kPipelineMinBytes = 1 << 20;
@@ -143,6 +157,8 @@ struct Problem {
   bool short_planes() const {
     return !per_sample && G == C && layout == Layout::NCS && S > 0 && S < kShortPlane;
   }
+  // BatchNorm planes of fewer than kRunPlane values (see there).
+  bool plane_runs() const { return short_planes() && S < kRunPlane; }
   int64_t planes_per_block() const { return std::max<int64_t>(1, kStatBlock / S); }
   int64_t plane_blocks() const { return ceil_div(N, planes_per_block()); }
   // Unit u of the short planes' blocks: channel c, block blk of its planes, samples [n0, n1).
@@ -418,6 +434,56 @@ void map_planes_of(const Problem& p, int64_t u0, int64_t u1, const T* const (&in
   }, fn);
 }
 
+// Short planes, channels [c0, c1) of every sample: out = fn(inputs, operands) over each sample's run
+// of (c1 - c0) * S contiguous values, each value's operands read from arrays that repeat channel c's
+// operands (operands(op, c)) over its planes' S values. Built once for all N samples, the arrays
+// spare each plane the loop set-up of map_planes_of. The per-element formula is fn's, so the values
+// are those of map_planes_of.
+template <int I, int P, class T, class A, class Operands, class Fn>
+void map_short_plane_runs(const Problem& p, int64_t c0, int64_t c1, const T* const (&in)[I], T* out, bool stream,
+                          Operands&& operands, Fn&& fn) {
+  const int64_t S = p.S, W = (c1 - c0) * S;
+  thread_local std::vector<A> expanded;
+  expanded.resize(size_t(P * W));
+  for (int64_t c = c0; c < c1; ++c) {
+    A op[P];
+    operands(op, c);
+    for (int q = 0; q < P; ++q) std::fill_n(expanded.begin() + q * W + (c - c0) * S, S, op[q]);
+  }
+  const A* par[P];
+  for (int q = 0; q < P; ++q) par[q] = expanded.data() + q * W;
+  for (int64_t n = 0; n < p.N; ++n) {
+    const int64_t off = (n * p.C + c0) * S;
+    write_staged(out + off, W, stream, [&](int64_t i0, int64_t len, T* dst) {
+      vector_loop<A>(len, [&](int64_t j, auto lanes) {
+        constexpr int64_t K = decltype(lanes)::value;
+        decltype(splat<A, K>(A())) a[I], q[P];
+        for (int k = 0; k < I; ++k) a[k] = get<A, K>(in[k] + off + i0 + j);
+        for (int k = 0; k < P; ++k) q[k] = get<A, K>(par[k] + i0 + j);
+        put<A, K>(dst + j, fn(a, q));
+      });
+    });
+  }
+}
+
+// Channels per task of the short-plane passes: about kShortTaskBytes of inputs (`bytes_per_value`
+// per value), the expanded operands (`operand_bytes` per value) within kShortOperandBytes, at least
+// two tasks per thread. Only the schedule depends on it.
+int64_t short_plane_group(const Problem& p, int64_t bytes_per_value, int64_t operand_bytes) {
+  const int64_t per_channel = std::max<int64_t>(1, p.N * p.S * bytes_per_value);
+  const int64_t per_thread = ceil_div(p.C, 2 * int64_t(get_num_threads()));
+  const int64_t operands = kShortOperandBytes / std::max<int64_t>(1, p.S * operand_bytes);
+  const int64_t group = std::max<int64_t>(1, std::min({kShortTaskBytes / per_channel, operands, per_thread}));
+  // Runs of whole vectors where a multiple of `whole` channels fits the limits taken less strictly:
+  // a run's last partial vector goes value by value ([256,64,7,7] backward, 2 channels a group:
+  // 4% slower than unfused; padding that vector instead cost more).
+  const int64_t whole = kVectorValues / std::gcd(p.S, kVectorValues);
+  if (group % whole == 0) return group;
+  const int64_t rounded = std::max(whole, group / whole * whole);
+  const bool fits = rounded <= std::min(per_thread, 4 * operands) && rounded * per_channel <= 8 * kShortTaskBytes;
+  return fits ? rounded : group;
+}
+
 // fn(n, c, ch) for the units [u0, u1) of (plane n * C + c, chunk ch of pch) in order, counting
 // instead of dividing per unit (the divisions cost as much as the work on a short plane).
 template <class Fn>
@@ -525,24 +591,55 @@ void gather_planes(const Problem& p, const T* t, const Problem::PlaneBlock& pb, 
 // 4x4, 1x1): moments per block of a channel's planes instead of per plane, the block's planes
 // gathered into an L1 buffer (blocks of kStatBlock values: kStatBlock / S planes). Per plane, the
 // lane reductions, divisions and merges of a moment cost more than its few values: BatchNorm2d(512)
-// [16,512,4,4] float32 ran at 0.7x torch's speed.
+// [16,512,4,4] float32 ran at 0.7x torch's speed. Here the moments of the plane blocks [u0, u1) (unit
+// u = c * plane_blocks() + blk: Problem::plane_block) into um.
+template <class T, class A>
+void short_plane_moments(const Problem& p, const T* x, const std::vector<A>& shifts, int64_t u0, int64_t u1,
+                         Moments<A>* um) {
+  alignas(64) T gathered[kStatBlock];
+  for (int64_t u = u0; u < u1; ++u) {
+    const Problem::PlaneBlock pb = p.plane_block(u);
+    gather_planes(p, x, pb, gathered);
+    um[u] = shifted_moments(gathered, (pb.n1 - pb.n0) * p.S, shifts[size_t(pb.c)]);
+  }
+}
+
+// Channel c's statistic from its blocks' moments, pairwise in block order.
+template <class A>
+void finish_short_plane_stat(const Problem& p, int64_t c, const Moments<A>* um, const std::vector<A>& shifts, A eps,
+                             Stats<A>& st) {
+  const int64_t blocks = p.plane_blocks();
+  finish_stat(st, c, math::pairwise_moments<A>(blocks, [&](int64_t blk) { return um[c * blocks + blk]; }),
+              shifts[size_t(c)], eps);
+}
+
 template <class T, class A>
 void batch_stats_of_short_planes(const Problem& p, const T* x, const std::vector<A>& shifts, A eps, Stats<A>& st) {
   const int64_t C = p.C, S = p.S, blocks = p.plane_blocks();
   std::vector<Moments<A>> um(static_cast<size_t>(C * blocks));
   const int64_t grain = std::max<int64_t>(1, kTaskElements / (p.planes_per_block() * S));
-  parallel_for(C * blocks, grain, [&](int64_t u0, int64_t u1) {
-    alignas(64) T gathered[kStatBlock];
-    for (int64_t u = u0; u < u1; ++u) {
-      const Problem::PlaneBlock pb = p.plane_block(u);
-      gather_planes(p, x, pb, gathered);
-      um[size_t(u)] = shifted_moments(gathered, (pb.n1 - pb.n0) * S, shifts[size_t(pb.c)]);
-    }
-  });
+  parallel_for(C * blocks, grain, [&](int64_t u0, int64_t u1) { short_plane_moments(p, x, shifts, u0, u1, um.data()); });
   parallel_for(C, std::max<int64_t>(1, 4096 / blocks), [&](int64_t c0, int64_t c1) {
-    for (int64_t c = c0; c < c1; ++c)
-      finish_stat(st, c, math::pairwise_moments<A>(blocks, [&](int64_t blk) { return um[size_t(c * blocks + blk)]; }),
-                  shifts[size_t(c)], eps);
+    for (int64_t c = c0; c < c1; ++c) finish_short_plane_stat(p, c, um.data(), shifts, eps, st);
+  });
+}
+
+// The statistics and outputs of planes shorter than kRunPlane, fused per group of channels
+// (short_plane_group): a group's moments read its planes from memory (gathered through L1), its
+// outputs read them again from L2. The same moments, merges and map as the unfused passes.
+template <class T, class A>
+void fused_forward_short_planes(const Problem& p, const T* x, T* y, const A* w, const A* b,
+                                const std::vector<A>& shifts, A eps, Stats<A>& st) {
+  const int64_t blocks = p.plane_blocks();
+  std::vector<Moments<A>> um(static_cast<size_t>(p.C * blocks));
+  const bool stream = p.streams(sizeof(T));
+  parallel_for(p.C, short_plane_group(p, sizeof(T), 4 * sizeof(A)), [&](int64_t c0, int64_t c1) {
+    short_plane_moments(p, x, shifts, c0 * blocks, c1 * blocks, um.data());
+    for (int64_t c = c0; c < c1; ++c) finish_short_plane_stat(p, c, um.data(), shifts, eps, st);
+    const T* in[1] = {x};
+    map_short_plane_runs<1, 4, T, A>(p, c0, c1, in, y, stream, [&](A (&op)[4], int64_t c) {
+      op[0] = st.mean[size_t(c)], op[1] = st.rstd[size_t(c)], op[2] = w[c], op[3] = b[c];
+    }, kApplyMap);
   });
 }
 
@@ -643,6 +740,10 @@ void forward_ncs(const Problem& p, const T* x, T* y, const A* w, const A* b, A e
       return;
     }
     const std::vector<A> shifts = stat_shifts<T, A>(p, x);
+    if (p.plane_runs() && y) {
+      fused_forward_short_planes(p, x, y, w, b, shifts, eps, st);
+      return;
+    }
     if (p.short_planes()) {
       batch_stats_of_short_planes(p, x, shifts, eps, st);
     } else {
@@ -650,6 +751,15 @@ void forward_ncs(const Problem& p, const T* x, T* y, const A* w, const A* b, A e
     }
   }
   if (!y) return;  // statistics only (SyncBatchNorm's local phase)
+  if (p.plane_runs()) {  // (running statistics: eval)
+    parallel_for(C, short_plane_group(p, sizeof(T), 4 * sizeof(A)), [&](int64_t c0, int64_t c1) {
+      const T* in[1] = {x};
+      map_short_plane_runs<1, 4, T, A>(p, c0, c1, in, y, stream, [&](A (&op)[4], int64_t c) {
+        op[0] = st.mean[size_t(c)], op[1] = st.rstd[size_t(c)], op[2] = w[c], op[3] = b[c];
+      }, kApplyMap);
+    });
+    return;
+  }
   // Normalize (plane, chunk of the plane) units, the last ones first: what the statistics pass read
   // last may still be in the last-level cache.
   const int64_t pch = ceil_div(S, kChunk), units = N * C * pch;
@@ -988,20 +1098,48 @@ void backward_ncs(const Problem& p, const ChannelNormBackwardArgs& a, const Back
   }
   const int64_t units = N * C * pch;
   const int64_t grain = std::max<int64_t>(1, kTaskElements / std::min(S, kChunk));
-  if (bp.need_sums && p.short_planes()) {
-    // Sums per block of a channel's planes, gathered into L1 buffers (as the forward's moments).
-    parallel_for(C * p.plane_blocks(), std::max<int64_t>(1, kTaskElements / (p.planes_per_block() * S)),
-                 [&](int64_t u0, int64_t u1) {
-      alignas(64) T gathered_dy[kStatBlock], gathered_x[kStatBlock];
-      for (int64_t u = u0; u < u1; ++u) {
-        const Problem::PlaneBlock pb = p.plane_block(u);
-        gather_planes(p, dy, pb, gathered_dy);
-        gather_planes(p, x, pb, gathered_x);
-        const std::pair<A, A> r = run_sums(gathered_dy, gathered_x, (pb.n1 - pb.n0) * S, mean[pb.c], rstd[pb.c]);
-        sum_dy[pb.blk * C + pb.c] = r.first;
-        sum_dyx[pb.blk * C + pb.c] = r.second;
-      }
+  const bool stream = p.streams(sizeof(T));
+  // Short planes: sums per block of a channel's planes [u0, u1), gathered into L1 buffers (as the
+  // forward's moments), and the dx of channels [c0, c1).
+  auto short_plane_sums = [&](int64_t u0, int64_t u1) {
+    alignas(64) T gathered_dy[kStatBlock], gathered_x[kStatBlock];
+    for (int64_t u = u0; u < u1; ++u) {
+      const Problem::PlaneBlock pb = p.plane_block(u);
+      gather_planes(p, dy, pb, gathered_dy);
+      gather_planes(p, x, pb, gathered_x);
+      const std::pair<A, A> r = run_sums(gathered_dy, gathered_x, (pb.n1 - pb.n0) * S, mean[pb.c], rstd[pb.c]);
+      sum_dy[pb.blk * C + pb.c] = r.first;
+      sum_dyx[pb.blk * C + pb.c] = r.second;
+    }
+  };
+  auto short_plane_dx = [&](int64_t c0, int64_t c1) {
+    if (bp.batch_stats) {
+      const T* in[2] = {dy, x};
+      map_short_plane_runs<2, 5, T, A>(p, c0, c1, in, dx, stream, [&](A (&op)[5], int64_t c) {
+        op[0] = w[c], op[1] = mean[c], op[2] = rstd[c], op[3] = mg[c], op[4] = mgx[c];
+      }, kDxMap);
+    } else {
+      const T* in[1] = {dy};
+      map_short_plane_runs<1, 2, T, A>(p, c0, c1, in, dx, stream, [&](A (&op)[2], int64_t c) {
+        op[0] = w[c], op[1] = rstd[c];
+      }, kFixedStatsDxMap);
+    }
+  };
+  const int64_t short_group = p.plane_runs() ? short_plane_group(p, 2 * sizeof(T), 5 * sizeof(A)) : 1;
+  if (bp.want_dx && bp.need_sums && bp.batch_stats && !a.coefficients && p.plane_runs()) {
+    // Fused per group of channels, as the forward (fused_forward_short_planes): the group's sums read
+    // dy and x from memory, its dx from L2.
+    const int64_t blocks = p.plane_blocks();
+    parallel_for(C, short_group, [&](int64_t c0, int64_t c1) {
+      short_plane_sums(c0 * blocks, c1 * blocks);
+      for (int64_t c = c0; c < c1; ++c) stat_coefficients(p, c, sum_dy, sum_dyx, w, mg, mgx);
+      short_plane_dx(c0, c1);
     });
+    return;
+  }
+  if (bp.need_sums && p.short_planes()) {
+    parallel_for(C * p.plane_blocks(), std::max<int64_t>(1, kTaskElements / (p.planes_per_block() * S)),
+                 short_plane_sums);
     if (bp.want_dx && bp.batch_stats && !a.coefficients)
       all_stat_coefficients(p, sum_dy, sum_dyx, w, mg, mgx);
   } else if (bp.need_sums) {
@@ -1016,7 +1154,10 @@ void backward_ncs(const Problem& p, const ChannelNormBackwardArgs& a, const Back
       all_stat_coefficients(p, sum_dy, sum_dyx, w, mg, mgx);
   }
   if (!bp.want_dx) return;
-  const bool stream = p.streams(sizeof(T));
+  if (p.plane_runs()) {
+    parallel_for(C, short_group, short_plane_dx);
+    return;
+  }
   parallel_for_from_end(units, grain, [&](int64_t u0, int64_t u1) {
     if (S < kShortPlane) {  // (whole planes, as forward_ncs's normalization)
       if (bp.batch_stats) {
