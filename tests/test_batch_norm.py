@@ -833,10 +833,12 @@ def test_channels_last_sums_same_in_register_tile_and_remainder(dtype):
     # The channels-last sums keep whole tiles of channels in registers and the channels past the last
     # whole tile in memory (cpu/column_sums.h); both must add the same terms in the same order. Channel
     # 0 (in the first tile) and channel C - 1 (past it for C = 41) get the same values, weight and bias,
-    # so every per-channel result must be bitwise equal between them.
+    # so every per-channel result must be bitwise equal between them. With 280 rows (256 or more) the
+    # shifts are the means of the first rows, taken a vector of channels at a time, and value by value
+    # for the channels past the last whole vector: they must agree too.
     c = 41
-    x = R.make_torch((6, c, 5, 7), dtype, 5, 3.0, 2.0)
-    dy = R.make_torch((6, c, 5, 7), dtype, 6, 1.0, 0.0)
+    x = R.make_torch((8, c, 5, 7), dtype, 5, 3.0, 2.0)
+    dy = R.make_torch((8, c, 5, 7), dtype, 6, 1.0, 0.0)
     x[:, c - 1], dy[:, c - 1] = x[:, 0], dy[:, 0]
     x, dy = CR.to_channels_last_torch(x), CR.to_channels_last_torch(dy)
     acc = torch.float64 if dtype == "float64" else torch.float32

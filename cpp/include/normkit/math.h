@@ -88,21 +88,35 @@ NK_HD Moments<A> pairwise_moments(int64_t n, Get&& get) {
 constexpr int64_t kShiftMinRun = 256;
 constexpr int64_t kChannelShiftSample = 64;  // channel norms: at most this many values per statistic
 constexpr int64_t kRowShiftSample = 32;      // LayerNorm: at most this many values per row
+// The size of sample_shift's sample for a run of `run` values (> 0); 0: the first value alone.
+NK_HD int64_t shift_sample_size(int64_t run, int64_t max_sample) {
+  if (run < kShiftMinRun) return 0;
+  int64_t n = 4;
+  while (2 * n <= max_sample && 16 * n <= run) n *= 2;
+  return n;
+}
+
+// sample_shift from its sample get(0), ..., get(n - 1) and the run's first value `first`. V is A or a
+// vector of A (GCC vector extension: a lane per statistic, each lane computing what A computes).
+template <class A, class V, class Get>
+NK_HD V shift_of_sample(int64_t n, Get&& get, V first) {
+  V s0 = V() + A(0), s1 = s0, s2 = s0, s3 = s0;
+  for (int64_t i = 0; i < n; i += 4) {
+    s0 += get(i);
+    s1 += get(i + 1);
+    s2 += get(i + 2);
+    s3 += get(i + 3);
+  }
+  const V mean = ((s0 + s1) + (s2 + s3)) * (A(1) / A(n));
+  return mean - mean == A(0) ? mean : first;  // (inf - inf and NaN - NaN are NaN)
+}
+
 template <class A, class T>
 NK_HD A sample_shift(const T* first, int64_t run, int64_t stride, int64_t max_sample) {
   if (run <= 0) return A(0);
-  if (run < kShiftMinRun) return load<A>(first[0]);
-  int64_t n = 4;
-  while (2 * n <= max_sample && 16 * n <= run) n *= 2;
-  A s0 = 0, s1 = 0, s2 = 0, s3 = 0;
-  for (int64_t i = 0; i < n; i += 4) {
-    s0 += load<A>(first[i * stride]);
-    s1 += load<A>(first[(i + 1) * stride]);
-    s2 += load<A>(first[(i + 2) * stride]);
-    s3 += load<A>(first[(i + 3) * stride]);
-  }
-  const A mean = ((s0 + s1) + (s2 + s3)) * (A(1) / A(n));
-  return mean - mean == A(0) ? mean : load<A>(first[0]);  // (inf - inf and NaN - NaN are NaN)
+  const int64_t n = shift_sample_size(run, max_sample);
+  if (n == 0) return load<A>(first[0]);
+  return shift_of_sample<A, A>(n, [&](int64_t i) { return load<A>(first[i * stride]); }, load<A>(first[0]));
 }
 
 // Population (biased) variance, as normalization layers use for normalizing.
