@@ -650,6 +650,16 @@ void batch_stats_of_short_planes(const Problem& p, const T* x, const std::vector
   });
 }
 
+// y of channels [c0, c1) of planes shorter than kRunPlane, in runs of planes.
+template <class T, class A>
+void apply_short_plane_runs(const Problem& p, const T* x, T* y, const Stats<A>& st, const A* w, const A* b,
+                            bool stream, int64_t c0, int64_t c1) {
+  const T* in[1] = {x};
+  map_short_plane_runs<1, 4, T, A>(p, c0, c1, in, y, stream, [&](A (&op)[4], int64_t c) {
+    op[0] = st.mean[size_t(c)], op[1] = st.rstd[size_t(c)], op[2] = w[c], op[3] = b[c];
+  }, kApplyMap);
+}
+
 // The statistics and outputs of planes shorter than kRunPlane, fused per group of channels
 // (short_plane_group): a group's moments read its planes from memory (gathered through L1), its
 // outputs read them again from L2. The same moments, merges and map as the unfused passes.
@@ -662,10 +672,7 @@ void fused_forward_short_planes(const Problem& p, const T* x, T* y, const A* w, 
   parallel_for(p.C, short_plane_group(p, sizeof(T), 4 * sizeof(A)), [&](int64_t c0, int64_t c1) {
     short_plane_moments(p, x, shifts, c0 * blocks, c1 * blocks, um.data());
     for (int64_t c = c0; c < c1; ++c) finish_short_plane_stat(p, c, um.data(), shifts, eps, st);
-    const T* in[1] = {x};
-    map_short_plane_runs<1, 4, T, A>(p, c0, c1, in, y, stream, [&](A (&op)[4], int64_t c) {
-      op[0] = st.mean[size_t(c)], op[1] = st.rstd[size_t(c)], op[2] = w[c], op[3] = b[c];
-    }, kApplyMap);
+    apply_short_plane_runs(p, x, y, st, w, b, stream, c0, c1);
   });
 }
 
@@ -779,10 +786,7 @@ void forward_ncs(const Problem& p, const T* x, T* y, const A* w, const A* b, A e
   if (!y) return;  // statistics only (SyncBatchNorm's local phase)
   if (p.plane_runs()) {  // (running statistics: eval)
     parallel_for(C, short_plane_group(p, sizeof(T), 4 * sizeof(A)), [&](int64_t c0, int64_t c1) {
-      const T* in[1] = {x};
-      map_short_plane_runs<1, 4, T, A>(p, c0, c1, in, y, stream, [&](A (&op)[4], int64_t c) {
-        op[0] = st.mean[size_t(c)], op[1] = st.rstd[size_t(c)], op[2] = w[c], op[3] = b[c];
-      }, kApplyMap);
+      apply_short_plane_runs(p, x, y, st, w, b, stream, c0, c1);
     });
     return;
   }
