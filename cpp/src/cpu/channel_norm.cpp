@@ -89,7 +89,6 @@ constexpr int64_t kShortPlane = 1024;       // BatchNorm channels first: shorter
 constexpr int64_t kRunPlane = 64;
 constexpr int64_t kShortTaskBytes = 256 << 10;
 constexpr int64_t kShortOperandBytes = 16 << 10;
-constexpr int64_t kVectorValues = 16;  // float lanes of a 64-byte vector
 // Channels-last per-sample norms pipeline samples of at least this many bytes of x across all threads
 // (forward); smaller ones go a sample per task (1 MB samples measured alike).
 constexpr int64_t kPipelineMinBytes = 1 << 20;
@@ -103,8 +102,11 @@ using Moments = math::Moments<A>;
 
 int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
+// Float values in a 64-byte vector, or cache line.
+constexpr int64_t kFloatsPerLine = Vec64<float>::kLanes;
+
 // A grain of at least `grain` (and 1) in whole 64-byte lines of float statistics.
-int64_t line_grain(int64_t grain) { return ceil_div(std::max<int64_t>(1, grain), 16) * 16; }
+int64_t line_grain(int64_t grain) { return ceil_div(std::max<int64_t>(1, grain), kFloatsPerLine) * kFloatsPerLine; }
 
 // parallel_for over [0, n) in pieces of `grain`, handing out the last pieces first (each piece runs
 // forwards, for the prefetchers).
@@ -503,7 +505,7 @@ int64_t short_plane_group(const Problem& p, int64_t bytes_per_value, int64_t ope
   // Runs of whole vectors where a multiple of `whole` channels fits the limits taken less strictly:
   // a run's last partial vector goes value by value ([256,64,7,7] backward, 2 channels a group:
   // 4% slower than unfused; padding that vector instead cost more).
-  const int64_t whole = kVectorValues / std::gcd(p.S, kVectorValues);
+  const int64_t whole = kFloatsPerLine / std::gcd(p.S, kFloatsPerLine);
   if (group % whole == 0) return group;
   const int64_t rounded = std::max(whole, group / whole * whole);
   const bool fits = rounded <= std::min(per_thread, 4 * operands) && rounded * per_channel <= 8 * kShortTaskBytes;
