@@ -8,17 +8,20 @@
 // Channels first (NCS).
 //   Statistics: the values of segment (n, g) -- channels g*cpg .. (g+1)*cpg of sample n -- are
 //   cpg * S contiguous values; segments are cut into fixed chunks, and a "team" (one warp for short
-//   chunks, one block otherwise) reduces each (segment, chunk) unit to Welford moments, merged across
-//   the team by a fixed Chan tree. A merge kernel combines a statistic's units (per-sample: its own
-//   segment's chunks; BatchNorm: the chunks of segment (n, g) for every n) in a fixed order.
+//   chunks, one block otherwise) reduces each (segment, chunk) unit to its moments in two passes (the
+//   team's sum gives the unit's mean, then the sum of squares about it, the unit read again from
+//   L1/L2: no division per value, as Welford's update has, and M2 from centred values). A merge
+//   kernel combines a statistic's units by Chan's merge (per-sample: its own segment's chunks;
+//   BatchNorm: the chunks of segment (n, g) for every n) in a fixed order.
 //   Elementwise (y, dx): a team per (plane (n, c), chunk of S) with the plane's mean/rstd/w/b in
 //   registers.
 //   Backward sums: per (plane, chunk) sums of dy and dy * xhat, then per-plane sums over the chunks.
 // Channels last (NSC): rows of C channels, grouped into row groups (one per sample for per-sample
 //   norms, all N * S rows for BatchNorm). Blocks of 256 threads cover tiles of TX channels (a power of
 //   two, 32 at most, coalesced along c) x rpb rows of one row group; thread (tx, ty) walks rows ty,
-//   ty + TY, ... of its channel, and a fixed shared-memory tree merges the TY partials of a channel.
-//   Partials are per (row group, row block, channel), merged in a fixed order.
+//   ty + TY, ... of its channel, and a fixed shared-memory tree adds the TY partial sums of a channel
+//   (the statistics: two passes over the tile, as the channels-first units). Partials are per (row
+//   group, row block, channel), merged in a fixed order.
 //
 // Determinism: no atomics. Every decomposition (chunk lengths, tile shapes, rows per block) is a
 // function of the problem shape only -- never of the device or of the grid size -- and every unit is
@@ -31,6 +34,7 @@
 #include <cmath>
 #include <cstdint>
 #include <memory>
+#include <type_traits>
 
 #include "block_reduce.cuh"
 #include "cuda_check.cuh"
@@ -62,8 +66,9 @@ constexpr int64_t kMaxChunks = 1024;
 constexpr int64_t kTargetTiles = 1024;
 constexpr int64_t kMinTileRows = 32;
 constexpr int64_t kMaxTileRows = 1024;
-// Merges of at most this many terms per output use a warp, larger ones a block.
-constexpr int64_t kWarpMaxTerms = 1024;
+// Merges of at most this many terms per output use a warp, larger ones a block (a warp's lanes
+// merging 16 terms each in turn took 11 us for BatchNorm NHWC's 64 statistics of 502 terms).
+constexpr int64_t kWarpMaxTerms = 128;
 
 int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
@@ -160,6 +165,8 @@ struct Team<true> {
   }
   static __device__ __forceinline__ int64_t step() { return int64_t(gridDim.x) * kWarpsPerBlock; }
   template <class A>
+  static __device__ __forceinline__ A sum(A a) { return warp_sum(a); }
+  template <class A>
   static __device__ __forceinline__ void sum2(A& a, A& b) { warp_sum2(a, b); }
   template <class A>
   static __device__ __forceinline__ Moments<A> moments(const Moments<A>& m) { return warp_moments(m); }
@@ -171,6 +178,8 @@ struct Team<false> {
   static __device__ __forceinline__ int size() { return blockDim.x; }
   static __device__ __forceinline__ int64_t first() { return blockIdx.x; }
   static __device__ __forceinline__ int64_t step() { return gridDim.x; }
+  template <class A>
+  static __device__ __forceinline__ A sum(A a) { return block_sum(a); }
   template <class A>
   static __device__ __forceinline__ void sum2(A& a, A& b) { block_sum2(a, b); }
   template <class A>
@@ -199,6 +208,20 @@ __device__ __forceinline__ Lanes unit_lanes(bool warp) {
   return l;
 }
 
+// Calls body(i, n) for i = first, first + step, ... < end, n = kLoadBatch indices at a time (then the
+// rest one by one): the body issues the loads of its n indices first, then uses the values in index
+// order. One 4-byte load in flight per thread left the memory system mostly idle; the order of the
+// additions (and so every bit) is that of the plain loop.
+constexpr int kLoadBatch = 4;
+
+template <class Body>
+__device__ __forceinline__ void for_batched(int64_t first, int64_t end, int64_t step, Body&& body) {
+  int64_t i = first;
+  for (; i + (kLoadBatch - 1) * step < end; i += kLoadBatch * step)
+    body(i, std::integral_constant<int, kLoadBatch>{});
+  for (; i < end; i += step) body(i, std::integral_constant<int, 1>{});
+}
+
 // ---- tiles (channels last) -----------------------------------------------------------------------
 
 struct Tile {
@@ -221,41 +244,21 @@ __device__ __forceinline__ Tile tile_of(int64_t u, const Problem& p, const TileP
   return t;
 }
 
-// Fixed tree over ty of the per-thread moments of each channel column: at step `st`, row ty < st
-// merges row ty + st into itself (lower rows first). Returns column tx's total to every thread.
+// Fixed tree over ty of the per-thread sums of each channel column: at step `st`, row ty < st adds
+// row ty + st into itself (lower rows first). Returns column tx's total to every thread.
 template <class A>
-__device__ __forceinline__ Moments<A> column_moments(const Moments<A>& m, const Tile& t) {
-  __shared__ long long count[kThreads];
-  __shared__ A mean[kThreads];
-  __shared__ A m2[kThreads];
+__device__ __forceinline__ A column_sum(A a, const Tile& t) {
+  __shared__ A sa[kThreads];
   const int i = threadIdx.x;
-  count[i] = static_cast<long long>(m.count);
-  mean[i] = m.mean;
-  m2[i] = m.m2;
+  sa[i] = a;
   __syncthreads();
   for (int st = t.TY / 2; st > 0; st >>= 1) {
-    if (t.ty < st) {
-      const int j = i + st * t.TX;
-      Moments<A> a, b;
-      a.count = static_cast<int64_t>(count[i]);
-      a.mean = mean[i];
-      a.m2 = m2[i];
-      b.count = static_cast<int64_t>(count[j]);
-      b.mean = mean[j];
-      b.m2 = m2[j];
-      const Moments<A> r = math::chan_merge(a, b);
-      count[i] = static_cast<long long>(r.count);
-      mean[i] = r.mean;
-      m2[i] = r.m2;
-    }
+    if (t.ty < st) sa[i] = sa[i] + sa[i + st * t.TX];
     __syncthreads();
   }
-  Moments<A> r;
-  r.count = static_cast<int64_t>(count[t.tx]);
-  r.mean = mean[t.tx];
-  r.m2 = m2[t.tx];
-  __syncthreads();  // the arrays are rewritten by the next call
-  return r;
+  a = sa[t.tx];
+  __syncthreads();
+  return a;
 }
 
 // The same tree for two sums.
@@ -313,10 +316,28 @@ __global__ void __launch_bounds__(kThreads)
     const int64_t len = cp.chunk_len < seg_len - start ? cp.chunk_len : seg_len - start;
     const T* __restrict__ xs = x + seg * seg_len + start;
     const A shift = stat_shift<A>(x, p, p.stat(seg / p.G, (seg % p.G) * p.cpg));  // segment (n, g)
-    Moments<A> m;
-    for (int64_t i = G::rank(); i < len; i += G::size()) math::welford_push(m, load<A>(xs[i]) - shift);
-    m = G::moments(m);
-    if (G::rank() == 0) partial[u] = m;
+    A s = A(0);
+    for_batched(G::rank(), len, G::size(), [&](int64_t i, auto n) {
+      A v[decltype(n)::value];
+#pragma unroll
+      for (int q = 0; q < n; ++q) v[q] = load<A>(xs[i + q * G::size()]);
+#pragma unroll
+      for (int q = 0; q < n; ++q) s += v[q] - shift;
+    });
+    const A unit_mean = G::sum(s) / A(len);
+    A c2 = A(0);  // second pass: the unit is in L1/L2 now
+    for_batched(G::rank(), len, G::size(), [&](int64_t i, auto n) {
+      A v[decltype(n)::value];
+#pragma unroll
+      for (int q = 0; q < n; ++q) v[q] = load<A>(xs[i + q * G::size()]);
+#pragma unroll
+      for (int q = 0; q < n; ++q) {
+        const A d = (v[q] - shift) - unit_mean;
+        c2 += d * d;
+      }
+    });
+    c2 = G::sum(c2);
+    if (G::rank() == 0) partial[u] = math::block_moments(len, unit_mean, c2);
   }
 }
 
@@ -328,14 +349,36 @@ __global__ void __launch_bounds__(kThreads)
   using A = acc_t<T>;
   for (int64_t u = blockIdx.x; u < tp.units; u += gridDim.x) {  // uniform per block
     const Tile t = tile_of(u, p, tp);
-    Moments<A> m;
-    if (t.c < p.C) {
-      const T* __restrict__ xc = x + t.k * p.R * p.C + t.c;
-      const A shift = stat_shift<A>(x, p, p.stat(t.k, t.c));
-      for (int64_t r = t.r0 + t.ty; r < t.r1; r += t.TY) math::welford_push(m, load<A>(xc[r * p.C]) - shift);
+    const bool live = t.c < p.C;  // every thread takes part in the column sums
+    const T* __restrict__ xc = x + t.k * p.R * p.C + (live ? t.c : 0);
+    const A shift = live ? stat_shift<A>(x, p, p.stat(t.k, t.c)) : A(0);
+    A s = A(0);
+    if (live) {
+      for_batched(t.r0 + t.ty, t.r1, t.TY, [&](int64_t r, auto n) {
+        A v[decltype(n)::value];
+#pragma unroll
+        for (int q = 0; q < n; ++q) v[q] = load<A>(xc[(r + q * t.TY) * p.C]);
+#pragma unroll
+        for (int q = 0; q < n; ++q) s += v[q] - shift;
+      });
     }
-    m = column_moments(m, t);
-    if (t.ty == 0 && t.c < p.C) partial[(t.k * tp.nb + t.rb) * p.C + t.c] = m;
+    const int64_t rows = t.r1 - t.r0;
+    const A tile_mean = column_sum(s, t) / A(rows);
+    A c2 = A(0);  // second pass: the tile is in L1/L2 now
+    if (live) {
+      for_batched(t.r0 + t.ty, t.r1, t.TY, [&](int64_t r, auto n) {
+        A v[decltype(n)::value];
+#pragma unroll
+        for (int q = 0; q < n; ++q) v[q] = load<A>(xc[(r + q * t.TY) * p.C]);
+#pragma unroll
+        for (int q = 0; q < n; ++q) {
+          const A d = (v[q] - shift) - tile_mean;
+          c2 += d * d;
+        }
+      });
+    }
+    c2 = column_sum(c2, t);
+    if (t.ty == 0 && live) partial[(t.k * tp.nb + t.rb) * p.C + t.c] = math::block_moments(rows, tile_mean, c2);
   }
 }
 
@@ -439,8 +482,13 @@ __global__ void __launch_bounds__(kThreads)
     const int64_t off = plane * p.S + start;
     const T* __restrict__ xs = x + off;
     T* __restrict__ ys = y + off;
-    for (int64_t i = l.rank; i < len; i += l.size)
-      ys[i] = store<T>(math::row_norm_apply(load<A>(xs[i]), mu, rs, wc, bc));
+    for_batched(l.rank, len, l.size, [&](int64_t i, auto n) {
+      T v[decltype(n)::value];
+#pragma unroll
+      for (int q = 0; q < n; ++q) v[q] = xs[i + q * l.size];
+#pragma unroll
+      for (int q = 0; q < n; ++q) ys[i + q * l.size] = store<T>(math::row_norm_apply(load<A>(v[q]), mu, rs, wc, bc));
+    });
   }
 }
 
@@ -458,10 +506,14 @@ __global__ void __launch_bounds__(kThreads)
     const A mu = mean[s], rs = rstd[s];
     const A wc = param(w, t.c, A(1)), bc = param(b, t.c, A(0));
     const int64_t base = t.k * p.R * p.C + t.c;
-    for (int64_t r = t.r0 + t.ty; r < t.r1; r += t.TY) {
-      const int64_t o = base + r * p.C;
-      y[o] = store<T>(math::row_norm_apply(load<A>(x[o]), mu, rs, wc, bc));
-    }
+    for_batched(t.r0 + t.ty, t.r1, t.TY, [&](int64_t r, auto n) {
+      T v[decltype(n)::value];
+#pragma unroll
+      for (int q = 0; q < n; ++q) v[q] = x[base + (r + q * t.TY) * p.C];
+#pragma unroll
+      for (int q = 0; q < n; ++q)
+        y[base + (r + q * t.TY) * p.C] = store<T>(math::row_norm_apply(load<A>(v[q]), mu, rs, wc, bc));
+    });
   }
 }
 
@@ -621,11 +673,19 @@ __global__ void __launch_bounds__(kThreads)
     const T* __restrict__ dys = dy + off;
     const T* __restrict__ xs = x + off;
     A sd = A(0), sdx = A(0);
-    for (int64_t i = G::rank(); i < len; i += G::size()) {
-      const A d = load<A>(dys[i]);
-      sd += d;
-      sdx += d * ((load<A>(xs[i]) - mu) * rs);
-    }
+    for_batched(G::rank(), len, G::size(), [&](int64_t i, auto n) {
+      T d[decltype(n)::value], v[decltype(n)::value];
+#pragma unroll
+      for (int q = 0; q < n; ++q) {
+        d[q] = dys[i + q * G::size()];
+        v[q] = xs[i + q * G::size()];
+      }
+#pragma unroll
+      for (int q = 0; q < n; ++q) {
+        sd += load<A>(d[q]);
+        sdx += load<A>(d[q]) * ((load<A>(v[q]) - mu) * rs);
+      }
+    });
     G::sum2(sd, sdx);
     if (G::rank() == 0) {
       part_dy[u] = sd;
@@ -648,12 +708,19 @@ __global__ void __launch_bounds__(kThreads)
       const int64_t s = p.stat(t.k, t.c);
       const A mu = mean[s], rs = rstd[s];
       const int64_t base = t.k * p.R * p.C + t.c;
-      for (int64_t r = t.r0 + t.ty; r < t.r1; r += t.TY) {
-        const int64_t o = base + r * p.C;
-        const A d = load<A>(dy[o]);
-        sd += d;
-        sdx += d * ((load<A>(x[o]) - mu) * rs);
-      }
+      for_batched(t.r0 + t.ty, t.r1, t.TY, [&](int64_t r, auto n) {
+        T d[decltype(n)::value], v[decltype(n)::value];
+#pragma unroll
+        for (int q = 0; q < n; ++q) {
+          d[q] = dy[base + (r + q * t.TY) * p.C];
+          v[q] = x[base + (r + q * t.TY) * p.C];
+        }
+#pragma unroll
+        for (int q = 0; q < n; ++q) {
+          sd += load<A>(d[q]);
+          sdx += load<A>(d[q]) * ((load<A>(v[q]) - mu) * rs);
+        }
+      });
     }
     column_sum2(sd, sdx, t);
     if (t.ty == 0 && t.c < p.C) {
@@ -750,9 +817,24 @@ __global__ void __launch_bounds__(kThreads)
     const T* __restrict__ xs = x + off;
     T* __restrict__ dxs = dx + off;
     if (batch_stats) {
-      for (int64_t i = l.rank; i < len; i += l.size) dxs[i] = dx_batch(dys[i], xs[i], wc, mu, rs, mgs, mgxs);
+      for_batched(l.rank, len, l.size, [&](int64_t i, auto n) {
+        T d[decltype(n)::value], v[decltype(n)::value];
+#pragma unroll
+        for (int q = 0; q < n; ++q) {
+          d[q] = dys[i + q * l.size];
+          v[q] = xs[i + q * l.size];
+        }
+#pragma unroll
+        for (int q = 0; q < n; ++q) dxs[i + q * l.size] = dx_batch(d[q], v[q], wc, mu, rs, mgs, mgxs);
+      });
     } else {
-      for (int64_t i = l.rank; i < len; i += l.size) dxs[i] = dx_eval<T, A>(dys[i], wc, rs);
+      for_batched(l.rank, len, l.size, [&](int64_t i, auto n) {
+        T d[decltype(n)::value];
+#pragma unroll
+        for (int q = 0; q < n; ++q) d[q] = dys[i + q * l.size];
+#pragma unroll
+        for (int q = 0; q < n; ++q) dxs[i + q * l.size] = dx_eval<T, A>(d[q], wc, rs);
+      });
     }
   }
 }
@@ -772,15 +854,24 @@ __global__ void __launch_bounds__(kThreads)
     const A mgs = batch_stats ? mg[s] : A(0), mgxs = batch_stats ? mgx[s] : A(0);
     const int64_t base = t.k * p.R * p.C + t.c;
     if (batch_stats) {
-      for (int64_t r = t.r0 + t.ty; r < t.r1; r += t.TY) {
-        const int64_t o = base + r * p.C;
-        dx[o] = dx_batch(dy[o], x[o], wc, mu, rs, mgs, mgxs);
-      }
+      for_batched(t.r0 + t.ty, t.r1, t.TY, [&](int64_t r, auto n) {
+        T d[decltype(n)::value], v[decltype(n)::value];
+#pragma unroll
+        for (int q = 0; q < n; ++q) {
+          d[q] = dy[base + (r + q * t.TY) * p.C];
+          v[q] = x[base + (r + q * t.TY) * p.C];
+        }
+#pragma unroll
+        for (int q = 0; q < n; ++q) dx[base + (r + q * t.TY) * p.C] = dx_batch(d[q], v[q], wc, mu, rs, mgs, mgxs);
+      });
     } else {
-      for (int64_t r = t.r0 + t.ty; r < t.r1; r += t.TY) {
-        const int64_t o = base + r * p.C;
-        dx[o] = dx_eval<T, A>(dy[o], wc, rs);
-      }
+      for_batched(t.r0 + t.ty, t.r1, t.TY, [&](int64_t r, auto n) {
+        T d[decltype(n)::value];
+#pragma unroll
+        for (int q = 0; q < n; ++q) d[q] = dy[base + (r + q * t.TY) * p.C];
+#pragma unroll
+        for (int q = 0; q < n; ++q) dx[base + (r + q * t.TY) * p.C] = dx_eval<T, A>(d[q], wc, rs);
+      });
     }
   }
 }

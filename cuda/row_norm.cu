@@ -2,16 +2,21 @@
 // through normkit/math.h, the same functions the CPU kernels use.
 //
 // Row kernels: one warp per row when cols <= kWarpMaxCols (8 rows per 256-thread block), otherwise one
-// block per row; rows are walked grid-stride so any row count fits the grid.
+// block per row; rows are walked grid-stride so any row count fits the grid. Rows that fit in their
+// group's registers (up to kMaxRegValues values per thread) take the register-resident
+// kernels: read once, statistics in two passes over the registers. Longer rows stream twice.
 // Parameter gradients: deterministic two-stage reduction (no float atomics), see launch_param_grads.
 #include <cuda_runtime.h>
 
 #include <algorithm>
 #include <cstdint>
+#include <initializer_list>
+#include <type_traits>
 
 #include "block_reduce.cuh"
 #include "cuda_check.cuh"
 #include "cuda_ops.h"
+#include "vector_io.cuh"
 #include "normkit/dtype.h"
 #include "normkit/math.h"
 
@@ -129,6 +134,119 @@ __global__ void __launch_bounds__(kRowThreads) row_norm_forward_kernel(ForwardPa
   }
 }
 
+// ---- register-resident rows ---------------------------------------------------------------------
+// Thread `rank` of a row group of kGroup threads holds kChunks runs of V = kVec16<T> consecutive
+// columns, run k at column (k * kGroup + rank) * V: a warp's run k is one contiguous 16 * 32-byte
+// segment. The runs are 16-byte vectors when every pointer and row stride allows (`vec`), else read
+// element by element with the same columns per thread and the same order of additions: the same bits.
+// The statistics take two passes over the registers: the mean of x - K (K the row's first value, as
+// the streaming kernel shifts), then the sum of squares about it, so no division per element (the
+// Welford update's) and M2 from centred values.
+
+constexpr int kMaxRegChunks = 8;
+constexpr int kMaxRegValues = 32;  // per thread and row: 8 float4 runs (half types' dx spilled at 64)
+
+template <bool kWarpPerRow, class T>
+__device__ __forceinline__ int64_t run_col(int k, int rank) {
+  constexpr int64_t kGroup = kWarpPerRow ? kWarpSize : kRowThreads;
+  return (int64_t(k) * kGroup + rank) * kVec16<T>;
+}
+
+template <class T, class W, int kChunks, bool kWarpPerRow>
+__global__ void __launch_bounds__(kRowThreads)
+    row_norm_forward_regs_kernel(ForwardParams<T, W, W> p, bool vec) {
+  using A = acc_t<T>;
+  using G = RowGroup<kWarpPerRow>;
+  constexpr int V = kVec16<T>;
+  const int rank = G::rank();
+  const A n = A(p.cols);
+  for (int64_t r = G::first_row(); r < p.rows; r += G::row_step()) {  // uniform across the group
+    const T* __restrict__ xr = p.x + r * p.x_row_stride;
+    A v[kChunks][V];
+#pragma unroll
+    for (int k = 0; k < kChunks; ++k) load_run(xr, run_col<kWarpPerRow, T>(k, rank), p.cols, vec, v[k]);
+    A mean = A(0), rstd;
+    if (p.center) {
+      const A K = load<A>(xr[0]);  // cols > 0 here
+      A s = A(0);
+#pragma unroll
+      for (int k = 0; k < kChunks; ++k)
+#pragma unroll
+        for (int i = 0; i < V; ++i)
+          if (run_col<kWarpPerRow, T>(k, rank) + i < p.cols) s += v[k][i] - K;
+      const A shifted_mean = G::sum(s) / n;
+      A q = A(0);
+#pragma unroll
+      for (int k = 0; k < kChunks; ++k)
+#pragma unroll
+        for (int i = 0; i < V; ++i)
+          if (run_col<kWarpPerRow, T>(k, rank) + i < p.cols) {
+            const A d = (v[k][i] - K) - shifted_mean;
+            q += d * d;
+          }
+      mean = K + shifted_mean;
+      rstd = math::rstd_from_var(G::sum(q) / n, p.eps);
+    } else {
+      A ss = A(0);
+#pragma unroll
+      for (int k = 0; k < kChunks; ++k)
+#pragma unroll
+        for (int i = 0; i < V; ++i) ss += v[k][i] * v[k][i];  // zeros beyond the row
+      rstd = math::rstd_from_var(G::sum(ss) / n, p.eps);
+    }
+    if (rank == 0) {
+      if (p.mean) p.mean[r] = mean;
+      if (p.rstd) p.rstd[r] = rstd;
+    }
+    T* __restrict__ yr = p.y + r * p.cols;
+#pragma unroll
+    for (int k = 0; k < kChunks; ++k) {
+      const int64_t c = run_col<kWarpPerRow, T>(k, rank);
+      if (c >= p.cols) break;  // the later runs start further right
+      A w[V], b[V], o[V];
+      if (p.weight) load_run(p.weight, c, p.cols, vec, w);
+      if (p.bias) load_run(p.bias, c, p.cols, vec, b);
+#pragma unroll
+      for (int i = 0; i < V; ++i)
+        o[i] = math::row_norm_apply(v[k][i], mean, rstd, p.weight ? w[i] : A(1), p.bias ? b[i] : A(0));
+      store_run(yr, c, p.cols, vec, o);
+    }
+  }
+}
+
+// Calls launch(chunks, warp_per_row) for the register-resident kernels; false when the row is too
+// long for them (or empty). A warp per row up to kMaxRegValues values per lane, then a block per row.
+template <class T, class Launch>
+bool dispatch_regs(int64_t cols, Launch&& launch) {
+  constexpr int64_t V = kVec16<T>;
+  constexpr int kMaxChunks = kMaxRegValues / V < kMaxRegChunks ? int(kMaxRegValues / V) : kMaxRegChunks;
+  if (cols <= 0) return false;
+  const auto pick = [&](int64_t group, auto warp) {
+    const int64_t runs = (cols + group * V - 1) / (group * V);
+    if constexpr (decltype(warp)::value) {  // a block's single run would fit a warp
+      if (runs <= 1) return launch(std::integral_constant<int, 1>{}, warp), true;
+    }
+    if (runs <= 2) return launch(std::integral_constant<int, 2>{}, warp), true;
+    if (runs <= 4) return launch(std::integral_constant<int, 4>{}, warp), true;
+    if constexpr (kMaxChunks >= 8) {
+      if (runs <= 8) return launch(std::integral_constant<int, 8>{}, warp), true;
+    }
+    return false;
+  };
+  return pick(kWarpSize, std::true_type{}) || pick(kRowThreads, std::false_type{});
+}
+
+// The 16-byte form needs every row of every tensor to start 16-byte aligned, and whole vectors.
+template <class T>
+bool vector_rows(int64_t cols, std::initializer_list<int64_t> row_strides, std::initializer_list<const void*> ptrs) {
+  if (cols % kVec16<T> != 0) return false;
+  for (const int64_t s : row_strides)
+    if (s % kVec16<T> != 0) return false;
+  for (const void* q : ptrs)
+    if (q && !aligned16(q)) return false;
+  return true;
+}
+
 template <class T, class W, class B>
 void launch_forward(const RowNormForwardArgs& a, cudaStream_t s) {
   using A = acc_t<T>;
@@ -144,6 +262,17 @@ void launch_forward(const RowNormForwardArgs& a, cudaStream_t s) {
   p.cols = a.cols;
   p.eps = A(a.eps);
   p.center = a.center;
+  const bool vec = vector_rows<T>(a.cols, {a.x_row_stride}, {a.x, a.y, a.weight, a.bias});
+  const bool resident = dispatch_regs<T>(a.cols, [&](auto chunks, auto warp) {
+    const int64_t blocks = warp ? std::min((a.rows + kRowsPerWarpBlock - 1) / kRowsPerWarpBlock, kMaxGrid)
+                                : std::min(a.rows, kMaxGrid);
+    row_norm_forward_regs_kernel<T, W, decltype(chunks)::value, decltype(warp)::value>
+        <<<dim3(unsigned(blocks)), kRowThreads, 0, s>>>(p, vec);
+  });
+  if (resident) {
+    check_launch("row_norm_forward_regs_kernel");
+    return;
+  }
   if (a.cols <= kWarpMaxCols) {
     const int64_t blocks = std::min((a.rows + kRowsPerWarpBlock - 1) / kRowsPerWarpBlock, kMaxGrid);
     row_norm_forward_kernel<T, W, B, true><<<dim3(unsigned(blocks)), kRowThreads, 0, s>>>(p);
@@ -208,6 +337,58 @@ __global__ void __launch_bounds__(kRowThreads) row_norm_dx_kernel(BackwardParams
   }
 }
 
+// dx from registers: dy and x read once; g = dy * w and xhat replace them in place.
+template <class T, class W, int kChunks, bool kWarpPerRow>
+__global__ void __launch_bounds__(kRowThreads) row_norm_dx_regs_kernel(BackwardParams<T, W> p, bool vec) {
+  using A = acc_t<T>;
+  using G = RowGroup<kWarpPerRow>;
+  constexpr int V = kVec16<T>;
+  const int rank = G::rank();
+  const A inv_cols = A(1) / A(p.cols);
+  for (int64_t r = G::first_row(); r < p.rows; r += G::row_step()) {
+    const T* __restrict__ dyr = p.dy + r * p.dy_row_stride;
+    const T* __restrict__ xr = p.x + r * p.x_row_stride;
+    A g[kChunks][V], xhat[kChunks][V];
+#pragma unroll
+    for (int k = 0; k < kChunks; ++k) {
+      const int64_t c = run_col<kWarpPerRow, T>(k, rank);
+      load_run(dyr, c, p.cols, vec, g[k]);
+      load_run(xr, c, p.cols, vec, xhat[k]);
+    }
+    const A mean = row_mean(p.mean, p.center, r);
+    const A rstd = p.rstd[r];
+    A sum_g = A(0), sum_gx = A(0);
+#pragma unroll
+    for (int k = 0; k < kChunks; ++k) {
+      const int64_t c = run_col<kWarpPerRow, T>(k, rank);
+      A w[V];
+      if (p.weight) load_run(p.weight, c, p.cols, vec, w);
+#pragma unroll
+      for (int i = 0; i < V; ++i) {
+        g[k][i] *= p.weight ? w[i] : A(1);
+        xhat[k][i] = (xhat[k][i] - mean) * rstd;
+        if (c + i < p.cols) {
+          sum_g += g[k][i];
+          sum_gx += g[k][i] * xhat[k][i];
+        }
+      }
+    }
+    G::sum2(sum_g, sum_gx);
+    const A mean_g = p.center ? sum_g * inv_cols : A(0);
+    const A mean_gx = sum_gx * inv_cols;
+    T* __restrict__ dxr = p.dx + r * p.cols;
+#pragma unroll
+    for (int k = 0; k < kChunks; ++k) {
+      const int64_t c = run_col<kWarpPerRow, T>(k, rank);
+      if (c >= p.cols) break;
+      A o[V];
+#pragma unroll
+      for (int i = 0; i < V; ++i) o[i] = math::row_norm_dx(g[k][i], xhat[k][i], rstd, mean_g, mean_gx);
+      store_run(dxr, c, p.cols, vec, o);
+    }
+  }
+}
+
 template <class T, class W>
 void launch_dx(const RowNormBackwardArgs& a, cudaStream_t s) {
   using A = acc_t<T>;
@@ -223,6 +404,17 @@ void launch_dx(const RowNormBackwardArgs& a, cudaStream_t s) {
   p.rows = a.rows;
   p.cols = a.cols;
   p.center = a.center;
+  const bool vec = vector_rows<T>(a.cols, {a.dy_row_stride, a.x_row_stride}, {a.dy, a.x, a.weight, a.dx});
+  const bool resident = dispatch_regs<T>(a.cols, [&](auto chunks, auto warp) {
+    const int64_t blocks = warp ? std::min((a.rows + kRowsPerWarpBlock - 1) / kRowsPerWarpBlock, kMaxGrid)
+                                : std::min(a.rows, kMaxGrid);
+    row_norm_dx_regs_kernel<T, W, decltype(chunks)::value, decltype(warp)::value>
+        <<<dim3(unsigned(blocks)), kRowThreads, 0, s>>>(p, vec);
+  });
+  if (resident) {
+    check_launch("row_norm_dx_regs_kernel");
+    return;
+  }
   if (a.cols <= kWarpMaxCols) {
     const int64_t blocks = std::min((a.rows + kRowsPerWarpBlock - 1) / kRowsPerWarpBlock, kMaxGrid);
     row_norm_dx_kernel<T, W, true><<<dim3(unsigned(blocks)), kRowThreads, 0, s>>>(p);
@@ -273,48 +465,67 @@ struct ParamGradParams {
   int64_t x_row_stride;
   const A* mean;  // nullable; ignored unless center
   const A* rstd;
-  int64_t rows, cols, rows_per_chunk, col_tiles;
+  int64_t rows, cols, rows_per_chunk;
   bool center;
   A* partial_w;  // nullable, [chunks, cols]
   A* partial_b;  // nullable, [chunks, cols]
 };
 
-template <class T>
+// Thread tx owns kRun consecutive columns (one 16-byte vector of T, or one column where the rows are
+// not all 16-byte aligned), so a block covers kTileCols * kRun columns; each column's additions are
+// in the same order either way.
+template <class T, int kRun>
 __global__ void __launch_bounds__(kTileCols* kTileRows) param_grad_partial_kernel(ParamGradParams<T> p) {
   using A = acc_t<T>;
-  __shared__ A sw[kTileRows][kTileCols];
-  __shared__ A sb[kTileRows][kTileCols];
+  constexpr bool vec = kRun > 1;
+  __shared__ A sw[kTileRows][kTileCols * kRun];
+  __shared__ A sb[kTileRows][kTileCols * kRun];
   const int tx = threadIdx.x, ty = threadIdx.y;
   const int64_t chunk = blockIdx.y;
   const int64_t r0 = chunk * p.rows_per_chunk;
   const int64_t r1 = r0 + p.rows_per_chunk < p.rows ? r0 + p.rows_per_chunk : p.rows;
   const bool want_w = p.partial_w != nullptr;
-  for (int64_t tile = blockIdx.x; tile < p.col_tiles; tile += gridDim.x) {  // uniform per block
-    const int64_t j = tile * kTileCols + tx;
-    A aw = A(0), ab = A(0);
+  const int64_t tiles = (p.cols + kTileCols * kRun - 1) / (kTileCols * kRun);
+  for (int64_t tile = blockIdx.x; tile < tiles; tile += gridDim.x) {  // uniform per block
+    const int64_t j = (tile * kTileCols + tx) * kRun;
+    A aw[kRun], ab[kRun];
+#pragma unroll
+    for (int i = 0; i < kRun; ++i) aw[i] = ab[i] = A(0);
     if (j < p.cols) {
       for (int64_t r = r0 + ty; r < r1; r += kTileRows) {
-        const A d = load<A>(p.dy[r * p.dy_row_stride + j]);
+        A d[kRun];
+        load_run(p.dy + r * p.dy_row_stride, j, p.cols, vec, d);
         if (want_w) {
-          const A xhat = (load<A>(p.x[r * p.x_row_stride + j]) - row_mean(p.mean, p.center, r)) * p.rstd[r];
-          aw += d * xhat;
+          A xv[kRun];
+          load_run(p.x + r * p.x_row_stride, j, p.cols, vec, xv);
+          const A mean = row_mean(p.mean, p.center, r), rstd = p.rstd[r];
+#pragma unroll
+          for (int i = 0; i < kRun; ++i) aw[i] += d[i] * ((xv[i] - mean) * rstd);
         }
-        ab += d;
+#pragma unroll
+        for (int i = 0; i < kRun; ++i) ab[i] += d[i];
       }
     }
-    sw[ty][tx] = aw;
-    sb[ty][tx] = ab;
+#pragma unroll
+    for (int i = 0; i < kRun; ++i) {
+      sw[ty][tx * kRun + i] = aw[i];
+      sb[ty][tx * kRun + i] = ab[i];
+    }
     __syncthreads();
     if (ty == 0 && j < p.cols) {
-      A tw = sw[0][tx], tb = sb[0][tx];
+      A tw[kRun], tb[kRun];
 #pragma unroll
-      for (int k = 1; k < kTileRows; ++k) {
-        tw += sw[k][tx];
-        tb += sb[k][tx];
+      for (int i = 0; i < kRun; ++i) {
+        tw[i] = sw[0][tx * kRun + i];
+        tb[i] = sb[0][tx * kRun + i];
+#pragma unroll
+        for (int k = 1; k < kTileRows; ++k) {
+          tw[i] += sw[k][tx * kRun + i];
+          tb[i] += sb[k][tx * kRun + i];
+        }
       }
-      const int64_t o = chunk * p.cols + j;
-      if (p.partial_w) p.partial_w[o] = tw;
-      if (p.partial_b) p.partial_b[o] = tb;
+      if (p.partial_w) store_run(p.partial_w + chunk * p.cols, j, p.cols, vec, tw);
+      if (p.partial_b) store_run(p.partial_b + chunk * p.cols, j, p.cols, vec, tb);
     }
     __syncthreads();  // sw/sb are rewritten by the next tile
   }
@@ -361,12 +572,18 @@ void launch_param_grads(const RowNormBackwardArgs& a, cudaStream_t s) {
   p.rows = a.rows;
   p.cols = a.cols;
   p.rows_per_chunk = plan.rows_per_chunk;
-  p.col_tiles = plan.col_tiles;
   p.center = a.center;
   p.partial_w = static_cast<A*>(scratch_w.get());
   p.partial_b = static_cast<A*>(scratch_b.get());
-  const dim3 grid(unsigned(std::min(plan.col_tiles, kMaxGrid)), unsigned(plan.chunks));
-  param_grad_partial_kernel<T><<<grid, dim3(kTileCols, kTileRows), 0, s>>>(p);
+  // The chunk plan counts tiles of kTileCols columns whatever the run per thread: the same order.
+  constexpr int kRun = kVec16<T>;
+  const bool vec = vector_rows<T>(a.cols, {a.dy_row_stride, a.x_row_stride}, {a.dy, a.x});
+  const int64_t tiles = vec ? ceil_div(a.cols, kTileCols * kRun) : plan.col_tiles;
+  const dim3 grid(unsigned(std::min(tiles, kMaxGrid)), unsigned(plan.chunks));
+  if (vec)
+    param_grad_partial_kernel<T, kRun><<<grid, dim3(kTileCols, kTileRows), 0, s>>>(p);
+  else
+    param_grad_partial_kernel<T, 1><<<grid, dim3(kTileCols, kTileRows), 0, s>>>(p);
   check_launch("param_grad_partial_kernel");
   if (a.dweight) launch_finalize<A>(p.partial_w, plan.chunks, a.cols, a.dweight, a.dweight_dtype, s);
   if (a.dbias) launch_finalize<A>(p.partial_b, plan.chunks, a.cols, a.dbias, a.dbias_dtype, s);

@@ -39,7 +39,7 @@ def _compare(fn, x, params, dtype):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("shape", [(7, 1), (33, 100), (64, 1024), (5, 3, 4097), (2, 8192)])
+@pytest.mark.parametrize("shape", [(7, 1), (33, 100), (64, 1024), (9, 1500), (5, 3, 4097), (2, 8192), (3, 9000)])
 def test_layer_norm_matches_cpu(shape, dtype):
     x = torch.randn(shape, dtype=dtype) * 2 + 1
     w, b = torch.randn(shape[-1], dtype=dtype), torch.randn(shape[-1], dtype=dtype)
@@ -47,11 +47,39 @@ def test_layer_norm_matches_cpu(shape, dtype):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("shape", [(7, 1), (33, 100), (64, 1024), (2, 8192)])
+@pytest.mark.parametrize("shape", [(7, 1), (33, 100), (64, 1024), (9, 1500), (2, 8192), (3, 9000)])
 def test_rms_norm_matches_cpu(shape, dtype):
     x = torch.randn(shape, dtype=dtype)
     w = torch.randn(shape[-1], dtype=dtype)
     _compare(lambda x, w: nt.functional.rms_norm(x, shape[-1:], w), x, [w], dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("cols", [64, 1000, 1024, 4096])
+@pytest.mark.parametrize("op", ["layer", "rms"])
+def test_row_norms_give_the_same_bits_on_unaligned_rows(op, cols, dtype):
+    """Rows that fit in registers are read as 16-byte vectors where every row starts aligned, else
+    element by element with the same columns per thread and order of sums: the same bits either way.
+    Here x starts one element past an aligned address, which takes the element-by-element form."""
+    rows = 37
+    buf = torch.randn(rows * cols + 1, dtype=dtype, device="cuda")
+    unaligned = buf[1:].view(rows, cols)
+    aligned = unaligned.clone()
+    assert unaligned.data_ptr() % 16 and aligned.data_ptr() % 16 == 0
+    params = [torch.randn(cols, dtype=dtype, device="cuda") for _ in range(2 if op == "layer" else 1)]
+    dy = torch.randn(rows, cols, dtype=dtype, device="cuda")
+    if op == "layer":
+        fn = lambda x, w, b: nt.functional.layer_norm(x, (cols,), w, b)  # noqa: E731
+    else:
+        fn = lambda x, w: nt.functional.rms_norm(x, (cols,), w)  # noqa: E731
+    y_a, g_a = _run(fn, aligned, params, dy)
+    leaves = [t.detach().clone().requires_grad_() for t in params]
+    x_u = unaligned.detach().requires_grad_()  # the view itself, so the core sees the odd address
+    y_u = fn(x_u, *leaves)
+    y_u.backward(dy)
+    assert torch.equal(y_u, y_a)
+    for got, want in zip([x_u.grad, *(t.grad for t in leaves)], g_a):
+        assert torch.equal(got, want)
 
 
 def test_layer_norm_stable_variance():
