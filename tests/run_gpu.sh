@@ -6,7 +6,7 @@
 # (bench/cuda.py), then runs the whole suite there too. The log, the JUnit report and the benchmark
 # land in $OUT when the device tool sets it, else in bench/results.
 #
-#   device run:  bash tests/run_gpu.sh        (one call: about 5-10 minutes on 16 cores)
+#   device run:  bash tests/run_gpu.sh        (one call: about 8 minutes on 16 cores)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
@@ -33,9 +33,14 @@ if [ "$gpus" -gt 0 ] && [ "$($PY -c 'import normkit; print(normkit.cuda_availabl
 fi
 
 status=0
+# pytest-xdist where installed (the device machines have it): the whole suite on 8 workers took 4.5
+# minutes there, inside one call's 10-minute limit with the build and the benchmark.
+XDIST=()
+$PY -c "import xdist" 2>/dev/null && XDIST=(-n "${NORMKIT_TEST_WORKERS:-8}")
 # -rs lists every skip with its reason: on a GPU machine, none of these should skip for want of a GPU.
 $PY -m pytest tests/test_cuda.py tests/test_cuda_coverage.py tests/test_nccl.py \
-  tests/distributed/test_sync_batch_norm_nccl.py -q -rs -p no:cacheprovider --junitxml="$DEST/gpu-tests.xml" || status=1
+  tests/distributed/test_sync_batch_norm_nccl.py -q -rs "${XDIST[@]}" -p no:cacheprovider \
+  --junitxml="$DEST/gpu-tests.xml" || status=1
 # ... and a run in which no test ran, or one skipped for want of a CUDA device, is a failure.
 $PY - "$DEST/gpu-tests.xml" <<'EOF_PY' || status=1
 import sys
@@ -51,5 +56,5 @@ $PY -m bench.cuda --out "$DEST" --name cuda-bench || status=1
 # Host time per call on tiny tensors (what bench.cuda's loop times hold beyond the kernels), profiled.
 $PY -m bench.host_overhead --device cuda --profile "LayerNorm fwd+bwd" | tee "$DEST/host-overhead.txt" || status=1
 # The whole suite on this machine's torch (which may differ from the CPU pin): every failure, not just the first.
-$PY -m pytest tests -q -p no:cacheprovider --junitxml="$DEST/all-tests.xml" || status=1
+$PY -m pytest tests -q "${XDIST[@]}" -p no:cacheprovider --junitxml="$DEST/all-tests.xml" || status=1
 exit $status
