@@ -268,16 +268,19 @@ struct RowScratch {
   explicit RowScratch(int64_t C) : a(size_t(C)), b(size_t(C)), c(size_t(C)) {}
 };
 
-// A block of n values in rows of C channels about to be walked column tile by column tile: float16
+// A block of n values in rows of channels about to be walked column tile by column tile: float16
 // widened into this thread's float scratch `slot` (exact: the same sums; the widening reads it in
-// address order), other types read in address order first where the walk is strided (touch_block).
-// Returns what the walk reads.
-template <class A, class T>
-auto column_block(const T* x, int64_t n, int64_t C, int slot) {
+// address order), other types as they are. Returns what the walk reads. (A first read of every line
+// in address order where the tiles walk a row in several pieces, to start the stream prefetchers,
+// cost more than it saved on 2026-11-24: GroupNorm [8,256,64,64] channels-last 2.20-2.29 -> 1.92-1.95
+// ms forward and 3.79-3.83 -> 3.10-3.13 ms backward without it, BatchNorm [8,2048,7,7] 8% and 13%,
+// also with x evicted from the caches before each call.)
+template <class T>
+auto column_block(const T* x, int64_t n, int slot) {
   if constexpr (is_hardware_half<T>) {
     return widen_to_scratch(x, n, slot);
   } else {
-    if (walks_strided(C, kWidestColumnTile<A>)) touch_block(x, n * int64_t(sizeof(T)));
+    (void)n, (void)slot;
     return x;
   }
 }
@@ -855,7 +858,7 @@ void forward_nsc(const Problem& p, const T* x, T* y, const A* w, const A* b, A e
     auto block_count = [&](int64_t blk) { return std::min(Rb, R - blk * Rb) * p.cpg; };
     auto block_moments = [&](int64_t k, int64_t blk, RowScratch<A>& sc) {
       const int64_t r0 = blk * Rb, rows = std::min(Rb, R - r0);
-      row_block_moments(p, column_block<A>(x + (k * R + r0) * C, rows * C, C, 0), rows, &shifts[size_t(k * C)], sc,
+      row_block_moments(p, column_block(x + (k * R + r0) * C, rows * C, 0), rows, &shifts[size_t(k * C)], sc,
                         um.row(k * nb + blk, block_count(blk)));
     };
     // Statistics [g0, g1) of sample k (the merges change um's rows: once per statistic).
@@ -1258,8 +1261,8 @@ void backward_nsc(const Problem& p, const ChannelNormBackwardArgs& a, const Back
   auto block_sums = [&](int64_t k, int64_t r0, int64_t rows, A* sd, A* sdx) {
     const A* mk = &me[size_t(k * C)];
     const A* rk = &re[size_t(k * C)];
-    const auto* dyb = column_block<A>(dy + (k * R + r0) * C, rows * C, C, 0);
-    const auto* xb = column_block<A>(x + (k * R + r0) * C, rows * C, C, 1);
+    const auto* dyb = column_block(dy + (k * R + r0) * C, rows * C, 0);
+    const auto* xb = column_block(x + (k * R + r0) * C, rows * C, 1);
     column_sum2(C, rows, sd, sdx, [&](int64_t r, int64_t c, A& d, A& xhat) {
       d = load<A>(dyb[r * C + c]);
       xhat = (load<A>(xb[r * C + c]) - mk[c]) * rk[c];

@@ -120,35 +120,6 @@ inline void column_sums(int64_t C, int64_t rows, A* s0, A* s1, Term&& term) {
   }
 }
 
-// Reads one byte of every 64-byte line that [p, p + bytes) touches, in address order. The tiles
-// above walk a block of rows one column tile at a time, a strided pattern when C spans several
-// tiles, which the hardware prefetchers do not run ahead of. Read first in address order, a block
-// that comes from DRAM streams in sequentially (and the prefetchers run on into the next block),
-// and the tile passes then read it from cache. Demand loads, not software prefetches: a burst of
-// prefetches queues on the core's few miss buffers, while a sequential stream of loads trains the
-// L2 stream prefetcher. GroupNorm [8,256,64,64] float32 channels-last statistics alone: 2.5-3.0 ms
-// (prefetch instructions) -> 1.5-1.7 ms on one thread, 1.2-1.4 -> 0.8-1.0 ms on two. Rows of one
-// tile are read in address order anyway, and there the extra pass only costs (BatchNorm2d(64)
-// channels-last bfloat16 forward+backward: 10-20% slower with it): see walks_strided.
-inline void touch_block(const void* p, int64_t bytes) {
-  if (bytes <= 0) return;
-  const char* b = static_cast<const char*>(p);
-  const char* e = b + bytes;
-  // The first byte, then the first byte of every later line that [p, p + bytes) reaches.
-  unsigned acc = static_cast<unsigned char>(*reinterpret_cast<const volatile char*>(b));
-  const char* line = b + (64 - reinterpret_cast<uintptr_t>(b) % 64);
-  for (; line < e; line += 64) acc += static_cast<unsigned char>(*reinterpret_cast<const volatile char*>(line));
-  __asm__ volatile("" : : "r"(acc));  // the loads must happen
-}
-
-// Whether a block of rows of C channels is walked tile by tile in a strided pattern, i.e. when
-// C spans more than one tile of `width` channels.
-inline bool walks_strided(int64_t C, int64_t width) { return C > width; }
-
-// Widest column tile of the sums, in channels of A.
-template <class A>
-constexpr int64_t kWidestColumnTile = ColumnTile<A, 4>::kWidth;
-
 // s[c] = sum over r of term(r, c).
 template <class A, class Term>
 inline void column_sum(int64_t C, int64_t rows, A* s, Term&& term) {
