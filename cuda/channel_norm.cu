@@ -303,6 +303,36 @@ __device__ __forceinline__ A stat_shift(const T* __restrict__ x, const Problem& 
   return p.count > 0 ? load<A>(x[p.first_index(s)]) : A(0);
 }
 
+// Moments of value(i) - shift over i = first, first + step, ... < end, `count` values over the team
+// whose sums `reduce` adds (every thread of the team calls it, with or without values): the
+// reduced sum gives their mean, then a second pass the sum of squares about it (the values are in
+// L1/L2 by then). No division per value, as Welford's update has, and M2 from centred values.
+template <class A, class Value, class Reduce>
+__device__ __forceinline__ Moments<A> two_pass_moments(int64_t first, int64_t end, int64_t step, int64_t count,
+                                                       A shift, Value&& value, Reduce&& reduce) {
+  A s = A(0);
+  for_batched(first, end, step, [&](int64_t i, auto n) {
+    A v[decltype(n)::value];
+#pragma unroll
+    for (int q = 0; q < n; ++q) v[q] = value(i + q * step);
+#pragma unroll
+    for (int q = 0; q < n; ++q) s += v[q] - shift;
+  });
+  const A mean = reduce(s) / A(count);
+  A c2 = A(0);
+  for_batched(first, end, step, [&](int64_t i, auto n) {
+    A v[decltype(n)::value];
+#pragma unroll
+    for (int q = 0; q < n; ++q) v[q] = value(i + q * step);
+#pragma unroll
+    for (int q = 0; q < n; ++q) {
+      const A d = (v[q] - shift) - mean;
+      c2 += d * d;
+    }
+  });
+  return math::block_moments(count, mean, reduce(c2));
+}
+
 // Channels first: moments of unit u = (segment, chunk) around its statistic's shift, stored at
 // partial[u].
 template <class T, bool kWarp>
@@ -316,28 +346,10 @@ __global__ void __launch_bounds__(kThreads)
     const int64_t len = cp.chunk_len < seg_len - start ? cp.chunk_len : seg_len - start;
     const T* __restrict__ xs = x + seg * seg_len + start;
     const A shift = stat_shift<A>(x, p, p.stat(seg / p.G, (seg % p.G) * p.cpg));  // segment (n, g)
-    A s = A(0);
-    for_batched(G::rank(), len, G::size(), [&](int64_t i, auto n) {
-      A v[decltype(n)::value];
-#pragma unroll
-      for (int q = 0; q < n; ++q) v[q] = load<A>(xs[i + q * G::size()]);
-#pragma unroll
-      for (int q = 0; q < n; ++q) s += v[q] - shift;
-    });
-    const A unit_mean = G::sum(s) / A(len);
-    A c2 = A(0);  // second pass: the unit is in L1/L2 now
-    for_batched(G::rank(), len, G::size(), [&](int64_t i, auto n) {
-      A v[decltype(n)::value];
-#pragma unroll
-      for (int q = 0; q < n; ++q) v[q] = load<A>(xs[i + q * G::size()]);
-#pragma unroll
-      for (int q = 0; q < n; ++q) {
-        const A d = (v[q] - shift) - unit_mean;
-        c2 += d * d;
-      }
-    });
-    c2 = G::sum(c2);
-    if (G::rank() == 0) partial[u] = math::block_moments(len, unit_mean, c2);
+    const Moments<A> m = two_pass_moments(
+        G::rank(), len, G::size(), len, shift, [&](int64_t i) { return load<A>(xs[i]); },
+        [](A a) { return G::sum(a); });
+    if (G::rank() == 0) partial[u] = m;
   }
 }
 
@@ -349,36 +361,14 @@ __global__ void __launch_bounds__(kThreads)
   using A = acc_t<T>;
   for (int64_t u = blockIdx.x; u < tp.units; u += gridDim.x) {  // uniform per block
     const Tile t = tile_of(u, p, tp);
-    const bool live = t.c < p.C;  // every thread takes part in the column sums
+    const bool live = t.c < p.C;  // (the others walk no rows but take part in the column sums)
     const T* __restrict__ xc = x + t.k * p.R * p.C + (live ? t.c : 0);
     const A shift = live ? stat_shift<A>(x, p, p.stat(t.k, t.c)) : A(0);
-    A s = A(0);
-    if (live) {
-      for_batched(t.r0 + t.ty, t.r1, t.TY, [&](int64_t r, auto n) {
-        A v[decltype(n)::value];
-#pragma unroll
-        for (int q = 0; q < n; ++q) v[q] = load<A>(xc[(r + q * t.TY) * p.C]);
-#pragma unroll
-        for (int q = 0; q < n; ++q) s += v[q] - shift;
-      });
-    }
-    const int64_t rows = t.r1 - t.r0;
-    const A tile_mean = column_sum(s, t) / A(rows);
-    A c2 = A(0);  // second pass: the tile is in L1/L2 now
-    if (live) {
-      for_batched(t.r0 + t.ty, t.r1, t.TY, [&](int64_t r, auto n) {
-        A v[decltype(n)::value];
-#pragma unroll
-        for (int q = 0; q < n; ++q) v[q] = load<A>(xc[(r + q * t.TY) * p.C]);
-#pragma unroll
-        for (int q = 0; q < n; ++q) {
-          const A d = (v[q] - shift) - tile_mean;
-          c2 += d * d;
-        }
-      });
-    }
-    c2 = column_sum(c2, t);
-    if (t.ty == 0 && live) partial[(t.k * tp.nb + t.rb) * p.C + t.c] = math::block_moments(rows, tile_mean, c2);
+    const int64_t first = t.r0 + t.ty;
+    const Moments<A> m = two_pass_moments(
+        first, live ? t.r1 : first, t.TY, t.r1 - t.r0, shift, [&](int64_t r) { return load<A>(xc[r * p.C]); },
+        [&](A a) { return column_sum(a, t); });
+    if (t.ty == 0 && live) partial[(t.k * tp.nb + t.rb) * p.C + t.c] = m;
   }
 }
 

@@ -31,6 +31,13 @@ constexpr int kRowsPerWarpBlock = kRowThreads / kWarpSize;
 constexpr int64_t kWarpMaxCols = 1024;  // above this a row gets a whole block
 constexpr int64_t kMaxGrid = int64_t(1) << 20;  // grid-stride loops cover the rest
 
+// Blocks of a row kernel's grid: 8 rows per block with a warp per row, else a row per block; the
+// rows beyond kMaxGrid blocks are walked grid-stride.
+dim3 row_grid(int64_t rows, bool warp_per_row) {
+  const int64_t blocks = warp_per_row ? (rows + kRowsPerWarpBlock - 1) / kRowsPerWarpBlock : rows;
+  return dim3(unsigned(std::min(blocks, kMaxGrid)));
+}
+
 // The row-group abstraction: a warp per row or a block per row.
 template <bool kWarpPerRow>
 struct RowGroup;
@@ -264,22 +271,17 @@ void launch_forward(const RowNormForwardArgs& a, cudaStream_t s) {
   p.center = a.center;
   const bool vec = vector_rows<T>(a.cols, {a.x_row_stride}, {a.x, a.y, a.weight, a.bias});
   const bool resident = dispatch_regs<T>(a.cols, [&](auto chunks, auto warp) {
-    const int64_t blocks = warp ? std::min((a.rows + kRowsPerWarpBlock - 1) / kRowsPerWarpBlock, kMaxGrid)
-                                : std::min(a.rows, kMaxGrid);
     row_norm_forward_regs_kernel<T, W, decltype(chunks)::value, decltype(warp)::value>
-        <<<dim3(unsigned(blocks)), kRowThreads, 0, s>>>(p, vec);
+        <<<row_grid(a.rows, warp), kRowThreads, 0, s>>>(p, vec);
   });
   if (resident) {
     check_launch("row_norm_forward_regs_kernel");
     return;
   }
-  if (a.cols <= kWarpMaxCols) {
-    const int64_t blocks = std::min((a.rows + kRowsPerWarpBlock - 1) / kRowsPerWarpBlock, kMaxGrid);
-    row_norm_forward_kernel<T, W, B, true><<<dim3(unsigned(blocks)), kRowThreads, 0, s>>>(p);
-  } else {
-    const int64_t blocks = std::min(a.rows, kMaxGrid);
-    row_norm_forward_kernel<T, W, B, false><<<dim3(unsigned(blocks)), kRowThreads, 0, s>>>(p);
-  }
+  if (a.cols <= kWarpMaxCols)
+    row_norm_forward_kernel<T, W, B, true><<<row_grid(a.rows, true), kRowThreads, 0, s>>>(p);
+  else
+    row_norm_forward_kernel<T, W, B, false><<<row_grid(a.rows, false), kRowThreads, 0, s>>>(p);
   check_launch("row_norm_forward_kernel");
 }
 
@@ -406,22 +408,17 @@ void launch_dx(const RowNormBackwardArgs& a, cudaStream_t s) {
   p.center = a.center;
   const bool vec = vector_rows<T>(a.cols, {a.dy_row_stride, a.x_row_stride}, {a.dy, a.x, a.weight, a.dx});
   const bool resident = dispatch_regs<T>(a.cols, [&](auto chunks, auto warp) {
-    const int64_t blocks = warp ? std::min((a.rows + kRowsPerWarpBlock - 1) / kRowsPerWarpBlock, kMaxGrid)
-                                : std::min(a.rows, kMaxGrid);
     row_norm_dx_regs_kernel<T, W, decltype(chunks)::value, decltype(warp)::value>
-        <<<dim3(unsigned(blocks)), kRowThreads, 0, s>>>(p, vec);
+        <<<row_grid(a.rows, warp), kRowThreads, 0, s>>>(p, vec);
   });
   if (resident) {
     check_launch("row_norm_dx_regs_kernel");
     return;
   }
-  if (a.cols <= kWarpMaxCols) {
-    const int64_t blocks = std::min((a.rows + kRowsPerWarpBlock - 1) / kRowsPerWarpBlock, kMaxGrid);
-    row_norm_dx_kernel<T, W, true><<<dim3(unsigned(blocks)), kRowThreads, 0, s>>>(p);
-  } else {
-    const int64_t blocks = std::min(a.rows, kMaxGrid);
-    row_norm_dx_kernel<T, W, false><<<dim3(unsigned(blocks)), kRowThreads, 0, s>>>(p);
-  }
+  if (a.cols <= kWarpMaxCols)
+    row_norm_dx_kernel<T, W, true><<<row_grid(a.rows, true), kRowThreads, 0, s>>>(p);
+  else
+    row_norm_dx_kernel<T, W, false><<<row_grid(a.rows, false), kRowThreads, 0, s>>>(p);
   check_launch("row_norm_dx_kernel");
 }
 
