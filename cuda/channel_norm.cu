@@ -222,6 +222,22 @@ __device__ __forceinline__ void for_batched(int64_t first, int64_t end, int64_t 
   for (; i < end; i += step) body(i, std::integral_constant<int, 1>{});
 }
 
+// for_batched over I inputs: body(o, v) for the offset o = offset(i) of each index, with
+// v[k] = in[k][o], the loads of a batch issued before its first body call.
+template <int I, class T, class Offset, class Body>
+__device__ __forceinline__ void for_batched_values(int64_t first, int64_t end, int64_t step,
+                                                   const T* const (&in)[I], Offset&& offset, Body&& body) {
+  for_batched(first, end, step, [&](int64_t i, auto n) {
+    T v[decltype(n)::value][I];
+#pragma unroll
+    for (int q = 0; q < n; ++q)
+#pragma unroll
+      for (int k = 0; k < I; ++k) v[q][k] = in[k][offset(i + q * step)];
+#pragma unroll
+    for (int q = 0; q < n; ++q) body(offset(i + q * step), v[q]);
+  });
+}
+
 // ---- tiles (channels last) -----------------------------------------------------------------------
 
 struct Tile {
@@ -472,12 +488,9 @@ __global__ void __launch_bounds__(kThreads)
     const int64_t off = plane * p.S + start;
     const T* __restrict__ xs = x + off;
     T* __restrict__ ys = y + off;
-    for_batched(l.rank, len, l.size, [&](int64_t i, auto n) {
-      T v[decltype(n)::value];
-#pragma unroll
-      for (int q = 0; q < n; ++q) v[q] = xs[i + q * l.size];
-#pragma unroll
-      for (int q = 0; q < n; ++q) ys[i + q * l.size] = store<T>(math::row_norm_apply(load<A>(v[q]), mu, rs, wc, bc));
+    const T* in[1] = {xs};
+    for_batched_values(l.rank, len, l.size, in, [](int64_t i) { return i; }, [&](int64_t i, const T(&v)[1]) {
+      ys[i] = store<T>(math::row_norm_apply(load<A>(v[0]), mu, rs, wc, bc));
     });
   }
 }
@@ -496,14 +509,11 @@ __global__ void __launch_bounds__(kThreads)
     const A mu = mean[s], rs = rstd[s];
     const A wc = param(w, t.c, A(1)), bc = param(b, t.c, A(0));
     const int64_t base = t.k * p.R * p.C + t.c;
-    for_batched(t.r0 + t.ty, t.r1, t.TY, [&](int64_t r, auto n) {
-      T v[decltype(n)::value];
-#pragma unroll
-      for (int q = 0; q < n; ++q) v[q] = x[base + (r + q * t.TY) * p.C];
-#pragma unroll
-      for (int q = 0; q < n; ++q)
-        y[base + (r + q * t.TY) * p.C] = store<T>(math::row_norm_apply(load<A>(v[q]), mu, rs, wc, bc));
-    });
+    const T* in[1] = {x};
+    for_batched_values(t.r0 + t.ty, t.r1, t.TY, in, [&](int64_t r) { return base + r * p.C; },
+                       [&](int64_t o, const T(&v)[1]) {
+                         y[o] = store<T>(math::row_norm_apply(load<A>(v[0]), mu, rs, wc, bc));
+                       });
   }
 }
 
@@ -663,18 +673,10 @@ __global__ void __launch_bounds__(kThreads)
     const T* __restrict__ dys = dy + off;
     const T* __restrict__ xs = x + off;
     A sd = A(0), sdx = A(0);
-    for_batched(G::rank(), len, G::size(), [&](int64_t i, auto n) {
-      T d[decltype(n)::value], v[decltype(n)::value];
-#pragma unroll
-      for (int q = 0; q < n; ++q) {
-        d[q] = dys[i + q * G::size()];
-        v[q] = xs[i + q * G::size()];
-      }
-#pragma unroll
-      for (int q = 0; q < n; ++q) {
-        sd += load<A>(d[q]);
-        sdx += load<A>(d[q]) * ((load<A>(v[q]) - mu) * rs);
-      }
+    const T* in[2] = {dys, xs};
+    for_batched_values(G::rank(), len, G::size(), in, [](int64_t i) { return i; }, [&](int64_t, const T(&v)[2]) {
+      sd += load<A>(v[0]);
+      sdx += load<A>(v[0]) * ((load<A>(v[1]) - mu) * rs);
     });
     G::sum2(sd, sdx);
     if (G::rank() == 0) {
@@ -698,19 +700,12 @@ __global__ void __launch_bounds__(kThreads)
       const int64_t s = p.stat(t.k, t.c);
       const A mu = mean[s], rs = rstd[s];
       const int64_t base = t.k * p.R * p.C + t.c;
-      for_batched(t.r0 + t.ty, t.r1, t.TY, [&](int64_t r, auto n) {
-        T d[decltype(n)::value], v[decltype(n)::value];
-#pragma unroll
-        for (int q = 0; q < n; ++q) {
-          d[q] = dy[base + (r + q * t.TY) * p.C];
-          v[q] = x[base + (r + q * t.TY) * p.C];
-        }
-#pragma unroll
-        for (int q = 0; q < n; ++q) {
-          sd += load<A>(d[q]);
-          sdx += load<A>(d[q]) * ((load<A>(v[q]) - mu) * rs);
-        }
-      });
+      const T* in[2] = {dy, x};
+      for_batched_values(t.r0 + t.ty, t.r1, t.TY, in, [&](int64_t r) { return base + r * p.C; },
+                         [&](int64_t, const T(&v)[2]) {
+                           sd += load<A>(v[0]);
+                           sdx += load<A>(v[0]) * ((load<A>(v[1]) - mu) * rs);
+                         });
     }
     column_sum2(sd, sdx, t);
     if (t.ty == 0 && t.c < p.C) {
@@ -806,25 +801,16 @@ __global__ void __launch_bounds__(kThreads)
     const T* __restrict__ dys = dy + off;
     const T* __restrict__ xs = x + off;
     T* __restrict__ dxs = dx + off;
+    const auto at = [](int64_t i) { return i; };
     if (batch_stats) {
-      for_batched(l.rank, len, l.size, [&](int64_t i, auto n) {
-        T d[decltype(n)::value], v[decltype(n)::value];
-#pragma unroll
-        for (int q = 0; q < n; ++q) {
-          d[q] = dys[i + q * l.size];
-          v[q] = xs[i + q * l.size];
-        }
-#pragma unroll
-        for (int q = 0; q < n; ++q) dxs[i + q * l.size] = dx_batch(d[q], v[q], wc, mu, rs, mgs, mgxs);
+      const T* in[2] = {dys, xs};
+      for_batched_values(l.rank, len, l.size, in, at, [&](int64_t i, const T(&v)[2]) {
+        dxs[i] = dx_batch(v[0], v[1], wc, mu, rs, mgs, mgxs);
       });
     } else {
-      for_batched(l.rank, len, l.size, [&](int64_t i, auto n) {
-        T d[decltype(n)::value];
-#pragma unroll
-        for (int q = 0; q < n; ++q) d[q] = dys[i + q * l.size];
-#pragma unroll
-        for (int q = 0; q < n; ++q) dxs[i + q * l.size] = dx_eval<T, A>(d[q], wc, rs);
-      });
+      const T* in[1] = {dys};
+      for_batched_values(l.rank, len, l.size, in, at,
+                         [&](int64_t i, const T(&v)[1]) { dxs[i] = dx_eval<T, A>(v[0], wc, rs); });
     }
   }
 }
@@ -843,25 +829,16 @@ __global__ void __launch_bounds__(kThreads)
     const A mu = batch_stats ? mean[s] : A(0);
     const A mgs = batch_stats ? mg[s] : A(0), mgxs = batch_stats ? mgx[s] : A(0);
     const int64_t base = t.k * p.R * p.C + t.c;
+    const auto at = [&](int64_t r) { return base + r * p.C; };
     if (batch_stats) {
-      for_batched(t.r0 + t.ty, t.r1, t.TY, [&](int64_t r, auto n) {
-        T d[decltype(n)::value], v[decltype(n)::value];
-#pragma unroll
-        for (int q = 0; q < n; ++q) {
-          d[q] = dy[base + (r + q * t.TY) * p.C];
-          v[q] = x[base + (r + q * t.TY) * p.C];
-        }
-#pragma unroll
-        for (int q = 0; q < n; ++q) dx[base + (r + q * t.TY) * p.C] = dx_batch(d[q], v[q], wc, mu, rs, mgs, mgxs);
+      const T* in[2] = {dy, x};
+      for_batched_values(t.r0 + t.ty, t.r1, t.TY, in, at, [&](int64_t o, const T(&v)[2]) {
+        dx[o] = dx_batch(v[0], v[1], wc, mu, rs, mgs, mgxs);
       });
     } else {
-      for_batched(t.r0 + t.ty, t.r1, t.TY, [&](int64_t r, auto n) {
-        T d[decltype(n)::value];
-#pragma unroll
-        for (int q = 0; q < n; ++q) d[q] = dy[base + (r + q * t.TY) * p.C];
-#pragma unroll
-        for (int q = 0; q < n; ++q) dx[base + (r + q * t.TY) * p.C] = dx_eval<T, A>(d[q], wc, rs);
-      });
+      const T* in[1] = {dy};
+      for_batched_values(t.r0 + t.ty, t.r1, t.TY, in, at,
+                         [&](int64_t o, const T(&v)[1]) { dx[o] = dx_eval<T, A>(v[0], wc, rs); });
     }
   }
 }

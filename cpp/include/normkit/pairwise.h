@@ -58,6 +58,9 @@ using PairwiseSum = Pairwise<A, SumMerge>;
 // The pairwise reduction of get(0), ..., get(n - 1).
 template <class V, class Merge, class Get>
 NK_HD V pairwise(int64_t n, Get&& get, V empty = V()) {
+  // One value: what the counter gives, without setting it up (BatchNorm's running-statistics update
+  // sums one statistic per channel: [4,2048] channels-last training forward 48-51 -> 34-37 us).
+  if (n == 1) return get(0);
   Pairwise<V, Merge> p;
   for (int64_t i = 0; i < n; ++i) p.add(get(i));
   return p.result(empty);

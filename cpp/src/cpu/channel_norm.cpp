@@ -204,10 +204,20 @@ A stat_shift(const Problem& p, const T* x, int64_t s) {
 template <class T, class A = acc_t<T>>
 std::vector<A> stat_shifts(const Problem& p, const T* x) {
   std::vector<A> out(size_t(p.num_stats));
-  const int64_t n = math::shift_sample_size(p.group_rows(), math::kChannelShiftSample);
-  if (p.layout == Layout::NSC && p.cpg == 1 && n > 0) {
+  if (p.layout == Layout::NSC && p.cpg == 1 && p.group_rows() > 0) {
+    const int64_t C = p.C, n = math::shift_sample_size(p.group_rows(), math::kChannelShiftSample);
+    if (n == 0) {
+      // Runs too short for a sample: each shift is its channel's value in the group's first row, so
+      // the shifts are that row (a parallel region around these few loads cost more than they do:
+      // BatchNorm [4,2048] training forward 42-44 -> 32-37 us).
+      for (int64_t k = 0; k < p.row_groups(); ++k) {
+        const T* row = x + k * p.group_rows() * C;
+        for (int64_t c = 0; c < C; ++c) out[size_t(k * C + c)] = load<A>(row[c]);
+      }
+      return out;
+    }
     constexpr int64_t L = Vec64<A>::kLanes;
-    const int64_t C = p.C, vectors = p.row_groups() * (C / L);
+    const int64_t vectors = p.row_groups() * (C / L);
     parallel_for(vectors, std::max<int64_t>(1, 4096 / n), [&](int64_t v0, int64_t v1) {
       for (int64_t v = v0; v < v1; ++v) {
         const int64_t k = v / (C / L), c = v % (C / L) * L;
@@ -219,16 +229,6 @@ std::vector<A> stat_shifts(const Problem& p, const T* x) {
     });
     for (int64_t k = 0; k < p.row_groups(); ++k)
       for (int64_t c = C / L * L; c < C; ++c) out[size_t(k * C + c)] = stat_shift<T, A>(p, x, k * C + c);
-    return out;
-  }
-  if (p.layout == Layout::NSC && p.cpg == 1 && n == 0 && p.group_rows() > 0) {
-    // Runs too short for a sample: each shift is its channel's value in the group's first row, so
-    // the shifts are that row (a parallel region around these few loads cost more than they do:
-    // BatchNorm [4,2048] training forward 42-44 -> 32-37 us).
-    for (int64_t k = 0; k < p.row_groups(); ++k) {
-      const T* row = x + k * p.group_rows() * p.C;
-      for (int64_t c = 0; c < p.C; ++c) out[size_t(k * p.C + c)] = load<A>(row[c]);
-    }
     return out;
   }
   parallel_for(p.num_stats, 256, [&](int64_t s0, int64_t s1) {
@@ -989,17 +989,6 @@ void forward(const ChannelNormForwardArgs& a) {
         using P = decltype(tag);
         P* rm = static_cast<P*>(a.running_mean);
         P* rv = static_cast<P*>(a.running_var);
-        if (K == 1) {
-          // BatchNorm: a statistic per channel, whose mean and variance are the batch's (a pairwise
-          // sum of one term is that term, so the same values). Two pairwise sums set up per channel
-          // cost ~5 ns a channel: BatchNorm [4,2048] training forward 48-51 -> 39-40 us.
-          for (int64_t c = 0; c < C; ++c) {
-            const Moments<A>& m = st.m[size_t(c)];
-            rm[c] = store<P>(math::running_update(load<A>(rm[c]), m.mean, momentum));
-            rv[c] = store<P>(math::running_update(load<A>(rv[c]), math::unbiased_var(m), momentum));
-          }
-          return;
-        }
         for (int64_t c = 0; c < C; ++c) {
           auto stat = [&](int64_t k) -> const Moments<A>& { return st.m[size_t(k * (p.per_sample ? p.G : 0) + c)]; };
           A bm = math::pairwise_sum<A>(K, [&](int64_t k) { return stat(k).mean; });
