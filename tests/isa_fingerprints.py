@@ -1,6 +1,7 @@
-"""Run as a script: prints, as JSON, the CPU kernel build in use and one digest per case (op, dtype,
-layout) of the forward output and the gradients, computed with the build that NORMKIT_CPU_ISA caps
-(test_isa_agreement.py compares the builds)."""
+"""Run as a script: prints, as JSON, the CPU kernel build in use (and whether it rounds to bfloat16 by
+AVX512-BF16 instructions) and one digest per case (op, dtype, layout) of the forward output and the
+gradients, computed with the build that NORMKIT_CPU_ISA caps (test_isa_agreement.py compares the
+builds, and the two roundings of the AVX-512 build)."""
 import hashlib
 import json
 
@@ -65,4 +66,6 @@ def cases():
 
 
 if __name__ == "__main__":
-    print(json.dumps({"simd": normkit.build_info()["simd"], "digests": dict(cases())}))
+    info = normkit.build_info()
+    print(json.dumps({"simd": info["simd"], "bf16_instructions": info["bf16_instructions"],
+                      "digests": dict(cases())}))

@@ -12,6 +12,7 @@ KEYS = {
     "mpi": bool,
     "nccl": bool,
     "simd": str,
+    "bf16_instructions": bool,
     "num_threads": int,
 }
 

@@ -18,8 +18,8 @@ FMA_ISAS = ("avx2", "avx512")
 HERE = pathlib.Path(__file__).parent
 
 
-def fingerprints(isa):
-    env = dict(os.environ, NORMKIT_CPU_ISA=isa)
+def fingerprints(isa, **env_vars):
+    env = dict(os.environ, NORMKIT_CPU_ISA=isa, **env_vars)
     out = subprocess.run([sys.executable, str(HERE / "isa_fingerprints.py")], env=env, check=True,
                          capture_output=True, text=True).stdout
     return json.loads(out)
@@ -34,3 +34,18 @@ def test_avx2_and_avx512_give_the_same_bits():
     assert len(reference) == 4 * (2 * 3 + 3 * 2 * 5)  # (every case ran)
     differ = [case for case in reference if got[case] != reference[case]]
     assert not differ, f"AVX2 differs from AVX-512 in {len(differ)} cases, first: {differ[:3]}"
+
+
+def test_avx512_bf16_instructions_give_the_integer_roundings_bits():
+    """The AVX-512 build rounds float to bfloat16 by AVX512-BF16 instructions where the processor has
+    them, else (and with NORMKIT_CPU_BF16=emulate) by integer operations: the same bits on every layer
+    (test_bf16_rounding.py checks the corner values)."""
+    hardware = fingerprints("avx512")
+    if hardware["simd"] != "avx512" or not hardware["bf16_instructions"]:
+        pytest.skip("this processor has no AVX512-BF16: the AVX-512 build rounds by integers only")
+    emulated = fingerprints("avx512", NORMKIT_CPU_BF16="emulate")
+    assert emulated["bf16_instructions"] is False
+    bf16 = [case for case in hardware["digests"] if "bfloat16" in case]
+    assert len(bf16) == 2 * 3 + 3 * 2 * 5
+    differ = [case for case in bf16 if emulated["digests"][case] != hardware["digests"][case]]
+    assert not differ, f"AVX512-BF16 rounding differs from the integer rounding in {len(differ)} cases: {differ[:3]}"

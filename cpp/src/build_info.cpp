@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <string>
 
+#include "cpu/cpu_features.h"
 #include "cpu/kernels.h"
 #include "normkit/parallel.h"
 #if defined(NORMKIT_WITH_CUDA)
@@ -38,6 +39,7 @@ BuildInfo build_info() {
   info.nccl = true;
 #endif
   info.simd = cpu::isa_name(cpu::active_isa());
+  info.bf16_instructions = cpu::bf16_instructions;
   info.num_threads = get_num_threads();
   info.threading = threading_backend();
   return info;

@@ -18,6 +18,7 @@ void export_info(nb::module_& m) {
     d["mpi"] = b.mpi;
     d["nccl"] = b.nccl;
     d["simd"] = b.simd;
+    d["bf16_instructions"] = b.bf16_instructions;
     d["num_threads"] = b.num_threads;
     d["threading"] = b.threading;
     return d;

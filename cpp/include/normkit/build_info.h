@@ -12,6 +12,7 @@ struct BuildInfo {
   bool mpi = false;                     // the MPI communicator module was built
   bool nccl = false;                    // the NCCL communicator module was built
   std::string simd;                     // the CPU kernel ISA in use
+  bool bf16_instructions = false;       // its float -> bfloat16 rounding by AVX512-BF16 instructions
   int num_threads = 1;
   std::string threading;                // threading_backend()
 };

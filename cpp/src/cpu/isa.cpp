@@ -1,6 +1,7 @@
 #include <cstdlib>
 #include <cstring>
 
+#include "cpu/cpu_features.h"
 #include "cpu/kernels.h"
 
 namespace normkit::cpu {
@@ -25,6 +26,15 @@ Isa active_isa() {
   }();
   return isa;
 }
+
+const bool bf16_instructions = [] {
+#if defined(NORMKIT_X86_ISAS)
+  const char* mode = std::getenv("NORMKIT_CPU_BF16");
+  return active_isa() == Isa::Avx512 && __builtin_cpu_supports("avx512bf16") && !(mode && !std::strcmp(mode, "emulate"));
+#else
+  return false;
+#endif
+}();
 
 const char* isa_name(Isa isa) {
   switch (isa) {

@@ -1,0 +1,13 @@
+// Processor features the kernels test at run time, beyond the instruction set they were compiled
+// for (isa.cpp sets them once, when the library loads, before any kernel runs).
+#pragma once
+
+namespace normkit::cpu {
+
+// Whether the AVX-512 kernels round floats to bfloat16 with the AVX512-BF16 conversion instructions
+// (vector_convert.h): the processor has them, the AVX-512 kernels are in use, and NORMKIT_CPU_BF16
+// is not "emulate" (which keeps the integer rounding, to test it on such a processor). Both give
+// the same bits.
+extern const bool bf16_instructions;
+
+}  // namespace normkit::cpu
