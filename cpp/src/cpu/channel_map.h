@@ -46,7 +46,7 @@ inline void map_rows_in_pairs(int64_t C, int64_t r0, int64_t r1, const bfloat16_
   const float* const ops = split.data();
   // (The loop reads locals only: its vector stores may alias anything, which made GCC reload C and
   // the operand pointers from memory after every store; no time measured either way: memory bound.)
-  write_staged(out + base, (r1 - r0) * C, stream, [&, C, ops](int64_t i0, int64_t len, bfloat16_t* dst) {
+  auto pairs = [&, C, ops](auto stream_tag, int64_t i0, int64_t len, bfloat16_t* dst) {
     const bfloat16_t* src[I];
     for (int k = 0; k < I; ++k) src[k] = in[k] + base + i0;
     for (int64_t j = 0, c = (base + i0) % C; j < len; j += kBf16Pair) {
@@ -55,17 +55,24 @@ inline void map_rows_in_pairs(int64_t C, int64_t r0, int64_t r1, const bfloat16_
         std::memcpy(&qe[p], ops + p * C + c, sizeof(F32x16));
         std::memcpy(&qo[p], ops + p * C + c + kBf16Pair / 2, sizeof(F32x16));
       }
-      map_bf16_pair(src, j, dst + j, qe, qo, fn);
+      map_bf16_pair<decltype(stream_tag)::value>(src, j, dst + j, qe, qo, fn);
       c += kBf16Pair;
       if (c == C) c = 0;
     }
-  });
+  };
+  if (stream && elements_to_line(out + base) == 0) {  // (rows of whole lines: streamed from registers)
+    pairs(std::true_type{}, 0, (r1 - r0) * C, out + base);
+    return;
+  }
+  write_staged(out + base, (r1 - r0) * C, stream,
+               [&](int64_t i0, int64_t len, bfloat16_t* dst) { pairs(std::false_type{}, i0, len, dst); });
 }
 #endif
 
 // Rows [r0, r1) of C channels: out[r][c] = store(fn(inputs[r][c], operands[c])), where fn(a, op)
 // takes arrays of I input values and P operand values (vectors or scalars). When `stream`, the
-// output goes through a cache-resident stage and is streamed out (stream_store.h); the caller fences.
+// output is streamed out (stream_store.h): rows of whole 64-byte lines straight from registers, other
+// rows through a cache-resident stage; the caller fences.
 template <int I, int P, class T, class A, class Fn>
 inline void map_rows(int64_t C, int64_t r0, int64_t r1, const T* const (&in)[I], T* out, const A* const (&par)[P],
                      bool stream, Fn&& fn) {
@@ -80,20 +87,29 @@ inline void map_rows(int64_t C, int64_t r0, int64_t r1, const T* const (&in)[I],
     }
   }
 #endif
+  // Rows of whole vectors (a stage holds whole vectors too): one flat loop, the channel offset
+  // wrapping at the row's end (a loop per row cost 10-20% on rows of a few vectors: C = 64).
+  auto whole_vectors = [&](auto stream_tag, int64_t i0, int64_t len, T* dst) {
+    const T* src[I];
+    for (int k = 0; k < I; ++k) src[k] = in[k] + base + i0;
+    for (int64_t j = 0, c = (base + i0) % C; j < len; j += L) {
+      V a[I], q[P];
+      for (int k = 0; k < I; ++k) a[k] = get<A, L>(src[k] + j);
+      for (int p = 0; p < P; ++p) q[p] = get<A, L>(par[p] + c);
+      put_out<decltype(stream_tag)::value, A, L>(dst + j, fn(a, q));
+      c += L;
+      if (c == C) c = 0;
+    }
+  };
+  if constexpr (maps_to_whole_lines<T, A>) {
+    if (C % L == 0 && stream && elements_to_line(out + base) == 0) {  // (streamed from registers)
+      whole_vectors(std::true_type{}, 0, (r1 - r0) * C, out + base);
+      return;
+    }
+  }
   write_staged(out + base, (r1 - r0) * C, stream, [&](int64_t i0, int64_t len, T* dst) {
     if (C % L == 0) {
-      // Rows of whole vectors (a stage holds whole vectors too): one flat loop, the channel offset
-      // wrapping at the row's end (a loop per row cost 10-20% on rows of a few vectors: C = 64).
-      const T* src[I];
-      for (int k = 0; k < I; ++k) src[k] = in[k] + base + i0;
-      for (int64_t j = 0, c = (base + i0) % C; j < len; j += L) {
-        V a[I], q[P];
-        for (int k = 0; k < I; ++k) a[k] = get<A, L>(src[k] + j);
-        for (int p = 0; p < P; ++p) q[p] = get<A, L>(par[p] + c);
-        put<A, L>(dst + j, fn(a, q));
-        c += L;
-        if (c == C) c = 0;
-      }
+      whole_vectors(std::false_type{}, i0, len, dst);
       return;
     }
     // Values [base + i0, base + i0 + len), a piece of a row at a time (a stage may end mid-row; one

@@ -442,10 +442,19 @@ constexpr auto kFixedStatsDxMap = [](const auto* v, const auto* q) {
   return math::row_norm_dx(v[0] * q[0], zero, q[1], zero, zero);
 };
 
+// Whether a run of T goes through map_run's explicit vector loop: always for the types whose
+// conversions the compiler vectorizes poorly (maps_whole_vectors), and for a streamed output that
+// map_run streams from registers; else the compiler vectorizes write_run's loop. (The same formula
+// per value either way.)
+template <class T, class A>
+bool maps_explicitly(bool stream) {
+  return maps_whole_vectors<T> || (stream && maps_to_whole_lines<T, A>);
+}
+
 // y = row_norm_apply(x) over n contiguous values that share one channel.
 template <class T, class A>
 void apply_run(const T* x, T* y, int64_t n, A mean, A rstd, A w, A b, bool stream) {
-  if constexpr (maps_whole_vectors<T>) {  // (whole vectors: vector_convert.h)
+  if (maps_explicitly<T, A>(stream)) {  // (vector_convert.h)
     const T* in[1] = {x};
     const A par[4] = {mean, rstd, w, b};
     map_run(n, in, y, par, stream, kApplyMap);
@@ -1047,7 +1056,7 @@ void all_stat_coefficients(const Problem& p, const A* sum_dy, const A* sum_dyx, 
 template <class T, class A>
 void dx_run(const T* dy, const T* x, T* dx, int64_t n, A mean, A rstd, A w, A mg, A mgx, bool batch_stats,
             bool stream) {
-  if constexpr (maps_whole_vectors<T>) {  // (whole vectors: vector_convert.h)
+  if (maps_explicitly<T, A>(stream)) {  // (vector_convert.h)
     const T* in[2] = {dy, x};
     if (batch_stats) {
       const A par[5] = {w, mean, rstd, mg, mgx};

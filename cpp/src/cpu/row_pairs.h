@@ -13,7 +13,9 @@
 namespace normkit::cpu::NK_ISA {
 
 #if defined(__AVX512BW__)
-// The forward of one row: y = row_norm_apply(x, mean, rstd, w, b), ws/bs the weight/bias in pair order.
+// The forward of one row: y = row_norm_apply(x, mean, rstd, w, b), ws/bs the weight/bias in pair order
+// (y streamed when Stream: store_bf16_pairs).
+template <bool Stream = false>
 inline void row_apply_in_pairs(const bfloat16_t* x, bfloat16_t* y, int64_t i0, int64_t i1, float mean, float rstd,
                                const float* ws, const float* bs) {
   constexpr int64_t kOdd = kBf16Pair / 2;
@@ -21,7 +23,7 @@ inline void row_apply_in_pairs(const bfloat16_t* x, bfloat16_t* y, int64_t i0, i
   for (int64_t i = i0; i < i1; i += kBf16Pair) {
     F32x16 xe, xo;
     load_bf16_pairs(x + i, xe, xo);
-    store_bf16_pairs(y + i, math::row_norm_apply(xe, m, s, get<float, 16>(ws + i), get<float, 16>(bs + i)),
+    store_bf16_pairs<Stream>(y + i, math::row_norm_apply(xe, m, s, get<float, 16>(ws + i), get<float, 16>(bs + i)),
                      math::row_norm_apply(xo, m, s, get<float, 16>(ws + i + kOdd), get<float, 16>(bs + i + kOdd)));
   }
 }

@@ -232,6 +232,17 @@ inline void put(T* p, const X& v) {
   }
 }
 
+// put into an output that Stream says is streamed past the caches: whole vectors of T = A (at
+// 64-byte aligned addresses: the caller's loop starts on a line) by streaming stores, the rest as put.
+template <bool Stream, class A, int64_t Lanes, class T, class X>
+inline void put_out(T* p, const X& v) {
+  if constexpr (Stream && Lanes > 1 && std::is_same_v<T, A>) {
+    stream_vector(p, v);
+  } else {
+    put<A, Lanes>(p, v);
+  }
+}
+
 template <class A, int64_t Lanes>
 inline auto splat(A value) {
   if constexpr (Lanes == 1) {
@@ -288,7 +299,15 @@ inline __m512i bf16_in_high_half(const F32x16& v) {
 // test, core calls of BatchNorm [32,64,56,56] bfloat16, alternating builds: forward 823-859 ->
 // 736-766 us, backward 1176-1182 -> 1112-1147 us. (Rounding and packing in order by integers took
 // a cross-lane two-source permute.)
+template <bool Stream = false>
 inline void store_bf16_pairs(bfloat16_t* p, const F32x16& even, const F32x16& odd) {
+  auto store = [p](const __m512i& v) {
+    if constexpr (Stream) {
+      stream_vector(p, v);  // (p 64-byte aligned: see put_out)
+    } else {
+      _mm512_storeu_si512(p, v);
+    }
+  };
   __m512 e, o;
   std::memcpy(&e, &even, sizeof(e));
   std::memcpy(&o, &odd, sizeof(o));
@@ -297,23 +316,23 @@ inline void store_bf16_pairs(bfloat16_t* p, const F32x16& even, const F32x16& od
     asm("vcvtne2ps2bf16 %2, %1, %0" : "=v"(packed) : "v"(o), "v"(e));
     const __m512i interleave = _mm512_set_epi16(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8, 23, 7,
                                                 22, 6, 21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
-    _mm512_storeu_si512(p, _mm512_permutexvar_epi16(interleave, packed));
+    store(_mm512_permutexvar_epi16(interleave, packed));
     return;
   }
   const __m512i hi = bf16_in_high_half(odd), lo = _mm512_srli_epi32(bf16_in_high_half(even), 16);
   // Bitwise select: hi where the mask has ones (the high halves), lo elsewhere.
   constexpr int kSelectFirstWhereThird = 0xE4;
   const __m512i high_halves = _mm512_set1_epi32(int(0xffff0000u));
-  _mm512_storeu_si512(p, _mm512_ternarylogic_epi32(hi, lo, high_halves, kSelectFirstWhereThird));
+  store(_mm512_ternarylogic_epi32(hi, lo, high_halves, kSelectFirstWhereThird));
 }
 // One pair step of a bfloat16 map: 32 values of each input at offset i, fn applied to the even
-// values with operands qe and to the odd ones with qo, stored at dst.
-template <int I, int P, class Fn>
+// values with operands qe and to the odd ones with qo, stored at dst (streamed when Stream).
+template <bool Stream = false, int I, int P, class Fn>
 inline void map_bf16_pair(const bfloat16_t* const (&in)[I], int64_t i, bfloat16_t* dst, const F32x16 (&qe)[P],
                           const F32x16 (&qo)[P], Fn& fn) {
   F32x16 even[I], odd[I];
   for (int k = 0; k < I; ++k) load_bf16_pairs(in[k] + i, even[k], odd[k]);
-  store_bf16_pairs(dst, fn(even, qe), fn(odd, qo));
+  store_bf16_pairs<Stream>(dst, fn(even, qe), fn(odd, qo));
 }
 constexpr bool kPairedBf16 = true;
 constexpr int64_t kBf16Pair = 32;  // values per pair of float vectors
@@ -353,21 +372,21 @@ template <class T>
 constexpr bool maps_whole_vectors = is_hardware_half<T> || (std::is_same_v<T, bfloat16_t> && kPairedBf16);
 
 // map_values' loop a 64-byte vector of A at a time, in order (get/put convert).
-template <int I, int P, class T, class A, class Fn>
+template <bool Stream = false, int I, int P, class T, class A, class Fn>
 inline void map_vectors(int64_t n, const T* const (&in)[I], int64_t offset, T* dst, const A (&par)[P], Fn& fn) {
   vector_loop<A>(n, [&](int64_t i, auto lanes) {
     constexpr int64_t K = decltype(lanes)::value;
     decltype(splat<A, K>(A())) a[I], q[P];
     for (int k = 0; k < I; ++k) a[k] = get<A, K>(in[k] + offset + i);
     for (int p = 0; p < P; ++p) q[p] = splat<A, K>(par[p]);
-    put<A, K>(dst + i, fn(a, q));
+    put_out<Stream, A, K>(dst + i, fn(a, q));
   });
 }
 
 // dst[i] = store(fn(the inputs' values at offset + i, the operands)) for i in [0, n): one run sharing
 // P scalar operands; fn(a, q) takes arrays of I input values and P operands, vectors or scalars (as
-// map_rows' fn).
-template <int I, int P, class T, class A, class Fn>
+// map_rows' fn). Stream: dst starts on a 64-byte line and its whole vectors are streamed (put_out).
+template <bool Stream = false, int I, int P, class T, class A, class Fn>
 inline void map_values(int64_t n, const T* const (&in)[I], int64_t offset, T* dst, const A (&par)[P], Fn& fn) {
 #if defined(__AVX512BW__)
   if constexpr (std::is_same_v<T, bfloat16_t> && std::is_same_v<A, float>) {
@@ -375,18 +394,33 @@ inline void map_values(int64_t n, const T* const (&in)[I], int64_t offset, T* ds
     F32x16 q[P];
     for (int p = 0; p < P; ++p) q[p] = broadcast(par[p]);
     int64_t i = 0;
-    for (; i + kBf16Pair <= n; i += kBf16Pair) map_bf16_pair(in, offset + i, dst + i, q, q, fn);
+    for (; i + kBf16Pair <= n; i += kBf16Pair) map_bf16_pair<Stream>(in, offset + i, dst + i, q, q, fn);
     if (i < n) map_vectors(n - i, in, offset + i, dst + i, par, fn);
     return;
   }
 #endif
-  map_vectors(n, in, offset, dst, par, fn);
+  map_vectors<Stream>(n, in, offset, dst, par, fn);
 }
 
+// Whether map_values writes whole 64-byte vectors of T from registers (then it can stream them).
+template <class T, class A>
+constexpr bool maps_to_whole_lines = std::is_same_v<T, A> || (std::is_same_v<T, bfloat16_t> && kPairedBf16);
+
 // out[i] = store(fn(the inputs' value i, the operands)) for i in [0, n) of contiguous runs that
-// share P scalar operands (map_values). When `stream`, through a cache-resident stage (write_staged).
+// share P scalar operands (map_values). When `stream`: the values before out's first 64-byte line
+// by plain stores, then whole vectors streamed from registers where map_values writes whole lines,
+// else through a cache-resident stage (write_staged).
 template <int I, int P, class T, class A, class Fn>
 inline void map_run(int64_t n, const T* const (&in)[I], T* out, const A (&par)[P], bool stream, Fn&& fn) {
+  if constexpr (maps_to_whole_lines<T, A>) {
+    const int64_t head = stream ? elements_to_line(out) : -1;
+    if (head >= 0) {
+      const int64_t h = std::min(head, n);
+      map_values(h, in, 0, out, par, fn);
+      map_values<true>(n - h, in, h, out + h, par, fn);
+      return;
+    }
+  }
   write_staged(out, n, stream, [&](int64_t i0, int64_t len, T* dst) { map_values(len, in, i0, dst, par, fn); });
 }
 
