@@ -30,8 +30,9 @@ inline void row_apply_in_pairs(const bfloat16_t* x, bfloat16_t* y, int64_t i0, i
 
 // Pass 2 of the backward for R rows (rows[k]: its x, dy, mean, rs, mean_g, mean_gx): dx of each row
 // unless dx is null, and each row's terms added in row order to the partials pw (dweight) and pb
-// (dbias) unless null, all in pair order. ws: the weight in pair order.
-template <int R, class Row>
+// (dbias) unless null, all in pair order (dx streamed when Stream: store_bf16_pairs). ws: the weight
+// in pair order.
+template <int R, bool Stream = false, class Row>
 inline void row_pass2_in_pairs(const Row* rows, bfloat16_t* const* dx, const float* ws, float* pw, float* pb,
                                int64_t i0, int64_t i1) {
   constexpr int64_t kOdd = kBf16Pair / 2;
@@ -57,7 +58,7 @@ inline void row_pass2_in_pairs(const Row* rows, bfloat16_t* const* dx, const flo
         sw[h] = math::mul_add(g[h], xh[h], sw[h]);
         sb[h] += g[h];
       }
-      if (dx) store_bf16_pairs(dx[k] + i, d[0], d[1]);
+      if (dx) store_bf16_pairs<Stream>(dx[k] + i, d[0], d[1]);
     }
     if (pw) put<float, 16>(pw + i, sw[0]), put<float, 16>(pw + i + kOdd, sw[1]);
     if (pb) put<float, 16>(pb + i, sb[0]), put<float, 16>(pb + i + kOdd, sb[1]);

@@ -266,6 +266,17 @@ inline void for_elements(int64_t n, Body&& body) {
   }
 }
 
+// The loop for bodies that write through put_out<Stream>: whole vectors where the output is streamed
+// (vector_loop), else for_elements.
+template <bool Stream, class T, class A, class Body>
+inline void for_output(int64_t n, Body&& body) {
+  if constexpr (Stream) {
+    vector_loop<A>(n, body);
+  } else {
+    for_elements<T, A>(n, body);
+  }
+}
+
 #if defined(__AVX512BW__)
 // 32 bfloat16 values as two float vectors, the even-indexed values and the odd-indexed ones: a
 // bfloat16 is the high half of its float, so a shift and a mask convert them in place (widening
