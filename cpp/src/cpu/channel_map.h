@@ -101,7 +101,7 @@ inline void map_rows(int64_t C, int64_t r0, int64_t r1, const T* const (&in)[I],
       if (c == C) c = 0;
     }
   };
-  if constexpr (maps_to_whole_lines<T, A>) {
+  if constexpr (std::is_same_v<T, A>) {
     if (C % L == 0 && stream && elements_to_line(out + base) == 0) {  // (streamed from registers)
       whole_vectors(std::true_type{}, 0, (r1 - r0) * C, out + base);
       return;

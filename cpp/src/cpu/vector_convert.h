@@ -127,10 +127,11 @@ inline void hardware_float_to_half(half_t* p, const F32x16& v) {
 // written as inline assembly: the AVX-512 build is compiled for processors without them too, and
 // runs them only where bf16_instructions says the processor has them.
 //
-// Whether two vectors of floats hold a subnormal.
+// Whether a vector of floats, or either of two, holds a subnormal.
+constexpr int kDenormalClass = 0x20;  // (vfpclassps category bit 5)
+inline bool has_subnormal(const __m512& a) { return _mm512_fpclass_ps_mask(a, kDenormalClass) != 0; }
 inline bool has_subnormal(const __m512& a, const __m512& b) {
-  constexpr int kDenormal = 0x20;  // (vfpclassps category bit 5)
-  return !_kortestz_mask16_u8(_mm512_fpclass_ps_mask(a, kDenormal), _mm512_fpclass_ps_mask(b, kDenormal));
+  return !_kortestz_mask16_u8(_mm512_fpclass_ps_mask(a, kDenormalClass), _mm512_fpclass_ps_mask(b, kDenormalClass));
 }
 
 // v rounded to bfloat16 at p by the AVX512-BF16 instruction, where the processor has it
@@ -138,7 +139,7 @@ inline bool has_subnormal(const __m512& a, const __m512& b) {
 inline bool hardware_float_to_bf16(bfloat16_t* p, const F32x16& v) {
   __m512 f;
   std::memcpy(&f, &v, sizeof(f));
-  if (__builtin_expect(!bf16_instructions || has_subnormal(f, f), 0)) return false;
+  if (__builtin_expect(!bf16_instructions || has_subnormal(f), 0)) return false;
   __m256i packed;
   asm("vcvtneps2bf16 %1, %0" : "=v"(packed) : "v"(f));
   _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), packed);
@@ -234,6 +235,9 @@ inline void put(T* p, const X& v) {
 
 // put into an output that Stream says is streamed past the caches: whole vectors of T = A (at
 // 64-byte aligned addresses: the caller's loop starts on a line) by streaming stores, the rest as put.
+// Narrower types' vectors are not whole lines and take put (plain stores): callers stream only
+// T = A here (bfloat16 streams through store_bf16_pairs), and compile other types' Stream bodies only
+// for branches that never run.
 template <bool Stream, class A, int64_t Lanes, class T, class X>
 inline void put_out(T* p, const X& v) {
   if constexpr (Stream && Lanes > 1 && std::is_same_v<T, A>) {
