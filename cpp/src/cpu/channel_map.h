@@ -60,12 +60,7 @@ inline void map_rows_in_pairs(int64_t C, int64_t r0, int64_t r1, const bfloat16_
       if (c == C) c = 0;
     }
   };
-  if (stream && elements_to_line(out + base) == 0) {  // (rows of whole lines: streamed from registers)
-    pairs(std::true_type{}, 0, (r1 - r0) * C, out + base);
-    return;
-  }
-  write_staged(out + base, (r1 - r0) * C, stream,
-               [&](int64_t i0, int64_t len, bfloat16_t* dst) { pairs(std::false_type{}, i0, len, dst); });
+  write_from_registers(out + base, (r1 - r0) * C, stream, pairs);
 }
 #endif
 
@@ -102,8 +97,8 @@ inline void map_rows(int64_t C, int64_t r0, int64_t r1, const T* const (&in)[I],
     }
   };
   if constexpr (std::is_same_v<T, A>) {
-    if (C % L == 0 && stream && elements_to_line(out + base) == 0) {  // (streamed from registers)
-      whole_vectors(std::true_type{}, 0, (r1 - r0) * C, out + base);
+    if (C % L == 0) {
+      write_from_registers(out + base, (r1 - r0) * C, stream, whole_vectors);
       return;
     }
   }

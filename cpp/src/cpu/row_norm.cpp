@@ -50,6 +50,13 @@ constexpr int64_t kGroupSegment = 512;
 // Rows whose weight and bias (in the accumulation type) take at least this much go in groups.
 constexpr int64_t kGroupMinParamBytes = 16384;
 
+// Whether a streamed output's rows of T are written from registers (rows that start on a 64-byte
+// line; the others go through a stage): whole 64-byte vectors of T, bfloat16 only in pairs.
+template <class T>
+bool streams_from_registers(bool streaming, bool pairs) {
+  return streaming && maps_to_whole_lines<T, acc_t<T>> && (!std::is_same_v<T, bfloat16_t> || pairs);
+}
+
 template <class T>
 void forward(const RowNormForwardArgs& a) {
   using A = acc_t<T>;
@@ -92,6 +99,8 @@ void forward(const RowNormForwardArgs& a) {
       split_in_pair_order(bp, n, split.data() + n);
     }
   }
+#else
+  constexpr bool pairs = false;
 #endif
   // y[i0, i1) of a row; Stream: whole vectors streamed from registers (stream_store.h), for rows of
   // float, double, or bfloat16 in pairs that start on a 64-byte line (stream_rows, row_on_line; the
@@ -115,13 +124,7 @@ void forward(const RowNormForwardArgs& a) {
     };
     for_output<Stream, T, A>(i1 - i0, body);
   };
-  // Whether rows written from registers can be streamed: whole 64-byte vectors of the output type
-  // (bfloat16 only in pairs), each row starting on a line (row_on_line).
-#if defined(__AVX512BW__)
-  const bool stream_rows = streaming && maps_to_whole_lines<T, A> && (!std::is_same_v<T, bfloat16_t> || pairs);
-#else
-  const bool stream_rows = streaming && maps_to_whole_lines<T, A>;
-#endif
+  const bool stream_rows = streams_from_registers<T>(streaming, pairs);
   auto row_on_line = [&](int64_t r) { return elements_to_line(static_cast<T*>(a.y) + r * n) == 0; };
   auto streamed = std::true_type{};
   auto plain = std::false_type{};
@@ -261,63 +264,78 @@ void backward(const RowNormBackwardArgs& a) {
   auto in_column_order = [](const A* sum, int64_t, std::vector<A>&) { return sum; };
 #endif
 
-  // As the forward's: dx rows of whole 64-byte vectors (bfloat16 in pairs) that start on a line are
-  // streamed from registers, other streamed rows go through the stage. LayerNorm [8192, 1024] float32
-  // backward, core calls, alternating builds: 2.35-2.41 -> 1.98-2.06 ms (dx only: 2.13-2.16 ->
-  // 1.84-1.90 ms).
-  const bool stream_rows = streaming && maps_to_whole_lines<T, A> && (!std::is_same_v<T, bfloat16_t> || pairs);
-  auto on_line = [](const T* row) { return elements_to_line(row) == 0; };
-  auto streamed = std::true_type{};
-  auto plain = std::false_type{};
+  // As the forward's: dx rows that start on a line are streamed from registers, other streamed rows go
+  // through the stage. LayerNorm [8192, 1024] float32 backward, core calls, alternating builds:
+  // 2.35-2.41 -> 1.98-2.06 ms (dx only: 2.13-2.16 -> 1.84-1.90 ms).
+  const bool stream_rows = streams_from_registers<T>(streaming, pairs);
 
-  // dx of two rows and their terms of the block partials in one pass: the partials are loaded and
-  // stored once per pair instead of once per row (0-15% faster in interleaved runs, most on
-  // [64, 4096]; no loss measured beyond the noise). Each partial still adds row r's term, then row
-  // r + 1's: the same operations in the same order as one row at a time, so results are bitwise
-  // those of single rows.
-  auto pair_pass2 = [&](auto stream_tag, int64_t r, const Row& u, const Row& v, T* dxu, T* dxv, A* pw, A* pb) {
+  // Pass 2 of the R rows rw from row r on (R = 1, or 2 where the rows carry partials): dx[k] of
+  // row k (streamed: stream_tag) and each row's terms added in row order to the partials pw and pb
+  // unless null. Rows in pairs load and store the partials once per pair instead of once per row
+  // (0-15% faster in interleaved runs, most on [64, 4096]; no loss measured beyond the noise), and
+  // each partial still adds row r's term, then row r + 1's: the operations of single rows, in their
+  // order, so the same bits. The requests ahead go to the rows R * ahead further on.
+  auto rows_pass2 = [&](auto rows_tag, auto stream_tag, int64_t r, const Row* rw, T* const* dx, A* pw, A* pb) {
+    constexpr int R = decltype(rows_tag)::value;
     constexpr bool Stream = decltype(stream_tag)::value;
-    const auto [x0, dy0] = ahead_of(r, 2 * ahead);
-    const auto [x1, dy1] = ahead_of(r, 2 * ahead + 1);
-    const T* next[4] = {x0, dy0, x1, dy1};
+    const T* next[2 * R];
+    for (int k = 0; k < R; ++k) std::tie(next[2 * k], next[2 * k + 1]) = ahead_of(r, R * ahead + k);
     if (pairs) {
-      const Row rw[2] = {u, v};
-      T* const dx[2] = {dxu, dxv};
       segments_with_prefetch(n, next, [&](int64_t i0, int64_t i1) {
-        paired_pass2(std::integral_constant<int, 2>{}, stream_tag, rw, dx, pw, pb, i0, i1);
+        paired_pass2(rows_tag, stream_tag, rw, dx, pw, pb, i0, i1);
       });
       return;
     }
-    auto body = [&](auto with_bias) {
+    // Partials: 0 none, 1 dweight's, 2 dweight's and dbias's.
+    auto body = [&](auto partials) {
+      constexpr int kPartials = decltype(partials)::value;
       segments_with_prefetch(n, next, [&](int64_t i0, int64_t i1) {
         for_output<Stream, T, A>(i1 - i0, [&](int64_t j, auto lanes) {
           constexpr int64_t K = decltype(lanes)::value;
           const int64_t i = i0 + j;
           const auto w = get<A, K>(wp + i);
-          const auto gu = get<A, K>(u.dy + i), xu = (get<A, K>(u.x + i) - splat<A, K>(u.mean)) * splat<A, K>(u.rs);
-          const auto gv = get<A, K>(v.dy + i), xv = (get<A, K>(v.x + i) - splat<A, K>(v.mean)) * splat<A, K>(v.rs);
-          put_out<Stream, A, K>(dxu + i, math::row_norm_dx(gu * w, xu, splat<A, K>(u.rs), splat<A, K>(u.mean_g),
-                                                           splat<A, K>(u.mean_gx)));
-          put_out<Stream, A, K>(dxv + i, math::row_norm_dx(gv * w, xv, splat<A, K>(v.rs), splat<A, K>(v.mean_g),
-                                                           splat<A, K>(v.mean_gx)));
-          auto sw = get<A, K>(pw + i);
-          sw = math::mul_add(gu, xu, sw);
-          sw = math::mul_add(gv, xv, sw);
-          put<A, K>(pw + i, sw);
-          if constexpr (decltype(with_bias)::value) {
-            auto sb = get<A, K>(pb + i);
-            sb += gu;
-            sb += gv;
-            put<A, K>(pb + i, sb);
+          decltype(splat<A, K>(A())) sw{}, sb{};
+          if constexpr (kPartials >= 1) sw = get<A, K>(pw + i);
+          if constexpr (kPartials == 2) sb = get<A, K>(pb + i);
+          for (int k = 0; k < R; ++k) {
+            const Row& o = rw[k];
+            const auto g = get<A, K>(o.dy + i), xh = (get<A, K>(o.x + i) - splat<A, K>(o.mean)) * splat<A, K>(o.rs);
+            put_out<Stream, A, K>(dx[k] + i, math::row_norm_dx(g * w, xh, splat<A, K>(o.rs), splat<A, K>(o.mean_g),
+                                                               splat<A, K>(o.mean_gx)));
+            if constexpr (kPartials >= 1) sw = math::mul_add(g, xh, sw);
+            if constexpr (kPartials == 2) sb += g;
           }
+          if constexpr (kPartials >= 1) put<A, K>(pw + i, sw);
+          if constexpr (kPartials == 2) put<A, K>(pb + i, sb);
         });
       });
     };
     if (pb) {
-      body(std::true_type{});
+      body(std::integral_constant<int, 2>{});
+    } else if (pw) {
+      body(std::integral_constant<int, 1>{});
     } else {
-      body(std::false_type{});
+      body(std::integral_constant<int, 0>{});
     }
+  };
+  // Rows r to r + R - 1: pass 1, then pass 2 into the output, streamed from registers where every
+  // row starts on a line, else into the stage that is then streamed out.
+  auto dx_rows = [&](auto rows_tag, int64_t r, A* pw, A* pb, std::vector<T>& staging) {
+    constexpr int R = decltype(rows_tag)::value;
+    Row rw[R];
+    for (int k = 0; k < R; ++k) rw[k] = row_pass1(r + k);
+    T* out = static_cast<T*>(a.dx) + r * n;
+    bool direct = stream_rows;
+    for (int k = 0; k < R; ++k) direct = direct && elements_to_line(out + k * n) == 0;
+    T* dst = streaming && !direct ? staging.data() : out;
+    T* dx[R];
+    for (int k = 0; k < R; ++k) dx[k] = dst + k * n;
+    if (direct) {
+      rows_pass2(rows_tag, std::true_type{}, r, rw, dx, pw, pb);
+    } else {
+      rows_pass2(rows_tag, std::false_type{}, r, rw, dx, pw, pb);
+    }
+    if (dst != out) stream_copy(out, dst, size_t(R * n) * sizeof(T));
   };
 
   parallel_for(blocks, 1, [&](int64_t b0, int64_t b1) {
@@ -328,87 +346,25 @@ void backward(const RowNormBackwardArgs& a) {
       const int64_t r_begin = rows * blk / blocks, r_end = rows * (blk + 1) / blocks;
       for (int64_t r = r_begin; r < r_end;) {
         if (want_dx && pw && r + 1 < r_end) {
-          const Row u = row_pass1(r), v = row_pass1(r + 1);
-          T* out = static_cast<T*>(a.dx) + r * n;
-          if (stream_rows && on_line(out) && on_line(out + n)) {
-            pair_pass2(streamed, r, u, v, out, out + n, pw, pb);
-          } else {
-            T* dx = streaming ? staging.data() : out;
-            pair_pass2(plain, r, u, v, dx, dx + n, pw, pb);
-            if (streaming) stream_copy(out, dx, size_t(2 * n) * sizeof(T));
-          }
+          dx_rows(std::integral_constant<int, 2>{}, r, pw, pb, staging);
           r += 2;
-          continue;
-        }
-        const Row o = row_pass1(r);
-        const T* x = o.x;
-        const T* dy = o.dy;
-        const A mean = o.mean, rs = o.rs, mean_g = o.mean_g, mean_gx = o.mean_gx;
-        if (want_dx) {
-          T* dx_out = static_cast<T*>(a.dx) + r * n;
-          const auto [x_next, dy_next] = ahead_of(r, ahead);
-          const T* next[2] = {x_next, dy_next};
-          // dx of row r into dx (streamed: stream_tag), and its partials.
-          auto row_pass2 = [&](auto stream_tag, T* dx) {
-            constexpr bool Stream = decltype(stream_tag)::value;
-            if (pairs) {
-              T* const dxs[1] = {dx};
-              segments_with_prefetch(n, next, [&](int64_t i0, int64_t i1) {
-                paired_pass2(std::integral_constant<int, 1>{}, stream_tag, &o, dxs, pw, pb, i0, i1);
-              });
-              return;
+        } else if (want_dx) {
+          dx_rows(std::integral_constant<int, 1>{}, r, pw, pb, staging);
+          ++r;
+        } else {
+          const Row o = row_pass1(r);
+          if (pw && pairs) {
+            paired_pass2(std::integral_constant<int, 1>{}, std::false_type{}, &o, nullptr, pw, pb, 0, n);
+          } else if (pw) {
+#pragma omp simd
+            for (int64_t i = 0; i < n; ++i) {
+              const A d = load<A>(o.dy[i]);
+              pw[i] = math::mul_add(d, (load<A>(o.x[i]) - o.mean) * o.rs, pw[i]);
+              if (pb) pb[i] += d;
             }
-            auto with_partials = [&](auto with_bias) {
-              segments_with_prefetch(n, next, [&](int64_t i0, int64_t i1) {
-                for_output<Stream, T, A>(i1 - i0, [&](int64_t j, auto lanes) {
-                  constexpr int64_t K = decltype(lanes)::value;
-                  const int64_t i = i0 + j;
-                  const auto d = get<A, K>(dy + i), xh = (get<A, K>(x + i) - splat<A, K>(mean)) * splat<A, K>(rs);
-                  put_out<Stream, A, K>(dx + i, math::row_norm_dx(d * get<A, K>(wp + i), xh, splat<A, K>(rs),
-                                                                  splat<A, K>(mean_g), splat<A, K>(mean_gx)));
-                  put<A, K>(pw + i, math::mul_add(d, xh, get<A, K>(pw + i)));
-                  if constexpr (decltype(with_bias)::value) put<A, K>(pb + i, get<A, K>(pb + i) + d);
-                });
-              });
-            };
-            if (pw && pb) {
-              with_partials(std::true_type{});
-            } else if (pw) {
-              with_partials(std::false_type{});
-            } else {
-              segments_with_prefetch(n, next, [&](int64_t i0, int64_t i1) {
-                for_output<Stream, T, A>(i1 - i0, [&](int64_t j, auto lanes) {
-                  constexpr int64_t K = decltype(lanes)::value;
-                  const int64_t i = i0 + j;
-                  const auto xh = (get<A, K>(x + i) - splat<A, K>(mean)) * splat<A, K>(rs);
-                  put_out<Stream, A, K>(dx + i, math::row_norm_dx(get<A, K>(dy + i) * get<A, K>(wp + i), xh,
-                                                                  splat<A, K>(rs), splat<A, K>(mean_g),
-                                                                  splat<A, K>(mean_gx)));
-                });
-              });
-            }
-          };
-          if (stream_rows && on_line(dx_out)) {
-            row_pass2(streamed, dx_out);
-          } else {
-            T* dx = streaming ? staging.data() : dx_out;
-            row_pass2(plain, dx);
-            if (streaming) stream_copy(dx_out, dx, size_t(n) * sizeof(T));
           }
           ++r;
-          continue;
         }
-        if (pw && pairs) {
-          paired_pass2(std::integral_constant<int, 1>{}, plain, &o, nullptr, pw, pb, 0, n);
-        } else if (pw) {
-#pragma omp simd
-          for (int64_t i = 0; i < n; ++i) {
-            const A d = load<A>(dy[i]);
-            pw[i] = math::mul_add(d, (load<A>(x[i]) - mean) * rs, pw[i]);
-            if (pb) pb[i] += d;
-          }
-        }
-        ++r;
       }
     }
     if (streaming) stream_fence();

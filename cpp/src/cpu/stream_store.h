@@ -8,6 +8,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 
 #if defined(__x86_64__) || defined(_M_X64)
 #include <immintrin.h>
@@ -130,6 +131,18 @@ inline void write_staged(T* out, int64_t n, bool stream, Produce&& produce) {
     produce(i0, len, stage);
     stream_copy(out + i0, stage, size_t(len) * sizeof(T));
   }
+}
+
+// Writes out[0, n) as write_staged does, for a produce(stream_tag, i0, len, dst) that writes whole
+// 64-byte vectors from registers: streamed straight into out (stream_tag true: dst = out) where
+// `stream` and out starts on a 64-byte line, else plainly or through the stage (stream_tag false).
+template <class T, class Produce>
+inline void write_from_registers(T* out, int64_t n, bool stream, Produce&& produce) {
+  if (stream && elements_to_line(out) == 0) {
+    produce(std::true_type{}, int64_t(0), n, out);
+    return;
+  }
+  write_staged(out, n, stream, [&](int64_t i0, int64_t len, T* dst) { produce(std::false_type{}, i0, len, dst); });
 }
 
 // Writes value(i) for i in [0, n) to out (see write_staged).

@@ -428,13 +428,12 @@ constexpr bool maps_to_whole_lines = std::is_same_v<T, A> || (std::is_same_v<T, 
 template <int I, int P, class T, class A, class Fn>
 inline void map_run(int64_t n, const T* const (&in)[I], T* out, const A (&par)[P], bool stream, Fn&& fn) {
   if constexpr (maps_to_whole_lines<T, A>) {
-    const int64_t head = stream ? elements_to_line(out) : -1;
-    if (head >= 0) {
-      const int64_t h = std::min(head, n);
-      map_values(h, in, 0, out, par, fn);
-      map_values<true>(n - h, in, h, out + h, par, fn);
-      return;
-    }
+    const int64_t h = stream ? std::clamp<int64_t>(elements_to_line(out), 0, n) : 0;
+    map_values(h, in, 0, out, par, fn);
+    write_from_registers(out + h, n - h, stream, [&](auto stream_tag, int64_t i0, int64_t len, T* dst) {
+      map_values<decltype(stream_tag)::value>(len, in, h + i0, dst, par, fn);
+    });
+    return;
   }
   write_staged(out, n, stream, [&](int64_t i0, int64_t len, T* dst) { map_values(len, in, i0, dst, par, fn); });
 }
