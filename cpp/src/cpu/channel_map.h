@@ -50,10 +50,10 @@ inline void map_rows_in_pairs(int64_t C, int64_t r0, int64_t r1, const bfloat16_
     const bfloat16_t* src[I];
     for (int k = 0; k < I; ++k) src[k] = in[k] + base + i0;
     for (int64_t j = 0, c = (base + i0) % C; j < len; j += kBf16Pair) {
-      F32x16 qe[P], qo[P];
+      FloatVec qe[P], qo[P];
       for (int p = 0; p < P; ++p) {
-        std::memcpy(&qe[p], ops + p * C + c, sizeof(F32x16));
-        std::memcpy(&qo[p], ops + p * C + c + kBf16Pair / 2, sizeof(F32x16));
+        std::memcpy(&qe[p], ops + p * C + c, sizeof(FloatVec));
+        std::memcpy(&qo[p], ops + p * C + c + kBf16Pair / 2, sizeof(FloatVec));
       }
       map_bf16_pair<decltype(stream_tag)::value>(src, j, dst + j, qe, qo, fn);
       c += kBf16Pair;
@@ -71,8 +71,8 @@ inline void map_rows_in_pairs(int64_t C, int64_t r0, int64_t r1, const bfloat16_
 template <int I, int P, class T, class A, class Fn>
 inline void map_rows(int64_t C, int64_t r0, int64_t r1, const T* const (&in)[I], T* out, const A* const (&par)[P],
                      bool stream, Fn&& fn) {
-  using V = decltype(splat<A, Vec64<A>::kLanes>(A()));
-  constexpr int64_t L = Vec64<A>::kLanes;
+  using V = decltype(splat<A, Vec<A>::kLanes>(A()));
+  constexpr int64_t L = Vec<A>::kLanes;
   const int64_t base = r0 * C;
 #if defined(__AVX512BW__)
   if constexpr (std::is_same_v<T, bfloat16_t> && std::is_same_v<A, float>) {

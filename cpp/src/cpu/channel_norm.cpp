@@ -102,8 +102,8 @@ using Moments = math::Moments<A>;
 
 int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
-// Float values in a 64-byte vector, or cache line.
-constexpr int64_t kFloatsPerLine = Vec64<float>::kLanes;
+// Float values in a 64-byte cache line.
+constexpr int64_t kFloatsPerLine = 64 / int64_t(sizeof(float));
 
 // A grain of at least `grain` (and 1) in whole 64-byte lines of float statistics.
 int64_t line_grain(int64_t grain) { return ceil_div(std::max<int64_t>(1, grain), kFloatsPerLine) * kFloatsPerLine; }
@@ -216,7 +216,7 @@ std::vector<A> stat_shifts(const Problem& p, const T* x) {
       }
       return out;
     }
-    constexpr int64_t L = Vec64<A>::kLanes;
+    constexpr int64_t L = Vec<A>::kLanes;
     const int64_t vectors = p.row_groups() * (C / L);
     parallel_for(vectors, std::max<int64_t>(1, 4096 / n), [&](int64_t v0, int64_t v1) {
       for (int64_t v = v0; v < v1; ++v) {

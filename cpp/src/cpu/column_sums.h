@@ -22,24 +22,26 @@
 #include <cstdint>
 #include <cstring>
 
+#include "cpu/vector_width.h"
 #include "normkit/math.h"
 
 // Per-ISA namespace (see lanes.h).
 namespace normkit::cpu::NK_ISA {
 
-// kVecs 64-byte vectors per accumulator (GCC/Clang vector extension, lowered to the ISA's
-// registers: a 64-byte vector is 1 zmm, 2 ymm or 4 xmm). A plain `A acc[W]` indexed inside a
-// vectorized loop stays in memory; the terms of a row pass through a small array that the compiler
-// keeps in registers too.
-template <class A, int kVecsPerTile>
+// kLines 64-byte lines of columns per tile, held in vectors of the build's width (GCC/Clang vector
+// extension, vector_width.h): a tile's width in values is the same in every build. A plain
+// `A acc[W]` indexed inside a vectorized loop stays in memory; the terms of a row pass through a
+// small array that the compiler keeps in registers too.
+template <class A, int kLines>
 struct ColumnTile {
-  typedef A Vec __attribute__((vector_size(64)));
-  static constexpr int64_t kLanes = 64 / sizeof(A), kVecs = kVecsPerTile, kWidth = kLanes * kVecs;
-  Vec sum[kVecs] = {}, dot[kVecs] = {};
+  using V = typename NK_ISA::Vec<A>::type;
+  static constexpr int64_t kLanes = NK_ISA::Vec<A>::kLanes, kWidth = 64 / int64_t(sizeof(A)) * kLines,
+                           kVecs = kWidth / kLanes;
+  V sum[kVecs] = {}, dot[kVecs] = {};
 
-  static Vec at(const A* t, int v) {
-    Vec r;
-    std::memcpy(&r, t + v * kLanes, sizeof(Vec));
+  static V at(const A* t, int v) {
+    V r;
+    std::memcpy(&r, t + v * kLanes, sizeof(V));
     return r;
   }
   void add(const A* a) {
@@ -60,11 +62,11 @@ struct ColumnTile {
 // Rows per chunk of a sum (see above).
 constexpr int64_t kChunkRows = 64;
 
-// Tiles of kVecs vectors from channel c0 on, while whole ones fit in C; returns the first channel
+// Tiles of kLines lines from channel c0 on, while whole ones fit in C; returns the first channel
 // past them.
-template <int kVecs, bool kSum, bool kDot, class A, class Term>
+template <int kLines, bool kSum, bool kDot, class A, class Term>
 inline int64_t column_tiles(int64_t c0, int64_t C, int64_t rows, A* s0, A* s1, Term& term) {
-  using Tile = ColumnTile<A, kVecs>;
+  using Tile = ColumnTile<A, kLines>;
   constexpr int64_t W = Tile::kWidth;
   for (; c0 + W <= C; c0 += W) {
     Tile total;

@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "cpu/kernels.h"
+#include "cpu/vector_width.h"
 #include "normkit/math.h"
 #include "normkit/parallel.h"
 
@@ -79,21 +80,22 @@ inline V window_add(V sum, V v) {
 
 template <class A>
 struct WindowTile {
-  typedef A Vec __attribute__((vector_size(64)));
-  static constexpr int64_t kLanes = 64 / sizeof(A), kVecs = 4, kWidth = kLanes * kVecs;
+  using V = typename NK_ISA::Vec<A>::type;  // (vector_width.h; four 64-byte lines a tile in every build)
+  static constexpr int64_t kLanes = NK_ISA::Vec<A>::kLanes, kWidth = 4 * 64 / int64_t(sizeof(A)),
+                           kVecs = kWidth / kLanes;
 };
 
 template <bool kSquare, class T, class A>
 inline void tile_window_sum(const T* x, int64_t stride, int64_t lo, int64_t hi, A* out) {
   using Tile = WindowTile<A>;
-  typename Tile::Vec sum[Tile::kVecs] = {};
+  typename Tile::V sum[Tile::kVecs] = {};
   for (int64_t c = lo; c <= hi; ++c) {
     const T* xr = x + c * stride;
     alignas(64) A v[Tile::kWidth];
 #pragma omp simd
     for (int64_t j = 0; j < Tile::kWidth; ++j) v[j] = load<A>(xr[j]);
     for (int q = 0; q < Tile::kVecs; ++q) {
-      typename Tile::Vec t;
+      typename Tile::V t;
       std::memcpy(&t, v + q * Tile::kLanes, sizeof(t));
       sum[q] = window_add<kSquare>(sum[q], t);
     }

@@ -18,13 +18,14 @@ namespace normkit::cpu::NK_ISA {
 template <bool Stream = false>
 inline void row_apply_in_pairs(const bfloat16_t* x, bfloat16_t* y, int64_t i0, int64_t i1, float mean, float rstd,
                                const float* ws, const float* bs) {
-  constexpr int64_t kOdd = kBf16Pair / 2;
-  const F32x16 m = splat<float, 16>(mean), s = splat<float, 16>(rstd);
+  constexpr int64_t kOdd = kBf16Pair / 2, L = kFloatLanes;
+  const FloatVec m = splat<float, L>(mean), s = splat<float, L>(rstd);
   for (int64_t i = i0; i < i1; i += kBf16Pair) {
-    F32x16 xe, xo;
+    FloatVec xe, xo;
     load_bf16_pairs(x + i, xe, xo);
-    store_bf16_pairs<Stream>(y + i, math::row_norm_apply(xe, m, s, get<float, 16>(ws + i), get<float, 16>(bs + i)),
-                     math::row_norm_apply(xo, m, s, get<float, 16>(ws + i + kOdd), get<float, 16>(bs + i + kOdd)));
+    const FloatVec even = math::row_norm_apply(xe, m, s, get<float, L>(ws + i), get<float, L>(bs + i));
+    const FloatVec odd = math::row_norm_apply(xo, m, s, get<float, L>(ws + i + kOdd), get<float, L>(bs + i + kOdd));
+    store_bf16_pairs<Stream>(y + i, even, odd);
   }
 }
 
@@ -36,20 +37,20 @@ template <int R, bool Stream = false, class Row>
 inline void row_pass2_in_pairs(const Row* rows, bfloat16_t* const* dx, const float* ws, float* pw, float* pb,
                                int64_t i0, int64_t i1) {
   constexpr int64_t kOdd = kBf16Pair / 2;
-  F32x16 mean[R], rs[R], mean_g[R], mean_gx[R];
+  FloatVec mean[R], rs[R], mean_g[R], mean_gx[R];
   for (int k = 0; k < R; ++k) {
-    mean[k] = splat<float, 16>(rows[k].mean);
-    rs[k] = splat<float, 16>(rows[k].rs);
-    mean_g[k] = splat<float, 16>(rows[k].mean_g);
-    mean_gx[k] = splat<float, 16>(rows[k].mean_gx);
+    mean[k] = splat<float, kFloatLanes>(rows[k].mean);
+    rs[k] = splat<float, kFloatLanes>(rows[k].rs);
+    mean_g[k] = splat<float, kFloatLanes>(rows[k].mean_g);
+    mean_gx[k] = splat<float, kFloatLanes>(rows[k].mean_gx);
   }
   for (int64_t i = i0; i < i1; i += kBf16Pair) {
-    const F32x16 w[2] = {get<float, 16>(ws + i), get<float, 16>(ws + i + kOdd)};
-    F32x16 sw[2] = {}, sb[2] = {};
-    if (pw) sw[0] = get<float, 16>(pw + i), sw[1] = get<float, 16>(pw + i + kOdd);
-    if (pb) sb[0] = get<float, 16>(pb + i), sb[1] = get<float, 16>(pb + i + kOdd);
+    const FloatVec w[2] = {get<float, kFloatLanes>(ws + i), get<float, kFloatLanes>(ws + i + kOdd)};
+    FloatVec sw[2] = {}, sb[2] = {};
+    if (pw) sw[0] = get<float, kFloatLanes>(pw + i), sw[1] = get<float, kFloatLanes>(pw + i + kOdd);
+    if (pb) sb[0] = get<float, kFloatLanes>(pb + i), sb[1] = get<float, kFloatLanes>(pb + i + kOdd);
     for (int k = 0; k < R; ++k) {
-      F32x16 g[2], xh[2], d[2];
+      FloatVec g[2], xh[2], d[2];
       load_bf16_pairs(rows[k].dy + i, g[0], g[1]);
       load_bf16_pairs(rows[k].x + i, xh[0], xh[1]);
       for (int h = 0; h < 2; ++h) {
@@ -60,8 +61,8 @@ inline void row_pass2_in_pairs(const Row* rows, bfloat16_t* const* dx, const flo
       }
       if (dx) store_bf16_pairs<Stream>(dx[k] + i, d[0], d[1]);
     }
-    if (pw) put<float, 16>(pw + i, sw[0]), put<float, 16>(pw + i + kOdd, sw[1]);
-    if (pb) put<float, 16>(pb + i, sb[0]), put<float, 16>(pb + i + kOdd, sb[1]);
+    if (pw) put<float, kFloatLanes>(pw + i, sw[0]), put<float, kFloatLanes>(pw + i + kOdd, sw[1]);
+    if (pb) put<float, kFloatLanes>(pb + i, sb[0]), put<float, kFloatLanes>(pb + i + kOdd, sb[1]);
   }
 }
 #endif

@@ -64,31 +64,35 @@ inline void stream_copy(void* dst, const void* src, size_t n) {
   }
 }
 
-// Streams the 64 bytes of the vector v (in registers) to p, which is 64-byte aligned: loops that
-// compute whole 64-byte vectors of an output (map_run, map_rows, the row norms' forward) store them
-// so, without write_staged's stage, whose copy loads and stores every vector once more. In the
-// benchmark, alternating builds (float32 [32,64,56,56] unless said): LayerNorm [8192, 1024] forward
-// 1.40-1.43 -> 1.31 ms, BatchNorm 1.25-1.31 -> 1.18 ms, channels last 1.51-1.59 -> 1.40-1.50 ms,
-// InstanceNorm 1.17-1.19 -> 1.03-1.07 ms (forward+backward 3.13-3.15 -> 2.83-2.91), GroupNorm
+// Streams the vector v (in registers: one zmm, ymm or xmm of the build) to p, aligned to its size:
+// loops that compute whole vectors of an output (map_run, map_rows, the row norms' forward) store
+// them so, without write_staged's stage, whose copy loads and stores every vector once more. In the
+// benchmark, alternating builds (float32 [32,64,56,56] unless said; AVX-512): LayerNorm [8192, 1024]
+// forward 1.40-1.43 -> 1.31 ms, BatchNorm 1.25-1.31 -> 1.18 ms, channels last 1.51-1.59 -> 1.40-1.50
+// ms, InstanceNorm 1.17-1.19 -> 1.03-1.07 ms (forward+backward 3.13-3.15 -> 2.83-2.91), GroupNorm
 // [8,256,64,64] 1.55-1.56 -> 1.48 ms.
 template <class V>
 inline void stream_vector(void* p, const V& v) {
-  static_assert(sizeof(V) == 64, "a 64-byte vector");
 #if defined(__AVX512F__)
-  __m512i t;
-  std::memcpy(&t, &v, sizeof(t));
-  _mm512_stream_si512(static_cast<__m512i*>(p), t);
+  using R = __m512i;
 #elif defined(__AVX__)
-  __m256i t[2];
-  std::memcpy(t, &v, sizeof(t));
-  _mm256_stream_si256(static_cast<__m256i*>(p), t[0]);
-  _mm256_stream_si256(static_cast<__m256i*>(p) + 1, t[1]);
+  using R = __m256i;
 #elif defined(__SSE2__)
-  __m128i t[4];
-  std::memcpy(t, &v, sizeof(t));
-  for (int k = 0; k < 4; ++k) _mm_stream_si128(static_cast<__m128i*>(p) + k, t[k]);
+  using R = __m128i;
 #else
-  std::memcpy(p, &v, sizeof(v));
+  using R = V;
+#endif
+  static_assert(sizeof(V) == sizeof(R), "a vector of the build's width");
+  R t;
+  std::memcpy(&t, &v, sizeof(t));
+#if defined(__AVX512F__)
+  _mm512_stream_si512(static_cast<R*>(p), t);
+#elif defined(__AVX__)
+  _mm256_stream_si256(static_cast<R*>(p), t);
+#elif defined(__SSE2__)
+  _mm_stream_si128(static_cast<R*>(p), t);
+#else
+  std::memcpy(p, &t, sizeof(t));
 #endif
 }
 
@@ -134,7 +138,7 @@ inline void write_staged(T* out, int64_t n, bool stream, Produce&& produce) {
 }
 
 // Writes out[0, n) as write_staged does, for a produce(stream_tag, i0, len, dst) that writes whole
-// 64-byte vectors from registers: streamed straight into out (stream_tag true: dst = out) where
+// vectors from registers: streamed straight into out (stream_tag true: dst = out) where
 // `stream` and out starts on a 64-byte line, else plainly or through the stage (stream_tag false).
 template <class T, class Produce>
 inline void write_from_registers(T* out, int64_t n, bool stream, Produce&& produce) {

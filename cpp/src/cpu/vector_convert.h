@@ -1,4 +1,4 @@
-// Element conversions a whole 64-byte vector at a time, for the loops whose per-element
+// Element conversions a whole vector at a time, for the loops whose per-element
 // conversion the compiler does not vectorize well (float16: GCC 12 converts it value by value with
 // bit operations): load_vec/store_vec (float16 and bfloat16 <-> float, F16C where the build has it,
 // AVX512-BF16 where the processor has it),
@@ -16,6 +16,7 @@
 #include "cpu/cpu_features.h"
 #include "cpu/lanes.h"
 #include "cpu/stream_store.h"
+#include "cpu/vector_width.h"
 #include "normkit/dtype.h"
 
 #if defined(__F16C__) || defined(__AVX512BW__)
@@ -25,39 +26,33 @@
 // Per-ISA namespace (see lanes.h).
 namespace normkit::cpu::NK_ISA {
 
-// 64 bytes of A (1 zmm, 2 ymm or 4 xmm).
-template <class A>
-struct Vec64 {
-  typedef A type __attribute__((vector_size(64)));
-  static constexpr int64_t kLanes = 64 / int64_t(sizeof(A));
-};
-
-// float16 and bfloat16 <-> float on whole vectors of 16, by the conversions of normkit/dtype.h
+// float16 and bfloat16 <-> float on whole vectors of floats, by the conversions of normkit/dtype.h
 // (bits::Lanes specialised below: the same steps, so the same values as the scalar ones).
 // Element by element through a stack array, GCC converted in 32-byte halves and reloaded them as
 // one 64-byte vector, a store-forwarding stall per vector (channels-last BatchNorm bfloat16
 // normalized slower than its channels-first twin, float16 3x slower than bfloat16).
-typedef uint16_t U16x16 __attribute__((vector_size(32)));
-typedef uint32_t U32x16 __attribute__((vector_size(64)));
-typedef float F32x16 __attribute__((vector_size(64)));
+constexpr int64_t kFloatLanes = Vec<float>::kLanes;
+typedef uint16_t HalfBits __attribute__((vector_size(kFloatLanes * 2)));  // two-byte values
+typedef uint32_t WideBits __attribute__((vector_size(kFloatLanes * 4)));  // the same, one per 32-bit lane
+typedef Vec<float>::type FloatVec;
 
-// 16 two-byte values (float16 or bfloat16 bits) from or to memory, one per 32-bit lane.
-inline U32x16 load_u16x16(const void* p) {
-  U16x16 h;
+// A vector of two-byte values (float16 or bfloat16 bits) from or to memory, one per 32-bit lane.
+inline WideBits load_half_bits(const void* p) {
+  HalfBits h;
   std::memcpy(&h, p, sizeof(h));
-  return __builtin_convertvector(h, U32x16);
+  return __builtin_convertvector(h, WideBits);
 }
-inline void store_u16x16(void* p, const U32x16& lanes) {
-  const U16x16 h = __builtin_convertvector(lanes, U16x16);
+inline void store_half_bits(void* p, const WideBits& lanes) {
+  const HalfBits h = __builtin_convertvector(lanes, HalfBits);
   std::memcpy(p, &h, sizeof(h));
 }
 
 }  // namespace normkit::cpu::NK_ISA
 
 template <>
-struct normkit::bits::Lanes<normkit::cpu::NK_ISA::U32x16> {
-  using U = normkit::cpu::NK_ISA::U32x16;
-  using F = normkit::cpu::NK_ISA::F32x16;
+struct normkit::bits::Lanes<normkit::cpu::NK_ISA::WideBits> {
+  using U = normkit::cpu::NK_ISA::WideBits;
+  using F = normkit::cpu::NK_ISA::FloatVec;
   // (Always inlined, as NK_HD: the kernels of every instruction set specialise this same type.)
   static NK_HD U splat(uint32_t c) { return U{} + c; }
   static NK_HD F as_float(const U& u) {
@@ -92,30 +87,27 @@ constexpr bool is_hardware_half = std::is_same_v<T, half_t> && kHardwareHalf;
 // as bits::half_bits_to_float and float_to_half_bits on every input (compared on all 2^16 halves
 // and all 2^32 floats), except that a signaling NaN comes in quieted, as the arithmetic after every
 // load would make it anyway. float16 BatchNorm normalized 2.5x slower than bfloat16 without it.
-inline void hardware_half_to_float(const half_t* p, F32x16& v) {
+// (F16C exists only beside AVX: the vector is 32 or 64 bytes here.)
+inline void hardware_half_to_float(const half_t* p, FloatVec& v) {
 #if defined(__AVX512F__)
   const __m512 f = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
-  std::memcpy(&v, &f, sizeof(v));
 #else
-  const __m256 lo = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
-  const __m256 hi = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p + 8)));
-  std::memcpy(&v, &lo, sizeof(lo));
-  std::memcpy(reinterpret_cast<char*>(&v) + sizeof(lo), &hi, sizeof(hi));
+  const __m256 f = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
 #endif
+  static_assert(sizeof(f) == sizeof(v), "one register per vector");
+  std::memcpy(&v, &f, sizeof(v));
 }
 
-inline void hardware_float_to_half(half_t* p, const F32x16& v) {
+inline void hardware_float_to_half(half_t* p, const FloatVec& v) {
   constexpr int kNearestEven = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC;
 #if defined(__AVX512F__)
   __m512 f;
   std::memcpy(&f, &v, sizeof(f));
   _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), _mm512_cvtps_ph(f, kNearestEven));
 #else
-  __m256 lo, hi;
-  std::memcpy(&lo, &v, sizeof(lo));
-  std::memcpy(&hi, reinterpret_cast<const char*>(&v) + sizeof(lo), sizeof(hi));
-  _mm_storeu_si128(reinterpret_cast<__m128i*>(p), _mm256_cvtps_ph(lo, kNearestEven));
-  _mm_storeu_si128(reinterpret_cast<__m128i*>(p + 8), _mm256_cvtps_ph(hi, kNearestEven));
+  __m256 f;
+  std::memcpy(&f, &v, sizeof(f));
+  _mm_storeu_si128(reinterpret_cast<__m128i*>(p), _mm256_cvtps_ph(f, kNearestEven));
 #endif
 }
 #endif
@@ -136,7 +128,7 @@ inline bool has_subnormal(const __m512& a, const __m512& b) {
 
 // v rounded to bfloat16 at p by the AVX512-BF16 instruction, where the processor has it
 // (bf16_instructions) and v holds no subnormal; false (nothing written) otherwise.
-inline bool hardware_float_to_bf16(bfloat16_t* p, const F32x16& v) {
+inline bool hardware_float_to_bf16(bfloat16_t* p, const FloatVec& v) {
   __m512 f;
   std::memcpy(&f, &v, sizeof(f));
   if (__builtin_expect(!bf16_instructions || has_subnormal(f), 0)) return false;
@@ -148,68 +140,68 @@ inline bool hardware_float_to_bf16(bfloat16_t* p, const F32x16& v) {
 #endif
 
 template <class T, class A>
-inline typename Vec64<A>::type load_vec(const T* p) {
-  typename Vec64<A>::type v;
+inline typename Vec<A>::type load_vec(const T* p) {
+  typename Vec<A>::type v;
   if constexpr (std::is_same_v<T, A>) {
     std::memcpy(&v, p, sizeof(v));
   } else if constexpr (std::is_same_v<T, bfloat16_t> && std::is_same_v<A, float>) {
-    v = bits::bf16_bits_to_float(load_u16x16(p));
+    v = bits::bf16_bits_to_float(load_half_bits(p));
   } else if constexpr (std::is_same_v<T, half_t> && std::is_same_v<A, float>) {
 #if defined(__F16C__)
     hardware_half_to_float(p, v);
 #else
-    v = bits::half_bits_to_float(load_u16x16(p));
+    v = bits::half_bits_to_float(load_half_bits(p));
 #endif
   } else {
-    alignas(64) A t[Vec64<A>::kLanes];
+    alignas(64) A t[Vec<A>::kLanes];
 #pragma omp simd
-    for (int64_t j = 0; j < Vec64<A>::kLanes; ++j) t[j] = load<A>(p[j]);
+    for (int64_t j = 0; j < Vec<A>::kLanes; ++j) t[j] = load<A>(p[j]);
     std::memcpy(&v, t, sizeof(v));
   }
   return v;
 }
 
 template <class T, class A>
-inline void store_vec(T* p, const typename Vec64<A>::type& v) {
+inline void store_vec(T* p, const typename Vec<A>::type& v) {
   if constexpr (std::is_same_v<T, A>) {
     std::memcpy(p, &v, sizeof(v));
   } else if constexpr (std::is_same_v<T, bfloat16_t> && std::is_same_v<A, float>) {
 #if defined(__AVX512BW__)
     if (hardware_float_to_bf16(p, v)) return;
 #endif
-    store_u16x16(p, bits::float_to_bf16_bits<U32x16>(v));
+    store_half_bits(p, bits::float_to_bf16_bits<WideBits>(v));
   } else if constexpr (std::is_same_v<T, half_t> && std::is_same_v<A, float>) {
 #if defined(__F16C__)
     hardware_float_to_half(p, v);
 #else
-    store_u16x16(p, bits::float_to_half_bits<U32x16>(v));
+    store_half_bits(p, bits::float_to_half_bits<WideBits>(v));
 #endif
   } else {
-    alignas(64) A t[Vec64<A>::kLanes];
+    alignas(64) A t[Vec<A>::kLanes];
     std::memcpy(t, &v, sizeof(v));
 #pragma omp simd
-    for (int64_t j = 0; j < Vec64<A>::kLanes; ++j) p[j] = store<T>(t[j]);
+    for (int64_t j = 0; j < Vec<A>::kLanes; ++j) p[j] = store<T>(t[j]);
   }
 }
 
-// `value` in every lane of a 64-byte vector of A (the vector form of a per-run operand). (An
+// `value` in every lane of a vector of A (the vector form of a per-run operand). (An
 // initialiser list compiles to one broadcast; a loop over the lanes compiled to one insert per lane.)
 template <class A, size_t... Lane>
-inline typename Vec64<A>::type broadcast_lanes(A value, std::index_sequence<Lane...>) {
-  return typename Vec64<A>::type{(void(Lane), value)...};
+inline typename Vec<A>::type broadcast_lanes(A value, std::index_sequence<Lane...>) {
+  return typename Vec<A>::type{(void(Lane), value)...};
 }
 template <class A>
-inline typename Vec64<A>::type broadcast(A value) {
-  return broadcast_lanes(value, std::make_index_sequence<size_t(Vec64<A>::kLanes)>{});
+inline typename Vec<A>::type broadcast(A value) {
+  return broadcast_lanes(value, std::make_index_sequence<size_t(Vec<A>::kLanes)>{});
 }
 
 // Explicit vector loops: vector_loop<A>(n, body) calls body(i, lanes) for i in [0, n), a whole
-// 64-byte vector of A at a time (lanes = Vec64<A>::kLanes) and then value by value (lanes = 1).
+// vector of A at a time (lanes = Vec<A>::kLanes) and then value by value (lanes = 1).
 // The body reads and writes through get/put/splat<A, lanes>, which are load_vec/store_vec/broadcast
 // on vectors and load/store on single values, so one body serves both.
 template <class A, class Body>
 inline void vector_loop(int64_t n, Body&& body) {
-  constexpr int64_t L = Vec64<A>::kLanes;
+  constexpr int64_t L = Vec<A>::kLanes;
   int64_t i = 0;
   for (; i + L <= n; i += L) body(i, std::integral_constant<int64_t, L>{});
   for (; i < n; ++i) body(i, std::integral_constant<int64_t, 1>{});
@@ -233,9 +225,9 @@ inline void put(T* p, const X& v) {
   }
 }
 
-// put into an output that Stream says is streamed past the caches: whole vectors of T = A (at
-// 64-byte aligned addresses: the caller's loop starts on a line) by streaming stores, the rest as put.
-// Narrower types' vectors are not whole lines and take put (plain stores): callers stream only
+// put into an output that Stream says is streamed past the caches: whole vectors of T = A (aligned:
+// the caller's loop starts on a line, and a vector is at most a line) by streaming stores, the rest
+// as put. Narrower types' values fill part of a register and take put (plain stores): callers stream only
 // T = A here (bfloat16 streams through store_bf16_pairs), and compile other types' Stream bodies only
 // for branches that never run.
 template <bool Stream, class A, int64_t Lanes, class T, class X>
@@ -286,7 +278,7 @@ inline void for_output(int64_t n, Body&& body) {
 // bfloat16 is the high half of its float, so a shift and a mask convert them in place (widening
 // them in order took two lane-crossing extensions and two shifts). For maps whose operands are the
 // same for every value of a run, where the order of the lanes does not matter.
-inline void load_bf16_pairs(const bfloat16_t* p, F32x16& even, F32x16& odd) {
+inline void load_bf16_pairs(const bfloat16_t* p, FloatVec& even, FloatVec& odd) {
   const __m512i v = _mm512_loadu_si512(p);
   const __m512i e = _mm512_slli_epi32(v, 16), o = _mm512_and_si512(v, _mm512_set1_epi32(int(0xffff0000u)));
   std::memcpy(&even, &e, sizeof(even));
@@ -296,7 +288,7 @@ inline void load_bf16_pairs(const bfloat16_t* p, F32x16& even, F32x16& odd) {
 // bits::float_to_bf16_bits's result in the high half of each lane (the low half is garbage): the
 // same rounding to nearest even, the NaN test as an unordered compare (u & 0x7fffffff > 0x7f800000
 // is exactly "f is NaN").
-inline __m512i bf16_in_high_half(const F32x16& v) {
+inline __m512i bf16_in_high_half(const FloatVec& v) {
   __m512 f;
   std::memcpy(&f, &v, sizeof(f));
   const __m512i u = _mm512_castps_si512(f);
@@ -315,7 +307,7 @@ inline __m512i bf16_in_high_half(const F32x16& v) {
 // 736-766 us, backward 1176-1182 -> 1112-1147 us. (Rounding and packing in order by integers took
 // a cross-lane two-source permute.)
 template <bool Stream = false>
-inline void store_bf16_pairs(bfloat16_t* p, const F32x16& even, const F32x16& odd) {
+inline void store_bf16_pairs(bfloat16_t* p, const FloatVec& even, const FloatVec& odd) {
   auto store = [p](const __m512i& v) {
     if constexpr (Stream) {
       stream_vector(p, v);  // (p 64-byte aligned: see put_out)
@@ -343,9 +335,9 @@ inline void store_bf16_pairs(bfloat16_t* p, const F32x16& even, const F32x16& od
 // One pair step of a bfloat16 map: 32 values of each input at offset i, fn applied to the even
 // values with operands qe and to the odd ones with qo, stored at dst (streamed when Stream).
 template <bool Stream = false, int I, int P, class Fn>
-inline void map_bf16_pair(const bfloat16_t* const (&in)[I], int64_t i, bfloat16_t* dst, const F32x16 (&qe)[P],
-                          const F32x16 (&qo)[P], Fn& fn) {
-  F32x16 even[I], odd[I];
+inline void map_bf16_pair(const bfloat16_t* const (&in)[I], int64_t i, bfloat16_t* dst, const FloatVec (&qe)[P],
+                          const FloatVec (&qo)[P], Fn& fn) {
+  FloatVec even[I], odd[I];
   for (int k = 0; k < I; ++k) load_bf16_pairs(in[k] + i, even[k], odd[k]);
   store_bf16_pairs<Stream>(dst, fn(even, qe), fn(odd, qo));
 }
@@ -406,7 +398,7 @@ inline void map_values(int64_t n, const T* const (&in)[I], int64_t offset, T* ds
 #if defined(__AVX512BW__)
   if constexpr (std::is_same_v<T, bfloat16_t> && std::is_same_v<A, float>) {
     // 32 values at a time in even/odd pairs (the operands are the run's: the lanes' order is free).
-    F32x16 q[P];
+    FloatVec q[P];
     for (int p = 0; p < P; ++p) q[p] = broadcast(par[p]);
     int64_t i = 0;
     for (; i + kBf16Pair <= n; i += kBf16Pair) map_bf16_pair<Stream>(in, offset + i, dst + i, q, q, fn);
