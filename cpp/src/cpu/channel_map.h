@@ -1,6 +1,6 @@
 // Per-channel elementwise maps over channels-last rows (row r, channel c at r * C + c).
 //
-// The rows are walked in address order, a 64-byte vector of each input at a time, each vector's
+// The rows are walked in address order, a vector of each input at a time, each vector's
 // operands (mean, rstd, weight, bias, ...) loaded from the per-channel arrays, which stay in L1.
 // Until 2026-11-23 the rows went in blocks walked column tile by column tile, a tile's operands
 // loaded once per block "into registers": GCC kept them in a stack array instead (stored once per
@@ -66,7 +66,7 @@ inline void map_rows_in_pairs(int64_t C, int64_t r0, int64_t r1, const bfloat16_
 
 // Rows [r0, r1) of C channels: out[r][c] = store(fn(inputs[r][c], operands[c])), where fn(a, op)
 // takes arrays of I input values and P operand values (vectors or scalars). When `stream`, the
-// output is streamed out (stream_store.h): rows of whole 64-byte lines straight from registers, other
+// output is streamed out (stream_store.h): rows of whole vectors straight from registers, other
 // rows through a cache-resident stage; the caller fences.
 template <int I, int P, class T, class A, class Fn>
 inline void map_rows(int64_t C, int64_t r0, int64_t r1, const T* const (&in)[I], T* out, const A* const (&par)[P],

@@ -130,7 +130,7 @@ NK_CPU_INLINE std::pair<A, A> lane_sum2_over(int64_t n, Stage& stage, F&& f) {
 }
 
 // Short runs (fewer than 4 kLanes values: a 7x7 or 10x10 plane, a short row) use a quarter of the
-// lanes, one 64-byte vector, so that at most 15 values go to the scalar remainder, a chain of
+// lanes (16 for float), so that at most 15 values go to the scalar remainder, a chain of
 // dependent adds (with 64 lanes, all 49 values of a 7x7 plane did). The lane count is a function of n
 // alone, so results still never depend on the thread count.
 //

@@ -2,7 +2,7 @@
 // values at q * S; S small: a CNN's last stages, 7x7, 4x4).
 //
 // One loop over the planes, each plane's operands (mean, rstd, weight, ...) splatted once and its
-// values mapped a 64-byte vector at a time. Through a map_run (or write_run) per plane, the call and
+// values mapped a vector at a time. Through a map_run (or write_run) per plane, the call and
 // the loop set-up per plane cost more than a 4x4 plane's values: BatchNorm2d eval [16,512,4,4]
 // float32 took 58-60 us per call, 48-49 us this way (torch: 27-29 us). The per-element formula is
 // fn's, the one map_run applies to a run (each vector lane computes exactly what the scalar

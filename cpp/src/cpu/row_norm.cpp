@@ -51,7 +51,7 @@ constexpr int64_t kGroupSegment = 512;
 constexpr int64_t kGroupMinParamBytes = 16384;
 
 // Whether a streamed output's rows of T are written from registers (rows that start on a 64-byte
-// line; the others go through a stage): whole 64-byte vectors of T, bfloat16 only in pairs.
+// line; the others go through a stage): whole vectors of T, bfloat16 only in pairs.
 template <class T>
 bool streams_from_registers(bool streaming, bool pairs) {
   return streaming && maps_to_whole_lines<T, acc_t<T>> && (!std::is_same_v<T, bfloat16_t> || pairs);

@@ -53,7 +53,7 @@ template <>
 struct normkit::bits::Lanes<normkit::cpu::NK_ISA::WideBits> {
   using U = normkit::cpu::NK_ISA::WideBits;
   using F = normkit::cpu::NK_ISA::FloatVec;
-  // (Always inlined, as NK_HD: the kernels of every instruction set specialise this same type.)
+  // (Always inlined, as NK_HD. Each build specialises its own width: 16, 32 or 64 bytes.)
   static NK_HD U splat(uint32_t c) { return U{} + c; }
   static NK_HD F as_float(const U& u) {
     F f;
@@ -378,7 +378,7 @@ constexpr bool kPairedBf16 = false;
 template <class T>
 constexpr bool maps_whole_vectors = is_hardware_half<T> || (std::is_same_v<T, bfloat16_t> && kPairedBf16);
 
-// map_values' loop a 64-byte vector of A at a time, in order (get/put convert).
+// map_values' loop a vector of A at a time, in order (get/put convert).
 template <bool Stream = false, int I, int P, class T, class A, class Fn>
 inline void map_vectors(int64_t n, const T* const (&in)[I], int64_t offset, T* dst, const A (&par)[P], Fn& fn) {
   vector_loop<A>(n, [&](int64_t i, auto lanes) {
@@ -409,7 +409,7 @@ inline void map_values(int64_t n, const T* const (&in)[I], int64_t offset, T* ds
   map_vectors<Stream>(n, in, offset, dst, par, fn);
 }
 
-// Whether map_values writes whole 64-byte vectors of T from registers (then it can stream them).
+// Whether map_values writes whole vectors of T from registers (then it can stream them).
 template <class T, class A>
 constexpr bool maps_to_whole_lines = std::is_same_v<T, A> || (std::is_same_v<T, bfloat16_t> && kPairedBf16);
 
