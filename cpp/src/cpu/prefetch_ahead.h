@@ -56,4 +56,25 @@ inline void segments_with_prefetch(int64_t n, const T* const (&ahead)[K], Body&&
   }
 }
 
+// A range of bytes requested into L2 a piece at a time, for a pass that reads from cache while the
+// next pass's values still lie in memory: aim(p, bytes) sets the range, request(bytes) requests its
+// next `bytes` (fewer where fewer are left; nothing once aimed at nothing).
+class RequestAhead {
+ public:
+  void aim(const void* p, int64_t bytes) {
+    p_ = static_cast<const char*>(p);
+    left_ = p ? bytes : 0;
+  }
+  void request(int64_t bytes) {
+    const int64_t n = std::min(bytes, left_);
+    for (int64_t o = 0; o < n; o += 64) __builtin_prefetch(p_ + o, 0, 2);
+    p_ += n;
+    left_ -= n;
+  }
+
+ private:
+  const char* p_ = nullptr;
+  int64_t left_ = 0;
+};
+
 }  // namespace normkit::cpu::NK_ISA
