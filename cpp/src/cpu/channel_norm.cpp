@@ -721,27 +721,30 @@ class StatWalk {
   // The values of the block that step() takes next: where they start and how many (none when done).
   std::pair<const T*, int64_t> next_values() const {
     if (done()) return {nullptr, 0};
-    const int64_t L = p_.seg_len(), in_chunk = pos_ % kChunk, chunk_len = std::min(kChunk, L - (pos_ - in_chunk));
-    return {x_ + (n_ * p_.C + mb_.g * p_.cpg) * p_.S + pos_, std::min(kStatBlock, chunk_len - in_chunk)};
+    return {x_ + (n_ * p_.C + mb_.g * p_.cpg) * p_.S + pos_, std::min(kStatBlock, chunk_left())};
   }
   // Takes the moments of the next block.
   Block step() {
-    const int64_t L = p_.seg_len(), in_chunk = pos_ % kChunk, chunk_len = std::min(kChunk, L - (pos_ - in_chunk));
-    const int64_t len = std::min(kStatBlock, chunk_len - in_chunk);
-    const T* seg = x_ + (n_ * p_.C + mb_.g * p_.cpg) * p_.S;
+    const auto [values, len] = next_values();
     // (A one-block chunk too: a pairwise merge of one value is that value, as shifted_moments's.)
-    blocks_.add(shifted_moments(seg + pos_, len, shift_));
-    if (in_chunk + len == chunk_len) {
+    blocks_.add(shifted_moments(values, len, shift_));
+    if (len == chunk_left()) {
       chain_.add(blocks_.result());
       blocks_ = math::PairwiseMoments<A>();
     }
     const Block blk{n_, pos_, len};
     pos_ += len;
-    if (pos_ == L) pos_ = 0, ++n_;
+    if (pos_ == p_.seg_len()) pos_ = 0, ++n_;
     return blk;
   }
 
  private:
+  // Values from pos_ to the end of its chunk.
+  int64_t chunk_left() const {
+    const int64_t in_chunk = pos_ % kChunk;
+    return std::min(kChunk, p_.seg_len() - (pos_ - in_chunk)) - in_chunk;
+  }
+
   const Problem& p_;
   const T* x_;
   Members mb_;
@@ -769,11 +772,13 @@ void fused_forward_ncs(const Problem& p, const T* x, T* y, const A* w, const A* 
   const FusedTasks ft = fused_tasks(p.count, sizeof(T));
   parallel_for(p.num_stats, ft.grain, [&](int64_t s0, int64_t s1) {
     RequestAhead ahead;
-    // Values [o0, o1) of segment n of statistic s, channel by channel, in pieces of kAheadPiece.
+    // Values [o0, o1) of segment n of statistic s, channel by channel (in pieces of kAheadPiece
+    // between the requests).
+    const int64_t piece = requests ? kAheadPiece : L;
     auto normalize = [&](int64_t s, int64_t n, int64_t o0, int64_t o1) {
       const int64_t c0 = members(p, s).g * p.cpg, base = (n * p.C + c0) * S;
       for (int64_t o = o0; o < o1;) {
-        const int64_t c = o / S, e = std::min({o1, (c + 1) * S, o + kAheadPiece});
+        const int64_t c = o / S, e = std::min({o1, (c + 1) * S, o + piece});
         ahead.request((e - o) * int64_t(sizeof(T)));
         apply_run(x + base + o, y + base + o, e - o, st.mean[size_t(s)], st.rstd[size_t(s)], w[c0 + c],
                   b[c0 + c], stream);
