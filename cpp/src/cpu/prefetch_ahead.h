@@ -34,6 +34,12 @@ inline int64_t rows_ahead(int64_t rows, int64_t row_bytes) {
   return (kAheadBytes + row_bytes - 1) / row_bytes;
 }
 
+// Requests the `bytes` bytes from p into L2, a 64-byte line at a time.
+inline void request_lines(const void* p, int64_t bytes) {
+  const char* c = static_cast<const char*>(p);
+  for (int64_t o = 0; o < bytes; o += 64) __builtin_prefetch(c + o, 0, 2);
+}
+
 // body(i0, i1) over [0, n) in segments of kAheadSegment elements; before each segment, elements
 // [i0, i1) of each row in `ahead` (null: none) are requested into L2.
 template <class T, int K, class Body>
@@ -47,10 +53,7 @@ inline void segments_with_prefetch(int64_t n, const T* const (&ahead)[K], Body&&
   for (int64_t i0 = 0; i0 < n; i0 += kAheadSegment) {
     const int64_t i1 = std::min(n, i0 + kAheadSegment);
     for (int k = 0; k < K; ++k) {
-      if (!ahead[k]) continue;
-      const char* p = reinterpret_cast<const char*>(ahead[k] + i0);
-      const int64_t bytes = (i1 - i0) * int64_t(sizeof(T));
-      for (int64_t o = 0; o < bytes; o += 64) __builtin_prefetch(p + o, 0, 2);
+      if (ahead[k]) request_lines(ahead[k] + i0, (i1 - i0) * int64_t(sizeof(T)));
     }
     body(i0, i1);
   }
@@ -67,7 +70,7 @@ class RequestAhead {
   }
   void request(int64_t bytes) {
     const int64_t n = std::min(bytes, left_);
-    for (int64_t o = 0; o < n; o += 64) __builtin_prefetch(p_ + o, 0, 2);
+    request_lines(p_, n);
     p_ += n;
     left_ -= n;
   }

@@ -103,8 +103,8 @@ void forward(const RowNormForwardArgs& a) {
   constexpr bool pairs = false;
 #endif
   // y[i0, i1) of a row; Stream: whole vectors streamed from registers (stream_store.h), for rows of
-  // float, double, or bfloat16 in pairs that start on a 64-byte line (stream_rows, row_on_line; the
-  // segments, of 256 and 512 values, start on lines too). Without the stage that the other rows go
+  // float, double, or bfloat16 in pairs that start on a 64-byte line (stream_rows and
+  // write_rows_from_registers; the segments, of 256 and 512 values, start on lines too). Without the stage that the other rows go
   // through, LayerNorm [8192, 1024] float32 forward in the benchmark took 1.40-1.43 -> 1.31 ms.
   auto apply = [&](auto stream_tag, const T* x, T* y, int64_t i0, int64_t i1, A mean, A rstd) {
     constexpr bool Stream = decltype(stream_tag)::value;
@@ -125,9 +125,6 @@ void forward(const RowNormForwardArgs& a) {
     for_output<Stream, T, A>(i1 - i0, body);
   };
   const bool stream_rows = streams_from_registers<T>(streaming, pairs);
-  auto row_on_line = [&](int64_t r) { return elements_to_line(static_cast<T*>(a.y) + r * n) == 0; };
-  auto streamed = std::true_type{};
-  auto plain = std::false_type{};
   parallel_for(a.rows, std::max<int64_t>(1, kTaskElements / std::max<int64_t>(n, 1)),
                [&](int64_t r0, int64_t r1) {
     if (grouped) {
@@ -136,20 +133,15 @@ void forward(const RowNormForwardArgs& a) {
         const int64_t rows = std::min(kGroupRows, r1 - g0);
         std::pair<A, A> st[kGroupRows];
         for (int64_t k = 0; k < rows; ++k) st[k] = row_stats(g0 + k);
-        bool direct = stream_rows;
-        for (int64_t k = 0; k < rows; ++k) direct = direct && row_on_line(g0 + k);
-        T* y0 = streaming && !direct ? staging.data() : static_cast<T*>(a.y) + g0 * n;
-        for (int64_t i0 = 0; i0 < n; i0 += kGroupSegment) {
-          const int64_t i1 = std::min(n, i0 + kGroupSegment);
-          for (int64_t k = 0; k < rows; ++k) {
-            if (direct) {
-              apply(streamed, x_row(g0 + k), y0 + k * n, i0, i1, st[k].first, st[k].second);
-            } else {
-              apply(plain, x_row(g0 + k), y0 + k * n, i0, i1, st[k].first, st[k].second);
+        write_rows_from_registers(static_cast<T*>(a.y) + g0 * n, rows, n, streaming, stream_rows, staging.data(),
+                                  [&](auto stream_tag, T* y0) {
+          for (int64_t i0 = 0; i0 < n; i0 += kGroupSegment) {
+            const int64_t i1 = std::min(n, i0 + kGroupSegment);
+            for (int64_t k = 0; k < rows; ++k) {
+              apply(stream_tag, x_row(g0 + k), y0 + k * n, i0, i1, st[k].first, st[k].second);
             }
           }
-        }
-        if (streaming && !direct) stream_copy(static_cast<T*>(a.y) + g0 * n, y0, size_t(rows * n) * sizeof(T));
+        });
       }
       if (streaming) stream_fence();
       return;
@@ -157,16 +149,12 @@ void forward(const RowNormForwardArgs& a) {
     std::vector<T> staging(streaming ? size_t(n) : 0);
     for (int64_t r = r0; r < r1; ++r) {
       const T* x = x_row(r);
-      T* y_out = static_cast<T*>(a.y) + r * n;
       const auto [mean, rstd] = row_stats(r);
       const T* next[1] = {ahead && r + ahead < a.rows ? x + ahead * a.x_row_stride : nullptr};
-      if (stream_rows && row_on_line(r)) {
-        segments_with_prefetch(n, next, [&](int64_t i0, int64_t i1) { apply(streamed, x, y_out, i0, i1, mean, rstd); });
-        continue;
-      }
-      T* y = streaming ? staging.data() : y_out;
-      segments_with_prefetch(n, next, [&](int64_t i0, int64_t i1) { apply(plain, x, y, i0, i1, mean, rstd); });
-      if (streaming) stream_copy(y_out, y, size_t(n) * sizeof(T));
+      write_rows_from_registers(static_cast<T*>(a.y) + r * n, 1, n, streaming, stream_rows, staging.data(),
+                                [&](auto stream_tag, T* y) {
+        segments_with_prefetch(n, next, [&](int64_t i0, int64_t i1) { apply(stream_tag, x, y, i0, i1, mean, rstd); });
+      });
     }
     if (streaming) stream_fence();
   });
@@ -318,24 +306,17 @@ void backward(const RowNormBackwardArgs& a) {
       body(std::integral_constant<int, 0>{});
     }
   };
-  // Rows r to r + R - 1: pass 1, then pass 2 into the output, streamed from registers where every
-  // row starts on a line, else into the stage that is then streamed out.
+  // Rows r to r + R - 1: pass 1, then pass 2 into the output (write_rows_from_registers).
   auto dx_rows = [&](auto rows_tag, int64_t r, A* pw, A* pb, std::vector<T>& staging) {
     constexpr int R = decltype(rows_tag)::value;
     Row rw[R];
     for (int k = 0; k < R; ++k) rw[k] = row_pass1(r + k);
-    T* out = static_cast<T*>(a.dx) + r * n;
-    bool direct = stream_rows;
-    for (int k = 0; k < R; ++k) direct = direct && elements_to_line(out + k * n) == 0;
-    T* dst = streaming && !direct ? staging.data() : out;
-    T* dx[R];
-    for (int k = 0; k < R; ++k) dx[k] = dst + k * n;
-    if (direct) {
-      rows_pass2(rows_tag, std::true_type{}, r, rw, dx, pw, pb);
-    } else {
-      rows_pass2(rows_tag, std::false_type{}, r, rw, dx, pw, pb);
-    }
-    if (dst != out) stream_copy(out, dst, size_t(R * n) * sizeof(T));
+    write_rows_from_registers(static_cast<T*>(a.dx) + r * n, R, n, streaming, stream_rows, staging.data(),
+                              [&](auto stream_tag, T* dst) {
+      T* dx[R];
+      for (int k = 0; k < R; ++k) dx[k] = dst + k * n;
+      rows_pass2(rows_tag, stream_tag, r, rw, dx, pw, pb);
+    });
   };
 
   parallel_for(blocks, 1, [&](int64_t b0, int64_t b1) {

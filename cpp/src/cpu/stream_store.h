@@ -149,6 +149,25 @@ inline void write_from_registers(T* out, int64_t n, bool stream, Produce&& produ
   write_staged(out, n, stream, [&](int64_t i0, int64_t len, T* dst) { produce(std::false_type{}, i0, len, dst); });
 }
 
+// Writes `rows` consecutive rows of `width` values at out, produced whole by produce(stream_tag,
+// dst) into dst (row k at dst + k * width): streamed from registers straight into out (stream_tag
+// true) where `from_registers` and every row starts on a 64-byte line; else plainly (false) into
+// `stage` when `stream`, then streamed out from it, or into out. For the row norms, which produce a
+// row at once (their statistics and partials run along it), not a stage at a time.
+template <class T, class Produce>
+inline void write_rows_from_registers(T* out, int64_t rows, int64_t width, bool stream, bool from_registers, T* stage,
+                                      Produce&& produce) {
+  bool direct = stream && from_registers;
+  for (int64_t k = 0; k < rows && direct; ++k) direct = elements_to_line(out + k * width) == 0;
+  if (direct) {
+    produce(std::true_type{}, out);
+    return;
+  }
+  T* dst = stream ? stage : out;
+  produce(std::false_type{}, dst);
+  if (stream) stream_copy(out, dst, size_t(rows * width) * sizeof(T));
+}
+
 // Writes value(i) for i in [0, n) to out (see write_staged).
 template <class T, class V>
 inline void write_run(T* out, int64_t n, bool stream, V&& value) {
