@@ -13,6 +13,7 @@ KEYS = {
     "nccl": bool,
     "simd": str,
     "bf16_instructions": bool,
+    "streaming_output_bytes": int,
     "num_threads": int,
 }
 

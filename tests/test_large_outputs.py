@@ -2,11 +2,13 @@
 staging row, and huge-page advice on the fresh output. Check them against torch, with row lengths
 that leave the rows unaligned to the vector width."""
 
+import normkit
 import normkit.torch as nt
 import pytest
 import torch
 
-# Outputs from this size on are streamed (kStreamingOutputBytes, cpp/src/cpu/stream_store.h).
+# Outputs from this size on are streamed (cpu::streaming_output_bytes, cpp/src/cpu/stream_store.h): a
+# quarter of the last-level cache, at most 24 MiB, so every shape below streams on every machine.
 STREAMING_BYTES = 24 << 20
 # Just above it in float32; 1023 makes every row start at a different alignment.
 SHAPES = [(6200, 1024), (6201, 1023)]
@@ -19,8 +21,13 @@ UNFUSED_SHAPE = (16, 3, 384, 350)
 # 3x3 planes of 36 bytes start at every alignment.
 SHORT_PLANE_SHAPE = (2048, 512, 3, 3)
 # bfloat16 past the streaming size: long planes (channels first) and rows of 64 channels (channels
-# last) go through the AVX-512 build's even/odd vector pairs and the staged streaming copy.
+# last) go through the AVX-512 and AVX2 builds' even/odd vector pairs and the staged streaming copy.
 BF16_SHAPE = (16, 64, 96, 130)
+
+
+def test_streaming_threshold_is_a_quarter_of_the_cache_at_most_24_mib():
+    threshold = normkit.build_info()["streaming_output_bytes"]
+    assert 1 << 20 <= threshold <= STREAMING_BYTES
 
 
 def test_shapes_take_the_streaming_path():

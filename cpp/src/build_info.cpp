@@ -40,6 +40,7 @@ BuildInfo build_info() {
 #endif
   info.simd = cpu::isa_name(cpu::active_isa());
   info.bf16_instructions = cpu::bf16_instructions;
+  info.streaming_output_bytes = static_cast<long long>(cpu::streaming_output_bytes);
   info.num_threads = get_num_threads();
   info.threading = threading_backend();
   return info;

@@ -19,6 +19,7 @@ void export_info(nb::module_& m) {
     d["nccl"] = b.nccl;
     d["simd"] = b.simd;
     d["bf16_instructions"] = b.bf16_instructions;
+    d["streaming_output_bytes"] = b.streaming_output_bytes;
     d["num_threads"] = b.num_threads;
     d["threading"] = b.threading;
     return d;

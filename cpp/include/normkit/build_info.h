@@ -13,6 +13,7 @@ struct BuildInfo {
   bool nccl = false;                    // the NCCL communicator module was built
   std::string simd;                     // the CPU kernel ISA in use
   bool bf16_instructions = false;       // its float -> bfloat16 rounding by AVX512-BF16 instructions
+  long long streaming_output_bytes = 0;  // outputs this large or larger are written past the caches
   int num_threads = 1;
   std::string threading;                // threading_backend()
 };

@@ -29,7 +29,7 @@
 // Per-ISA namespace (see lanes.h).
 namespace normkit::cpu::NK_ISA {
 
-#if defined(__AVX512BW__)
+#if NK_BF16_PAIRS
 // map_rows for bfloat16 rows of whole pairs of vectors (C a multiple of 32), the values converted in
 // even/odd pairs (vector_convert.h load_bf16_pairs): each operand array is first split the same way
 // (split_in_pair_order: two permutes per 32 channels; split value by value, the copies cost ~5% of
@@ -51,9 +51,11 @@ inline void map_rows_in_pairs(int64_t C, int64_t r0, int64_t r1, const bfloat16_
     for (int k = 0; k < I; ++k) src[k] = in[k] + base + i0;
     for (int64_t j = 0, c = (base + i0) % C; j < len; j += kBf16Pair) {
       FloatVec qe[P], qo[P];
+      // (get, not a memcpy into the arrays: on AVX2, GCC copied those in 16-byte halves through the
+      // stack that 32-byte loads then read back, a store-forwarding stall per operand.)
       for (int p = 0; p < P; ++p) {
-        std::memcpy(&qe[p], ops + p * C + c, sizeof(FloatVec));
-        std::memcpy(&qo[p], ops + p * C + c + kBf16Pair / 2, sizeof(FloatVec));
+        qe[p] = get<float, kFloatLanes>(ops + p * C + c);
+        qo[p] = get<float, kFloatLanes>(ops + p * C + c + kBf16Pair / 2);
       }
       map_bf16_pair<decltype(stream_tag)::value>(src, j, dst + j, qe, qo, fn);
       c += kBf16Pair;
@@ -74,7 +76,7 @@ inline void map_rows(int64_t C, int64_t r0, int64_t r1, const T* const (&in)[I],
   using V = decltype(splat<A, Vec<A>::kLanes>(A()));
   constexpr int64_t L = Vec<A>::kLanes;
   const int64_t base = r0 * C;
-#if defined(__AVX512BW__)
+#if NK_BF16_PAIRS
   if constexpr (std::is_same_v<T, bfloat16_t> && std::is_same_v<A, float>) {
     if (C % kBf16Pair == 0) {
       map_rows_in_pairs(C, r0, r1, in, out, par, stream, fn);

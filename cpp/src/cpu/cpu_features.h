@@ -1,6 +1,7 @@
 // Processor features the kernels test at run time, beyond the instruction set they were compiled
 // for (isa.cpp sets them once, when the library loads, before any kernel runs).
 #pragma once
+#include <cstddef>
 
 namespace normkit::cpu {
 
@@ -9,5 +10,9 @@ namespace normkit::cpu {
 // is not "emulate" (which keeps the integer rounding, to test it on such a processor). Both give
 // the same bits.
 extern const bool bf16_instructions;
+
+// Outputs of at least this many bytes are written with streaming stores (stream_store.h): a quarter
+// of the last-level cache, at most 24 MiB (streaming_threshold.cpp).
+extern const size_t streaming_output_bytes;
 
 }  // namespace normkit::cpu

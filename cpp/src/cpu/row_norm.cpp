@@ -87,7 +87,7 @@ void forward(const RowNormForwardArgs& a) {
     if (a.rstd) static_cast<A*>(a.rstd)[r] = rstd;
     return std::pair<A, A>{mean, rstd};
   };
-#if defined(__AVX512BW__)
+#if NK_BF16_PAIRS
   // bfloat16 rows of whole vector pairs (cpu/row_pairs.h), weight and bias split once per call.
   // LayerNorm bfloat16 forward, core calls, alternating builds: [64, 4096] 59-63 -> 55-60 us,
   // [8192, 1024] 1.35-1.36 -> 1.15-1.18 ms.
@@ -108,7 +108,7 @@ void forward(const RowNormForwardArgs& a) {
   // through, LayerNorm [8192, 1024] float32 forward in the benchmark took 1.40-1.43 -> 1.31 ms.
   auto apply = [&](auto stream_tag, const T* x, T* y, int64_t i0, int64_t i1, A mean, A rstd) {
     constexpr bool Stream = decltype(stream_tag)::value;
-#if defined(__AVX512BW__)
+#if NK_BF16_PAIRS
     if constexpr (std::is_same_v<T, bfloat16_t>) {
       if (pairs) {
         row_apply_in_pairs<Stream>(x, y, i0, i1, mean, rstd, split.data(), split.data() + n);
@@ -221,7 +221,7 @@ void backward(const RowNormBackwardArgs& a) {
     return o;
   };
 
-#if defined(__AVX512BW__)
+#if NK_BF16_PAIRS
   // bfloat16 rows of whole vector pairs (cpu/row_pairs.h): pass 2, dx and the partials, in pair
   // order (pass 1's sums keep their lane order), the weight split once per call; the summed partials
   // go back to column order. LayerNorm bfloat16 backward, core calls, alternating builds:

@@ -12,7 +12,7 @@
 // Per-ISA namespace (see lanes.h).
 namespace normkit::cpu::NK_ISA {
 
-#if defined(__AVX512BW__)
+#if NK_BF16_PAIRS
 // The forward of one row: y = row_norm_apply(x, mean, rstd, w, b), ws/bs the weight/bias in pair order
 // (y streamed when Stream: store_bf16_pairs).
 template <bool Stream = false>

@@ -10,6 +10,8 @@
 #include <cstring>
 #include <type_traits>
 
+#include "cpu/cpu_features.h"
+
 #if defined(__x86_64__) || defined(_M_X64)
 #include <immintrin.h>
 #endif
@@ -18,18 +20,19 @@
 // three bodies would let the linker hand AVX-512 code to the baseline kernels.
 namespace normkit::cpu::NK_ISA {
 
-// Outputs at least this large are written with streaming stores. Below it an output and its input
-// can still share a 32 MiB last-level cache, and plain stores measured faster (LayerNorm bfloat16
-// [8192, 1024], a 16 MiB output: ~7%); above it streaming won or tied (LayerNorm float32 forward
-// 32 MiB: 13-28% faster, GroupNorm 32 MiB: 5-26%), measured op by op, interleaved. Rechecked inside
-// the benchmark on a 260 MB last-level cache (2026-11-24, alternating builds): streaming from 8 MiB
-// made the bfloat16 outputs of 12.8-16 MB slower (BatchNorm [32,64,56,56] forward 0.86 -> 1.05 ms,
-// LayerNorm [8192, 1024] 1.15 -> 1.48 ms). Judge store types inside the benchmark, not in a loop of
-// one op: that rewrites one output buffer while it sits dirty in the cache, which favours plain stores.
-constexpr size_t kStreamingOutputBytes = size_t(24) << 20;
-
-// Whether an output of `bytes` is written with streaming stores.
-inline bool streams_output(size_t bytes) { return bytes >= kStreamingOutputBytes; }
+// Outputs of at least cpu::streaming_output_bytes (a quarter of the last-level cache, at most 24
+// MiB) are written with streaming stores; below, an output and its input can still share the cache.
+// Measured op by op, interleaved. Intel Xeon, 260 MB last-level cache: plain stores faster for a
+// 16 MiB output (LayerNorm bfloat16 [8192, 1024]: ~7%), streaming from 8 MiB slower for the 12.8-16
+// MB bfloat16 outputs (BatchNorm [32,64,56,56] forward 0.86 -> 1.05 ms, LayerNorm [8192, 1024] 1.15
+// -> 1.48 ms), streaming faster from 32 MiB (LayerNorm float32 forward: 13-28%, GroupNorm: 5-26%).
+// AMD Zen 3, 32 MiB L3 per 8-core complex (2026-11-24, bench cases with torch interleaved, the
+// threshold switched between rounds in one process, 6 rounds): streaming from 8 MiB instead of 24
+// made BatchNorm [32,64,56,56] bfloat16 forward 1515 -> 1319 us (median), LayerNorm [8192, 1024]
+// bfloat16 forward+backward 6451 -> 5895 us, channels-last BatchNorm bfloat16 1384 -> 1341 us.
+// Judge store types inside the benchmark, not in a loop of one op: that rewrites one output buffer
+// while it sits dirty in the cache, which favours plain stores.
+inline bool streams_output(size_t bytes) { return bytes >= cpu::streaming_output_bytes; }
 
 // Copies n bytes from src (a cache-resident buffer) to dst, streaming every whole aligned vector.
 inline void stream_copy(void* dst, const void* src, size_t n) {

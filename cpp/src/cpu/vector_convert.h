@@ -19,7 +19,7 @@
 #include "cpu/vector_width.h"
 #include "normkit/dtype.h"
 
-#if defined(__F16C__) || defined(__AVX512BW__)
+#if defined(__F16C__) || defined(__AVX2__) || defined(__AVX512BW__)
 #include <immintrin.h>
 #endif
 
@@ -366,8 +366,82 @@ inline void merge_from_pair_order(const float* src, int64_t n, float* dst) {
   const __m512i first = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
   permute_pairs(src, n, dst, first, _mm512_add_epi32(first, _mm512_set1_epi32(8)));
 }
+#elif defined(__AVX2__)
+// The same pairs on AVX2, 16 values in one ymm: the same steps as the AVX-512 code above (no
+// AVX512-BF16 here, and a blend of words in place of the ternary select). Against the compiler's
+// own vectorization, which widened in order (two extensions, an extract and two shifts per 16
+// values) and narrowed with a mask, a saturating pack and a lane permute, the pairs take a shift and
+// a mask in, a shift and a blend out.
+inline void load_bf16_pairs(const bfloat16_t* p, FloatVec& even, FloatVec& odd) {
+  const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+  const __m256i e = _mm256_slli_epi32(v, 16), o = _mm256_and_si256(v, _mm256_set1_epi32(int(0xffff0000u)));
+  std::memcpy(&even, &e, sizeof(even));
+  std::memcpy(&odd, &o, sizeof(odd));
+}
+
+inline __m256i bf16_in_high_half(const FloatVec& v) {
+  __m256 f;
+  std::memcpy(&f, &v, sizeof(f));
+  const __m256i u = _mm256_castps_si256(f);
+  const __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(1));
+  const __m256i rounded = _mm256_add_epi32(_mm256_add_epi32(u, _mm256_set1_epi32(0x7fff)), lsb);
+  const __m256i nan = _mm256_castps_si256(_mm256_cmp_ps(f, f, _CMP_UNORD_Q));
+  return _mm256_blendv_epi8(rounded, _mm256_or_si256(u, _mm256_set1_epi32(0x400000)), nan);
+}
+
+template <bool Stream = false>
+inline void store_bf16_pairs(bfloat16_t* p, const FloatVec& even, const FloatVec& odd) {
+  const __m256i hi = bf16_in_high_half(odd), lo = _mm256_srli_epi32(bf16_in_high_half(even), 16);
+  constexpr int kOddWords = 0xAA;  // (per 128-bit lane: words 1, 3, 5, 7 from hi)
+  const __m256i v = _mm256_blend_epi16(lo, hi, kOddWords);
+  if constexpr (Stream) {
+    stream_vector(p, v);  // (p 32-byte aligned: see put_out)
+  } else {
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), v);
+  }
+}
+template <bool Stream = false, int I, int P, class Fn>
+inline void map_bf16_pair(const bfloat16_t* const (&in)[I], int64_t i, bfloat16_t* dst, const FloatVec (&qe)[P],
+                          const FloatVec (&qo)[P], Fn& fn) {
+  FloatVec even[I], odd[I];
+  for (int k = 0; k < I; ++k) load_bf16_pairs(in[k] + i, even[k], odd[k]);
+  store_bf16_pairs<Stream>(dst, fn(even, qe), fn(odd, qo));
+}
+constexpr bool kPairedBf16 = true;
+constexpr int64_t kBf16Pair = 16;  // values per pair of float vectors
+
+// (The two helpers below as the AVX-512 ones: of each 16 values, the 8 even-indexed ones, then the
+// 8 odd-indexed ones; and back.) An in-lane shuffle takes the even (or odd) values of both halves,
+// a 64-bit permute puts the halves in order.
+inline void split_in_pair_order(const float* src, int64_t n, float* dst) {
+  constexpr int kEvens = _MM_SHUFFLE(2, 0, 2, 0), kOdds = _MM_SHUFFLE(3, 1, 3, 1), kInOrder = _MM_SHUFFLE(3, 1, 2, 0);
+  for (int64_t c = 0; c < n; c += kBf16Pair) {
+    const __m256 a = _mm256_loadu_ps(src + c), b = _mm256_loadu_ps(src + c + kBf16Pair / 2);
+    const __m256d even = _mm256_castps_pd(_mm256_shuffle_ps(a, b, kEvens));
+    const __m256d odd = _mm256_castps_pd(_mm256_shuffle_ps(a, b, kOdds));
+    _mm256_storeu_ps(dst + c, _mm256_castpd_ps(_mm256_permute4x64_pd(even, kInOrder)));
+    _mm256_storeu_ps(dst + c + kBf16Pair / 2, _mm256_castpd_ps(_mm256_permute4x64_pd(odd, kInOrder)));
+  }
+}
+
+inline void merge_from_pair_order(const float* src, int64_t n, float* dst) {
+  constexpr int kLowHalves = 0x20, kHighHalves = 0x31;
+  for (int64_t c = 0; c < n; c += kBf16Pair) {
+    const __m256 even = _mm256_loadu_ps(src + c), odd = _mm256_loadu_ps(src + c + kBf16Pair / 2);
+    const __m256 lo = _mm256_unpacklo_ps(even, odd), hi = _mm256_unpackhi_ps(even, odd);
+    _mm256_storeu_ps(dst + c, _mm256_permute2f128_ps(lo, hi, kLowHalves));
+    _mm256_storeu_ps(dst + c + kBf16Pair / 2, _mm256_permute2f128_ps(lo, hi, kHighHalves));
+  }
+}
 #else
 constexpr bool kPairedBf16 = false;
+#endif
+// The same as kPairedBf16, for the preprocessor: the code that calls the pair helpers exists only in
+// the builds that have them (AVX-512 and AVX2).
+#if defined(__AVX512BW__) || defined(__AVX2__)
+#define NK_BF16_PAIRS 1
+#else
+#define NK_BF16_PAIRS 0
 #endif
 
 // Whether the maps over contiguous runs of T (map_run, map_planes) take explicit vector loops: where
@@ -395,7 +469,7 @@ inline void map_vectors(int64_t n, const T* const (&in)[I], int64_t offset, T* d
 // map_rows' fn). Stream: dst starts on a 64-byte line and its whole vectors are streamed (put_out).
 template <bool Stream = false, int I, int P, class T, class A, class Fn>
 inline void map_values(int64_t n, const T* const (&in)[I], int64_t offset, T* dst, const A (&par)[P], Fn& fn) {
-#if defined(__AVX512BW__)
+#if NK_BF16_PAIRS
   if constexpr (std::is_same_v<T, bfloat16_t> && std::is_same_v<A, float>) {
     // 32 values at a time in even/odd pairs (the operands are the run's: the lanes' order is free).
     FloatVec q[P];
