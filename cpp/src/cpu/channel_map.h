@@ -30,12 +30,13 @@
 namespace normkit::cpu::NK_ISA {
 
 #if NK_BF16_PAIRS
-// map_rows for bfloat16 rows of whole pairs of vectors (C a multiple of 32), the values converted in
+// map_rows for bfloat16 rows of whole pairs of vectors (C a multiple of kBf16Pair), the values converted in
 // even/odd pairs (vector_convert.h load_bf16_pairs): each operand array is first split the same way
 // (split_in_pair_order: two permutes per 32 channels; split value by value, the copies cost ~5% of
 // [8,2048,7,7]'s eval map). BatchNorm2d bfloat16 [32,64,56,56] channels last, core calls,
-// alternating builds: eval 1012-1167 -> 750-946 us, train forward 1440-1676 -> 1363-1514 us,
-// backward 1943-2185 -> 1650-1916 us.
+// alternating builds, AVX-512: eval 1012-1167 -> 750-946 us, train forward 1440-1676 -> 1363-1514 us,
+// backward 1943-2185 -> 1650-1916 us; AVX2 (Zen 3): train forward 1800-2192 -> 1363-1520 us,
+// backward 2578-2644 -> 1705-1881 us.
 template <int I, int P, class Fn>
 inline void map_rows_in_pairs(int64_t C, int64_t r0, int64_t r1, const bfloat16_t* const (&in)[I], bfloat16_t* out,
                               const float* const (&par)[P], bool stream, Fn& fn) {

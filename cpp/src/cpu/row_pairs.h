@@ -1,5 +1,5 @@
-// LayerNorm/RMSNorm rows of bfloat16 on AVX-512 in even/odd vector pairs (vector_convert.h
-// load_bf16_pairs): x, dy and dx 32 values at a time as their even and their odd values, the weight,
+// LayerNorm/RMSNorm rows of bfloat16 on AVX-512 and AVX2 in even/odd vector pairs (vector_convert.h
+// load_bf16_pairs): x, dy and dx kBf16Pair values at a time as their even and their odd values, the weight,
 // bias and the backward's partials in that same order (split_in_pair_order), so that no value
 // crosses lanes. The per-element formulas (normkit/math.h) and their order are the other loops', so
 // the values are the same bit for bit. Ranges [i0, i1) are whole pairs (multiples of kBf16Pair).

@@ -3,7 +3,7 @@
 // bit operations): load_vec/store_vec (float16 and bfloat16 <-> float, F16C where the build has it,
 // AVX512-BF16 where the processor has it),
 // explicit vector loops (vector_loop and for_elements with get/put/splat), map_run over contiguous
-// runs (bfloat16 on AVX-512 in even/odd vector pairs: load_bf16_pairs/store_bf16_pairs), and
+// runs (bfloat16 on AVX-512 and AVX2 in even/odd vector pairs: load_bf16_pairs/store_bf16_pairs), and
 // widen_run (float16 -> float into a buffer that reductions then read).
 #pragma once
 #include <algorithm>
@@ -332,19 +332,10 @@ inline void store_bf16_pairs(bfloat16_t* p, const FloatVec& even, const FloatVec
   const __m512i high_halves = _mm512_set1_epi32(int(0xffff0000u));
   store(_mm512_ternarylogic_epi32(hi, lo, high_halves, kSelectFirstWhereThird));
 }
-// One pair step of a bfloat16 map: 32 values of each input at offset i, fn applied to the even
-// values with operands qe and to the odd ones with qo, stored at dst (streamed when Stream).
-template <bool Stream = false, int I, int P, class Fn>
-inline void map_bf16_pair(const bfloat16_t* const (&in)[I], int64_t i, bfloat16_t* dst, const FloatVec (&qe)[P],
-                          const FloatVec (&qo)[P], Fn& fn) {
-  FloatVec even[I], odd[I];
-  for (int k = 0; k < I; ++k) load_bf16_pairs(in[k] + i, even[k], odd[k]);
-  store_bf16_pairs<Stream>(dst, fn(even, qe), fn(odd, qo));
-}
 constexpr bool kPairedBf16 = true;
 constexpr int64_t kBf16Pair = 32;  // values per pair of float vectors
 
-// Each 32 values of src (n a multiple of kBf16Pair) as two float vectors a and b, stored as the
+// Each kBf16Pair (32) values of src (n a multiple of it) as two float vectors a and b, stored as the
 // two-source permutes (a, b) by `first` and by `second`.
 inline void permute_pairs(const float* src, int64_t n, float* dst, __m512i first, __m512i second) {
   for (int64_t c = 0; c < n; c += kBf16Pair) {
@@ -354,8 +345,8 @@ inline void permute_pairs(const float* src, int64_t n, float* dst, __m512i first
   }
 }
 
-// Per-value operands of a map over whole pairs, in the pairs' order: of each 32 values of src, the
-// 16 even-indexed ones, then the 16 odd-indexed ones.
+// Per-value operands of a map over whole pairs, in the pairs' order: of each kBf16Pair (32) values of
+// src, the 16 even-indexed ones, then the 16 odd-indexed ones.
 inline void split_in_pair_order(const float* src, int64_t n, float* dst) {
   const __m512i evens = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
   permute_pairs(src, n, dst, evens, _mm512_add_epi32(evens, _mm512_set1_epi32(1)));
@@ -400,13 +391,6 @@ inline void store_bf16_pairs(bfloat16_t* p, const FloatVec& even, const FloatVec
     _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), v);
   }
 }
-template <bool Stream = false, int I, int P, class Fn>
-inline void map_bf16_pair(const bfloat16_t* const (&in)[I], int64_t i, bfloat16_t* dst, const FloatVec (&qe)[P],
-                          const FloatVec (&qo)[P], Fn& fn) {
-  FloatVec even[I], odd[I];
-  for (int k = 0; k < I; ++k) load_bf16_pairs(in[k] + i, even[k], odd[k]);
-  store_bf16_pairs<Stream>(dst, fn(even, qe), fn(odd, qo));
-}
 constexpr bool kPairedBf16 = true;
 constexpr int64_t kBf16Pair = 16;  // values per pair of float vectors
 
@@ -444,11 +428,24 @@ constexpr bool kPairedBf16 = false;
 #define NK_BF16_PAIRS 0
 #endif
 
+#if NK_BF16_PAIRS
+// One pair step of a bfloat16 map: kBf16Pair values of each input at offset i, fn applied to the
+// even values with operands qe and to the odd ones with qo, stored at dst (streamed when Stream).
+template <bool Stream = false, int I, int P, class Fn>
+inline void map_bf16_pair(const bfloat16_t* const (&in)[I], int64_t i, bfloat16_t* dst, const FloatVec (&qe)[P],
+                          const FloatVec (&qo)[P], Fn& fn) {
+  FloatVec even[I], odd[I];
+  for (int k = 0; k < I; ++k) load_bf16_pairs(in[k] + i, even[k], odd[k]);
+  store_bf16_pairs<Stream>(dst, fn(even, qe), fn(odd, qo));
+}
+#endif
+
 // Whether the maps over contiguous runs of T (map_run, map_planes) take explicit vector loops: where
 // the compiler's own vectorization of the conversions costs more (float16 by the hardware, and
-// bfloat16 in even/odd pairs on AVX-512: BatchNorm2d bfloat16 [32,64,56,56] channels first, core
-// calls, alternating builds: eval 743-884 -> 611-726 us, train forward 1090-1244 -> 871-1127 us,
-// backward 1489-1706 -> 1354-1548 us).
+// bfloat16 in even/odd pairs: BatchNorm2d bfloat16 [32,64,56,56] channels first, core calls,
+// alternating builds, AVX-512: eval 743-884 -> 611-726 us, train forward 1090-1244 -> 871-1127 us,
+// backward 1489-1706 -> 1354-1548 us; AVX2 (Zen 3): train forward 1743-1933 -> 1389-1511 us,
+// backward 2205-2726 -> 1879-2347 us).
 template <class T>
 constexpr bool maps_whole_vectors = is_hardware_half<T> || (std::is_same_v<T, bfloat16_t> && kPairedBf16);
 
@@ -471,7 +468,7 @@ template <bool Stream = false, int I, int P, class T, class A, class Fn>
 inline void map_values(int64_t n, const T* const (&in)[I], int64_t offset, T* dst, const A (&par)[P], Fn& fn) {
 #if NK_BF16_PAIRS
   if constexpr (std::is_same_v<T, bfloat16_t> && std::is_same_v<A, float>) {
-    // 32 values at a time in even/odd pairs (the operands are the run's: the lanes' order is free).
+    // kBf16Pair values at a time in even/odd pairs (the operands are the run's: the lanes' order is free).
     FloatVec q[P];
     for (int p = 0; p < P; ++p) q[p] = broadcast(par[p]);
     int64_t i = 0;
