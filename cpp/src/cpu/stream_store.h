@@ -1,8 +1,9 @@
 // Non-temporal stores for large outputs, from registers (stream_vector) or through a cache-resident
 // stage (stream_copy, write_staged). A normal store first reads the destination line into the
 // cache (read-for-ownership), so writing y costs a read and a write of DRAM; streaming stores skip
-// the read, which turns a 3x-tensor-bytes forward into the 2x minimum. Used only for outputs far
-// larger than the caches, where the lines would be evicted before anyone reads them anyway.
+// the read, which turns a 3x-tensor-bytes forward into the 2x minimum. Used only for outputs too
+// large to stay in the last-level cache beside their inputs (streams_output), whose lines would be
+// evicted before anyone reads them anyway.
 #pragma once
 #include <algorithm>
 #include <cstddef>

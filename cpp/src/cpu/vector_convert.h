@@ -332,7 +332,6 @@ inline void store_bf16_pairs(bfloat16_t* p, const FloatVec& even, const FloatVec
   const __m512i high_halves = _mm512_set1_epi32(int(0xffff0000u));
   store(_mm512_ternarylogic_epi32(hi, lo, high_halves, kSelectFirstWhereThird));
 }
-constexpr bool kPairedBf16 = true;
 constexpr int64_t kBf16Pair = 32;  // values per pair of float vectors
 
 // Each kBf16Pair (32) values of src (n a multiple of it) as two float vectors a and b, stored as the
@@ -391,7 +390,6 @@ inline void store_bf16_pairs(bfloat16_t* p, const FloatVec& even, const FloatVec
     _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), v);
   }
 }
-constexpr bool kPairedBf16 = true;
 constexpr int64_t kBf16Pair = 16;  // values per pair of float vectors
 
 // (The two helpers below as the AVX-512 ones: of each 16 values, the 8 even-indexed ones, then the
@@ -417,16 +415,15 @@ inline void merge_from_pair_order(const float* src, int64_t n, float* dst) {
     _mm256_storeu_ps(dst + c + kBf16Pair / 2, _mm256_permute2f128_ps(lo, hi, kHighHalves));
   }
 }
-#else
-constexpr bool kPairedBf16 = false;
 #endif
-// The same as kPairedBf16, for the preprocessor: the code that calls the pair helpers exists only in
-// the builds that have them (AVX-512 and AVX2).
+// Whether this build has the pair helpers above (AVX-512 and AVX2), for the preprocessor (the code
+// that calls them exists only in those builds) and as a constant.
 #if defined(__AVX512BW__) || defined(__AVX2__)
 #define NK_BF16_PAIRS 1
 #else
 #define NK_BF16_PAIRS 0
 #endif
+constexpr bool kPairedBf16 = NK_BF16_PAIRS != 0;
 
 #if NK_BF16_PAIRS
 // One pair step of a bfloat16 map: kBf16Pair values of each input at offset i, fn applied to the
