@@ -369,19 +369,28 @@ inline void load_bf16_pairs(const bfloat16_t* p, FloatVec& even, FloatVec& odd) 
   std::memcpy(&odd, &o, sizeof(odd));
 }
 
-inline __m256i bf16_in_high_half(const FloatVec& v) {
-  __m256 f;
-  std::memcpy(&f, &v, sizeof(f));
+// With NaNs: their lanes take the quieted NaN (bits::float_to_bf16_bits's NaN branch).
+template <bool WithNaNs>
+inline __m256i bf16_in_high_half(const __m256& f) {
   const __m256i u = _mm256_castps_si256(f);
   const __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(1));
   const __m256i rounded = _mm256_add_epi32(_mm256_add_epi32(u, _mm256_set1_epi32(0x7fff)), lsb);
+  if constexpr (!WithNaNs) return rounded;
   const __m256i nan = _mm256_castps_si256(_mm256_cmp_ps(f, f, _CMP_UNORD_Q));
   return _mm256_blendv_epi8(rounded, _mm256_or_si256(u, _mm256_set1_epi32(0x400000)), nan);
 }
 
+// (One unordered compare of the two vectors tests both for NaNs, and only a pair holding one takes
+// the NaN selects: three instructions per pair in place of six. BatchNorm [32,64,56,56] bfloat16
+// forward, core calls, alternating builds, 5 rounds: 1043-1284 -> 959-1107 us.)
 template <bool Stream = false>
 inline void store_bf16_pairs(bfloat16_t* p, const FloatVec& even, const FloatVec& odd) {
-  const __m256i hi = bf16_in_high_half(odd), lo = _mm256_srli_epi32(bf16_in_high_half(even), 16);
+  __m256 e, o;
+  std::memcpy(&e, &even, sizeof(e));
+  std::memcpy(&o, &odd, sizeof(o));
+  const bool nans = _mm256_movemask_ps(_mm256_cmp_ps(e, o, _CMP_UNORD_Q)) != 0;
+  const __m256i hi = __builtin_expect(nans, 0) ? bf16_in_high_half<true>(o) : bf16_in_high_half<false>(o);
+  const __m256i lo = _mm256_srli_epi32(nans ? bf16_in_high_half<true>(e) : bf16_in_high_half<false>(e), 16);
   constexpr int kOddWords = 0xAA;  // (per 128-bit lane: words 1, 3, 5, 7 from hi)
   const __m256i v = _mm256_blend_epi16(lo, hi, kOddWords);
   if constexpr (Stream) {
