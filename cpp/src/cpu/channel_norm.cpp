@@ -1108,21 +1108,10 @@ void dx_run(const T* dy, const T* x, T* dx, int64_t n, A mean, A rstd, A w, A mg
 // Sums of dy and dy * xhat over n contiguous values.
 template <class T, class A>
 std::pair<A, A> run_sums(const T* dy, const T* x, int64_t n, A mean, A rstd) {
-  // (On values or on vectors of them: bfloat16 takes pair_sum2, the same sums.)
-  auto term = [&](const auto (&v)[2], auto& d, auto& d_again, auto& xhat) {
+  const T* in[2] = {dy, x};
+  return term_sum2<A>(in, n, [&](const auto (&v)[2], auto& d, auto& d_again, auto& xhat) {
     d = d_again = v[0];
     xhat = (v[1] - mean) * rstd;
-  };
-#if NK_BF16_PAIRS
-  if constexpr (std::is_same_v<T, bfloat16_t> && std::is_same_v<A, float>) {
-    const T* in[2] = {dy, x};
-    if (pair_sums_cover(n)) return pair_sum2(in, n, term);
-  }
-#endif
-  SummedInputs<T, 2> in(dy, x);
-  return lane_sum2_staged<A>(n, in, [&](int64_t i, A& d, A& d_again, A& xhat) {
-    const A v[2] = {in.at(0, i), in.at(1, i)};
-    term(v, d, d_again, xhat);
   });
 }
 

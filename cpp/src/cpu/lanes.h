@@ -113,20 +113,26 @@ NK_CPU_INLINE A lane_sum_over(int64_t n, Stage& stage, F&& f) {
   return p.result();
 }
 
-template <class A, int L, class Stage, class F>
-NK_CPU_INLINE std::pair<A, A> lane_sum2_over(int64_t n, Stage& stage, F&& f) {
-  if (n <= kLaneBlock) {
-    stage(int64_t(0), n);
-    return lane_block_sum2<A, L>(0, n, f);
-  }
+// Two sums over [0, n) from block(b, e), the pair of sums of the block [b, e): one block, or blocks of
+// kLaneBlock values added pairwise (also for cpu/pair_sums.h's blocks).
+template <class A, class Block>
+NK_CPU_INLINE std::pair<A, A> blocked_sum2(int64_t n, Block&& block) {
+  if (n <= kLaneBlock) return block(int64_t(0), n);
   math::PairwiseSum<A> p0, p1;
   for (int64_t b = 0; b < n; b += kLaneBlock) {
-    stage(b, std::min(n, b + kLaneBlock));
-    const std::pair<A, A> s = lane_block_sum2<A, L>(b, std::min(n, b + kLaneBlock), f);
+    const std::pair<A, A> s = block(b, std::min(n, b + kLaneBlock));
     p0.add(s.first);
     p1.add(s.second);
   }
   return {p0.result(), p1.result()};
+}
+
+template <class A, int L, class Stage, class F>
+NK_CPU_INLINE std::pair<A, A> lane_sum2_over(int64_t n, Stage& stage, F&& f) {
+  return blocked_sum2<A>(n, [&](int64_t b, int64_t e) {
+    stage(b, e);
+    return lane_block_sum2<A, L>(b, e, f);
+  });
 }
 
 // Short runs (fewer than 4 kLanes values: a 7x7 or 10x10 plane, a short row) use a quarter of the

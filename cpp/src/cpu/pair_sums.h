@@ -14,12 +14,12 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 #include <utility>
 
 #include "cpu/lanes.h"
 #include "cpu/vector_convert.h"
 #include "normkit/math.h"
-#include "normkit/pairwise.h"
 
 // Per-ISA namespace (see lanes.h).
 namespace normkit::cpu::NK_ISA {
@@ -67,19 +67,29 @@ NK_CPU_INLINE std::pair<float, float> pair_block_sum2(const bfloat16_t* const (&
   return {tree_sum(lanes0) + tail0, tree_sum(lanes1) + tail1};
 }
 
-// lane_sum2<float>(n, f) for pair_sums_cover(n): blocks of kLaneBlock values added pairwise, as
-// lane_sum2_over.
+// lane_sum2<float>(n, f) for pair_sums_cover(n), in the same blocks.
 template <int K, class Term>
 NK_CPU_INLINE std::pair<float, float> pair_sum2(const bfloat16_t* const (&in)[K], int64_t n, Term&& term) {
-  if (n <= kLaneBlock) return pair_block_sum2(in, 0, n, term);
-  math::PairwiseSum<float> p0, p1;
-  for (int64_t b = 0; b < n; b += kLaneBlock) {
-    const std::pair<float, float> s = pair_block_sum2(in, b, std::min(n, b + kLaneBlock), term);
-    p0.add(s.first);
-    p1.add(s.second);
-  }
-  return {p0.result(), p1.result()};
+  return blocked_sum2<float>(n, [&](int64_t b, int64_t e) { return pair_block_sum2(in, b, e, term); });
 }
 #endif
+
+// Two sums of term(the K inputs' values at i, a, p, q) over i in [0, n), as lane_sum2_staged's f(i,
+// a, p, q) (a summed, p * q summed with one rounding): in pairs for bfloat16 where pair_sums_cover(n),
+// else by lane_sum2_staged over SummedInputs. term is generic: called on values and on vectors.
+template <class A, class T, int K, class Term>
+NK_CPU_INLINE std::pair<A, A> term_sum2(const T* const (&inputs)[K], int64_t n, Term&& term) {
+#if NK_BF16_PAIRS
+  if constexpr (std::is_same_v<T, bfloat16_t> && std::is_same_v<A, float>) {
+    if (pair_sums_cover(n)) return pair_sum2(inputs, n, term);
+  }
+#endif
+  SummedInputs<T, K> in(inputs);
+  return lane_sum2_staged<A>(n, in, [&](int64_t i, A& a, A& p, A& q) {
+    A v[K];
+    for (int k = 0; k < K; ++k) v[k] = in.at(k, i);
+    term(v, a, p, q);
+  });
+}
 
 }  // namespace normkit::cpu::NK_ISA

@@ -4,7 +4,6 @@
 #pragma once
 #include <algorithm>
 #include <cstdint>
-#include <type_traits>
 
 #include "cpu/kernels.h"
 #include "cpu/lanes.h"
@@ -37,21 +36,11 @@ NK_CPU_INLINE math::Moments<A> corrected_moments(int64_t n, A estimate, A se, A 
 // the rounding of m).
 template <class T, class A>
 NK_CPU_INLINE math::Moments<A> shifted_block_moments(const T* x, int64_t n, A shift) {
-  // (On values or on vectors of them: bfloat16 takes pair_sum2, the same sums.)
-  auto term = [&](const auto (&v)[1], auto& d, auto& p, auto& q) { d = p = q = v[0] - shift; };
-  auto first_sums = [&] {
-#if NK_BF16_PAIRS
-    if constexpr (std::is_same_v<T, bfloat16_t> && std::is_same_v<A, float>) {
-      const T* in[1] = {x};
-      if (pair_sums_cover(n)) return pair_sum2(in, n, term);
-    }
-#endif
-    return lane_sum2<A>(n, [&](int64_t i, A& d, A& p, A& q) {
-      const A v[1] = {load<A>(x[i])};
-      term(v, d, p, q);
-    });
-  };
-  const auto [s1, s2] = first_sums();
+  // (The term on values or on vectors of them: term_sum2 takes bfloat16 in pairs, the same sums.)
+  const T* in[1] = {x};
+  const auto [s1, s2] = term_sum2<A>(in, n, [&](const auto (&v)[1], auto& d, auto& p, auto& q) {
+    d = p = q = v[0] - shift;
+  });
   const A mean = s1 / A(n);
   const A m2 = s2 - s1 * mean;
   if (mean * mean * A(n) <= A(4) * m2) return math::block_moments(n, mean, m2);

@@ -525,6 +525,7 @@ struct WidenedBlocks {
   int64_t base = 0;
   template <class... P>
   explicit WidenedBlocks(P... inputs) : src{inputs...} {}
+  explicit WidenedBlocks(const half_t* const (&inputs)[K]) { std::copy(inputs, inputs + K, src); }
   void operator()(int64_t b, int64_t e) {
     base = b;
     for (int k = 0; k < K; ++k) widen_run(src[k] + b, buf[k], e - b);
@@ -538,6 +539,7 @@ struct InPlaceInputs {
   const T* src[K];
   template <class... P>
   explicit InPlaceInputs(P... inputs) : src{inputs...} {}
+  explicit InPlaceInputs(const T* const (&inputs)[K]) { std::copy(inputs, inputs + K, src); }
   void operator()(int64_t, int64_t) const {}
   acc_t<T> at(int k, int64_t i) const { return load<acc_t<T>>(src[k][i]); }
 };
