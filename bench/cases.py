@@ -16,6 +16,7 @@ on its output at the bottom of this module.  Nothing here imports
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -200,8 +201,13 @@ def _module_factory(make_pair, shape, dtype, mode, *, channels_last: bool, train
         if channels_last:
             x0 = x0.contiguous(memory_format=fmt)
         dy = torch.randn(shape, generator=g).to(dtype) if mode == "fwd+bwd" else None
-        if channels_last and dy is not None:
-            dy = dy.contiguous(memory_format=fmt)
+        if dy is not None:
+            # dy in the layout of the output, as a model's next layer hands it back (InstanceNorm's
+            # output is channels first whatever x's layout, as torch's).
+            with torch.no_grad():  # (on a copy: a training step would move th's running statistics)
+                y_layout = copy.deepcopy(th).to(dtype).train(train)(x0)
+            if channels_last and y_layout.is_contiguous(memory_format=fmt) and not y_layout.is_contiguous():
+                dy = dy.contiguous(memory_format=fmt)
 
         def side(module):
             module.to(dtype).train(train)
@@ -256,7 +262,7 @@ def channel_norm_cases() -> list[Case]:
     bn512 = lambda: (_nk_modules().BatchNorm2d(512), torch.nn.BatchNorm2d(512))  # noqa: E731
     add("BatchNorm2d train", "batchnorm2d-train", (32, 512, 7, 7), (torch.float32,), bn512, channels_last=False)
     inorm = lambda: (_nk_modules().InstanceNorm2d(64, affine=True), torch.nn.InstanceNorm2d(64, affine=True))  # noqa: E731
-    for cl in (False, True):  # (channels-last: torch's output is contiguous, a transposition on both sides)
+    for cl in (False, True):  # (channels-last: the output is contiguous, a transposition on both sides)
         add("InstanceNorm2d" + (" NHWC" if cl else ""), "instancenorm2d", (32, 64, 56, 56), (torch.float32,), inorm,
             channels_last=cl)
     gn = lambda: (_nk_modules().GroupNorm(32, 256), torch.nn.GroupNorm(32, 256))  # noqa: E731

@@ -4,6 +4,8 @@ channels-first, and the reverse) is copied in tiles (cpu/strided_copy.cpp): a ca
 output's last dim (8 float64, 16 float32, 32 half values) by up to 256 values along the unit-stride dim,
 whole lines written at once, streamed where aligned. The sizes below put full and partial tiles,
 aligned and unaligned lines, and more than one run of 256 on both sides of the transposition.
+(A compact channels-last x under InstanceNorm's channels-first output is the exception: the CPU
+kernel transposes it itself, a chunk of samples at a time; see test_instance_norm_transposition.py.)
 
 A copy changes no value, so the results must equal, bit for bit, those of the same data handed over
 already in the kernel's order (which takes no copy)."""
@@ -35,7 +37,8 @@ def _same_bits(a, b):
 @pytest.mark.parametrize("w", (7, 8, 16, 32, 33))
 def test_channels_last_input_to_channels_first_kernel(dtype, c, w):
     """InstanceNorm returns a channels-first output, as torch's: the core normalizes channels first,
-    reading a channels-last x through the tiled copy ([N, C, H, W] planes C x W per (n, h))."""
+    transposing a compact channels-last x in register tiles (cpu/rows_to_planes.h): full and partial
+    tiles of channels and of rows, aligned and unaligned planes."""
     x = _data((2, c, 3, w), dtype, seed=c * 100 + w)
     weight, bias = _data((c,), dtype, 1), _data((c,), dtype, 2)
     from_cl = nkF.instance_norm(x.contiguous(memory_format=CL), weight=weight, bias=bias)

@@ -345,7 +345,8 @@ def instance_norm_forward(x, running_mean=None, running_var=None, weight=None, b
 def _instance_norm_forward(x, running_mean, running_var, weight, bias, use_input_stats, momentum, eps,
                            channels_first=False):
     """instance_norm_forward; `channels_first`: y channels-first whatever x's layout, as torch's
-    instance_norm returns it (the core then reads a channels-last x through one transposing copy)."""
+    instance_norm returns it (the CPU core transposes a channels-last x a few samples at a time through
+    cache; other devices copy it channels first once)."""
     kind = kind_of(x)
     shape = kind.shape(x)
     use_input_stats = bool_arg(use_input_stats, "use_input_stats")  # (it picks the statistics' shape)

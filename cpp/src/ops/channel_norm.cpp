@@ -1,6 +1,7 @@
 // BatchNorm, InstanceNorm and GroupNorm entries. The three differ only in how channels group into
 // statistics (see detail/channel_norm_args.h), so they share one validation path and one pair of
-// kernels. The kernels work in the layout of the output; inputs in another layout are copied once.
+// kernels. The kernels work in the layout of the output; inputs in another layout are copied once
+// (see kernel_transposes for the exception).
 #include <algorithm>
 #include <cmath>
 
@@ -37,6 +38,14 @@ void check_saved(const TensorView& s, const char* arg, const Shape& shape, const
   for (auto d : shape) n *= d;
   check_value(s.numel() == n && s.is_contiguous(), arg, ": expected ", shape_str(shape),
               " contiguous values, got shape ", shape_str(s.shape));
+}
+
+// Whether t, compact in `from` and not in the kernels' layout `to`, goes to the kernels as it is: the
+// CPU kernels transpose InstanceNorm's mixed layouts (a channels-last x under a channels-first y, and
+// the channels-first dy of its backward) a few samples at a time through cache, where a whole copy
+// first moved t's bytes twice more. Other devices get the copy.
+bool kernel_transposes(const TensorView& t, Layout from, Layout to) {
+  return t.device.kind == DeviceKind::CPU && compact_in(t, from) && !compact_in(t, to);
 }
 
 struct Running {
@@ -79,7 +88,9 @@ void forward(const TensorView& x, ChannelNormShape shape, const Running& running
   ChannelNormForwardArgs a{};
   a.dtype = x.dtype;
   a.shape = shape;
-  a.x = data_in(x, layout, x_copy, stream);
+  const bool transposes = layout == Layout::NCS && kernel_transposes(x, Layout::NSC, layout);
+  a.x_layout = transposes ? Layout::NSC : layout;
+  a.x = transposes ? x.data : data_in(x, layout, x_copy, stream);
   a.weight = weight ? weight->data : nullptr;
   a.weight_dtype = param_dtype;
   a.bias = bias ? bias->data : nullptr;
@@ -131,7 +142,9 @@ void backward(const TensorView& dy, const TensorView& x, ChannelNormShape shape,
   ChannelNormBackwardArgs a{};
   a.dtype = x.dtype;
   a.shape = shape;
-  a.dy = data_in(dy, layout, dy_copy, stream);
+  const bool transposes = layout == Layout::NSC && kernel_transposes(dy, Layout::NCS, layout);
+  a.dy_layout = transposes ? Layout::NCS : layout;
+  a.dy = transposes ? dy.data : data_in(dy, layout, dy_copy, stream);
   a.x = data_in(x, layout, x_copy, stream);
   a.save_mean = save_mean.data;
   a.save_rstd = save_rstd.data;

@@ -8,7 +8,8 @@
 //   GroupNorm     num_groups   true         one per (n, group)        c in group, s
 //
 // A statistic's index is  stat(n, c) = (per_sample ? n * groups : 0) + c / (C / groups).
-// The affine weight/bias are per channel. x, y, dy and dx are compact in `layout`.
+// The affine weight/bias are per channel. x, y, dy and dx are compact in `layout` (but see x_layout
+// and dy_layout).
 #pragma once
 #include <cstdint>
 
@@ -39,6 +40,9 @@ struct ChannelNormForwardArgs {
   DType dtype;  // of x and y
   ChannelNormShape shape;
   const void* x;
+  // The layout x is compact in: shape.layout (y's), or, for the CPU kernels only, NSC under an NCS y
+  // (InstanceNorm's channels-first output of a channels-last input, as torch's).
+  Layout x_layout = Layout::NCS;
   const void* weight;  // nullable, C values of weight_dtype
   DType weight_dtype;
   const void* bias;  // nullable
@@ -74,6 +78,9 @@ struct ChannelNormBackwardArgs {
   DType dtype;  // of dy, x and dx
   ChannelNormShape shape;
   const void* dy;
+  // The layout dy is compact in: shape.layout, or, for the CPU kernels only, NCS under an NSC problem
+  // (the gradient of InstanceNorm's channels-first output for a channels-last x).
+  Layout dy_layout = Layout::NCS;
   const void* x;
   const void* save_mean;  // num_stats() accumulation-type values from the forward
   const void* save_rstd;
