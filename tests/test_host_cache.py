@@ -103,9 +103,30 @@ def test_medium_outputs_take_64k_steps_not_huge_pages():
     rows = 75  # float32 [75, 1024]: 300 KB
     assert rows * 1024 * 4 >= _arrays.CACHED_OUTPUT_BYTES
     y = F.layer_norm(torch.randn(rows, 1024), 1024)
-    ptr = y.data_ptr()
-    assert ptr % 4096 == 0
+    page = y.data_ptr() // 4096  # (the buffer starts on a page; its data up to 4 KB in, see below)
     del y
     gc.collect()
     assert _core.host_cache_idle_bytes() == 320 << 10
-    assert F.layer_norm(torch.randn(rows, 1024), 1024).data_ptr() == ptr
+    assert F.layer_norm(torch.randn(rows, 1024), 1024).data_ptr() // 4096 == page
+
+
+@pytest.mark.parametrize("kind", ("torch", "numpy"))
+@pytest.mark.parametrize("offset", (0, 16, 64, 2048, 2112, 4032))
+def test_outputs_start_3k_past_the_input(kind, offset):
+    # A store and a later load whose addresses agree modulo 4 KB stall the load (4K aliasing): a
+    # cached output's data start 3 KB past the input's, modulo 4 KB, in whole 64-byte lines.
+    n = ROWS * 1024
+    base = np.random.default_rng(1).standard_normal(n + 2048).astype(np.float32)
+    start = (-base.ctypes.data % 4096 + offset) // 4
+    x = base[start:start + n].reshape(ROWS, 1024)
+    if kind == "torch":
+        x = torch.from_numpy(x)
+        x_address, y = x.data_ptr(), F.layer_norm(x, 1024)
+        y_address = y.data_ptr()
+    else:
+        x_address, y = x.ctypes.data, F.layer_norm(x, 1024)
+        y_address = y.ctypes.data
+    assert x_address % 4096 == offset
+    assert y_address % 4096 == (offset // 64 * 64 + 3072) % 4096
+    np.testing.assert_allclose(np.asarray(y), torch.nn.functional.layer_norm(torch.as_tensor(x), (1024,)).numpy(),
+                               atol=1e-5, rtol=1e-5)

@@ -81,6 +81,11 @@ void* host_cache_acquire(size_t bytes) {
   return p;
 }
 
+size_t host_cache_shift(uintptr_t away_from) {
+  constexpr uintptr_t kPage = 4096, kLine = 64;
+  return size_t(((away_from % kPage) / kLine * kLine + 3 * kPage / 4) % kPage);
+}
+
 void host_cache_release(void* p, size_t bytes) {
   if (!p) return;
   const size_t size = rounded(bytes ? bytes : 1);

@@ -86,6 +86,13 @@ def acc_dtype_name(dtype_name: str) -> str:
     return _ACC.get(dtype_name, "float32")
 
 
+def _address(a) -> int:
+    """The data address of a NumPy array (0 for anything else): cached outputs start away from it (see
+    empty_cached)."""
+    interface = getattr(a, "__array_interface__", None)
+    return interface["data"][0] if interface else 0
+
+
 def _large(shape, dtype_name) -> bool:
     return math.prod(shape) * _ITEMSIZE.get(dtype_name, 8) >= CACHED_OUTPUT_BYTES
 
@@ -133,7 +140,7 @@ class _NumpyKind:
 
     def empty(self, shape, dtype_name, like):
         if _large(shape, dtype_name) and dtype_name != "bfloat16":
-            return _core.empty_cached(shape, dtype_name, "numpy")
+            return _core.empty_cached(shape, dtype_name, "numpy", _address(like))
         return np.empty(shape, dtype=dtype_name)
 
     def wrap(self, out):
@@ -182,7 +189,7 @@ class _TorchKind:
         # (is_cpu rather than like.device.type: a device object costs more than the check.)
         if like.is_cpu and shape:
             if _large(shape, dtype_name):
-                return self.from_dlpack(_core.empty_cached(shape, dtype_name, "dltensor"))
+                return self.from_dlpack(_core.empty_cached(shape, dtype_name, "dltensor", like.data_ptr()))
             return self.torch.empty(*shape, dtype=dtype)  # (torch parses sizes faster than a tuple of them)
         return like.new_empty(shape, dtype=dtype)
 
