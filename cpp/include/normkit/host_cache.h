@@ -20,8 +20,8 @@ void host_cache_release(void* p, size_t bytes);
 // this many bytes past the buffer's start (whole 64-byte lines, under 4 KiB), so that they lie 3 KiB
 // past the input's modulo 4 KiB. A load whose address matches a pending store's in the low 12 bits
 // is taken for its dependant and waits (4K aliasing), and buffers from here start on a page, as
-// torch's huge-page allocations do. Stores that trail the loads by 1 KiB (modulo 4 KiB, and modulo
-// 2 KiB for rows of that size) meet none of the loads just ahead. Zen 3, python -m bench's cases
+// torch's huge-page allocations do. 3 KiB past is 1 KiB behind: stores trailing the loads by 1 KiB
+// (modulo 4 KiB, and modulo 2 KiB for bfloat16 rows of 1024) measured fastest. Zen 3, the bench cases
 // [8192,1024] forward+backward, the output's offset from x alternating in one process: LayerNorm
 // float32 11.9 ms at 0, 6.7 at 2 KiB, 6.5 at 3 KiB; bfloat16 4.9, 5.4 and 4.7 ms; RMSNorm float32
 // 8.5, 5.6 and 5.4 ms.

@@ -1,6 +1,7 @@
 // Transposition of a sample's channels-last rows into channels-first planes: planes[c * S + s] =
-// rows[s * C + c], in square tiles of one vector's lanes that are transposed in registers. (A value
-// at a time, a scalar load and store per value, the copy ran at a fifth of the memory bandwidth.)
+// rows[s * C + c], in square tiles of one vector's lanes that are transposed in registers. (Through
+// strided_copy's tiles, a line buffer filled a value at a time, InstanceNorm [32,64,56,56] float32's
+// channels-last forward took 3.7-4.0 ms; with these, 2.5-2.6 ms.)
 #pragma once
 #include <cstdint>
 #include <type_traits>
