@@ -1017,11 +1017,6 @@ int64_t transpose_chunk(int64_t N, int64_t sample_bytes, bool per_sample_chunks)
   return std::clamp<int64_t>(bytes / std::max<int64_t>(1, sample_bytes), 1, N);
 }
 
-// A buffer of at least `bytes` from the host cache (see host_cache.h), returned to it when released.
-std::shared_ptr<void> cached_buffer(size_t bytes) {
-  return std::shared_ptr<void>(host_cache_acquire(bytes), [bytes](void* ptr) { host_cache_release(ptr, bytes); });
-}
-
 // n samples of src, each `rows` rows of `cols` values, into dst, each cols rows of `rows` values; in
 // parallel, the tasks along each sample's longer side.
 template <class T>
@@ -1040,6 +1035,26 @@ void transpose_samples(const T* src, int64_t rows, int64_t cols, int64_t n, T* d
   });
 }
 
+// The chunks of a transposing pass over the samples of `shape`: each chunk's n samples from sample n0
+// of src (each `rows` rows of `cols` values) transposed into a buffer from the host cache, then
+// fn(q, n0, buffer) with q the chunk's problem (shape with N = n; streaming as for all N).
+template <class T, class Fn>
+void for_transposed_chunks(detail::ChannelNormShape shape, bool per_sample_chunks, const T* src, int64_t rows,
+                           int64_t cols, Fn&& fn) {
+  const int64_t N = shape.N, sample = rows * cols;
+  const int64_t chunk = transpose_chunk(N, sample * int64_t(sizeof(T)), per_sample_chunks);
+  const size_t bytes = size_t(chunk * sample) * sizeof(T);
+  const std::shared_ptr<void> buffer(host_cache_acquire(bytes), [bytes](void* ptr) { host_cache_release(ptr, bytes); });
+  T* t = static_cast<T*>(buffer.get());
+  for (int64_t n0 = 0; n0 < N; n0 += chunk) {
+    shape.N = std::min(chunk, N - n0);
+    transpose_samples(src + n0 * sample, rows, cols, shape.N, t);
+    Problem q(shape);
+    q.stream_N = N;
+    fn(q, n0, t);
+  }
+}
+
 // x channels last under a channels-first y (InstanceNorm's output, as torch's): chunks of samples are
 // transposed into cache and normalized from there channels first, so DRAM sees x read once and y
 // written once (a whole transposed copy first wrote and read x's bytes again: InstanceNorm
@@ -1049,25 +1064,18 @@ void transpose_samples(const T* src, int64_t rows, int64_t cols, int64_t n, T* d
 template <class T, class A>
 void forward_transposed(const detail::ChannelNormShape& shape, const T* x, T* y, const A* w, const A* b, A eps,
                         bool batch, Stats<A>& st) {
-  const int64_t N = shape.N, sample = shape.C * shape.S;
-  const int64_t chunk = transpose_chunk(N, sample * int64_t(sizeof(T)), shape.per_sample || !batch);
-  const std::shared_ptr<void> buffer = cached_buffer(size_t(chunk * sample) * sizeof(T));
-  T* xt = static_cast<T*>(buffer.get());
-  for (int64_t n0 = 0; n0 < N; n0 += chunk) {
-    const int64_t n = std::min(chunk, N - n0);
-    transpose_samples(x + n0 * sample, shape.S, shape.C, n, xt);
-    detail::ChannelNormShape cs = shape;
-    cs.N = n;
-    cs.layout = Layout::NCS;
-    Problem q(cs);
-    q.stream_N = N;
+  const int64_t sample = shape.C * shape.S;
+  detail::ChannelNormShape chunks = shape;
+  chunks.layout = Layout::NCS;
+  for_transposed_chunks(chunks, shape.per_sample || !batch, x, shape.S, shape.C,
+                        [&](const Problem& q, int64_t n0, const T* xt) {
     T* yc = y ? y + n0 * sample : nullptr;
     if (!shape.per_sample) {
       forward_ncs<T, A>(q, xt, yc, w, b, eps, batch, st);
-      continue;
+      return;
     }
     // Per-sample statistics: the chunk's slice of st, in (eval's are set before) and out.
-    const auto from = size_t(n0 * shape.groups), count = size_t(n * shape.groups);
+    const auto from = size_t(n0 * shape.groups), count = size_t(q.N * shape.groups);
     Stats<A> sub;
     each_stat_vector(sub, st, [&](auto& part, const auto& whole) {
       part.assign(whole.begin() + from, whole.begin() + from + count);
@@ -1076,7 +1084,7 @@ void forward_transposed(const detail::ChannelNormShape& shape, const T* x, T* y,
     each_stat_vector(st, sub, [&](auto& whole, const auto& part) {
       std::copy(part.begin(), part.end(), whole.begin() + from);
     });
-  }
+  });
 }
 
 template <class T>
@@ -1490,23 +1498,17 @@ void backward_nsc(const Problem& p, const ChannelNormBackwardArgs& a, const Back
 template <class T, class A>
 void backward_transposed(const Problem& p, const ChannelNormBackwardArgs& a, const BackwardPlan& bp, const A* mean,
                          const A* rstd, const A* w, A* sum_dy, A* sum_dyx, A* mg, A* mgx) {
-  const int64_t N = p.N, C = p.C, sample = C * p.S;
-  const int64_t chunk = transpose_chunk(N, sample * int64_t(sizeof(T)), p.per_sample);
-  const std::shared_ptr<void> buffer = cached_buffer(size_t(chunk * sample) * sizeof(T));
-  T* dyt = static_cast<T*>(buffer.get());
-  for (int64_t n0 = 0; n0 < N; n0 += chunk) {
-    const int64_t n = std::min(chunk, N - n0);
-    transpose_samples(static_cast<const T*>(a.dy) + n0 * sample, C, p.S, n, dyt);
+  const int64_t C = p.C, sample = C * p.S;
+  for_transposed_chunks(a.shape, p.per_sample, static_cast<const T*>(a.dy), C, p.S,
+                        [&](const Problem& q, int64_t n0, const T* dyt) {
     ChannelNormBackwardArgs ac = a;
-    ac.shape.N = n;
+    ac.shape.N = q.N;
     ac.dy = dyt;
     ac.x = static_cast<const T*>(a.x) + n0 * sample;
     ac.dx = a.dx ? static_cast<T*>(a.dx) + n0 * sample : nullptr;
-    Problem q(ac.shape);
-    q.stream_N = N;
     const int64_t k0 = p.per_sample ? n0 : 0, s0 = k0 * p.G;
     backward_nsc<T, A>(q, ac, bp, mean + s0, rstd + s0, w, sum_dy + k0 * C, sum_dyx + k0 * C, mg + s0, mgx + s0);
-  }
+  });
 }
 
 template <class T>
