@@ -12,8 +12,9 @@ import torch
 DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 # Short planes (a quarter of the lanes, scalar tails), planes of several full lane groups, planes of
 # a map run each with 32 channels (channels last: rows of whole bfloat16 vector pairs), rows that
-# span two lane blocks of 4096 values, rows of whole bfloat16 vector pairs (1024 = 32 x 32).
-PLANES = ((4, 16, 13, 11), (2, 8, 40, 40), (2, 32, 33, 35))
+# span two lane blocks of 4096 values, rows of whole bfloat16 vector pairs (1024 = 32 x 32); channels
+# last, rows of 160 channels summed in address order over blocks of several chunks of rows.
+PLANES = ((4, 16, 13, 11), (2, 8, 40, 40), (2, 32, 33, 35), (3, 160, 11, 12))
 ROWS = ((37, 1000), (3, 5000), (9, 1024))
 
 

@@ -68,6 +68,7 @@ FUNC_SHAPES = [
     ((2, 7, 3, 5), "nc"),
     ((2, 7, 3, 5), "cl"),
     ((2, 512, 3, 3), "cl"),  # large C, channels-last
+    ((3, 160, 9, 11), "cl"),  # rows of 128+ channels summed in address order, blocks of two chunks
     ((2, 512, 3, 3), "nc"),
     ((3, 40, 2, 3), "cl"),  # channels-last sums: whole register tiles of channels plus a remainder
     ((2, 3, 3, 4, 5), "nc"),

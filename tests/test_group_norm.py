@@ -47,6 +47,7 @@ FUNC_CASES = [
     ((2, 8, 5, 3), 1, "cl"),  # one group (= LayerNorm over C, H, W)
     ((3, 4, 1, 1), 2, "cl"),  # spatial size 1
     ((2, 512, 3, 3), 32, "cl"),  # large C
+    ((2, 160, 12, 11), 8, "cl"),  # rows of 128+ channels summed in address order, blocks of two chunks
     ((2, 40, 3, 2), 5, "cl"),  # groups across a register tile of channels and the remainder
     ((2, 512, 3, 3), 32, "nc"),
     ((2, 6, 3, 2, 5), 3, "nc"),  # 3-D spatial
