@@ -1000,6 +1000,12 @@ void forward_nsc(const Problem& p, const T* x, T* y, const A* w, const A* b, A e
   });
 }
 
+// Whether an input compact in `given` takes a transposing pass into a problem laid out in `kernel`:
+// the problem's layout is `kernel` and differs from `given` in memory (C > 1 and S > 1).
+bool transposes(const Problem& p, Layout given, Layout kernel) {
+  return p.layout == kernel && given != kernel && p.C > 1 && p.S > 1;
+}
+
 // The transposing passes (a channels-last x under InstanceNorm's channels-first y, and its
 // channels-first dy under the channels-last backward) take chunks of samples, transposed in tasks of
 // kTransposePiece rows or columns (a multiple of every build's tile) into a buffer that stays in
@@ -1115,7 +1121,7 @@ void forward(const ChannelNormForwardArgs& a) {
     const ParamValues<A> b(a.bias, a.bias_dtype, C, A(0));
     const T* x = static_cast<const T*>(a.x);
     T* y = a.local_moments ? nullptr : static_cast<T*>(a.y);
-    if (a.x_layout != a.shape.layout && p.C > 1 && p.S > 1)
+    if (transposes(p, a.x_layout, Layout::NCS))
       forward_transposed<T, A>(a.shape, x, y, w.data(), b.data(), eps, !eval, st);
     else if (p.layout == Layout::NCS)
       forward_ncs<T, A>(p, x, y, w.data(), b.data(), eps, !eval, st);
@@ -1535,7 +1541,7 @@ void backward(const ChannelNormBackwardArgs& a) {
     }
     const A* mean = static_cast<const A*>(a.save_mean);
     const A* rstd = static_cast<const A*>(a.save_rstd);
-    if (a.dy_layout != a.shape.layout && p.layout == Layout::NSC && p.C > 1 && p.S > 1)
+    if (transposes(p, a.dy_layout, Layout::NSC))
       backward_transposed<T, A>(p, a, bp, mean, rstd, w.data(), sum_dy.data(), sum_dyx.data(), mg.data(),
                                 mgx.data());
     else if (p.layout == Layout::NCS)
